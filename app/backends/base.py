@@ -1,0 +1,91 @@
+"""The narrow storage protocol every stage and the state core are written against.
+
+Two primitives, chosen because they are all that Modal offers and so all we may rely on:
+
+* a named FIFO **queue** whose `get` is destructive (no ack, no visibility timeout);
+* a named **dict** of string keys to string values whose only atomic conditional write
+  is `put_if_absent` (Modal's `put(..., skip_if_exists=True)`).
+
+Values are JSON strings, never pickles, so records outlive library upgrades. Every
+backend must behave the same for the contract suite in `tests/contract/`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Protocol
+
+#: Modal refuses queue items over 1 MiB; every backend refuses them too, so a message
+#: that works locally also works in production.
+MAX_QUEUE_ITEM_BYTES = 1024 * 1024
+
+
+class BackendError(Exception):
+    """The queue/dict backend failed."""
+
+
+class QueueItemTooLarge(BackendError, ValueError):
+    """A queue item is over the 1 MiB limit; put ids in messages, not payloads."""
+
+
+class Queue(Protocol):
+    """A named FIFO queue of strings."""
+
+    def put(self, item: str) -> None:
+        """Append one item."""
+
+    def put_many(self, items: Sequence[str]) -> None:
+        """Append several items, in order."""
+
+    def get(self, timeout_s: float | None = 0.0) -> str | None:
+        """Remove and return the oldest item; wait up to `timeout_s`, None if still empty.
+
+        `timeout_s=None` waits forever; `0` does not wait.
+        """
+
+    def get_many(self, max_items: int, timeout_s: float | None = 0.0) -> list[str]:
+        """Remove and return up to `max_items`, waiting up to `timeout_s` for the first."""
+
+    def len(self) -> int:
+        """Number of items waiting."""
+
+
+class KV(Protocol):
+    """A named dict of string keys and string values."""
+
+    def get(self, key: str) -> str | None:
+        """The value, or None."""
+
+    def put(self, key: str, value: str) -> None:
+        """Write unconditionally (last writer wins)."""
+
+    def put_if_absent(self, key: str, value: str) -> bool:
+        """Atomically write only if the key is absent; True if this call wrote it."""
+
+    def pop(self, key: str) -> str | None:
+        """Remove and return the value, or None if absent."""
+
+    def contains(self, key: str) -> bool:
+        """Whether the key is present."""
+
+    def keys(self, prefix: str = "") -> Iterator[str]:
+        """Keys starting with `prefix`, in no particular order (a maintenance scan)."""
+
+
+class Backend(Protocol):
+    """Opens named queues and dicts."""
+
+    def queue(self, name: str) -> Queue:
+        """The queue called `name`, created if missing."""
+
+    def kv(self, name: str) -> KV:
+        """The dict called `name`, created if missing."""
+
+    def close(self) -> None:
+        """Release connections; the data stays."""
+
+
+def check_queue_item(item: str) -> None:
+    """Refuse an item Modal would refuse."""
+    if len(item.encode()) > MAX_QUEUE_ITEM_BYTES:
+        raise QueueItemTooLarge(f"queue item is {len(item.encode())} bytes (limit 1 MiB)")

@@ -1,0 +1,162 @@
+"""The one settings object, read from `COMFYUI_SAAS_*` environment variables.
+
+Every field here is listed in `.env.example` with exactly this default (a test checks
+that). Defaults are deliberately conservative: one render worker, small container caps,
+no plain-http fetching, no private addresses. Nothing outside this module reads
+`os.environ`.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "COMFYUI_SAAS_"
+
+
+def _split_csv(cls: object, value: object) -> object:
+    """Let list settings be written as `a,b,c` in the environment."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+CsvStrList = Annotated[list[str], NoDecode]
+CsvIntList = Annotated[list[int], NoDecode]
+
+
+class Settings(BaseSettings):
+    """Process-wide configuration; build it once and pass it down."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore")
+
+    # --- backend and local data ----------------------------------------------------------
+    backend: Literal["local", "modal"] = "local"
+    data_dir: Path = Path(".comfyui-saas")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_json: bool = False
+    #: Modal names: the app, and the prefix of its queues, dicts and volumes.
+    modal_app_name: str = "comfyui-saas"
+    #: Modal environment for queues and dicts; empty means the profile's default.
+    modal_environment: str = ""
+
+    # --- admission: per-tenant defaults, each tenant may override ----------------------
+    max_active_jobs_per_user: int = Field(default=5, ge=1)
+    #: 0 means no tenant-wide cap beyond the per-user one.
+    max_active_jobs_per_tenant: int = Field(default=0, ge=0)
+    #: Fixed one-minute window; 0 disables the rate limit.
+    rate_limit_per_minute: int = Field(default=0, ge=0)
+    #: What a 429 for a concurrency cap suggests as Retry-After.
+    cap_retry_after_s: int = Field(default=5, ge=1)
+    idempotency_ttl_s: int = Field(default=86_400, ge=60)
+
+    # --- request limits ----------------------------------------------------------------
+    max_request_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
+    max_workflow_bytes: int = Field(default=512 * 1024, ge=256)
+    max_workflow_nodes: int = Field(default=500, ge=1)
+    max_inputs: int = Field(default=16, ge=0)
+    default_job_timeout_s: int = Field(default=600, ge=1)
+    max_job_timeout_s: int = Field(default=3600, ge=1)
+
+    # --- fetch: the SSRF-safe client used for inputs and webhooks -----------------------
+    fetch_allow_http: bool = False
+    fetch_allowed_ports: CsvIntList = Field(default_factory=lambda: [80, 443])
+    #: CIDRs that are allowed even though they are private/loopback (tests, on-prem).
+    fetch_allow_cidrs: CsvStrList = Field(default_factory=list)
+    fetch_max_bytes: int = Field(default=50 * 1024 * 1024, ge=1)
+    fetch_timeout_s: float = Field(default=30.0, gt=0)
+    fetch_max_redirects: int = Field(default=3, ge=0)
+    max_image_pixels: int = Field(default=40_000_000, ge=1)
+
+    # --- render: the ComfyUI server ----------------------------------------------------
+    comfyui_url: str = "http://127.0.0.1:8188"
+    #: ComfyUI's base folder, when this process can see it; per-job input/output
+    #: folders under it are wiped after each job. Empty: not visible, nothing to wipe.
+    comfyui_base_dir: str = ""
+    comfyui_connect_timeout_s: float = Field(default=10.0, gt=0)
+    #: Progress is written to the job at most this often.
+    progress_interval_s: float = Field(default=0.5, gt=0)
+    object_info_ttl_s: int = Field(default=3600, ge=1)
+
+    # --- stages and workers ------------------------------------------------------------
+    #: How long a stage may hold a job before fail_stale takes it back.
+    stage_lease_s: int = Field(default=900, ge=10)
+    stage_max_attempts: int = Field(default=3, ge=1)
+    queue_poll_timeout_s: float = Field(default=1.0, gt=0)
+    local_fetch_workers: int = Field(default=2, ge=1)
+    local_render_workers: int = Field(default=1, ge=1)
+    local_upload_workers: int = Field(default=1, ge=1)
+    local_notify_workers: int = Field(default=1, ge=1)
+    local_intake_workers: int = Field(default=1, ge=1)
+
+    # --- storage -----------------------------------------------------------------------
+    storage: Literal["local", "s3"] = "local"
+    s3_endpoint_url: str = ""
+    s3_bucket: str = "comfyui-saas"
+    s3_region: str = "auto"
+    s3_access_key_id: SecretStr = SecretStr("")
+    s3_secret_access_key: SecretStr = SecretStr("")
+    presign_expiry_s: int = Field(default=900, ge=1, le=7 * 86_400)
+    upload_max_attempts: int = Field(default=4, ge=1)
+    #: HMAC key for the local store's signed URLs; empty: one is generated and kept
+    #: in the data folder.
+    signing_key: SecretStr = SecretStr("")
+    output_retention_s: int = Field(default=7 * 86_400, ge=60)
+
+    # --- webhooks ----------------------------------------------------------------------
+    webhook_timeout_s: float = Field(default=15.0, gt=0)
+    #: Delay before each retry (the Standard Webhooks reference schedule, ~3 days).
+    webhook_retry_schedule_s: CsvIntList = Field(
+        default_factory=lambda: [5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400]
+    )
+
+    # --- ingress and the command line's client ----------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    #: Where the ingress is reachable from clients (signed local URLs point here).
+    public_url: str = "http://127.0.0.1:8000"
+    api_url: str = "http://127.0.0.1:8000"
+    api_key: SecretStr = SecretStr("")
+
+    # --- maintenance -------------------------------------------------------------------
+    job_retention_s: int = Field(default=7 * 86_400, ge=60)
+
+    _split_lists = field_validator(
+        "fetch_allowed_ports", "fetch_allow_cidrs", "webhook_retry_schedule_s", mode="before"
+    )(_split_csv)
+
+    @property
+    def state_db_path(self) -> Path:
+        """SQLite file of the local backend's queues and dicts."""
+        return self.data_dir / "state.sqlite3"
+
+    @property
+    def work_dir(self) -> Path:
+        """Per-job scratch folders shared by fetch, render and upload."""
+        return self.data_dir / "work"
+
+    @property
+    def local_store_dir(self) -> Path:
+        """The local object store's root folder."""
+        return self.data_dir / "outputs"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read from the environment once."""
+    return Settings()
+
+
+def env_value(value: object) -> str:
+    """How a setting's value is written in the environment (and in `.env.example`)."""
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return str(value)

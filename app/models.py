@@ -1,0 +1,134 @@
+"""Job records and the small value types around them (pydantic, stored as JSON)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class JobStatus(StrEnum):
+    """Where a job is in its life; the last three are terminal and never change."""
+
+    QUEUED = "queued"  #: admitted, waiting for its first stage
+    RUNNING = "running"  #: a stage holds it
+    COMPLETED = "completed"  #: outputs stored
+    FAILED = "failed"  #: stopped by an error; `error` says which
+    CANCELLED = "cancelled"  #: stopped by the client
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+class Stage(StrEnum):
+    """The pipeline's stages, in order."""
+
+    INTAKE = "intake"
+    FETCH = "fetch"
+    RENDER = "render"
+    UPLOAD = "upload"
+    NOTIFY = "notify"
+
+
+class Record(BaseModel):
+    """Base of stored records: unknown fields are ignored so old readers survive."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class JobError(Record):
+    """Why a job failed, safe to show to the client (never a traceback)."""
+
+    code: str
+    message: str
+    node_id: str | None = None
+    node_type: str | None = None
+
+
+class OutputRef(Record):
+    """One stored output file."""
+
+    filename: str
+    content_type: str
+    size: int
+    key: str  #: storage key; URLs are presigned from it on every read
+
+
+class InputSpec(Record):
+    """A media input: fetched from `url`, visible to the workflow as `name`."""
+
+    name: str
+    url: str
+
+
+class SlotRef(Record):
+    """One admission slot held by a job: scope, index, generation."""
+
+    scope: str
+    index: int
+    generation: int
+
+
+class StageTimes(Record):
+    """When a stage's message was queued, picked up and finished (unix seconds)."""
+
+    queued_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+
+
+class Job(Record):
+    """A job as its holder wrote it; status reads merge in the terminal decision."""
+
+    id: str
+    tenant_id: str
+    user_id: str
+    status: JobStatus = JobStatus.QUEUED
+    stage: Stage = Stage.INTAKE
+    progress: float = 0.0
+    #: Per-node progress from the renderer: {"node": "3", "value": 4, "max": 20}.
+    progress_detail: dict[str, Any] = Field(default_factory=dict)
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    #: Bumped each time fail_stale hands the job to a stage again (a fencing token).
+    epoch: int = 0
+    error: JobError | None = None
+    outputs: list[OutputRef] = Field(default_factory=list)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    webhook_url: str | None = None
+    timeout_s: int
+    inputs: list[InputSpec] = Field(default_factory=list)
+    slots: list[SlotRef] = Field(default_factory=list)
+    stage_times: dict[Stage, StageTimes] = Field(default_factory=dict)
+    lease_until: float | None = None
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    @property
+    def deadline(self) -> float:
+        """When the job must be finished, counted from admission."""
+        return self.created_at + self.timeout_s
+
+
+class Terminal(Record):
+    """The one terminal decision of a job, written once by put-if-absent."""
+
+    status: JobStatus
+    decided_at: float
+    error: JobError | None = None
+    outputs: list[OutputRef] = Field(default_factory=list)
+
+
+class StageMessage(Record):
+    """What travels on a stage queue: ids only (Modal caps an item at 1 MiB)."""
+
+    job_id: str
+    stage: Stage
+    epoch: int = 0
+    #: Notify retries carry their attempt number; other stages leave it 0.
+    attempt: int = 0
+    not_before: float = 0.0

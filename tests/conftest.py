@@ -1,0 +1,32 @@
+"""Shared fixtures: a clean environment and settings built per test."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from app.config import ENV_PREFIX, Settings
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No test sees the developer's own COMFYUI_SAAS_* variables."""
+    for name in list(os.environ):
+        if name.startswith(ENV_PREFIX):
+            monkeypatch.delenv(name)
+    yield
+
+
+@pytest.fixture
+def settings_factory(tmp_path: Path):
+    """Build Settings rooted in a temporary data folder."""
+
+    def make(**overrides: object) -> Settings:
+        values: dict[str, object] = {"data_dir": tmp_path / "data"}
+        values.update(overrides)
+        return Settings(**values)
+
+    return make
