@@ -345,12 +345,14 @@ class JobStore:
             raise AlreadyTerminal(self.get(job_id))
         return self.get(job_id)
 
-    def _release(self, job_id: str) -> None:
+    def _release(self, job_id: str) -> int:
         raw = self.jobs.get(f"job:{job_id}")
+        freed = 0
         if raw is not None:
             for ref in Job.model_validate_json(raw).slots:
-                release_slot(self.slots, ref)
+                freed += release_slot(self.slots, ref)
         self.active.pop(job_id)
+        return freed
 
     # ---- stage hand-offs -------------------------------------------------------------
 
@@ -392,12 +394,10 @@ class JobStore:
         now = self.clock()
         for job_id in list(self.active.keys()):
             if self.jobs.contains(f"terminal:{job_id}"):
-                self._release(job_id)
+                report.slots_released += self._release(job_id)
                 report.active_removed += 1
         for ref, holder in list(held_slots(self.slots)):
-            if self.jobs.contains(f"terminal:{holder.job_id}"):
-                report.slots_released += release_slot(self.slots, ref)
-            elif (
+            if self.jobs.contains(f"terminal:{holder.job_id}") or (
                 now - holder.claimed_at > ABANDONED_SLOT_GRACE_S
                 and not self.jobs.contains(f"job:{holder.job_id}")
             ):

@@ -106,7 +106,7 @@ class ModalKV:
 
     def keys(self, prefix: str = "") -> Iterator[str]:
         try:
-            found = [str(k) for k in self._d.keys() if str(k).startswith(prefix)]
+            found = [str(k) for k in self._d if str(k).startswith(prefix)]
         except Exception as exc:
             raise _wrap(exc) from exc
         return iter(found)
