@@ -106,7 +106,8 @@ class ModalKV:
 
     def keys(self, prefix: str = "") -> Iterator[str]:
         try:
-            found = [str(k) for k in self._d if str(k).startswith(prefix)]
+            # modal.Dict streams keys through .keys(); it is not a Mapping.
+            found = [str(k) for k in self._d.keys() if str(k).startswith(prefix)]  # noqa: SIM118
         except Exception as exc:
             raise _wrap(exc) from exc
         return iter(found)
