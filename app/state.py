@@ -11,7 +11,7 @@ Who writes what (the single-writer rule; no record has two writers at once):
 * ``terminal:{id}`` the one terminal decision, created once by put-if-absent. Whoever
                     creates it releases the job's admission slots. Reads merge it over
                     ``job:{id}``, so a late writer can never undo it.
-* ``claim:{id}:{stage}:{epoch}``  taken by the worker that runs a stage message, so a
+* ``claim:{id}:{stage}:{epoch}:{attempt}`` taken by the worker that runs a stage message, so a
                     duplicate message (queues are at-least-once here) runs nothing.
 * ``epoch:{id}:{n}`` taken by fail_stale when it hands a job to a stage again; a zombie
                     worker of an older epoch sees it and stops (a fencing token).
@@ -338,6 +338,21 @@ class JobStore:
         self._release(job_id)
         return True
 
+    def reject(self, job_id: str, tenant_id: str, user_id: str, error: JobError) -> bool:
+        """Record a queued request that was not admitted as a failed job under its id.
+
+        Never overwrites an existing job (a client reusing an id gets no second job).
+        """
+        now = self.clock()
+        record = Job(
+            id=job_id, tenant_id=tenant_id, user_id=user_id, created_at=now, timeout_s=0,
+            stage=Stage.INTAKE,
+        )
+        if not self.jobs.put_if_absent(f"job:{job_id}", _dump(record)):
+            return False
+        claim_next(self.admission, _index_prefix(tenant_id, user_id), job_id)
+        return self.finish(job_id, JobStatus.FAILED, error=error)
+
     def cancel(self, job_id: str) -> Job:
         """Cancel now, whatever the stage; raises `AlreadyTerminal` if it had ended."""
         error = JobError(code="cancelled", message="cancelled by the client")
@@ -360,11 +375,13 @@ class JobStore:
         """Write the record; only the job's current holder may call this."""
         self.jobs.put(f"job:{job.id}", _dump(job))
 
-    def claim_stage(self, job_id: str, stage: Stage, epoch: int) -> bool:
+    def claim_stage(self, job_id: str, stage: Stage, epoch: int, attempt: int = 0) -> bool:
         """Take one stage message; False for a duplicate or a message of an older epoch."""
         if self.jobs.contains(f"epoch:{job_id}:{epoch + 1}"):
             return False
-        return self.jobs.put_if_absent(f"claim:{job_id}:{stage}:{epoch}", str(self.clock()))
+        return self.jobs.put_if_absent(
+            f"claim:{job_id}:{stage}:{epoch}:{attempt}", str(self.clock())
+        )
 
     def is_current(self, job_id: str, epoch: int) -> bool:
         """Whether a holder of `epoch` still holds the job (no newer epoch was handed out)."""

@@ -1,0 +1,161 @@
+"""Intake: validate a job request, admit it strictly, store it and enqueue fetch.
+
+Two ways in, one code path: the HTTP ingress calls `admit` directly (so it can answer 202
+or 429 at once); a Python client puts an `IntakeMessage` on the intake queue, and the
+intake worker authenticates its API key and calls the same `admit`. Everything that can
+be checked before any GPU time is checked here: the workflow against ComfyUI's node
+catalog, the URLs against the URL policy, sizes and timeouts against the settings.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from app.comfy.catalog import NodeCatalog, load_catalog, publish_catalog
+from app.comfy.workflow import check_workflow
+from app.deps import Deps
+from app.errors import ComfyUnavailable, InvalidRequest, PipelineError
+from app.logs import get_logger
+from app.models import JobError, Stage
+from app.net.policy import UrlPolicy, parse_url
+from app.pipeline import enqueue
+from app.schemas import USER_ID, JobRequest
+from app.state import Admission, AdmissionRejected, IdempotencyConflict, NewJob, body_fingerprint
+from app.tenants import Tenant
+
+CATALOG_DICT = "catalog"
+
+
+class IntakeMessage(BaseModel):
+    """A job request put on the intake queue by a Python client."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job_id: str = Field(min_length=1, max_length=64)
+    api_key: str
+    user_id: str
+    request: JobRequest
+    idempotency_key: str | None = Field(default=None, max_length=255)
+
+
+def new_job_id() -> str:
+    """An unguessable job id."""
+    return "job_" + uuid.uuid4().hex
+
+
+def node_catalog(deps: Deps) -> NodeCatalog | None:
+    """ComfyUI's node catalog as the render side published it; None if unknown.
+
+    Locally there is no render container to publish it, so intake asks ComfyUI once and
+    publishes it for everyone; if ComfyUI is down, only structural checks run (ComfyUI
+    validates again before any work).
+    """
+    kv = deps.backend.kv(CATALOG_DICT)
+    now = deps.clock()
+    catalog = load_catalog(kv, deps.settings.object_info_ttl_s, now)
+    if catalog is not None or deps.settings.backend != "local":
+        return catalog
+    try:
+        object_info = deps.comfy.object_info()
+    except ComfyUnavailable:
+        get_logger().warning("node_catalog_unavailable")
+        return None
+    publish_catalog(kv, object_info, now)
+    return NodeCatalog.from_object_info(object_info)
+
+
+def check_request(request: JobRequest, deps: Deps) -> None:
+    """Everything about a request that can be refused before it costs anything."""
+    settings = deps.settings
+    if len(request.inputs) > settings.max_inputs:
+        raise InvalidRequest(f"too many inputs: {len(request.inputs)} (limit {settings.max_inputs})")
+    if request.timeout_s is not None and request.timeout_s > settings.max_job_timeout_s:
+        raise InvalidRequest(
+            f"timeout_s {request.timeout_s} is over the limit of {settings.max_job_timeout_s}"
+        )
+    metadata_bytes = len(json.dumps(request.metadata))
+    if metadata_bytes > 16 * 1024:
+        raise InvalidRequest(f"metadata is {metadata_bytes} bytes (limit 16384)")
+    policy = UrlPolicy.from_settings(settings)
+    for item in request.inputs:
+        parse_url(item.url, policy)  # raises UrlRefused naming the reason
+    if request.webhook_url is not None:
+        parse_url(request.webhook_url, policy)
+    check_workflow(
+        request.workflow, node_catalog(deps),
+        max_nodes=settings.max_workflow_nodes, max_bytes=settings.max_workflow_bytes,
+    )
+
+
+def admit(
+    deps: Deps, tenant: Tenant, user_id: str, request: JobRequest, *,
+    idempotency_key: str | None = None, job_id: str | None = None,
+) -> Admission:
+    """Check and admit a request; raises InvalidRequest, AdmissionRejected or IdempotencyConflict."""
+    if not USER_ID.match(user_id):
+        raise InvalidRequest("user id must match ^[A-Za-z0-9._:@-]{1,128}$")
+    if request.user_id is not None and request.user_id != user_id:
+        raise InvalidRequest("user_id in the body does not match X-User-ID")
+    check_request(request, deps)
+    new = NewJob(
+        tenant_id=tenant.id,
+        user_id=user_id,
+        workflow=request.workflow,
+        timeout_s=request.timeout_s or deps.settings.default_job_timeout_s,
+        inputs=request.input_specs(),
+        webhook_url=request.webhook_url,
+        metadata=request.metadata,
+        idempotency_key=idempotency_key,
+        body_hash=body_fingerprint(request.model_dump(mode="json")),
+    )
+    admission = deps.jobs.create(new, job_id or new_job_id(), tenant.limits(deps.settings))
+    log = get_logger(job_id=admission.job.id, tenant_id=tenant.id, stage=Stage.INTAKE.value)
+    if admission.replayed:
+        log.info("job_replayed", idempotency_key=idempotency_key)
+        return admission
+    enqueue(deps, admission.job.id, Stage.FETCH)
+    log.info("job_admitted", user_id=user_id, inputs=len(new.inputs))
+    return admission
+
+
+def process_intake_message(raw: str, deps: Deps) -> None:
+    """Admit one queued request; a refusal is recorded as a failed job under its id."""
+    try:
+        message = IntakeMessage.model_validate_json(raw)
+    except ValidationError as exc:
+        get_logger(stage=Stage.INTAKE.value).warning(
+            "intake_message_invalid", errors=exc.error_count(), job_id=_job_id_of(raw)
+        )
+        return
+    log = get_logger(job_id=message.job_id, stage=Stage.INTAKE.value)
+    tenant = deps.tenants.authenticate(message.api_key)
+    if tenant is None:
+        log.warning("intake_unauthenticated")  # no tenant to record a failure under
+        return
+    try:
+        admit(deps, tenant, message.user_id, message.request,
+              idempotency_key=message.idempotency_key, job_id=message.job_id)
+    except AdmissionRejected as exc:
+        _reject(deps, message, tenant, JobError(code=exc.code, message=exc.message))
+    except IdempotencyConflict as exc:
+        _reject(deps, message, tenant, JobError(code="idempotency_conflict", message=str(exc)))
+    except PipelineError as exc:
+        _reject(deps, message, tenant, JobError(code=exc.code, message=exc.message))
+
+
+def _reject(deps: Deps, message: IntakeMessage, tenant: Tenant, error: JobError) -> None:
+    deps.jobs.reject(message.job_id, tenant.id, message.user_id, error)
+    get_logger(job_id=message.job_id, tenant_id=tenant.id, stage=Stage.INTAKE.value).warning(
+        "job_rejected", code=error.code, error=error.message
+    )
+
+
+def _job_id_of(raw: str) -> Any:
+    try:
+        return json.loads(raw).get("job_id")
+    except (ValueError, AttributeError):
+        return None
