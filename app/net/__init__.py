@@ -1,0 +1,3 @@
+"""Outbound HTTP for user-supplied URLs: the URL policy and the SSRF-safe client."""
+
+from __future__ import annotations
