@@ -281,7 +281,7 @@ def test_slow_drip_is_killed_by_the_wall_clock_deadline(
     started = time.monotonic()
     with pytest.raises(FetchFailed, match=r"did not finish within 1 s"):
         download(client, servers.url(path), tmp_path / "x", timeout_s=1.0)
-    assert 0.9 <= time.monotonic() - started < 1.8
+    assert 0.9 <= time.monotonic() - started < 2.5  # not the 5 s the server would take
     assert_no_files(tmp_path)
 
 
@@ -446,3 +446,33 @@ def test_tls_default_context_does_not_trust_unknown_cas(
     client = SafeHttpClient(tls_setup.policy, resolver=FakeDNS({"safe.test": [[MAIN_IP]]}))
     with pytest.raises(FetchFailed, match="CERTIFICATE_VERIFY_FAILED"):
         download(client, f"https://safe.test:{tls_setup.server.port}/ok.png", tmp_path / "x")
+
+
+# --- IPv6 literals ----------------------------------------------------------------------
+
+
+class _LocalServer6(LocalServer):
+    address_family = socket.AF_INET6
+
+
+def test_ipv6_literal_connects_to_the_checked_address(tmp_path: Path) -> None:
+    try:
+        server = _LocalServer6(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    stop = start(server)
+    try:
+        policy = UrlPolicy(True, frozenset({server.port}), parse_cidrs(["::1/128"]))
+        result = download(
+            SafeHttpClient(policy), f"http://[0:0::1]:{server.port}/echo-host", tmp_path / "x"
+        )
+        assert result.final_url == f"http://[::1]:{server.port}/echo-host"
+        assert result.remote_address == "::1"
+        assert (tmp_path / "x").read_bytes() == f"[::1]:{server.port}".encode()
+        # Without the allow list the same URL is refused before any connection.
+        with pytest.raises(UrlRefused, match="loopback"):
+            download(SafeHttpClient(UrlPolicy(True, frozenset({server.port}))),
+                     result.final_url, tmp_path / "y")  # fmt: skip
+        assert len(server.recorder.hits) == 1
+    finally:
+        stop()
