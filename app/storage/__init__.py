@@ -14,6 +14,7 @@ from app.storage.base import (
     content_disposition,
     job_prefix,
     output_key,
+    require_safe_key,
     safe_filename,
 )
 from app.storage.local import LocalStore
@@ -29,6 +30,7 @@ __all__ = [
     "job_prefix",
     "open_store",
     "output_key",
+    "require_safe_key",
     "safe_filename",
 ]
 

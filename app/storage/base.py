@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import quote
 
+from app.errors import UploadFailed
+
 #: Top-level prefix of every job output.
 OUTPUTS_PREFIX = "outputs"
 #: Longest basename kept from a client or ComfyUI filename (extension included).
@@ -75,6 +77,15 @@ def check_key(key: str) -> None:
     for segment in key.split("/"):
         if not segment or segment.startswith("."):
             raise ValueError("storage key segments must be non-empty and not start with '.'")
+
+
+def require_safe_key(key: str) -> str:
+    """`key` if `check_key` accepts it; otherwise the permanent `UploadFailed`."""
+    try:
+        check_key(key)
+    except ValueError as exc:
+        raise UploadFailed(f"unsafe storage key: {exc}") from exc
+    return key
 
 
 def safe_filename(name: str, *, default_stem: str = "output") -> str:

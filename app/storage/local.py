@@ -18,7 +18,7 @@ from pathlib import Path
 from urllib.parse import quote, urlencode
 
 from app.errors import ObjectNotFound, SignedUrlExpired, SignedUrlInvalid, UploadFailed
-from app.storage.base import check_key
+from app.storage.base import require_safe_key
 from app.storage.signing import is_expired, parse_expires, sign_path, signature_matches
 
 #: Where temporary files are written before being renamed into place; keys cannot
@@ -42,17 +42,15 @@ class LocalStore:
         self._clock = clock
 
     def path_for(self, key: str) -> Path:
-        """The file that holds `key`; refuses unsafe keys and symlinks out of the root."""
-        check_key(key)
-        path = self.root / key
-        root = self.root.resolve()
-        if not path.resolve().is_relative_to(root):
-            raise ValueError("storage key resolves outside the store")
+        """The file that holds `key`; `UploadFailed` for unsafe keys or symlinks out."""
+        path = self.root / require_safe_key(key)
+        if not path.resolve().is_relative_to(self.root.resolve()):
+            raise UploadFailed("storage key resolves outside the store")
         return path
 
     def put_file(self, key: str, path: Path, content_type: str) -> int:
         """Copy the file at `path` to `key` atomically; return its size."""
-        target = self._target(key)
+        target = self.path_for(key)
         try:
             return self._write_atomically(target, lambda tmp: shutil.copyfile(path, tmp))
         except OSError as exc:
@@ -60,7 +58,7 @@ class LocalStore:
 
     def put_bytes(self, key: str, data: bytes, content_type: str) -> int:
         """Write `data` to `key` atomically; return its size."""
-        target = self._target(key)
+        target = self.path_for(key)
         try:
             return self._write_atomically(target, lambda tmp: tmp.write_bytes(data))
         except OSError as exc:
@@ -68,7 +66,7 @@ class LocalStore:
 
     def url(self, key: str, *, filename: str, content_type: str, expires_s: int) -> str:
         """A link to `{public_url}/files/{key}`, signed, valid for `expires_s` seconds."""
-        check_key(key)
+        require_safe_key(key)
         expires = int(self._clock()) + expires_s
         sig = sign_path(self._signing_key, key, expires, filename, content_type)
         query = urlencode(
@@ -93,7 +91,7 @@ class LocalStore:
             raise SignedUrlExpired()
         try:
             path = self.path_for(key)
-        except ValueError as exc:
+        except UploadFailed as exc:
             raise SignedUrlInvalid() from exc
         if not path.is_file():
             raise ObjectNotFound()
@@ -120,12 +118,6 @@ class LocalStore:
     def list_older_than(self, prefix: str, cutoff_unix: float) -> list[str]:
         """Keys under `prefix` whose file was last written before `cutoff_unix`."""
         return sorted(key for key, mtime in self._walk(prefix) if mtime < cutoff_unix)
-
-    def _target(self, key: str) -> Path:
-        try:
-            return self.path_for(key)
-        except ValueError as exc:
-            raise UploadFailed(f"unsafe storage key: {exc}") from exc
 
     def _write_atomically(self, target: Path, write: Callable[[Path], object]) -> int:
         tmp_dir = self.root / _TMP_DIR

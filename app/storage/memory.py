@@ -9,7 +9,7 @@ from pathlib import Path
 from urllib.parse import quote, urlencode
 
 from app.errors import UploadFailed
-from app.storage.base import check_key
+from app.storage.base import require_safe_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,23 +38,20 @@ class MemoryStore:
 
     def put_bytes(self, key: str, data: bytes, content_type: str) -> int:
         """Store `data` under `key`; return its size."""
-        try:
-            check_key(key)
-        except ValueError as exc:
-            raise UploadFailed(f"unsafe storage key: {exc}") from exc
+        require_safe_key(key)
         self.objects[key] = StoredObject(bytes(data), content_type, self._clock())
         return len(data)
 
     def url(self, key: str, *, filename: str, content_type: str, expires_s: int) -> str:
         """A `memory://` link naming the key, the headers and the expiry (not signed)."""
-        check_key(key)
+        require_safe_key(key)
         expires = int(self._clock()) + expires_s
         query = urlencode({"expires": expires, "filename": filename, "content_type": content_type})
         return f"memory://{quote(key, safe='/')}?{query}"
 
     def exists(self, key: str) -> bool:
         """Whether `key` is held."""
-        check_key(key)
+        require_safe_key(key)
         return key in self.objects
 
     def delete_prefix(self, prefix: str) -> int:
@@ -65,6 +62,8 @@ class MemoryStore:
 
     def delete_keys(self, keys: list[str]) -> int:
         """Delete the given keys (missing ones are skipped); return how many were asked."""
+        for key in keys:
+            require_safe_key(key)
         for key in keys:
             self.objects.pop(key, None)
         return len(keys)

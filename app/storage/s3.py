@@ -31,7 +31,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 from app.config import Settings
 from app.errors import StorageUnavailable, UploadFailed
 from app.logs import get_logger
-from app.storage.base import check_key, content_disposition
+from app.storage.base import content_disposition, require_safe_key
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -141,7 +141,7 @@ class S3Store:
 
     def put_file(self, key: str, path: Path, content_type: str) -> int:
         """Upload the file at `path` to `key` (one PUT); return its size."""
-        self._checked(key)
+        require_safe_key(key)
         try:
             size = path.stat().st_size
         except OSError as exc:
@@ -168,7 +168,7 @@ class S3Store:
 
     def put_bytes(self, key: str, data: bytes, content_type: str) -> int:
         """Upload `data` to `key`; return its size."""
-        self._checked(key)
+        require_safe_key(key)
         self._call(
             "put_object",
             lambda: self.client.put_object(
@@ -179,7 +179,7 @@ class S3Store:
 
     def url(self, key: str, *, filename: str, content_type: str, expires_s: int) -> str:
         """A presigned GET that forces a download of `filename` typed `content_type`."""
-        self._checked(key)
+        require_safe_key(key)
         params = {
             "Bucket": self.bucket,
             "Key": key,
@@ -195,7 +195,7 @@ class S3Store:
 
     def exists(self, key: str) -> bool:
         """Whether `key` is stored (a HEAD request)."""
-        self._checked(key)
+        require_safe_key(key)
 
         def head() -> bool:
             try:
@@ -217,6 +217,8 @@ class S3Store:
 
     def delete_keys(self, keys: list[str]) -> int:
         """Delete the given keys in batches (missing ones are skipped); return the count."""
+        for key in keys:
+            require_safe_key(key)
         for start in range(0, len(keys), _DELETE_BATCH):
             batch = keys[start : start + _DELETE_BATCH]
             failed = self._call("delete_objects", partial(self._delete_batch, batch))
@@ -232,13 +234,6 @@ class S3Store:
         """Keys under `prefix` last modified before `cutoff_unix`."""
         listed = self._call("list_objects_v2", lambda: list(self._list(prefix)))
         return sorted(key for key, modified in listed if modified < cutoff_unix)
-
-    def _checked(self, key: str) -> str:
-        try:
-            check_key(key)
-        except ValueError as exc:
-            raise UploadFailed(f"unsafe storage key: {exc}") from exc
-        return key
 
     def _list(self, prefix: str) -> Iterator[tuple[str, float]]:
         paginator = self.client.get_paginator("list_objects_v2")

@@ -80,9 +80,16 @@ def test_list_older_than(store: ObjectStore):
     assert store.list_older_than("outputs/other/", time.time() + 3600) == []
 
 
-def test_unsafe_keys_are_refused_as_upload_failed(store: ObjectStore):
+@pytest.mark.parametrize("key", ["../outside.png", "/abs.png", "a\\b.png", "a//b.png"])
+def test_unsafe_keys_are_refused_as_upload_failed(store: ObjectStore, key: str):
     with pytest.raises(UploadFailed):
-        store.put_bytes("../outside.png", b"x", "image/png")
+        store.put_bytes(key, b"x", "image/png")
+    with pytest.raises(UploadFailed):
+        store.url(key, filename="a.png", content_type="image/png", expires_s=60)
+    with pytest.raises(UploadFailed):
+        store.exists(key)
+    with pytest.raises(UploadFailed):
+        store.delete_keys([key])
 
 
 def test_url_is_signed_fresh_and_names_the_key(store: ObjectStore):
