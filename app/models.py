@@ -103,6 +103,8 @@ class Job(Record):
     slots: list[SlotRef] = Field(default_factory=list)
     stage_times: dict[Stage, StageTimes] = Field(default_factory=dict)
     lease_until: float | None = None
+    #: On Modal, the render's function call id, so cancel can also cancel that call.
+    render_call_id: str | None = None
 
     @property
     def is_terminal(self) -> bool:
