@@ -94,9 +94,15 @@ def _named_secret(spec: opts.SecretSpec) -> modal.Secret:
     )
 
 
+def _settings_secret(role: opts.Role) -> modal.Secret:
+    # Every container must rebuild the deployer's Settings: the decorators below are
+    # evaluated again at import inside the container (snapshot hooks depend on them).
+    return modal.Secret.from_dict(dict(opts.container_env(settings, role)))
+
+
 def _secrets(role: opts.Role) -> list[modal.Secret]:
     named = [_named_secret(spec) for spec in opts.app_secrets(settings)]
-    return [*named, modal.Secret.from_dict(dict(opts.container_env(settings, role)))]
+    return [*named, _settings_secret(role)]
 
 
 def _retries(count: int) -> modal.Retries | None:
@@ -348,6 +354,7 @@ def cleanup() -> dict[str, int]:
 @app.function(
     image=render_image,
     volumes={MODELS_DIR: models_volume.read_only()},
+    secrets=[_settings_secret("render")],
     schedule=modal.Cron(settings.modal_verify_setup_cron),
     timeout=300,
     max_containers=1,
@@ -366,7 +373,10 @@ def verify_setup() -> dict[str, object]:
 @app.function(
     image=cpu_image,
     volumes={MODELS_DIR: models_volume},
-    secrets=[_named_secret(spec) for spec in opts.download_secrets(settings)],
+    secrets=[
+        *(_named_secret(spec) for spec in opts.download_secrets(settings)),
+        _settings_secret("cpu"),
+    ],
     timeout=3 * 3600,
     max_containers=1,
 )
