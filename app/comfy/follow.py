@@ -63,11 +63,28 @@ def open_socket(base_url: str, client_id: str, timeout_s: float) -> Socket | Non
                 proxy=None,
             )
         )
+        _await_greeting(connection, max(timeout_s, 0.1))
     except (OSError, TimeoutError, WebSocketException) as exc:
         stack.close()
         log.warning("comfy_ws_unavailable", url=url, error=str(exc) or type(exc).__name__)
         return None
     return Socket(connection, stack)
+
+
+def _await_greeting(connection: ClientConnection, timeout_s: float) -> None:
+    """Wait for the `status` ComfyUI sends a socket once it is registered under its id.
+
+    Only then is every message for our client id sure to reach us; posting earlier could
+    race the registration. If no greeting comes, the history polls still cover us.
+    """
+    end = time.monotonic() + timeout_s
+    while (left_s := end - time.monotonic()) > 0:
+        try:
+            raw = connection.recv(timeout=left_s)
+        except TimeoutError:
+            return
+        if isinstance(raw, str) and '"status"' in raw:
+            return
 
 
 @dataclass(frozen=True, slots=True)
