@@ -35,6 +35,14 @@ def _no_cancel_hook(job_id: str) -> None:
     """Locally the render stage's cooperative interrupt is all there is."""
 
 
+def _nothing() -> None:
+    """Locally the scratch folder is an ordinary folder: nothing to commit or reload."""
+
+
+def _no_call_id() -> str | None:
+    return None
+
+
 @dataclass
 class Deps:
     """Shared clients and stores; cheap to build, heavy parts built on first use."""
@@ -47,6 +55,11 @@ class Deps:
     #: Called after a job is cancelled (Modal: cancel the render's FunctionCall).
     on_cancel: CancelHook = _no_cancel_hook
     comfy_url: str | None = None
+    #: Modal: commit / reload the scratch Volume so other containers see the files.
+    scratch_commit: Callable[[], None] = _nothing
+    scratch_reload: Callable[[], None] = _nothing
+    #: Modal: the FunctionCall id of the running render, so cancel can stop it.
+    current_call_id: Callable[[], str | None] = _no_call_id
     _queues: dict[Stage, Queue] = field(default_factory=dict)
 
     @cached_property

@@ -3,7 +3,8 @@
     PipelineError                 permanent: the job fails with `code`
     ├── TransientError            retryable: the stage is tried again
     │   ├── ComfyUnavailable      ComfyUI did not answer
-    │   └── StorageUnavailable    object storage failed transiently
+    │   ├── StorageUnavailable    object storage failed transiently
+    │   └── DeliveryFailed        a webhook endpoint could not be reached
     ├── InvalidRequest            the client's request is wrong (a 4xx)
     │   ├── InvalidWorkflow
     │   └── UrlRefused            the URL policy refused an input or webhook URL
@@ -49,6 +50,12 @@ class StorageUnavailable(TransientError):
     """Object storage failed; the upload will be retried."""
 
     code = "storage_unavailable"
+
+
+class DeliveryFailed(TransientError):
+    """The webhook endpoint could not be reached."""
+
+    code = "delivery_failed"
 
 
 class InvalidRequest(PipelineError):

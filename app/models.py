@@ -103,6 +103,8 @@ class Job(Record):
     slots: list[SlotRef] = Field(default_factory=list)
     stage_times: dict[Stage, StageTimes] = Field(default_factory=dict)
     lease_until: float | None = None
+    #: Modal FunctionCall id of the render holding the job (cancel stops it).
+    render_call_id: str | None = None
 
     @property
     def is_terminal(self) -> bool:

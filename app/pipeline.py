@@ -22,6 +22,8 @@ from app.models import Job, JobError, JobStatus, Stage, StageMessage, StageTimes
 StageFn = Callable[[Job, Deps], Job]
 
 DELAYED_DICT = "delayed"
+#: Jobs whose webhook delivery is not finished (shared with the notify stage).
+PENDING_DICT = "deliveries_pending"
 NEXT_STAGE: Mapping[Stage, Stage | None] = {
     Stage.FETCH: Stage.RENDER,
     Stage.RENDER: Stage.UPLOAD,
@@ -75,6 +77,8 @@ def after_terminal(deps: Deps, job: Job) -> None:
     """Once a job has ended: drop its scratch files and send its webhook."""
     shutil.rmtree(work_dir(deps, job.id), ignore_errors=True)
     if job.webhook_url:
+        # Marked before the message goes out, so a lost message is found and re-sent.
+        deps.backend.kv(PENDING_DICT).put(job.id, str(deps.clock()))
         enqueue(deps, job.id, Stage.NOTIFY)
 
 

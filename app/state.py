@@ -13,7 +13,7 @@ Who writes what (the single-writer rule; no record has two writers at once):
                     ``job:{id}``, so a late writer can never undo it.
 * ``claim:{id}:{stage}:{epoch}:{attempt}`` taken by the worker that runs a stage message, so a
                     duplicate message (queues are at-least-once here) runs nothing.
-* ``epoch:{id}:{n}`` taken by fail_stale when it hands a job to a stage again; a zombie
+* ``epoch:{id}:{lane}:{n}`` taken by fail_stale when it hands a job to a stage again; a zombie
                     worker of an older epoch sees it and stops (a fencing token).
 
 Clients never rewrite a record: cancel is a terminal decision, nothing more.
@@ -377,22 +377,25 @@ class JobStore:
 
     def claim_stage(self, job_id: str, stage: Stage, epoch: int, attempt: int = 0) -> bool:
         """Take one stage message; False for a duplicate or a message of an older epoch."""
-        if self.jobs.contains(f"epoch:{job_id}:{epoch + 1}"):
+        if not self.is_current(job_id, epoch, _lane(stage)):
             return False
         return self.jobs.put_if_absent(
             f"claim:{job_id}:{stage}:{epoch}:{attempt}", str(self.clock())
         )
 
-    def is_current(self, job_id: str, epoch: int) -> bool:
+    def is_current(self, job_id: str, epoch: int, lane: str = "work") -> bool:
         """Whether a holder of `epoch` still holds the job (no newer epoch was handed out)."""
-        return not self.jobs.contains(f"epoch:{job_id}:{epoch + 1}")
+        return not self.jobs.contains(f"epoch:{job_id}:{lane}:{epoch + 1}")
 
-    def take_back(self, job: Job) -> int | None:
-        """Hand a job whose holder went silent to a new epoch; None if someone else did."""
-        epoch = job.epoch + 1
-        if not self.jobs.put_if_absent(f"epoch:{job.id}:{epoch}", str(self.clock())):
+    def take_back(self, job_id: str, epoch: int, lane: str = "work") -> int | None:
+        """Hand a job whose holder (of `epoch`) went silent to a new epoch.
+
+        None if another reaper already did. Work stages and webhook delivery have
+        separate lanes, so re-sending a lost webhook never fences a work stage.
+        """
+        if not self.jobs.put_if_absent(f"epoch:{job_id}:{lane}:{epoch + 1}", str(self.clock())):
             return None
-        return epoch
+        return epoch + 1
 
     # ---- reconciliation ----------------------------------------------------------------
 
@@ -430,6 +433,10 @@ def user_scope(tenant_id: str, user_id: str) -> str:
 def tenant_scope(tenant_id: str) -> str:
     """The slot scope of one tenant's concurrency cap."""
     return f"tenant:{tenant_id}"
+
+
+def _lane(stage: Stage) -> str:
+    return "notify" if stage is Stage.NOTIFY else "work"
 
 
 def _index_prefix(tenant_id: str, user_id: str) -> str:

@@ -1,0 +1,30 @@
+"""Fetch: download each input with the SSRF-safe client and check it is real media."""
+
+from __future__ import annotations
+
+from app.deps import Deps
+from app.logs import get_logger
+from app.media import check_media
+from app.models import Job
+from app.stages.scratch import inputs_folder
+
+
+def run(job: Job, deps: Deps) -> Job:
+    """Place every input in the job's scratch folder; raises FetchFailed / UrlRefused."""
+    settings = deps.settings
+    folder = inputs_folder(deps, job.id)
+    folder.mkdir(parents=True, exist_ok=True)
+    log = get_logger(job_id=job.id, tenant_id=job.tenant_id, stage="fetch")
+    for spec in job.inputs:
+        if deps.jobs.terminal(job.id) is not None:
+            break  # cancelled: the pipeline notices and stops
+        dest = folder / spec.name
+        result = deps.http.download(
+            spec.url, dest, max_bytes=settings.fetch_max_bytes,
+            timeout_s=settings.fetch_timeout_s, max_redirects=settings.fetch_max_redirects,
+        )
+        info = check_media(dest, max_pixels=settings.max_image_pixels)
+        log.info("input_fetched", name=spec.name, size=result.size,
+                 content_type=info.content_type)
+    deps.scratch_commit()
+    return job

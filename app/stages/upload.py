@@ -1,0 +1,37 @@
+"""Upload: put the staged outputs into object storage under tenant/user/job keys."""
+
+from __future__ import annotations
+
+from app.deps import Deps
+from app.errors import UploadFailed
+from app.logs import get_logger
+from app.media import sniff_content_type
+from app.models import Job, OutputRef
+from app.stages.scratch import SCRATCH_KEY_PREFIX, job_folder
+from app.storage.base import output_key
+
+_FALLBACK_TYPE = "application/octet-stream"
+
+
+def run(job: Job, deps: Deps) -> Job:
+    """Store each staged output; the keys are deterministic, so a retry overwrites."""
+    deps.scratch_reload()
+    folder = job_folder(deps, job.id)
+    stored: list[OutputRef] = []
+    log = get_logger(job_id=job.id, tenant_id=job.tenant_id, stage="upload")
+    for index, output in enumerate(job.outputs):
+        if not output.key.startswith(SCRATCH_KEY_PREFIX):
+            stored.append(output)  # stored by an earlier attempt
+            continue
+        path = folder / output.key.removeprefix(SCRATCH_KEY_PREFIX)
+        if not path.is_file():
+            raise UploadFailed(f"output {output.filename} is missing from the scratch folder")
+        with path.open("rb") as handle:
+            content_type = sniff_content_type(handle.read(64)) or _FALLBACK_TYPE
+        key = output_key(job.tenant_id, job.user_id, job.id, index, output.filename)
+        size = deps.objects.put_file(key, path, content_type)
+        stored.append(OutputRef(filename=output.filename, content_type=content_type,
+                                size=size, key=key))
+        log.info("output_stored", filename=output.filename, size=size,
+                 content_type=content_type)
+    return job.model_copy(update={"outputs": stored})
