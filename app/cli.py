@@ -10,16 +10,16 @@ Errors are one line on stderr and a non-zero exit code, never a traceback.
 
 from __future__ import annotations
 
-import importlib
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from app import maintenance
 from app.api_client import ApiClient
 from app.cli_common import fail, friendly_errors, local_deps, settings, table, when
 from app.cli_tenants import tenant_app
@@ -59,7 +59,8 @@ def dev(
 ) -> None:
     """Run the local pipeline: ingress, intake, fetch, render, upload and notify workers."""
     with friendly_errors():
-        run_dev = _lead_function("app.runner", "run_dev")
+        from app.runner import run_dev  # imports uvicorn and the workers; only `dev` needs them
+
         typer.echo(f"comfyui-saas dev: http://{host}:{port} (docs at /docs); Ctrl-C stops",
                    err=True)
         run_dev(settings(), host=host, port=port)
@@ -78,6 +79,8 @@ def submit(
         help="Download the outputs here (implies --wait).", file_okay=False)] = None,
     timeout_s: Annotated[float, typer.Option(
         "--timeout", min=1, help="Give up waiting after this many seconds.")] = 3600,
+    poll_s: Annotated[float, typer.Option(
+        "--poll", min=0.05, help="Seconds between status reads while waiting.")] = 1.0,
     idempotency_key: Annotated[str | None, typer.Option(
         help="Send an Idempotency-Key (a retry with it returns the same job).")] = None,
     user: User = DEFAULT_USER, api_url: ApiUrl = None, api_key: ApiKey = None,
@@ -90,7 +93,9 @@ def submit(
             view = client.submit(body, idempotency_key=idempotency_key)
             typer.echo(f"submitted {view.id} ({view.status.value})", err=True)
             if wait or out is not None:
-                view = client.wait(view.id, timeout_s=timeout_s, on_update=ProgressPrinter())
+                view = client.wait(
+                    view.id, timeout_s=timeout_s, poll_s=poll_s, on_update=ProgressPrinter()
+                )
             _print_view(view, as_json)
             if view.status is JobStatus.COMPLETED and out is not None:
                 for path in client.download_outputs(view, out):
@@ -150,14 +155,14 @@ def jobs(
 def fail_stale() -> None:
     """Take back jobs whose worker went silent; fail those past their deadline."""
     with friendly_errors():
-        _print_report(_lead_function("app.maintenance", "fail_stale")(local_deps()))
+        _print_report(maintenance.fail_stale(local_deps()))
 
 
 @cli.command()
 def cleanup() -> None:
     """Delete expired outputs and job records; release leaked admission slots."""
     with friendly_errors():
-        _print_report(_lead_function("app.maintenance", "cleanup")(local_deps()))
+        _print_report(maintenance.cleanup(local_deps()))
 
 
 def request_body(document: Any, inputs: list[str], webhook: str | None) -> dict[str, Any]:
@@ -224,17 +229,8 @@ def _print_view(view: JobView, as_json: bool) -> None:
         typer.echo(f"  {output.url}")
 
 
-def _print_report(report: dict[str, Any]) -> None:
+def _print_report(report: Mapping[str, Any]) -> None:
     typer.echo(json.dumps(report, indent=2, sort_keys=True, default=str))
-
-
-def _lead_function(module: str, name: str) -> Callable[..., Any]:
-    """A function from a module this build may not have yet (a clear error, no traceback)."""
-    try:
-        function: Callable[..., Any] = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
-        fail(f"{module}.{name} is not available in this installation")
-    return function
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ from app.backends.base import BackendError
 from app.config import Settings, get_settings
 from app.deps import Deps, build_deps
 from app.errors import PipelineError
+from app.runner import RunnerError
 from app.tenants import TenantError
 
 
@@ -33,7 +34,7 @@ def friendly_errors() -> Iterator[None]:
         raise
     except HttpApiError as exc:
         fail(f"{exc.message} ({exc.code}, HTTP {exc.status})")
-    except (ApiClientError, TenantError) as exc:
+    except (ApiClientError, TenantError, RunnerError) as exc:
         fail(str(exc))
     except PipelineError as exc:
         fail(exc.message)
