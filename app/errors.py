@@ -7,7 +7,10 @@
     │   └── DeliveryFailed        a webhook endpoint could not be reached
     ├── InvalidRequest            the client's request is wrong (a 4xx)
     │   ├── InvalidWorkflow
-    │   └── UrlRefused            the URL policy refused an input or webhook URL
+    │   ├── UrlRefused            the URL policy refused an input or webhook URL
+    │   ├── SignedUrlInvalid      a signed download URL does not verify
+    │   │   └── SignedUrlExpired  ... or verifies but has expired
+    │   └── ObjectNotFound        a signed URL names an object that is not stored
     ├── FetchFailed               an input could not be downloaded or is not valid media
     ├── RenderFailed              ComfyUI reported an error while running the graph
     ├── RenderTimeout             the job's deadline passed during render
@@ -74,6 +77,24 @@ class UrlRefused(InvalidRequest):
     """The URL is not allowed by the URL policy."""
 
     code = "url_refused"
+
+
+class SignedUrlInvalid(InvalidRequest):
+    """The download link is not valid."""
+
+    code = "signed_url_invalid"
+
+
+class SignedUrlExpired(SignedUrlInvalid):
+    """The download link has expired; read the job again for a fresh one."""
+
+    code = "signed_url_expired"
+
+
+class ObjectNotFound(InvalidRequest):
+    """The requested file does not exist (it may have been removed by retention)."""
+
+    code = "not_found"
 
 
 class FetchFailed(PipelineError):

@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass
 from app.deps import Deps
 from app.logs import get_logger
 from app.models import Job, JobError, JobStatus, Stage, StageTimes
-from app.pipeline import after_terminal, enqueue, fail_job, release_due
-from app.state import ADMISSION_DICT, REQUEUE_AFTER_S, RATE_WINDOW_S
+from app.pipeline import DELAYED_DICT, PENDING_DICT, enqueue, fail_job, release_due
+from app.state import ADMISSION_DICT, RATE_WINDOW_S, REQUEUE_AFTER_S
 
 #: Work stages a job can be waiting for; notify runs after the terminal decision.
 WORK_STAGES = (Stage.FETCH, Stage.RENDER, Stage.UPLOAD)
@@ -58,18 +58,22 @@ def fail_stale(deps: Deps) -> dict[str, int]:
     report.active_removed = reconciled.active_removed
     now = deps.clock()
     empty_queues = {stage for stage in WORK_STAGES if deps.queue(stage).len() == 0}
+    parked = parked_job_ids(deps)
     for job_id in list(deps.jobs.active_ids()):
         job = deps.jobs.find(job_id)
         if job is None or job.is_terminal:
             continue
-        _reap(deps, job, now, empty_queues, report)
-    report.requeued += _resend_lost_deliveries(deps, now)
+        _reap(deps, job, now, empty_queues, parked, report)
+    report.requeued += _resend_lost_deliveries(deps, now, parked)
     result = asdict(report)
     get_logger().info("fail_stale_done", **result)
     return result
 
 
-def _reap(deps: Deps, job: Job, now: float, empty_queues: set[Stage], report: StaleReport) -> None:
+def _reap(
+    deps: Deps, job: Job, now: float, empty_queues: set[Stage], parked: set[str],
+    report: StaleReport,
+) -> None:
     log = get_logger(job_id=job.id, tenant_id=job.tenant_id, stage=job.stage.value)
     if now > job.deadline + DEADLINE_GRACE_S:
         error = JobError(code="timeout", message=f"job exceeded its timeout of {job.timeout_s} s")
@@ -84,7 +88,7 @@ def _reap(deps: Deps, job: Job, now: float, empty_queues: set[Stage], report: St
         and job.stage in empty_queues
         and queued is not None
         and now - queued > REQUEUE_AFTER_S
-        and not _parked(deps, job.id)
+        and job.id not in parked
     )
     if not (holder_died or message_lost):
         return
@@ -110,9 +114,8 @@ def _reap(deps: Deps, job: Job, now: float, empty_queues: set[Stage], report: St
         log.warning("job_message_resent", epoch=epoch)
 
 
-def _resend_lost_deliveries(deps: Deps, now: float) -> int:
+def _resend_lost_deliveries(deps: Deps, now: float, parked: set[str]) -> int:
     """Re-send notify messages lost with a crashed worker (the delivery stays pending)."""
-    from app.pipeline import PENDING_DICT
     from app.stages.notify import load_delivery
 
     if deps.queue(Stage.NOTIFY).len():
@@ -125,7 +128,7 @@ def _resend_lost_deliveries(deps: Deps, now: float) -> int:
             pending.pop(job_id)
             continue
         due = delivery.next_attempt_at if delivery else float(pending.get(job_id) or now)
-        if due is None or now - due < REQUEUE_AFTER_S or _parked(deps, job_id):
+        if due is None or now - due < REQUEUE_AFTER_S or job_id in parked:
             continue
         epoch = deps.jobs.take_back(job_id, delivery.epoch if delivery else 0, lane="notify")
         if epoch is None:
@@ -137,10 +140,9 @@ def _resend_lost_deliveries(deps: Deps, now: float) -> int:
     return resent
 
 
-def _parked(deps: Deps, job_id: str) -> bool:
-    from app.pipeline import DELAYED_DICT
-
-    return any(f":{job_id}:" in key for key in deps.backend.kv(DELAYED_DICT).keys())
+def parked_job_ids(deps: Deps) -> set[str]:
+    """Jobs with a message parked for later (a retry or a webhook back-off)."""
+    return {key.split(":")[1] for key in deps.backend.kv(DELAYED_DICT).keys()}
 
 
 def recover_after_restart(deps: Deps) -> int:
@@ -211,4 +213,3 @@ def _remove_orphan_scratch(deps: Deps) -> int:
     return removed
 
 
-__all__ = ["after_terminal", "cleanup", "fail_stale", "recover_after_restart", "sweep"]

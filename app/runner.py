@@ -14,7 +14,7 @@ import multiprocessing as mp
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing.synchronize import Event
@@ -141,8 +141,8 @@ class Pipeline:
             self._spawn(run_worker, (self.settings, spec, self.stop), f"{spec.stage}-{spec.index}")
         self._spawn(run_maintenance, (self.settings, self.stop), "maintenance")
 
-    def _spawn(self, target: object, args: tuple[object, ...], name: str) -> None:
-        process = self.ctx.Process(target=target, args=args, name=name, daemon=True)  # type: ignore[attr-defined]
+    def _spawn(self, target: Callable[..., None], args: tuple[object, ...], name: str) -> None:
+        process = self.ctx.Process(target=target, args=args, name=name, daemon=True)
         process.start()
         self.processes.append(process)
 

@@ -9,7 +9,6 @@ from the key, never from a request body.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import re
@@ -23,6 +22,7 @@ from app.backends.base import KV, Backend
 from app.config import Settings
 from app.models import Record
 from app.state import Limits
+from app.webhooks import new_webhook_secret
 
 TENANTS_DICT = "tenants"
 KEY_PREFIX = "csk_"
@@ -86,11 +86,6 @@ class NewTenant:
     tenant: Tenant
     api_key: str
     webhook_secret: str
-
-
-def new_webhook_secret() -> str:
-    """A Standard Webhooks secret: `whsec_` + base64 of 32 random bytes."""
-    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
 def new_api_key() -> tuple[str, str]:

@@ -10,6 +10,9 @@ import pytest
 
 from app.config import ENV_PREFIX, Settings
 
+#: Shared fixtures that live in their own modules (a real S3 server for storage tests).
+pytest_plugins = ["tests.support.s3_server"]
+
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:

@@ -107,7 +107,7 @@ class ModalKV:
     def keys(self, prefix: str = "") -> Iterator[str]:
         try:
             # modal.Dict streams keys through .keys(); it is not a Mapping.
-            found = [str(k) for k in self._d.keys() if str(k).startswith(prefix)]  # noqa: SIM118
+            found = [str(k) for k in self._d.keys() if str(k).startswith(prefix)]
         except Exception as exc:
             raise _wrap(exc) from exc
         return iter(found)

@@ -13,7 +13,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -221,7 +221,7 @@ class SafeHttpClient:
     # --- webhooks ------------------------------------------------------------------------
 
     def post(
-        self, url: str, body: bytes, headers: dict[str, str], *, timeout_s: float
+        self, url: str, body: bytes, headers: Mapping[str, str], *, timeout_s: float
     ) -> PostResult:
         """POST `body` once, without following redirects; raise UrlRefused or DeliveryFailed."""
         deadline = time.monotonic() + timeout_s
@@ -286,7 +286,7 @@ class SafeHttpClient:
         target: Target,
         addresses: list[IPAddress],
         deadline: float,
-        headers: dict[str, str],
+        headers: Mapping[str, str],
         content: bytes | None = None,
     ) -> Iterator[tuple[httpx.Response, PinnedBackend]]:
         """One request to the checked addresses; a fresh client, so no cookies carry over."""

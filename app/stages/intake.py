@@ -72,7 +72,9 @@ def check_request(request: JobRequest, deps: Deps) -> None:
     """Everything about a request that can be refused before it costs anything."""
     settings = deps.settings
     if len(request.inputs) > settings.max_inputs:
-        raise InvalidRequest(f"too many inputs: {len(request.inputs)} (limit {settings.max_inputs})")
+        raise InvalidRequest(
+            f"too many inputs: {len(request.inputs)} (limit {settings.max_inputs})"
+        )
     if request.timeout_s is not None and request.timeout_s > settings.max_job_timeout_s:
         raise InvalidRequest(
             f"timeout_s {request.timeout_s} is over the limit of {settings.max_job_timeout_s}"
@@ -95,7 +97,10 @@ def admit(
     deps: Deps, tenant: Tenant, user_id: str, request: JobRequest, *,
     idempotency_key: str | None = None, job_id: str | None = None,
 ) -> Admission:
-    """Check and admit a request; raises InvalidRequest, AdmissionRejected or IdempotencyConflict."""
+    """Check and admit a request.
+
+    Raises InvalidRequest (and subclasses), AdmissionRejected or IdempotencyConflict.
+    """
     if not USER_ID.match(user_id):
         raise InvalidRequest("user id must match ^[A-Za-z0-9._:@-]{1,128}$")
     if request.user_id is not None and request.user_id != user_id:

@@ -22,7 +22,7 @@ from app.comfy.workflow import bind_inputs
 from app.deps import Deps
 from app.logs import get_logger
 from app.models import Job, OutputRef
-from app.stages.scratch import SCRATCH_KEY_PREFIX, OUTPUTS, inputs_folder, outputs_folder
+from app.stages.scratch import OUTPUTS, SCRATCH_KEY_PREFIX, inputs_folder, outputs_folder
 
 #: How often the render loop asks the store whether the job was cancelled.
 CANCEL_CHECK_INTERVAL_S = 0.5
