@@ -81,7 +81,9 @@ async def test_openapi_and_docs_are_served(http: httpx.AsyncClient) -> None:
 
 @pytest.mark.parametrize("authorization", [None, "Bearer nope", "Basic abc", "Bearer ",
                                            "Bearer csk_aaaaaaaa_" + "x" * 32])
-async def test_bad_or_missing_key_is_401(http: httpx.AsyncClient, authorization: str | None) -> None:
+async def test_bad_or_missing_key_is_401(
+    http: httpx.AsyncClient, authorization: str | None
+) -> None:
     headers = {"X-User-ID": "alice"}
     if authorization is not None:
         headers["Authorization"] = authorization
