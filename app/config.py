@@ -122,6 +122,60 @@ class Settings(BaseSettings):
     api_url: str = "http://127.0.0.1:8000"
     api_key: SecretStr = SecretStr("")
 
+    # --- modal deployment: read at `modal deploy` time -----------------------------------
+    #: Cost profiles; the defaults below are the off-peak one (scale to zero, one GPU,
+    #: short idle). For a peak period set these in the deploying shell and redeploy:
+    #:   COMFYUI_SAAS_MODAL_GPU=L40S
+    #:   COMFYUI_SAAS_MODAL_RENDER_MAX_CONTAINERS=4
+    #:   COMFYUI_SAAS_MODAL_RENDER_BUFFER_CONTAINERS=1
+    #:   COMFYUI_SAAS_MODAL_RENDER_SCALEDOWN_WINDOW_S=300
+    #:   COMFYUI_SAAS_MODAL_CPU_MAX_CONTAINERS=4
+    #:   COMFYUI_SAAS_MODAL_INGRESS_MAX_CONTAINERS=4
+    #: GPU type of the render containers (Modal's names: L4, A10G, L40S, A100-40GB, H100).
+    modal_gpu: str = "L4"
+    #: Containers kept up while idle; anything above 0 bills GPU time around the clock.
+    modal_render_min_containers: int = Field(default=0, ge=0)
+    modal_render_max_containers: int = Field(default=1, ge=1)
+    #: Idle containers held in reserve under load (each one is a billed GPU).
+    modal_render_buffer_containers: int = Field(default=0, ge=0)
+    modal_render_scaledown_window_s: int = Field(default=60, ge=2, le=3600)
+    #: Jobs one render container runs at once; ComfyUI runs one prompt at a time.
+    modal_render_max_inputs: int = Field(default=1, ge=1)
+    modal_render_timeout_s: int = Field(default=3600, ge=60, le=86_400)
+    #: ComfyUI's start (and the memory snapshot) must finish within this.
+    modal_render_startup_timeout_s: int = Field(default=600, ge=30, le=3600)
+    modal_render_retries: int = Field(default=2, ge=0, le=10)
+    #: Start ComfyUI once, snapshot the container's memory, restore it on cold starts.
+    modal_memory_snapshot: bool = True
+    #: Modal's alpha GPU snapshots (needs the memory snapshot); a failed restore just
+    #: starts the container again without a snapshot.
+    modal_gpu_snapshot: bool = False
+    #: The CPU stages (intake, fetch, upload, notify) and the scheduled functions.
+    modal_cpu_max_containers: int = Field(default=2, ge=1)
+    modal_cpu_max_inputs: int = Field(default=8, ge=1)
+    modal_cpu_scaledown_window_s: int = Field(default=30, ge=2, le=3600)
+    modal_cpu_timeout_s: int = Field(default=600, ge=10, le=86_400)
+    modal_cpu_retries: int = Field(default=2, ge=0, le=10)
+    #: The HTTP API (scales to zero; one container serves many requests).
+    modal_ingress_max_containers: int = Field(default=2, ge=1)
+    modal_ingress_max_inputs: int = Field(default=32, ge=1)
+    modal_ingress_scaledown_window_s: int = Field(default=60, ge=2, le=3600)
+    #: Also require Modal proxy-auth headers (Modal-Key/Modal-Secret) on the API.
+    modal_requires_proxy_auth: bool = False
+    #: Messages one CPU-stage call takes before it hands over to a fresh call.
+    modal_drain_max_items: int = Field(default=100, ge=1)
+    modal_fail_stale_every_s: int = Field(default=120, ge=60)
+    #: Cron strings are UTC.
+    modal_cleanup_cron: str = "17 3 * * *"
+    modal_verify_setup_cron: str = "23 4 * * *"
+    #: Modal Secret with the S3/R2 keys (COMFYUI_SAAS_S3_ENDPOINT_URL, ..._ACCESS_KEY_ID,
+    #: ..._SECRET_ACCESS_KEY).
+    modal_storage_secret: str = "comfyui-saas-r2"
+    #: Modal Secret with COMFYUI_SAAS_SIGNING_KEY.
+    modal_signing_secret: str = "comfyui-saas-signing"
+    #: Modal Secret with HF_TOKEN for gated models; empty: public models only.
+    modal_hf_secret: str = ""
+
     # --- maintenance -------------------------------------------------------------------
     job_retention_s: int = Field(default=7 * 86_400, ge=60)
 
