@@ -17,12 +17,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
+import structlog
 import typer
 
 from app import maintenance
 from app.api_client import ApiClient
 from app.cli_common import fail, friendly_errors, local_deps, settings, table, when
 from app.cli_tenants import tenant_app
+from app.logs import configure_logging
 from app.models import JobStatus
 from app.schemas import JobView
 
@@ -31,6 +33,15 @@ cli = typer.Typer(
     no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
 )
 cli.add_typer(tenant_app, name="tenant")
+
+
+@cli.callback()
+def _configure() -> None:
+    """Logs go to stderr, so stdout carries only the command's output."""
+    with friendly_errors():
+        config = settings()
+        configure_logging(config.log_level, config.log_json)
+        structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
 
 ApiUrl = Annotated[str | None, typer.Option(
     "--api-url", help="Ingress URL [default: settings api_url].")]
@@ -88,7 +99,11 @@ def submit(
 ) -> None:
     """Submit a workflow; with --wait, show per-node progress; with --out, download."""
     with friendly_errors():
-        body = request_body(json.loads(workflow.read_text()), inputs or [], webhook)
+        try:
+            document = json.loads(workflow.read_text())
+        except json.JSONDecodeError as exc:
+            fail(f"{workflow}: not JSON: {exc.msg} at line {exc.lineno}")
+        body = request_body(document, inputs or [], webhook)
         with api(api_url, api_key, user) as client:
             view = client.submit(body, idempotency_key=idempotency_key)
             typer.echo(f"submitted {view.id} ({view.status.value})", err=True)

@@ -41,6 +41,16 @@ takes `X-User-ID`, the end user the job belongs to. Errors always look like
 MAX_PAGE = 100
 _JOB_REQUEST_REF = "#/components/schemas/JobRequest"
 
+#: A complete request using only core ComfyUI nodes (shown in /docs, used by fuzzing).
+EXAMPLE_REQUEST: dict[str, Any] = {
+    "workflow": {
+        "1": {"class_type": "EmptyImage",
+              "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}},
+    },
+    "metadata": {"order": "A-1001"},
+}
+
 _bearer = HTTPBearer(auto_error=False, description="A tenant API key (`csk_...`).")
 
 
@@ -148,7 +158,9 @@ async def health(deps: DepsDep) -> Health:
     openapi_extra={
         "requestBody": {
             "required": True,
-            "content": {"application/json": {"schema": {"$ref": _JOB_REQUEST_REF}}},
+            "content": {"application/json": {
+                "schema": {"$ref": _JOB_REQUEST_REF}, "example": EXAMPLE_REQUEST,
+            }},
         },
     },
 )

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import structlog
 from typer.testing import CliRunner, Result
 
 from app.cli import cli
@@ -48,7 +49,11 @@ def workflow_file(tmp_path: Path) -> Path:
 
 
 def run(*args: str) -> Result:
-    return CliRunner().invoke(cli, list(args))
+    try:
+        return CliRunner().invoke(cli, list(args))
+    finally:
+        # The CLI points logs at the runner's stderr; the server thread must not keep it.
+        structlog.reset_defaults()
 
 
 def assert_failed(result: Result, *fragments: str) -> None:

@@ -116,11 +116,11 @@ async def test_disabled_tenant_is_refused(http: httpx.AsyncClient, harness: Harn
     assert_error(response, 401, "unauthorized")
 
 
-@pytest.mark.parametrize("user", [None, "", "has space", "x" * 129, "ünïcode"])
+@pytest.mark.parametrize("user", [None, "", "has space", "x" * 129, "ünïcode".encode()])
 async def test_missing_or_bad_user_header_is_422(
-    http: httpx.AsyncClient, harness: Harness, user: str | None
+    http: httpx.AsyncClient, harness: Harness, user: str | bytes | None
 ) -> None:
-    headers = {"Authorization": f"Bearer {harness.acme.api_key}"}
+    headers: dict[str, str | bytes] = {"Authorization": f"Bearer {harness.acme.api_key}"}
     if user is not None:
         headers["X-User-ID"] = user
     for response in (
