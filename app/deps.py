@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from app.backends import Backend, Queue, open_backend
 from app.config import Settings
-from app.models import Stage
+from app.models import Job, Stage
 from app.state import JobStore
 from app.tenants import TenantRegistry
 
@@ -24,14 +24,14 @@ if TYPE_CHECKING:
     from app.storage.base import ObjectStore
 
 Waker = Callable[[Stage], None]
-CancelHook = Callable[[str], None]
+CancelHook = Callable[[Job], None]
 
 
 def _no_wake(stage: Stage) -> None:
     """Local workers poll their queues; nothing to wake."""
 
 
-def _no_cancel_hook(job_id: str) -> None:
+def _no_cancel_hook(job: Job) -> None:
     """Locally the render stage's cooperative interrupt is all there is."""
 
 

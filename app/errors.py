@@ -14,6 +14,7 @@
     ├── FetchFailed               an input could not be downloaded or is not valid media
     ├── RenderFailed              ComfyUI reported an error while running the graph
     ├── RenderTimeout             the job's deadline passed during render
+    ├── RenderCancelled           the client cancelled the job during render
     └── UploadFailed              storage refused the outputs for good
 
 Library errors are translated at the boundary (`raise FetchFailed(...) from exc`), so no
@@ -108,11 +109,29 @@ class RenderFailed(PipelineError):
 
     code = "render_failed"
 
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        node_id: str | None = None,
+        node_type: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        #: The failing node, when ComfyUI named one (for `JobError.node_id`/`node_type`).
+        self.node_id = node_id
+        self.node_type = node_type
+
 
 class RenderTimeout(PipelineError):
     """The job's deadline passed while it was rendering."""
 
     code = "timeout"
+
+
+class RenderCancelled(PipelineError):
+    """The job was cancelled while it was rendering."""
+
+    code = "cancelled"
 
 
 class UploadFailed(PipelineError):

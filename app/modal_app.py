@@ -86,6 +86,11 @@ _ENVIRONMENT = settings.modal_environment or None
 models_volume = modal.Volume.from_name(
     f"{settings.modal_app_name}-models", environment_name=_ENVIRONMENT, create_if_missing=True
 )
+#: Per-job inputs and outputs handed between fetch, render and upload containers by path.
+scratch_volume = modal.Volume.from_name(
+    f"{settings.modal_app_name}-scratch", environment_name=_ENVIRONMENT, create_if_missing=True
+)
+SCRATCH_DIR = opts.CONTAINER_DATA_DIR
 
 
 def _named_secret(spec: opts.SecretSpec) -> modal.Secret:
@@ -135,13 +140,14 @@ SNAPSHOT = opts.snapshot(settings)
 
 CPU_OPTIONS: dict[str, Any] = {
     "image": cpu_image,
+    "volumes": {SCRATCH_DIR: scratch_volume},
     "secrets": _secrets("cpu"),
     **_limits(CPU_SCALING),
 }
 RENDER_OPTIONS: dict[str, Any] = {
     "image": render_image,
     "gpu": settings.modal_gpu,
-    "volumes": {MODELS_DIR: models_volume.read_only()},
+    "volumes": {MODELS_DIR: models_volume.read_only(), SCRATCH_DIR: scratch_volume},
     "secrets": _secrets("render"),
     "enable_memory_snapshot": SNAPSHOT.memory,
     "experimental_options": SNAPSHOT.experimental_options or None,
@@ -170,8 +176,21 @@ def container_deps(comfy_url: str | None = None) -> Any:
         if "deps" not in _deps:
             configure_logging(settings.log_level, json_lines=settings.log_json)
             worker = _interface("app.worker")
-            _deps["deps"] = worker.build_deps(settings, waker=wake, comfy_url=comfy_url)
+            hooks = _interface("app.modal_hooks")
+            deps = worker.build_deps(
+                settings, waker=wake, comfy_url=comfy_url, on_cancel=_cancel_render
+            )
+            deps.scratch_commit = scratch_volume.commit
+            deps.scratch_reload = scratch_volume.reload
+            deps.current_call_id = hooks.current_call_id
+            _deps["deps"] = deps
         return _deps["deps"]
+
+
+def _cancel_render(job: Any) -> None:
+    """Cancel also stops the render's FunctionCall (the cooperative interrupt runs too)."""
+    if job.render_call_id:
+        _interface("app.modal_hooks").cancel_render_call(job.render_call_id)
 
 
 def _consumer(stage: Stage) -> Any:

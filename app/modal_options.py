@@ -20,8 +20,10 @@ from app.models import Stage
 CPU_STAGES: tuple[Stage, ...] = (Stage.INTAKE, Stage.FETCH, Stage.UPLOAD, Stage.NOTIFY)
 #: ComfyUI listens here inside each render container, never outside it.
 COMFY_PORT = 8188
-#: Scratch space inside a container; nothing there survives it.
-CONTAINER_DATA_DIR = "/tmp/comfyui-saas"
+#: The data folder in every container: the shared scratch Volume is mounted here, so
+#: inputs fetched in one container and outputs rendered in another meet in
+#: `<data_dir>/work/<job id>` (committed after writing, reloaded before reading).
+CONTAINER_DATA_DIR = "/scratch"
 #: The snapshot helper's mode when the snapshot is taken without a GPU.
 HELPER_CPU_UNTIL_RESTORE = "cpu_until_restore"
 

@@ -93,7 +93,7 @@ def fail_job(deps: Deps, job: Job, error: JobError) -> bool:
 def cancel_job(deps: Deps, job_id: str) -> Job:
     """Cancel a job at once (raises `AlreadyTerminal`); stages notice at their next check."""
     job = deps.jobs.cancel(job_id)
-    deps.on_cancel(job_id)
+    deps.on_cancel(job)
     after_terminal(deps, job)
     get_logger(job_id=job_id, tenant_id=job.tenant_id).info("job_cancelled", stage=job.stage)
     return job

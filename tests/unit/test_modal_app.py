@@ -414,3 +414,15 @@ def test_catalog_is_published_through_the_catalog_module(monkeypatch: pytest.Mon
     assert published == [("kv:nodes", {"SaveImage": {}})]
     monkeypatch.setattr(modal_app, "_interface", lambda name: (_ for _ in ()).throw(ImportError()))
     modal_app._publish_catalog(deps, {})  # a missing catalog module is logged, not fatal
+
+
+def test_stages_share_the_scratch_volume_at_the_data_dir() -> None:
+    # Inputs fetched in a CPU container are rendered in a GPU container, and the outputs
+    # uploaded from another: all three must mount the same Volume where work_dir points.
+    for fn in (modal_app.fetch, modal_app.upload):
+        volume = fn.info().volumes[modal_app.SCRATCH_DIR]
+        assert (volume.name, volume.read_only) == (f"{DEFAULTS.modal_app_name}-scratch", False)
+    render_volume = modal_app.Render().run.info().volumes[modal_app.SCRATCH_DIR]
+    assert render_volume.name == f"{DEFAULTS.modal_app_name}-scratch"
+    env = modal_app.opts.container_env(DEFAULTS, "cpu")
+    assert env["COMFYUI_SAAS_DATA_DIR"] == modal_app.SCRATCH_DIR
