@@ -66,7 +66,7 @@ class Client:
     """Submit and follow jobs as one tenant's user, through the queues and dicts."""
 
     def __init__(self, deps: Deps, api_key: str, user_id: str) -> None:
-        if not USER_ID.match(user_id):
+        if not USER_ID.fullmatch(user_id):
             raise ClientError("user id must match ^[A-Za-z0-9._:@-]{1,128}$")
         self.deps = deps
         self.api_key = api_key

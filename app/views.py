@@ -41,7 +41,7 @@ def present(deps: Deps, job: Job) -> JobView:
 
 def owned_job(deps: Deps, tenant_id: str, user_id: str, job_id: str) -> Job | None:
     """The job if it exists and belongs to this tenant and user, else None."""
-    if not JOB_ID.match(job_id):
+    if not JOB_ID.fullmatch(job_id):
         return None
     job = deps.jobs.find(job_id)
     if job is None or job.tenant_id != tenant_id or job.user_id != user_id:

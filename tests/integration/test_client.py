@@ -83,8 +83,9 @@ def test_bad_key_and_bad_body_are_refused_before_queueing(harness: Harness) -> N
         client(harness).enqueue({"workflow": {}})
     with pytest.raises(InvalidRequest):
         client(harness).enqueue({"workflow": WORKFLOW}, idempotency_key="k" * 256)
-    with pytest.raises(ClientError):
-        Client(harness.deps, harness.acme.api_key, "not a user id")
+    for bad_user in ("not a user id", "alice\n", ""):
+        with pytest.raises(ClientError):
+            Client(harness.deps, harness.acme.api_key, bad_user)
     assert harness.deps.queue(Stage.INTAKE).len() == 0
 
 
