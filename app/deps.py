@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING
 
-from app.backends import Backend, Queue, open_backend
+from app.backends import KV, Backend, Queue, open_backend
 from app.config import Settings
 from app.models import Job, Stage
 from app.state import JobStore
@@ -98,7 +98,7 @@ class Deps:
             self._queues[stage] = self.backend.queue(stage.value)
         return self._queues[stage]
 
-    def kv(self, name: str) -> object:
+    def kv(self, name: str) -> KV:
         return self.backend.kv(name)
 
 

@@ -261,8 +261,7 @@ def _publish_catalog(deps: Any, object_info: Any) -> None:
     """Put ComfyUI's node catalog in the dict so intake can check workflows without a GPU."""
     try:
         catalog = _interface("app.comfy.catalog")
-        kv_name = getattr(catalog, "CATALOG_DICT", "catalog")
-        catalog.publish(deps.kv(kv_name), object_info, time.time())
+        catalog.publish(deps.kv(catalog.CATALOG_DICT), object_info, time.time())
     except Exception as exc:  # noqa: BLE001 - rendering works without the catalog
         log.error("catalog_publish_failed", error=type(exc).__name__)
     else:

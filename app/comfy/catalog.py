@@ -20,6 +20,8 @@ from typing import Any
 from app.backends.base import KV
 
 #: Key of the published catalog in the dict passed to `publish`/`load`.
+#: The dict the catalog is published in (by render containers, or by intake locally).
+CATALOG_DICT = "catalog"
 CATALOG_KEY = "comfy:catalog"
 #: Bumped when the stored layout changes; an older layout is ignored, not misread.
 _FORMAT = 1

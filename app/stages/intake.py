@@ -15,7 +15,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from app.comfy.catalog import NodeCatalog, load_catalog, publish_catalog
+from app.comfy import catalog as node_catalogs
+from app.comfy.catalog import NodeCatalog
 from app.comfy.workflow import check_workflow
 from app.deps import Deps
 from app.errors import ComfyUnavailable, InvalidRequest, PipelineError
@@ -26,8 +27,6 @@ from app.pipeline import enqueue
 from app.schemas import USER_ID, JobRequest
 from app.state import Admission, AdmissionRejected, IdempotencyConflict, NewJob, body_fingerprint
 from app.tenants import Tenant
-
-CATALOG_DICT = "catalog"
 
 
 class IntakeMessage(BaseModel):
@@ -54,9 +53,9 @@ def node_catalog(deps: Deps) -> NodeCatalog | None:
     publishes it for everyone; if ComfyUI is down, only structural checks run (ComfyUI
     validates again before any work).
     """
-    kv = deps.backend.kv(CATALOG_DICT)
+    kv = deps.backend.kv(node_catalogs.CATALOG_DICT)
     now = deps.clock()
-    catalog = load_catalog(kv, deps.settings.object_info_ttl_s, now)
+    catalog = node_catalogs.load(kv, deps.settings.object_info_ttl_s, now)
     if catalog is not None or deps.settings.backend != "local":
         return catalog
     try:
@@ -64,8 +63,7 @@ def node_catalog(deps: Deps) -> NodeCatalog | None:
     except ComfyUnavailable:
         get_logger().warning("node_catalog_unavailable")
         return None
-    publish_catalog(kv, object_info, now)
-    return NodeCatalog.from_object_info(object_info)
+    return node_catalogs.publish(kv, object_info, now)
 
 
 def check_request(request: JobRequest, deps: Deps) -> None:

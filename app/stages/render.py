@@ -17,7 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from app.comfy.client import RenderProgress
+from app.comfy.client import ComfyClient
+from app.comfy.tracker import RenderProgress
 from app.comfy.workflow import bind_inputs
 from app.deps import Deps
 from app.logs import get_logger
@@ -28,14 +29,19 @@ from app.stages.scratch import OUTPUTS, SCRATCH_KEY_PREFIX, inputs_folder, outpu
 CANCEL_CHECK_INTERVAL_S = 0.5
 
 
-def scope_outputs(graph: dict[str, Any], job_id: str) -> dict[str, Any]:
-    """A copy of the graph whose saved files go under `<job_id>/` (pure)."""
+def scope_outputs(graph: dict[str, Any], job_id: str, run_token: str) -> dict[str, Any]:
+    """A copy of the graph whose saved files go under `<job_id>/<run_token>-` (pure).
+
+    The run token differs on every attempt, so a retry never gets ComfyUI's cached answer
+    naming files that the previous attempt's clean-up already removed.
+    """
     scoped = copy.deepcopy(graph)
     for node in scoped.values():
         inputs = node.get("inputs") if isinstance(node, dict) else None
         if isinstance(inputs, dict) and isinstance(inputs.get("filename_prefix"), str):
-            prefix = inputs["filename_prefix"].lstrip("/").replace("..", "_") or "output"
-            inputs["filename_prefix"] = f"{job_id}/{prefix}"
+            prefix = inputs["filename_prefix"].replace("\\", "/").split("/")[-1]
+            prefix = prefix.replace("..", "_") or "output"
+            inputs["filename_prefix"] = f"{job_id}/{run_token}-{prefix}"
     return scoped
 
 
@@ -73,6 +79,14 @@ def progress_writer(deps: Deps, job: Job) -> Callable[[RenderProgress], None]:
     return write
 
 
+def _abandon(client: ComfyClient, prompt_id: str, cause: BaseException) -> None:
+    try:
+        client.delete_pending(prompt_id)
+        client.interrupt(prompt_id)
+    except Exception:  # best effort while shutting down
+        get_logger().warning("render_abandon_failed", cause=type(cause).__name__)
+
+
 def wipe_comfy_folders(base_dir: str, job_id: str) -> None:
     """Remove the job's input and output folders on the ComfyUI side."""
     if not base_dir:
@@ -95,15 +109,25 @@ def run(job: Job, deps: Deps) -> Job:
             )
             for spec in job.inputs
         }
-        graph = scope_outputs(bind_inputs(deps.jobs.workflow(job.id), uploaded), job.id)
-        result = client.run(
-            graph,
-            prompt_id=str(uuid.uuid4()),
-            deadline_s=job.deadline,
-            should_cancel=cancel_checker(deps, job.id),
-            on_progress=progress_writer(deps, job),
-            progress_interval_s=deps.settings.progress_interval_s,
+        prompt_id = str(uuid.uuid4())
+        graph = scope_outputs(
+            bind_inputs(deps.jobs.workflow(job.id), uploaded), job.id, prompt_id[:8]
         )
+        try:
+            result = client.run(
+                graph,
+                prompt_id=prompt_id,
+                deadline_s=job.deadline,
+                should_cancel=cancel_checker(deps, job.id),
+                on_progress=progress_writer(deps, job),
+                progress_interval_s=deps.settings.progress_interval_s,
+            )
+        except BaseException as exc:
+            # Not an error of the run but the worker being stopped (Modal's
+            # InputCancellation, Ctrl-C): do not leave the prompt burning GPU behind us.
+            if not isinstance(exc, Exception):
+                _abandon(client, prompt_id, exc)
+            raise
         folder = outputs_folder(deps, job.id)
         folder.mkdir(parents=True, exist_ok=True)
         staged: list[OutputRef] = []
