@@ -14,11 +14,10 @@ from typing import Any
 import uvicorn
 
 from app.backends.sqlite import SqliteBackend
-from app.comfy.catalog import publish_catalog
+from app.comfy import catalog as node_catalog
 from app.config import Settings
 from app.deps import Deps
 from app.models import JobStatus, OutputRef
-from app.stages.intake import CATALOG_DICT
 from app.storage import LocalStore, output_key
 from app.storage.signing import load_signing_key
 from tests.state_helpers import FakeClock
@@ -90,7 +89,7 @@ def make_harness(settings: Settings, *, acme_cap: int = 5, beta_rate: int = 0) -
         settings.local_store_dir, settings.public_url,
         load_signing_key(settings.signing_key, settings.data_dir), clock=clock,
     )
-    publish_catalog(deps.backend.kv(CATALOG_DICT), OBJECT_INFO, clock())
+    node_catalog.publish(deps.backend.kv(node_catalog.CATALOG_DICT), OBJECT_INFO, clock())
     acme = deps.tenants.create("acme", max_active_jobs_per_user=acme_cap)
     beta = deps.tenants.create("beta", rate_per_minute=beta_rate or None)
     return Harness(
