@@ -15,7 +15,7 @@ import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeGuard
 
 import structlog
 import typer
@@ -220,14 +220,22 @@ def progress_line(view: JobView) -> str:
     """One line of progress: status, stage, overall percent and the running node."""
     parts = [view.id, view.status.value, view.stage.value, f"{view.progress:.0%}"]
     detail = view.progress_detail
-    node = detail.get("node")
+    node = detail.get("node_id", detail.get("node"))
     if node is not None and view.status is JobStatus.RUNNING:
-        kind = detail.get("class_type") or detail.get("node_type")
+        kind = detail.get("node_type") or detail.get("class_type")
         label = f"node {node}" + (f" ({kind})" if kind else "")
-        if isinstance(detail.get("value"), int) and isinstance(detail.get("max"), int):
-            label += f" {detail['value']}/{detail['max']}"
+        value, most = detail.get("value"), detail.get("max")
+        if _number(value) and _number(most) and most > 1:
+            label += f" {value:g}/{most:g}"
+        done, total = detail.get("nodes_done"), detail.get("nodes_total")
+        if _number(done) and _number(total) and total > 0:
+            label += f" [{done:g}/{total:g} nodes]"
         parts.append(label)
     return "  ".join(parts)
+
+
+def _number(value: object) -> TypeGuard[float]:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _print_view(view: JobView, as_json: bool) -> None:

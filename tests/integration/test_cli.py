@@ -156,7 +156,8 @@ def _play_pipeline(harness: Harness, done: threading.Event) -> None:
         job = harness.deps.jobs.get(json.loads(raw)["job_id"])
         harness.deps.jobs.save(job.model_copy(update={
             "status": JobStatus.RUNNING, "stage": Stage.RENDER, "progress": 0.5,
-            "progress_detail": {"node": "1", "class_type": "EmptyImage", "value": 3, "max": 6},
+            "progress_detail": {"node_id": "1", "node_type": "EmptyImage", "value": 3, "max": 6,
+                                "nodes_done": 0, "nodes_total": 2},
         }))
         time.sleep(0.6)
         harness.complete(job.id, {"image.png": b"PNGDATA"})
@@ -177,7 +178,7 @@ def test_submit_wait_shows_progress_and_downloads(served, workflow_file: Path,
         done.set()
         player.join(5)
     assert result.exit_code == 0, result.output
-    assert "running  render  50%  node 1 (EmptyImage) 3/6" in result.stderr
+    assert "running  render  50%  node 1 (EmptyImage) 3/6 [0/2 nodes]" in result.stderr
     assert "completed" in result.stdout
     assert (out / "image.png").read_bytes() == b"PNGDATA"
 

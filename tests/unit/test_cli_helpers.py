@@ -48,10 +48,20 @@ def test_bad_input_specs_exit(spec: str) -> None:
 
 
 def test_progress_line_names_the_running_node() -> None:
+    detail = {"node_id": "7", "node_type": "KSampler", "value": 5.0, "max": 20.0,
+              "nodes_done": 2, "nodes_total": 4}
     running = view(status=JobStatus.RUNNING, stage=Stage.RENDER, progress=0.25,
-                   progress_detail={"node": "7", "class_type": "KSampler", "value": 5, "max": 20})
-    assert progress_line(running) == "job_1  running  render  25%  node 7 (KSampler) 5/20"
+                   progress_detail=detail)
+    assert progress_line(running) == (
+        "job_1  running  render  25%  node 7 (KSampler) 5/20 [2/4 nodes]"
+    )
+    no_steps = view(status=JobStatus.RUNNING, stage=Stage.RENDER,
+                    progress_detail={"node_id": "2", "node_type": "ImageInvert", "value": 0,
+                                     "max": 1, "nodes_done": 1, "nodes_total": 3})
+    assert progress_line(no_steps).endswith("node 2 (ImageInvert) [1/3 nodes]")
     assert progress_line(view()) == "job_1  queued  fetch  0%"
+    ended = view(status=JobStatus.COMPLETED, progress_detail={"node_id": "2"})
+    assert "node" not in progress_line(ended)
 
 
 def test_progress_printer_prints_changes_only() -> None:
