@@ -5,10 +5,12 @@ from __future__ import annotations
 import io
 
 import pytest
+import structlog
 import typer
 
 from app.api_client import local_name
 from app.cli import ProgressPrinter, progress_line, request_body
+from app.config import get_settings
 from app.models import JobStatus, Stage
 from app.schemas import JobView, Timings
 
@@ -82,3 +84,25 @@ def test_local_names_are_safe(name: str, expected: str) -> None:
 
 def test_local_names_do_not_collide() -> None:
     assert local_name("out.png", 1, {"out.png"}) == "01-out.png"
+
+
+def test_main_turns_a_bug_into_one_line(monkeypatch: pytest.MonkeyPatch,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    import app.cli_tenants
+    from app.cli import main
+
+    def broken() -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(app.cli_tenants, "local_deps", broken)
+    monkeypatch.setattr("sys.argv", ["comfyui-saas", "tenant", "list"])
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(SystemExit) as exited:
+            main()
+    finally:
+        get_settings.cache_clear()
+        structlog.reset_defaults()
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "error: unexpected RuntimeError: boom"
