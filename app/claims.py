@@ -54,10 +54,6 @@ def released_key(scope: str, index: int, generation: int) -> str:
     return f"released:{scope}:{index}:{generation}"
 
 
-def _hint_key(scope: str, index: int) -> str:
-    return f"slothint:{scope}:{index}"
-
-
 @dataclass(frozen=True, slots=True)
 class SlotHolder:
     """Who holds a slot generation, and since when."""
@@ -74,13 +70,39 @@ class SlotHolder:
         return cls(job_id=str(data["job_id"]), claimed_at=float(data["claimed_at"]))
 
 
+def _hints_key(scope: str) -> str:
+    return f"slothints:{scope}"
+
+
+def _read_hints(kv: KV, scope: str) -> tuple[dict[int, int], set[int]]:
+    """Per place: the last generation seen, and which places were last seen held."""
+    raw = kv.get(_hints_key(scope))
+    if raw is None:
+        return {}, set()
+    data = json.loads(raw)
+    return {int(k): int(v) for k, v in data["gen"].items()}, {int(i) for i in data["held"]}
+
+
+def _write_hints(kv: KV, scope: str, generations: dict[int, int], held: set[int]) -> None:
+    payload = {"gen": {str(k): v for k, v in generations.items()}, "held": sorted(held)}
+    kv.put(_hints_key(scope), json.dumps(payload, separators=(",", ":")))
+
+
 def claim_slot(kv: KV, scope: str, cap: int, holder: SlotHolder) -> SlotRef | None:
-    """Take one of `cap` places in `scope`, or None if every place is held."""
-    for index in range(cap):
-        generation = int(kv.get(_hint_key(scope, index)) or 0)
+    """Take one of `cap` places in `scope`, or None if every place is held.
+
+    One read of the scope's hints tells which places were free and at which
+    generation, so an admission usually costs three round trips whatever the load; a
+    wrong hint only costs probes. A refusal checks every place for real.
+    """
+    generations, held = _read_hints(kv, scope)
+    order = sorted(range(cap), key=lambda index: index in held)  # likely-free places first
+    for index in order:
+        generation = generations.get(index, 0)
         while True:
             if kv.put_if_absent(slot_key(scope, index, generation), holder.dumps()):
-                kv.put(_hint_key(scope, index), str(generation))
+                generations[index] = generation
+                _write_hints(kv, scope, generations, held | {index})
                 return SlotRef(scope=scope, index=index, generation=generation)
             if not kv.contains(released_key(scope, index, generation)):
                 break  # held by a live tenure: try the next place
@@ -90,7 +112,12 @@ def claim_slot(kv: KV, scope: str, cap: int, holder: SlotHolder) -> SlotRef | No
 
 def release_slot(kv: KV, ref: SlotRef) -> bool:
     """Free one tenure; True if this call freed it (idempotent, safe to race)."""
-    return kv.put_if_absent(released_key(ref.scope, ref.index, ref.generation), "1")
+    if not kv.put_if_absent(released_key(ref.scope, ref.index, ref.generation), "1"):
+        return False
+    generations, held = _read_hints(kv, ref.scope)
+    generations[ref.index] = max(generations.get(ref.index, 0), ref.generation + 1)
+    _write_hints(kv, ref.scope, generations, held - {ref.index})
+    return True
 
 
 def slot_holder(kv: KV, ref: SlotRef) -> SlotHolder | None:

@@ -88,6 +88,22 @@ class Timings(BaseModel):
     total_s: float | None = None
 
 
+class WebhookAttemptView(BaseModel):
+    attempt: int
+    at: float
+    status_code: int | None = None
+    outcome: str
+    reason: str = ""
+
+
+class WebhookView(BaseModel):
+    """The job's webhook delivery log: `pending`, then `delivered` or `dead`."""
+
+    state: str
+    attempts: list[WebhookAttemptView] = Field(default_factory=list)
+    next_attempt_at: float | None = None
+
+
 class JobView(BaseModel):
     """A job as a client sees it."""
 
@@ -103,6 +119,7 @@ class JobView(BaseModel):
     outputs: list[OutputView] = Field(default_factory=list)
     error: ErrorView | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
+    webhook: WebhookView | None = None
 
 
 def _span(start: float | None, end: float | None) -> float | None:
@@ -122,7 +139,7 @@ def timings_of(job: Job) -> Timings:
     )
 
 
-def job_view(job: Job, output_urls: list[str]) -> JobView:
+def job_view(job: Job, output_urls: list[str], webhook: WebhookView | None = None) -> JobView:
     """The client's view of a job; `output_urls` are freshly signed, one per output."""
     return JobView(
         id=job.id,
@@ -140,4 +157,5 @@ def job_view(job: Job, output_urls: list[str]) -> JobView:
         ],
         error=ErrorView(**job.error.model_dump()) if job.error else None,
         metadata=job.metadata,
+        webhook=webhook,
     )

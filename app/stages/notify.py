@@ -17,6 +17,7 @@ from app.deps import Deps
 from app.logs import get_logger
 from app.models import Job, Record, Stage, StageMessage
 from app.pipeline import PENDING_DICT, enqueue
+from app.schemas import WebhookAttemptView, WebhookView
 from app.webhook_delivery import DeliveryAttempt, deliver_once
 from app.webhooks import event_payload, event_type_for, new_message_id
 
@@ -43,6 +44,24 @@ def load_delivery(deps: Deps, job_id: str) -> Delivery | None:
     """A job's delivery record, if a delivery was started."""
     raw = deps.backend.kv(DELIVERIES_DICT).get(job_id)
     return None if raw is None else Delivery.model_validate_json(raw)
+
+
+def webhook_view(deps: Deps, job: Job) -> WebhookView | None:
+    """The delivery log as clients see it (no URL, no signatures)."""
+    if not job.webhook_url:
+        return None
+    delivery = load_delivery(deps, job.id)
+    if delivery is None:
+        return WebhookView(state="pending")
+    return WebhookView(
+        state=delivery.state,
+        next_attempt_at=delivery.next_attempt_at if delivery.state == "pending" else None,
+        attempts=[
+            WebhookAttemptView(attempt=a.attempt, at=a.at, status_code=a.status_code,
+                               outcome=a.outcome, reason=a.reason)
+            for a in delivery.attempts
+        ],
+    )
 
 
 def _open_delivery(deps: Deps, job: Job) -> Delivery:

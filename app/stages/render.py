@@ -83,7 +83,7 @@ def _abandon(client: ComfyClient, prompt_id: str, cause: BaseException) -> None:
     try:
         client.delete_pending(prompt_id)
         client.interrupt(prompt_id)
-    except Exception:  # best effort while shutting down
+    except Exception:  # noqa: BLE001 - best effort while the worker shuts down
         get_logger().warning("render_abandon_failed", cause=type(cause).__name__)
 
 
