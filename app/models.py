@@ -87,7 +87,8 @@ class Job(Record):
     status: JobStatus = JobStatus.QUEUED
     stage: Stage = Stage.INTAKE
     progress: float = 0.0
-    #: Per-node progress from the renderer: {"node": "3", "value": 4, "max": 20}.
+    #: Per-node progress from the renderer: node_id, node_type, value, max, nodes_done,
+    #: nodes_total.
     progress_detail: dict[str, Any] = Field(default_factory=dict)
     created_at: float
     started_at: float | None = None

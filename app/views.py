@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 from app.deps import Deps
 from app.models import Job
 from app.schemas import JobView, job_view
+from app.stages.notify import webhook_view
 
 #: Job ids are ours (`job_` + hex) or a client's queued id; anything else is nobody's job.
 JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -36,7 +37,7 @@ def present(deps: Deps, job: Job) -> JobView:
         )
         for out in job.outputs
     ]
-    return job_view(job, urls)
+    return job_view(job, urls, webhook_view(deps, job))
 
 
 def owned_job(deps: Deps, tenant_id: str, user_id: str, job_id: str) -> Job | None:
