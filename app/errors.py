@@ -50,6 +50,12 @@ class ComfyUnavailable(TransientError):
     code = "comfyui_unavailable"
 
 
+class FetchUnavailable(TransientError):
+    """An input's server failed for now (5xx, 429, connection refused); fetch is retried."""
+
+    code = "fetch_unavailable"
+
+
 class StorageUnavailable(TransientError):
     """Object storage failed; the upload will be retried."""
 

@@ -143,6 +143,17 @@ class PinnedBackend(httpcore.NetworkBackend):
         time.sleep(seconds)
 
 
+def _caused_by_tls(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return False
+        if isinstance(seen, ssl.SSLError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 @contextmanager
 def _mapped_errors(request: httpx.Request) -> Iterator[None]:
     """Re-raise httpcore's errors as httpx's, as httpx's own transport does."""
@@ -150,6 +161,11 @@ def _mapped_errors(request: httpx.Request) -> Iterator[None]:
         yield
     except httpcore.TimeoutException as exc:
         raise httpx.TimeoutException(str(exc) or "timed out", request=request) from exc
+    except httpcore.ConnectError as exc:
+        if _caused_by_tls(exc):
+            # A certificate that does not verify will not verify on a retry either.
+            raise httpx.TransportError(str(exc), request=request) from exc
+        raise httpx.ConnectError(str(exc) or "connection failed", request=request) from exc
     except (
         httpcore.NetworkError,
         httpcore.ProtocolError,

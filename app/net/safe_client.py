@@ -23,7 +23,7 @@ from urllib.parse import urljoin
 
 import httpx
 
-from app.errors import DeliveryFailed, FetchFailed, PipelineError, UrlRefused
+from app.errors import DeliveryFailed, FetchFailed, FetchUnavailable, PipelineError, UrlRefused
 from app.net.addresses import IPAddress
 from app.net.pinned import PinnedBackend, PinnedTransport
 from app.net.policy import Target, UrlPolicy, check_addresses, parse_url
@@ -45,6 +45,8 @@ DEFAULT_USER_AGENT = "comfyui-saas/0.1"
 MAX_POST_RESPONSE_BYTES = 4096
 _CHUNK_BYTES = 64 * 1024
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
+#: Answers that say "not now" rather than "never": the fetch stage tries again later.
+_RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
 
 def system_resolver(host: str, port: int) -> list[str]:
@@ -161,9 +163,12 @@ class SafeHttpClient:
                         current = self._next_hop(target, response, hop, max_redirects)
                         continue
                     if not 200 <= response.status_code < 300:
-                        raise FetchFailed(
-                            f"{target.authority} answered HTTP {response.status_code}"
+                        failure = (
+                            FetchUnavailable
+                            if response.status_code in _RETRYABLE_STATUS
+                            else FetchFailed
                         )
+                        raise failure(f"{target.authority} answered HTTP {response.status_code}")
                     size = self._save(response, dest, max_bytes=max_bytes, deadline=deadline)
                     return DownloadResult(
                         final_url=target.url,
@@ -173,6 +178,10 @@ class SafeHttpClient:
                     )
             except httpx.TimeoutException as exc:
                 raise FetchFailed(f"download did not finish within {timeout_s:g} s") from exc
+            except httpx.ConnectError as exc:
+                raise FetchUnavailable(
+                    f"could not connect to {target.authority}: {_short(exc)}"
+                ) from exc
             except httpx.HTTPError as exc:
                 raise FetchFailed(
                     f"download from {target.authority} failed: {_short(exc)}"

@@ -116,6 +116,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(302)
         elif route == "/missing":
             self._send(404, b"not here")
+        elif route == "/status":
+            self._send(int(query["code"][0]), b"try later", {"Retry-After": "1"})
         elif route == "/sized":
             size = int(query["n"][0])
             self._send(200, b"x" * size, {"Content-Type": "application/octet-stream"})

@@ -14,7 +14,7 @@ from urllib.parse import quote
 import httpcore
 import pytest
 
-from app.errors import DeliveryFailed, FetchFailed, UrlRefused
+from app.errors import DeliveryFailed, FetchFailed, FetchUnavailable, UrlRefused
 from app.net.addresses import parse_ip
 from app.net.pinned import PinnedBackend
 from app.net.policy import UrlPolicy, parse_cidrs
@@ -305,8 +305,10 @@ def test_connection_refused_fails(tmp_path: Path) -> None:
         probe.bind((MAIN_IP, 0))
         port = probe.getsockname()[1]  # closed again: nothing listens there
     policy = UrlPolicy(True, frozenset({port}), parse_cidrs([f"{MAIN_IP}/32"]))
-    with pytest.raises(FetchFailed, match="failed"):
+    # Nobody listening may be a restart: retryable, so the fetch stage tries again later.
+    with pytest.raises(FetchUnavailable, match="could not connect") as info:
         download(SafeHttpClient(policy), f"http://{MAIN_IP}:{port}/", tmp_path / "x")
+    assert info.value.retryable
 
 
 def test_default_policy_refuses_the_test_server(servers: Servers, tmp_path: Path) -> None:
@@ -476,3 +478,22 @@ def test_ipv6_literal_connects_to_the_checked_address(tmp_path: Path) -> None:
         assert len(server.recorder.hits) == 1
     finally:
         stop()
+
+
+@pytest.mark.parametrize("code", [429, 500, 502, 503, 504])
+def test_server_trouble_is_retryable(servers: Servers, tmp_path: Path, code: int) -> None:
+    # "Not now" answers fail the attempt but not the job: the fetch stage retries later.
+    client = SafeHttpClient(servers.policy)
+    with pytest.raises(FetchUnavailable, match=f"answered HTTP {code}") as info:
+        download(client, servers.url(f"/status?code={code}"), tmp_path / "x")
+    assert info.value.retryable
+    assert_no_files(tmp_path)
+
+
+@pytest.mark.parametrize("code", [400, 401, 403, 404, 410])
+def test_client_errors_are_permanent(servers: Servers, tmp_path: Path, code: int) -> None:
+    client = SafeHttpClient(servers.policy)
+    with pytest.raises(FetchFailed, match=f"answered HTTP {code}") as info:
+        download(client, servers.url(f"/status?code={code}"), tmp_path / "x")
+    assert not info.value.retryable
+
