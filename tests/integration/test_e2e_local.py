@@ -239,3 +239,55 @@ def invert_workflow_empty() -> dict[str, object]:
         "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0],
                                                     "filename_prefix": "after"}},
     }
+
+
+def test_outputs_go_to_s3_and_every_read_presigns_afresh(
+    tmp_path: Path, site: Site, s3_server
+) -> None:
+    """The production storage path: upload to an S3 API server, presigned GETs over HTTP."""
+    from app.ingress import create_app
+    from app.storage.s3 import S3Store
+    from tests.integration.ingress_harness import free_socket, serve_in_thread
+    from tests.support.s3_server import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY
+
+    double = ComfyDouble(tmp_path / "comfy")
+    double.start()
+    settings = Settings(
+        data_dir=tmp_path / "data", comfyui_url=double.url, storage="s3",
+        s3_endpoint_url=s3_server.endpoint_url, s3_region=REGION, s3_bucket="e2e-outputs",
+        s3_access_key_id=ACCESS_KEY_ID, s3_secret_access_key=SECRET_ACCESS_KEY,
+    )
+    s3_server.gate.clock_offset_s = 0.0
+    S3Store.from_settings(settings).client.create_bucket(Bucket="e2e-outputs")
+    deps = build_deps(settings)
+    runner = Pipeline(settings)
+    runner.start()
+    try:
+        new = deps.tenants.create("acme")
+        headers = {"Authorization": f"Bearer {new.api_key}", "X-User-ID": "ann"}
+        with serve_in_thread(create_app(deps), free_socket()) as base, httpx.Client(
+            base_url=base
+        ) as api:
+            posted = api.post("/v1/jobs", headers=headers,
+                              json={"workflow": invert_workflow_empty()})
+            assert posted.status_code == 202, posted.text
+            job_id = posted.json()["id"]
+            wait_for(deps, job_id, TERMINAL)
+            first = api.get(f"/v1/jobs/{job_id}", headers=headers).json()
+            time.sleep(1.1)  # SigV4 signs with one-second resolution
+            second = api.get(f"/v1/jobs/{job_id}", headers=headers).json()
+    finally:
+        runner.shutdown(grace_s=10)
+        double.stop()
+    assert first["status"] == "completed"
+    url_1, url_2 = first["outputs"][0]["url"], second["outputs"][0]["url"]
+    assert url_1 != url_2
+    assert url_1.startswith(f"{s3_server.endpoint_url}/e2e-outputs/outputs/")
+    for url in (url_1, url_2):
+        got = httpx.get(url)  # no API key: the signature is the permission
+        assert got.status_code == 200
+        assert got.content.startswith(b"\x89PNG")
+        assert got.headers["content-type"] == "image/png"
+        assert got.headers["content-disposition"].startswith("attachment")
+    tampered = url_1.replace("X-Amz-Signature=", "X-Amz-Signature=0")
+    assert httpx.get(tampered).status_code == 403
