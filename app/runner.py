@@ -174,12 +174,30 @@ def prepare(settings: Settings, deps: Deps) -> None:
         log.warning("jobs_recovered_after_restart", count=recovered)
 
 
+def listening_settings(settings: Settings, host: str, port: int) -> Settings:
+    """Settings whose `public_url` follows `--host/--port`, unless it was set on purpose.
+
+    The local store signs download links with `public_url`; a pipeline started on another
+    port must not hand out links to the default one.
+    """
+    default_url = f"http://{settings.host}:{settings.port}"
+    if settings.public_url != default_url:
+        return settings
+    shown_host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    if ":" in shown_host:  # an IPv6 literal
+        shown_host = f"[{shown_host}]"
+    return settings.model_copy(
+        update={"host": host, "port": port, "public_url": f"http://{shown_host}:{port}"}
+    )
+
+
 def run_dev(settings: Settings, *, host: str | None = None, port: int | None = None) -> None:
     """Run the whole local pipeline until Ctrl-C."""
     import uvicorn
 
     from app.ingress import create_app
 
+    settings = listening_settings(settings, host or settings.host, port or settings.port)
     configure_logging(settings.log_level, settings.log_json)
     with single_runner(settings.data_dir):
         deps = build_deps(settings)
@@ -190,7 +208,7 @@ def run_dev(settings: Settings, *, host: str | None = None, port: int | None = N
         log.info("pipeline_started", workers=len(pipeline.processes),
                  data_dir=str(settings.data_dir))
         config = uvicorn.Config(
-            create_app(deps), host=host or settings.host, port=port or settings.port,
+            create_app(deps), host=settings.host, port=settings.port,
             log_level="warning", access_log=False,
         )
         try:

@@ -55,3 +55,14 @@ def test_defaults_are_conservative() -> None:
 def test_settings_are_frozen() -> None:
     with pytest.raises(ValidationError):
         Settings().port = 1  # type: ignore[misc]
+
+
+def test_dev_on_another_port_signs_links_for_that_port() -> None:
+    from app.runner import listening_settings
+
+    moved = listening_settings(Settings(), "127.0.0.1", 8010)
+    assert (moved.port, moved.public_url) == (8010, "http://127.0.0.1:8010")
+    everywhere = listening_settings(Settings(), "0.0.0.0", 9000)
+    assert everywhere.public_url == "http://127.0.0.1:9000"
+    chosen = Settings(public_url="https://files.example.com")
+    assert listening_settings(chosen, "0.0.0.0", 9000).public_url == "https://files.example.com"
