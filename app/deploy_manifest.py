@@ -22,6 +22,7 @@ Provenance of the pins (nothing here is guessed):
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -131,6 +132,17 @@ TORCH = (
 )
 
 MANIFEST = Manifest(comfyui=COMFYUI, torch=TORCH)
+
+
+def node_set_version(manifest: Manifest = MANIFEST) -> str:
+    """Names the node set a deploy renders with: ComfyUI's commit and the custom nodes.
+
+    A node catalog published under this version stays valid for as long as the deploy
+    does, however old, because the node set is pinned.
+    """
+    nodes = (f"{node.pin.name}@{node.pin.commit}" for node in manifest.custom_nodes)
+    parts = [manifest.comfyui.commit, *nodes]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
 # ---- checks of the manifest itself ------------------------------------------------------

@@ -41,6 +41,7 @@ from app.deploy_manifest import (
     SNAPSHOT_HELPER_NAME,
     extra_model_paths_yaml,
     install_commands,
+    node_set_version,
     verify_install,
 )
 from app.errors import ComfyUnavailable
@@ -261,7 +262,9 @@ def _publish_catalog(deps: Any, object_info: Any) -> None:
     """Put ComfyUI's node catalog in the dict so intake can check workflows without a GPU."""
     try:
         catalog = _interface("app.comfy.catalog")
-        catalog.publish(deps.kv(catalog.CATALOG_DICT), object_info, time.time())
+        catalog.publish(
+            deps.kv(catalog.CATALOG_DICT), object_info, time.time(), node_set_version(MANIFEST)
+        )
     except Exception as exc:  # noqa: BLE001 - rendering works without the catalog
         log.error("catalog_publish_failed", error=type(exc).__name__)
     else:

@@ -116,19 +116,27 @@ def _strings(value: object) -> tuple[str, ...]:
     return tuple(str(v) for v in value) if isinstance(value, list) else ()
 
 
-def publish(kv: KV, object_info: Mapping[str, Any], now: float) -> NodeCatalog:
-    """Store the catalog of `object_info` with its publication time; returns it."""
+def publish(
+    kv: KV, object_info: Mapping[str, Any], now: float, version: str = ""
+) -> NodeCatalog:
+    """Store the catalog of `object_info` with its publication time; returns it.
+
+    `version` names a pinned node set (a deploy); see `load`.
+    """
     catalog = NodeCatalog.from_object_info(object_info)
-    record = {"format": _FORMAT, "published_at": now, "nodes": catalog.to_record()}
+    record = {"format": _FORMAT, "published_at": now, "version": version,
+              "nodes": catalog.to_record()}
     kv.put(CATALOG_KEY, json.dumps(record, separators=(",", ":")))
     return catalog
 
 
-def load(kv: KV, max_age_s: float, now: float) -> NodeCatalog | None:
+def load(kv: KV, max_age_s: float, now: float, version: str = "") -> NodeCatalog | None:
     """The published catalog if it is at most `max_age_s` old, else None.
 
     None means "validate structurally only": a stale catalog could refuse a node a newer
-    ComfyUI image has, which is worse than letting ComfyUI's own validation decide.
+    ComfyUI image has, which is worse than letting ComfyUI's own validation decide. A
+    catalog published under the caller's own non-empty `version` (the same pinned node
+    set) is valid at any age.
     """
     raw = kv.get(CATALOG_KEY)
     if raw is None:
@@ -143,6 +151,7 @@ def load(kv: KV, max_age_s: float, now: float) -> NodeCatalog | None:
     nodes = record.get("nodes")
     if not isinstance(published_at, int | float) or not isinstance(nodes, dict):
         return None
-    if now - published_at > max_age_s:
+    same_node_set = bool(version) and record.get("version") == version
+    if now - published_at > max_age_s and not same_node_set:
         return None
     return NodeCatalog.from_record(nodes)

@@ -56,3 +56,26 @@ def test_stale_missing_or_unreadable_catalog_is_none():
 
     kv.put(CATALOG_KEY, json.dumps({"format": 99, "published_at": 1000.0, "nodes": {}}))
     assert load(kv, max_age_s=60, now=1000.0) is None
+
+
+def test_a_catalog_of_the_same_pinned_node_set_never_expires() -> None:
+    from app.backends.memory import MemoryKV
+    from app.comfy import catalog
+
+    kv = MemoryKV()
+    info = {"SaveImage": {"input": {"required": {}}, "output": [], "output_node": True}}
+    catalog.publish(kv, info, now=0.0, version="deploy-a")
+    assert catalog.load(kv, max_age_s=60, now=10_000) is None
+    assert catalog.load(kv, max_age_s=60, now=10_000, version="deploy-b") is None
+    same = catalog.load(kv, max_age_s=60, now=10_000, version="deploy-a")
+    assert same is not None and same.is_output("SaveImage")
+
+
+def test_node_set_version_follows_the_pins() -> None:
+    from dataclasses import replace
+
+    from app.deploy_manifest import MANIFEST, node_set_version
+
+    moved = replace(MANIFEST, comfyui=replace(MANIFEST.comfyui, commit="0" * 40))
+    assert node_set_version(MANIFEST) == node_set_version(MANIFEST)
+    assert node_set_version(moved) != node_set_version(MANIFEST)

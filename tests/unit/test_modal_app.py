@@ -404,14 +404,17 @@ def test_unhealthy_comfy_stops_the_container_and_raises_transient(
 
 
 def test_catalog_is_published_through_the_catalog_module(monkeypatch: pytest.MonkeyPatch) -> None:
-    published: list[tuple[Any, Any]] = []
+    published: list[tuple[Any, Any, str]] = []
     catalog = types.SimpleNamespace(
-        CATALOG_DICT="nodes", publish=lambda kv, info, now: published.append((kv, info))
+        CATALOG_DICT="nodes",
+        publish=lambda kv, info, now, version: published.append((kv, info, version)),
     )
     deps = types.SimpleNamespace(kv=lambda name: f"kv:{name}")
     monkeypatch.setattr(modal_app, "_interface", lambda name: catalog)
     modal_app._publish_catalog(deps, {"SaveImage": {}})
-    assert published == [("kv:nodes", {"SaveImage": {}})]
+    # Published under the deploy's node set, so intake trusts it however old it gets.
+    version = modal_app.node_set_version(modal_app.MANIFEST)
+    assert published == [("kv:nodes", {"SaveImage": {}}, version)]
     monkeypatch.setattr(modal_app, "_interface", lambda name: (_ for _ in ()).throw(ImportError()))
     modal_app._publish_catalog(deps, {})  # a missing catalog module is logged, not fatal
 
