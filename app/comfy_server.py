@@ -118,19 +118,6 @@ def select_device(url: str, timeout_s: float = 60.0, client: httpx.Client | None
     return _post_json(f"{url}{SELECT_DEVICE_PATH}", timeout_s, client)
 
 
-def object_info(url: str, timeout_s: float = 30.0, client: httpx.Client | None = None) -> Any:
-    """ComfyUI's node catalog (`GET /object_info`)."""
-    try:
-        if client is not None:
-            response = client.get(f"{url}/object_info", timeout=timeout_s)
-        else:
-            response = httpx.get(f"{url}/object_info", timeout=timeout_s, trust_env=False)
-        response.raise_for_status()
-        return response.json()
-    except (httpx.HTTPError, ValueError) as exc:
-        raise ComfyUnavailable(f"object_info failed: {type(exc).__name__}") from exc
-
-
 class ComfyProcess:
     """One ComfyUI child process."""
 

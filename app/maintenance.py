@@ -101,11 +101,7 @@ def _reap(
             report.lost += 1
             log.warning("job_lost")
         return
-    times = dict(job.stage_times)
-    times[job.stage] = StageTimes(queued_at=now)
-    deps.jobs.save(job.model_copy(update={"epoch": epoch, "lease_until": None,
-                                          "stage_times": times}))
-    enqueue(deps, job.id, job.stage, epoch=epoch)
+    _hand_back(deps, job, epoch)
     if holder_died:
         report.taken_back += 1
         log.warning("job_taken_back", epoch=epoch)
@@ -140,6 +136,16 @@ def _resend_lost_deliveries(deps: Deps, now: float, parked: set[str]) -> int:
     return resent
 
 
+def _hand_back(deps: Deps, job: Job, epoch: int) -> None:
+    """Give the job to its stage again under `epoch` (already taken with `take_back`)."""
+    times = dict(job.stage_times)
+    times[job.stage] = StageTimes(queued_at=deps.clock())
+    deps.jobs.save(
+        job.model_copy(update={"epoch": epoch, "lease_until": None, "stage_times": times})
+    )
+    enqueue(deps, job.id, job.stage, epoch=epoch)
+
+
 def parked_job_ids(deps: Deps) -> set[str]:
     """Jobs with a message parked for later (a retry or a webhook back-off)."""
     return {key.split(":")[1] for key in deps.backend.kv(DELAYED_DICT).keys()}
@@ -155,11 +161,7 @@ def recover_after_restart(deps: Deps) -> int:
         epoch = deps.jobs.take_back(job.id, job.epoch)
         if epoch is None:
             continue
-        times = dict(job.stage_times)
-        times[job.stage] = StageTimes(queued_at=deps.clock())
-        deps.jobs.save(job.model_copy(update={"epoch": epoch, "lease_until": None,
-                                              "stage_times": times}))
-        enqueue(deps, job.id, job.stage, epoch=epoch)
+        _hand_back(deps, job, epoch)
         recovered += 1
     return recovered
 

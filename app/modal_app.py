@@ -303,7 +303,7 @@ class Render:
         if SNAPSHOT.helper_mode:
             log.info("comfy_device_selected", result=comfy_server.select_device(url))
         self.deps = container_deps(comfy_url=url)
-        _publish_catalog(self.deps, comfy_server.object_info(url))
+        _publish_catalog(self.deps, self.deps.comfy.object_info())
 
     def health_gate(self) -> None:
         """Before each job: an unhealthy ComfyUI retires this container, the job requeues."""

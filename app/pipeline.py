@@ -18,6 +18,7 @@ from app.deps import Deps
 from app.errors import PipelineError
 from app.logs import get_logger
 from app.models import Job, JobError, JobStatus, Stage, StageMessage, StageTimes
+from app.stages.scratch import job_folder
 
 StageFn = Callable[[Job, Deps], Job]
 
@@ -68,14 +69,9 @@ def release_due(deps: Deps) -> int:
     return moved
 
 
-def work_dir(deps: Deps, job_id: str) -> str:
-    """The job's scratch folder shared by fetch, render and upload."""
-    return str(deps.settings.work_dir / job_id)
-
-
 def after_terminal(deps: Deps, job: Job) -> None:
     """Once a job has ended: drop its scratch files and send its webhook."""
-    shutil.rmtree(work_dir(deps, job.id), ignore_errors=True)
+    shutil.rmtree(job_folder(deps, job.id), ignore_errors=True)
     if job.webhook_url:
         # Marked before the message goes out, so a lost message is found and re-sent.
         deps.backend.kv(PENDING_DICT).put(job.id, str(deps.clock()))
@@ -140,7 +136,7 @@ def process_message(raw: str, deps: Deps, stages: Mapping[Stage, StageFn]) -> No
     log = log.bind(tenant_id=job.tenant_id)
     if job.is_terminal:
         log.info("message_for_ended_job", status=job.status.value)
-        shutil.rmtree(work_dir(deps, job.id), ignore_errors=True)
+        shutil.rmtree(job_folder(deps, job.id), ignore_errors=True)
         return
     if not deps.jobs.claim_stage(job.id, message.stage, message.epoch, message.attempt):
         log.info("message_duplicate_dropped")
@@ -150,12 +146,12 @@ def process_message(raw: str, deps: Deps, stages: Mapping[Stage, StageFn]) -> No
     try:
         job = stages[message.stage](job, deps)
     except PipelineError as exc:
-        _on_stage_error(deps, job, message, exc, log)
+        _on_stage_error(deps, job, message, exc)
         return
-    except Exception as exc:  # a bug: fail the job cleanly, keep the traceback in logs only
+    except Exception:  # a bug: fail the job cleanly, keep the traceback in logs only
         log.exception("stage_crashed")
-        _on_stage_error(deps, job, message, PipelineError(f"internal error in {message.stage}"),
-                        log, cause=exc)
+        internal = PipelineError(f"internal error in {message.stage}")
+        _on_stage_error(deps, job, message, internal)
         return
     if not deps.jobs.is_current(job.id, message.epoch):
         log.warning("stage_result_from_stale_holder_dropped")
@@ -166,7 +162,7 @@ def process_message(raw: str, deps: Deps, stages: Mapping[Stage, StageFn]) -> No
     log.info("stage_finished", next=following.value if following else None)
     if deps.jobs.terminal(job.id) is not None:
         # Cancelled while this stage ran: stop here; the canceller already notified.
-        shutil.rmtree(work_dir(deps, job.id), ignore_errors=True)
+        shutil.rmtree(job_folder(deps, job.id), ignore_errors=True)
         return
     if following is not None:
         enqueue(deps, job.id, following, epoch=message.epoch)
@@ -176,10 +172,7 @@ def process_message(raw: str, deps: Deps, stages: Mapping[Stage, StageFn]) -> No
         after_terminal(deps, job)
 
 
-def _on_stage_error(
-    deps: Deps, job: Job, message: StageMessage, exc: PipelineError, log: object,
-    cause: BaseException | None = None,
-) -> None:
+def _on_stage_error(deps: Deps, job: Job, message: StageMessage, exc: PipelineError) -> None:
     logger = get_logger(job_id=job.id, stage=message.stage.value, tenant_id=job.tenant_id)
     attempts_left = message.attempt + 1 < deps.settings.stage_max_attempts
     if exc.retryable and attempts_left and deps.jobs.terminal(job.id) is None:

@@ -19,7 +19,6 @@ import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -34,7 +33,6 @@ RETRY_AFTER_CAP_S = 86_400.0
 #: Each scheduled delay is spread by up to this fraction either way.
 JITTER_FRACTION = 0.10
 _MSG_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
-_DELTA_SECONDS = re.compile(r"[0-9]{1,10}")
 
 Outcome = Literal["delivered", "retry", "dead"]
 
@@ -166,22 +164,6 @@ def decide(
         delay_s = max(delay_s, min(retry_after_s, RETRY_AFTER_CAP_S))
         reason += f"; retry-after {retry_after_s:g}s"
     return DeliveryDecision("retry", now + delay_s, reason)
-
-
-def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Seconds to wait from a `Retry-After` header (delta-seconds or HTTP-date), or None."""
-    if value is None:
-        return None
-    value = value.strip()
-    if _DELTA_SECONDS.fullmatch(value):
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        return None
-    return max(0.0, when.timestamp() - now)
 
 
 def _utc(moment: datetime) -> datetime:

@@ -9,6 +9,7 @@ One wall-clock deadline covers DNS, every hop, and every socket read and write.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import ssl
 import threading
@@ -45,6 +46,8 @@ DEFAULT_USER_AGENT = "comfyui-saas/0.1"
 MAX_POST_RESPONSE_BYTES = 4096
 _CHUNK_BYTES = 64 * 1024
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
+#: Retry-After as delta-seconds: ASCII digits only, so a header can never crash int().
+_DELTA_SECONDS = re.compile(r"[0-9]{1,10}")
 #: Answers that say "not now" rather than "never": the fetch stage tries again later.
 _RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
@@ -90,8 +93,8 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
     if value is None:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(int(value))
+    if _DELTA_SECONDS.fullmatch(value):
+        return float(value)
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):

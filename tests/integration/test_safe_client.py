@@ -497,3 +497,9 @@ def test_client_errors_are_permanent(servers: Servers, tmp_path: Path, code: int
         download(client, servers.url(f"/status?code={code}"), tmp_path / "x")
     assert not info.value.retryable
 
+
+
+def test_retry_after_accepts_only_ascii_delta_seconds() -> None:
+    assert parse_retry_after("120") == 120.0
+    assert parse_retry_after("\u00b2") is None  # a superscript digit: isdigit() would say yes
+    assert parse_retry_after("1" * 11) is None

@@ -15,8 +15,9 @@ import pytest
 from standardwebhooks import Webhook
 
 from app.errors import FetchFailed, UrlRefused
+from app.net.safe_client import parse_retry_after
 from app.webhook_delivery import DeliveryAttempt, PostResponse, deliver_once
-from app.webhooks import event_payload, new_message_id, new_webhook_secret, parse_retry_after
+from app.webhooks import event_payload, new_message_id, new_webhook_secret
 
 SCHEDULE = [5, 300, 1800]
 
@@ -90,7 +91,7 @@ def post() -> Iterator[object]:
             response = client.post(url, content=body, headers=dict(headers), timeout=timeout_s)
         except httpx.HTTPError as exc:
             raise FetchFailed(f"webhook post failed: {type(exc).__name__}") from exc
-        retry_after = parse_retry_after(response.headers.get("retry-after"), time.time())
+        retry_after = parse_retry_after(response.headers.get("retry-after"))
         return PostResponse(response.status_code, retry_after)
 
     yield send

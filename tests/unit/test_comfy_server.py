@@ -125,24 +125,17 @@ def test_wait_until_healthy_times_out() -> None:
         comfy_server.wait_until_healthy("http://c", 0.3, interval_s=0.05, client=down)
 
 
-def test_select_device_and_object_info() -> None:
+def test_select_device() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         if request.method == "POST" and request.url.path == "/snapshot_helper/select_device":
             return httpx.Response(200, json={"switched": True, "device": "cuda:0"})
-        if request.url.path == "/object_info":
-            return httpx.Response(200, json={"SaveImage": {"output_node": True}})
         return httpx.Response(404)
 
     client = _client(handler)
     assert comfy_server.select_device("http://c", client=client)["switched"] is True
-    assert comfy_server.object_info("http://c", client=client) == {
-        "SaveImage": {"output_node": True}
-    }
     failing = _client(lambda r: httpx.Response(500, json={"error": "RuntimeError"}))
     with pytest.raises(ComfyUnavailable):
         comfy_server.select_device("http://c", client=failing)
-    with pytest.raises(ComfyUnavailable):
-        comfy_server.object_info("http://c", client=failing)
 
 
 def test_extra_model_paths_file_is_written(tmp_path: Path) -> None:

@@ -18,7 +18,6 @@ from app.webhooks import (
     event_type_for,
     new_message_id,
     new_webhook_secret,
-    parse_retry_after,
     signed_headers,
 )
 
@@ -199,5 +198,8 @@ def test_attempts_count_from_one():
     ],
 )
 def test_parse_retry_after(header: str | None, expected: float | None):
-    now = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC).timestamp()
-    assert parse_retry_after(header, now) == expected
+    # Webhook posts parse Retry-After with the SSRF-safe client's parser.
+    from app.net.safe_client import parse_retry_after
+
+    now = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
+    assert parse_retry_after(header, now=now) == expected
