@@ -25,12 +25,12 @@ sys.path.insert(0, str(ROOT))
 
 from PIL import Image  # noqa: E402
 
-from app.config import Settings  # noqa: E402
-from app.deps import build_deps  # noqa: E402
-from app.logs import configure_logging  # noqa: E402
-from app.models import JobStatus  # noqa: E402
-from app.runner import Pipeline  # noqa: E402
-from app.schemas import JobRequest, timings_of  # noqa: E402
+from app.core.config import Settings  # noqa: E402
+from app.core.logs import configure_logging  # noqa: E402
+from app.core.models import JobStatus  # noqa: E402
+from app.core.schemas import JobRequest, timings_of  # noqa: E402
+from app.deploy.local.runner import Pipeline  # noqa: E402
+from app.engine.deps import build_deps  # noqa: E402
 from app.stages.intake import admit  # noqa: E402
 
 

@@ -21,10 +21,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.backends.memory import MemoryBackend
-from app.backends.sqlite import SqliteBackend
-from app.models import JobStatus
-from app.state import AdmissionRejected, JobStore, Limits, NewJob
+from app.core.models import JobStatus
+from app.store.backends.memory import MemoryBackend
+from app.store.backends.sqlite import SqliteBackend
+from app.store.jobs import AdmissionRejected, JobStore, Limits, NewJob
 
 WORKFLOW: dict[str, object] = {
     "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1,

@@ -4,4 +4,4 @@
 # credentials come from the Modal Secrets named there, never from this script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec modal deploy -m app.modal_app "$@"
+exec modal deploy -m app.deploy.modal.app "$@"

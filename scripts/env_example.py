@@ -1,6 +1,6 @@
 """Print `.env.example` from the settings defaults: `python scripts/env_example.py > .env.example`.
 
-Section headings and `#:` comments are carried over from `app/config.py`, so the file
+Section headings and `#:` comments are carried over from `app/core/config.py`, so the file
 documents each setting where the code does.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app.config import ENV_PREFIX, Settings, env_value  # noqa: E402
+from app.core.config import ENV_PREFIX, Settings, env_value  # noqa: E402
 
 _FIELD = re.compile(r"^    (\w+): ")
 _SECTION = re.compile(r"^    # --- (.+?) -*$")

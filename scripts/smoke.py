@@ -8,7 +8,7 @@ the project's Settings). Jobs are submitted as `--user` (X-User-ID); the ownersh
 reads them as `<user>-other` with the same key, and as `--user` with `--other-api-key`
 (another tenant's key) when given. The burst check uses a fresh user each run. Inputs
 are only exercised with `--input-url` (an image the deployment may fetch). See
-app/smoke.py for the checks.
+app/clients/smoke.py for the checks.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.config import Settings
-from app.schemas import USER_ID
-from app.smoke import SmokeConfig, run_smoke
+from app.clients.smoke import SmokeConfig, run_smoke
+from app.core.config import Settings
+from app.core.schemas import USER_ID
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,7 +6,7 @@ share `STATE`. The functions take the modules they change as arguments, so tests
 hand in small stand-ins for `torch`, `comfy.cli_args.args` and `comfy.model_management`.
 
 Written against ComfyUI's `comfy/model_management.py` at the commit pinned in
-`app/deploy_manifest.py`: the module-level globals restored below are the ones that
+`app/deploy/modal/manifest.py`: the module-level globals restored below are the ones that
 commit computes at import time from the device. Re-check them when bumping ComfyUI.
 """
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from app.config import ENV_PREFIX, Settings
+from app.core.config import ENV_PREFIX, Settings
 
 #: Shared fixtures that live in their own modules (a real S3 server for storage tests).
 pytest_plugins = ["tests.support.s3_server"]

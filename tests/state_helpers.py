@@ -5,9 +5,9 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 
-from app.backends.base import KV, Backend
-from app.backends.memory import MemoryBackend, MemoryKV
-from app.state import JobStore, Limits, NewJob
+from app.store.backends.base import KV, Backend
+from app.store.backends.memory import MemoryBackend, MemoryKV
+from app.store.jobs import JobStore, Limits, NewJob
 
 WORKFLOW: dict[str, object] = {
     "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1,

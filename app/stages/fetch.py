@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from app.deps import Deps
-from app.logs import get_logger
-from app.media import check_media
-from app.models import Job
-from app.stages.scratch import inputs_folder
+from app.adapters.media import check_media
+from app.core.logs import get_logger
+from app.core.models import Job
+from app.engine.deps import Deps
+from app.engine.scratch import inputs_folder
 
 
 def run(job: Job, deps: Deps) -> Job:

@@ -15,18 +15,24 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from app.comfy import catalog as node_catalogs
-from app.comfy.catalog import NodeCatalog
-from app.comfy.workflow import check_workflow
-from app.deps import Deps
-from app.errors import ComfyUnavailable, InvalidRequest, PipelineError
-from app.logs import get_logger
-from app.models import JobError, Stage
-from app.net.policy import UrlPolicy, parse_url
-from app.pipeline import enqueue
-from app.schemas import USER_ID, JobRequest
-from app.state import Admission, AdmissionRejected, IdempotencyConflict, NewJob, body_fingerprint
-from app.tenants import Tenant
+from app.adapters.comfy import catalog as node_catalogs
+from app.adapters.comfy.catalog import NodeCatalog
+from app.adapters.comfy.workflow import check_workflow
+from app.adapters.net.policy import UrlPolicy, parse_url
+from app.core.errors import ComfyUnavailable, InvalidRequest, PipelineError
+from app.core.logs import get_logger
+from app.core.models import JobError, Stage
+from app.core.schemas import USER_ID, JobRequest
+from app.engine.deps import Deps
+from app.engine.pipeline import enqueue
+from app.store.jobs import (
+    Admission,
+    AdmissionRejected,
+    IdempotencyConflict,
+    NewJob,
+    body_fingerprint,
+)
+from app.store.tenants import Tenant
 
 
 class IntakeMessage(BaseModel):
@@ -70,7 +76,7 @@ def catalog_version(deps: Deps) -> str:
     """On Modal, the deploy's pinned node set; locally ComfyUI may change at any time."""
     if deps.settings.backend != "modal":
         return ""
-    from app.deploy_manifest import node_set_version
+    from app.deploy.modal.manifest import node_set_version
 
     return node_set_version()
 

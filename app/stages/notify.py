@@ -13,13 +13,13 @@ from typing import Literal
 
 from pydantic import Field, ValidationError
 
-from app.deps import Deps
-from app.logs import get_logger
-from app.models import Job, Record, Stage, StageMessage
-from app.pipeline import PENDING_DICT, enqueue
-from app.schemas import WebhookAttemptView, WebhookView
-from app.webhook_delivery import DeliveryAttempt, deliver_once
-from app.webhooks import event_payload, event_type_for, new_message_id
+from app.adapters.webhooks.delivery import DeliveryAttempt, deliver_once
+from app.adapters.webhooks.signing import event_payload, event_type_for, new_message_id
+from app.core.logs import get_logger
+from app.core.models import Job, Record, Stage, StageMessage
+from app.core.schemas import WebhookAttemptView, WebhookView
+from app.engine.deps import Deps
+from app.engine.pipeline import PENDING_DICT, enqueue
 
 DELIVERIES_DICT = "deliveries"
 

@@ -17,13 +17,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from app.comfy.client import ComfyClient
-from app.comfy.tracker import RenderProgress
-from app.comfy.workflow import bind_inputs
-from app.deps import Deps
-from app.logs import get_logger
-from app.models import Job, OutputRef
-from app.stages.scratch import OUTPUTS, SCRATCH_KEY_PREFIX, inputs_folder, outputs_folder
+from app.adapters.comfy.client import ComfyClient
+from app.adapters.comfy.tracker import RenderProgress
+from app.adapters.comfy.workflow import bind_inputs
+from app.core.logs import get_logger
+from app.core.models import Job, OutputRef
+from app.engine.deps import Deps
+from app.engine.scratch import OUTPUTS, SCRATCH_KEY_PREFIX, inputs_folder, outputs_folder
 
 #: How often the render loop asks the store whether the job was cancelled.
 CANCEL_CHECK_INTERVAL_S = 0.5

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from app.deps import Deps
-from app.errors import UploadFailed
-from app.logs import get_logger
-from app.media import sniff_content_type
-from app.models import Job, OutputRef
-from app.stages.scratch import SCRATCH_KEY_PREFIX, job_folder
-from app.storage.base import output_key
+from app.adapters.media import sniff_content_type
+from app.adapters.storage.base import output_key
+from app.core.errors import UploadFailed
+from app.core.logs import get_logger
+from app.core.models import Job, OutputRef
+from app.engine.deps import Deps
+from app.engine.scratch import SCRATCH_KEY_PREFIX, job_folder
 
 _FALLBACK_TYPE = "application/octet-stream"
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from app.backends.base import MAX_QUEUE_ITEM_BYTES, Backend, QueueItemTooLarge
-from app.backends.memory import MemoryBackend
-from app.backends.modal_adapter import ModalBackend
-from app.backends.sqlite import SqliteBackend
+from app.store.backends.base import MAX_QUEUE_ITEM_BYTES, Backend, QueueItemTooLarge
+from app.store.backends.memory import MemoryBackend
+from app.store.backends.modal import ModalBackend
+from app.store.backends.sqlite import SqliteBackend
 from tests.modal_fake import FakeModal
 
 BACKENDS = ["memory", "sqlite", "modal"]
@@ -218,7 +218,7 @@ def test_modal_fake_rejects_a_parameter_modal_does_not_have() -> None:
 
 
 def test_modal_adapter_wraps_sdk_errors() -> None:
-    from app.backends.base import BackendError
+    from app.store.backends.base import BackendError
 
     def broken(name: str, **kwargs: object) -> object:
         class Handle:

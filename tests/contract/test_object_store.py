@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from app.errors import PipelineError, UploadFailed
-from app.storage import LocalStore, MemoryStore, ObjectStore, job_prefix, output_key
+from app.adapters.storage import LocalStore, MemoryStore, ObjectStore, job_prefix, output_key
+from app.core.errors import PipelineError, UploadFailed
 
 
 @pytest.fixture(params=["memory", "local", "s3"])

@@ -13,13 +13,13 @@ from typing import Any
 
 import uvicorn
 
-from app.backends.sqlite import SqliteBackend
-from app.comfy import catalog as node_catalog
-from app.config import Settings
-from app.deps import Deps
-from app.models import JobStatus, OutputRef
-from app.storage import LocalStore, output_key
-from app.storage.signing import load_signing_key
+from app.adapters.comfy import catalog as node_catalog
+from app.adapters.storage import LocalStore, output_key
+from app.adapters.storage.signing import load_signing_key
+from app.core.config import Settings
+from app.core.models import JobStatus, OutputRef
+from app.engine.deps import Deps
+from app.store.backends.sqlite import SqliteBackend
 from tests.state_helpers import FakeClock
 
 #: Just enough of ComfyUI's /object_info for the test workflows.

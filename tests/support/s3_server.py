@@ -217,7 +217,7 @@ def s3_settings(s3_server: S3Server, settings_factory: Callable[..., Any]) -> An
 @pytest.fixture
 def s3_store(s3_settings: Any) -> Any:
     """An `S3Store` built by `from_settings`, its bucket created, no real sleeping."""
-    from app.storage.s3 import S3Store
+    from app.adapters.storage.s3 import S3Store
 
     store = S3Store.from_settings(s3_settings)
     store.client.create_bucket(Bucket=store.bucket)

@@ -1,0 +1,157 @@
+"""The node catalog: which node classes a ComfyUI server has, built from `/object_info`.
+
+The render worker publishes it to the state dict when ComfyUI starts; intake loads it to
+check workflows before they are queued, so a job with an unknown node fails at once
+instead of after a GPU container has started.
+
+Only what validation needs is kept: the full document is ~0.5 MB for 500 node classes,
+the compact form ~60 KB. Every intake reads it; we rely on no documented size limit for a
+`modal.Dict` value (Queue items are capped at 1 MiB), and a small value keeps the read
+cheap and far from any such limit.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from app.store.backends.base import KV
+
+#: Key of the published catalog in the dict passed to `publish`/`load`.
+#: The dict the catalog is published in (by render containers, or by intake locally).
+CATALOG_DICT = "catalog"
+CATALOG_KEY = "comfy:catalog"
+#: Bumped when the stored layout changes; an older layout is ignored, not misread.
+_FORMAT = 1
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSpec:
+    """What validation needs to know about one node class."""
+
+    name: str
+    output_node: bool
+    #: The type of each output slot, in order (`["IMAGE", "MASK"]`).
+    outputs: tuple[str, ...]
+    required_inputs: tuple[str, ...]
+
+
+class NodeCatalog:
+    """The node classes one ComfyUI server offers."""
+
+    def __init__(self, nodes: Mapping[str, NodeSpec]) -> None:
+        self._nodes = dict(nodes)
+
+    @classmethod
+    def from_object_info(cls, object_info: Mapping[str, Any]) -> NodeCatalog:
+        """Build a catalog from a `GET /object_info` response; malformed entries are skipped."""
+        nodes: dict[str, NodeSpec] = {}
+        for name, info in object_info.items():
+            if not isinstance(name, str) or not isinstance(info, Mapping):
+                continue
+            outputs = info.get("output")
+            inputs = info.get("input")
+            required = inputs.get("required") if isinstance(inputs, Mapping) else None
+            nodes[name] = NodeSpec(
+                name=name,
+                output_node=info.get("output_node") is True,
+                outputs=tuple(str(o) for o in outputs) if isinstance(outputs, list) else (),
+                required_inputs=tuple(required) if isinstance(required, Mapping) else (),
+            )
+        return cls(nodes)
+
+    def __contains__(self, class_type: object) -> bool:
+        return class_type in self._nodes
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._nodes)
+
+    def get(self, class_type: str) -> NodeSpec | None:
+        """The spec of `class_type`, or None if the server has no such node."""
+        return self._nodes.get(class_type)
+
+    def is_output(self, class_type: str) -> bool:
+        """Whether ComfyUI treats `class_type` as an output node (it runs what feeds it)."""
+        spec = self._nodes.get(class_type)
+        return spec is not None and spec.output_node
+
+    def output_count(self, class_type: str) -> int:
+        """How many output slots `class_type` has (0 for unknown classes)."""
+        spec = self._nodes.get(class_type)
+        return len(spec.outputs) if spec is not None else 0
+
+    def to_record(self) -> dict[str, Any]:
+        """The compact JSON-able form stored in the state dict."""
+        return {
+            name: {
+                "o": spec.output_node,
+                "out": list(spec.outputs),
+                "req": list(spec.required_inputs),
+            }
+            for name, spec in sorted(self._nodes.items())
+        }
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> NodeCatalog:
+        """Read `to_record` output back; malformed entries are skipped."""
+        nodes: dict[str, NodeSpec] = {}
+        for name, entry in record.items():
+            if not isinstance(entry, Mapping):
+                continue
+            nodes[name] = NodeSpec(
+                name=name,
+                output_node=entry.get("o") is True,
+                outputs=_strings(entry.get("out")),
+                required_inputs=_strings(entry.get("req")),
+            )
+        return cls(nodes)
+
+
+def _strings(value: object) -> tuple[str, ...]:
+    return tuple(str(v) for v in value) if isinstance(value, list) else ()
+
+
+def publish(
+    kv: KV, object_info: Mapping[str, Any], now: float, version: str = ""
+) -> NodeCatalog:
+    """Store the catalog of `object_info` with its publication time; returns it.
+
+    `version` names a pinned node set (a deploy); see `load`.
+    """
+    catalog = NodeCatalog.from_object_info(object_info)
+    record = {"format": _FORMAT, "published_at": now, "version": version,
+              "nodes": catalog.to_record()}
+    kv.put(CATALOG_KEY, json.dumps(record, separators=(",", ":")))
+    return catalog
+
+
+def load(kv: KV, max_age_s: float, now: float, version: str = "") -> NodeCatalog | None:
+    """The published catalog if it is at most `max_age_s` old, else None.
+
+    None means "validate structurally only": a stale catalog could refuse a node a newer
+    ComfyUI image has, which is worse than letting ComfyUI's own validation decide. A
+    catalog published under the caller's own non-empty `version` (the same pinned node
+    set) is valid at any age.
+    """
+    raw = kv.get(CATALOG_KEY)
+    if raw is None:
+        return None
+    try:
+        record = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(record, dict) or record.get("format") != _FORMAT:
+        return None
+    published_at = record.get("published_at")
+    nodes = record.get("nodes")
+    if not isinstance(published_at, int | float) or not isinstance(nodes, dict):
+        return None
+    same_node_set = bool(version) and record.get("version") == version
+    if now - published_at > max_age_s and not same_node_set:
+        return None
+    return NodeCatalog.from_record(nodes)

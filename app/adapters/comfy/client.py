@@ -1,0 +1,302 @@
+"""The render side's client for one ComfyUI server (sync: httpx and `websockets.sync`).
+
+`run` follows ComfyUI's own protocol: connect `/ws?clientId=X` first, `POST /prompt`
+with that client id and our prompt id, read the websocket until the prompt's terminal
+message, then read `/history/{id}` for the outputs. If the websocket drops it polls the
+history (and reconnects when it can); a server that stops answering for
+`unavailable_grace_s` is `ComfyUnavailable`, which is retryable. Cancellation and the
+deadline are checked at least every `poll_interval_s`; both remove the prompt from
+ComfyUI's queue and interrupt it before raising.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Self
+
+import httpx
+import structlog
+
+from app.adapters.comfy.follow import POLL_TIMEOUT_S, Follower, open_socket
+from app.adapters.comfy.messages import (
+    ComfyOutput,
+    HistoryEntry,
+    failure,
+    read_history,
+    select_outputs,
+    validation_message,
+)
+from app.adapters.comfy.tracker import RenderProgress
+from app.core.errors import (
+    ComfyUnavailable,
+    InvalidRequest,
+    InvalidWorkflow,
+    RenderCancelled,
+    RenderFailed,
+    RenderTimeout,
+)
+
+#: A lazy proxy: it picks up `configure_logging` whenever that runs.
+log = structlog.get_logger()
+
+#: Bound on each call made while giving a prompt up (cancel, deadline, failure).
+_CLEANUP_TIMEOUT_S = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class RenderResult:
+    """What a finished prompt produced."""
+
+    outputs: list[ComfyOutput]
+    #: True if ComfyUI served an output node from its cache: its files are those of an
+    #: earlier identical prompt (same names), not new ones.
+    cached: bool
+    elapsed_s: float
+
+
+class ComfyClient:
+    """One ComfyUI server, addressed by `base_url` (`http://127.0.0.1:8188`)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        http: httpx.Client | None = None,
+        connect_timeout_s: float = 10.0,
+        client_id: str | None = None,
+        unavailable_grace_s: float = 5.0,
+        history_check_s: float = 5.0,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.connect_timeout_s = connect_timeout_s
+        #: Prefix of each run's websocket client id. Every run gets its own id, because
+        #: ComfyUI keeps one socket per id and a second connection would take the first's
+        #: messages.
+        self.client_id = client_id or uuid.uuid4().hex
+        #: How long the server may fail to answer during a run before it is unavailable.
+        self.unavailable_grace_s = unavailable_grace_s
+        #: While the websocket is up, the history is still read this often, so a prompt
+        #: that vanished from ComfyUI (deleted by someone else) is noticed.
+        self.history_check_s = history_check_s
+        self._owns_http = http is None
+        # ComfyUI is a private service beside us: proxy variables must not reroute it.
+        self._http = http or httpx.Client(
+            timeout=httpx.Timeout(30.0, connect=connect_timeout_s), trust_env=False
+        )
+
+    def close(self) -> None:
+        """Close the HTTP client if this object created it."""
+        if self._owns_http:
+            self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # --- plain calls -----------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        """`GET /system_stats`; raises `ComfyUnavailable` unless ComfyUI answers 200."""
+        return self._get_json("/system_stats")
+
+    def object_info(self) -> dict[str, Any]:
+        """`GET /object_info`: every node class the server has."""
+        return self._get_json("/object_info")
+
+    def upload_input(self, data: bytes, filename: str, subfolder: str) -> str:
+        """Store an input file in ComfyUI's input folder; returns the name LoadImage takes."""
+        response = self._request(
+            "POST",
+            "/upload/image",
+            files={"image": (filename, data, "application/octet-stream")},
+            data={"overwrite": "true", "type": "input", "subfolder": subfolder},
+        )
+        if response.status_code != 200:
+            if response.status_code >= 500:
+                raise ComfyUnavailable(f"ComfyUI failed to store input {filename!r}")
+            raise InvalidRequest(
+                f"ComfyUI refused input {filename!r} (HTTP {response.status_code})"
+            )
+        body = _json_body(response, "/upload/image")
+        name = str(body.get("name") or filename)
+        stored_in = str(body.get("subfolder") or "")
+        return f"{stored_in}/{name}" if stored_in else name
+
+    def download(self, output: ComfyOutput, dest: Path) -> int:
+        """Stream one output file from `/view` to `dest`; returns its size in bytes."""
+        params = {"filename": output.filename, "subfolder": output.subfolder, "type": output.type}
+        partial = dest.with_name(dest.name + ".part")
+        try:
+            with self._http.stream(
+                "GET", self.base_url + "/view", params=params, timeout=httpx.Timeout(60.0)
+            ) as response:
+                if response.status_code == 404:
+                    # Wiped or never written; fetching again will not bring it back.
+                    raise RenderFailed(
+                        f"ComfyUI has no output file {output.filename!r}",
+                        node_id=output.node_id,
+                    )
+                if response.status_code != 200:
+                    raise ComfyUnavailable(
+                        f"ComfyUI answered HTTP {response.status_code} for {output.filename!r}"
+                    )
+                size = 0
+                with partial.open("wb") as file:
+                    for chunk in response.iter_bytes(1024 * 1024):
+                        file.write(chunk)
+                        size += len(chunk)
+        except httpx.HTTPError as exc:
+            partial.unlink(missing_ok=True)
+            raise ComfyUnavailable(f"download of {output.filename!r} failed: {exc}") from exc
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        os.replace(partial, dest)
+        return size
+
+    def interrupt(self, prompt_id: str) -> None:
+        """Interrupt `prompt_id` if it is running (at its next node boundary)."""
+        self._request("POST", "/interrupt", json={"prompt_id": prompt_id})
+
+    def delete_pending(self, prompt_id: str) -> None:
+        """Remove `prompt_id` from the queue if it has not started."""
+        self._request("POST", "/queue", json={"delete": [prompt_id]})
+
+    # --- running a workflow --------------------------------------------------------
+
+    def run(
+        self,
+        workflow: dict[str, Any],
+        *,
+        prompt_id: str,
+        deadline_s: float,
+        should_cancel: Callable[[], bool],
+        on_progress: Callable[[RenderProgress], None],
+        poll_interval_s: float = 0.25,
+        progress_interval_s: float = 0.5,
+    ) -> RenderResult:
+        """Run `workflow` as `prompt_id` until it finishes, fails, is cancelled or times out.
+
+        `deadline_s` is absolute (`time.time()`). Raises `InvalidWorkflow` (ComfyUI's
+        validation), `RenderFailed` (a node failed), `RenderCancelled`, `RenderTimeout`
+        or `ComfyUnavailable` (retryable).
+        """
+        started = time.time()
+        if started >= deadline_s:
+            raise RenderTimeout("the job's deadline passed before the render started")
+        if should_cancel():
+            raise RenderCancelled()
+        client_id = f"{self.client_id}-{uuid.uuid4().hex[:12]}"
+        open_s = min(self.connect_timeout_s, deadline_s - started)
+        ws = open_socket(self.base_url, client_id, open_s)
+        run = Follower(self, prompt_id, client_id, workflow, ws, deadline_s, should_cancel)
+        try:
+            self._submit(workflow, prompt_id, client_id)
+            terminal, entry = run.follow(on_progress, poll_interval_s, progress_interval_s)
+        except InvalidWorkflow:
+            raise  # nothing is left queued: refused outright, or taken back by _submit
+        except BaseException:
+            # Whatever stopped us (cancel, deadline, lost server, a failing callback), the
+            # prompt must not keep a GPU busy for nobody. Also covers a POST whose answer
+            # was lost after ComfyUI had queued it.
+            self._give_up(prompt_id)
+            raise
+        finally:
+            run.close()
+        if terminal.kind != "success":
+            raise failure(terminal)
+        if entry is None:
+            entry = self.history(prompt_id)
+        produced = entry.outputs if entry is not None else run.tracker.executed_outputs()
+        if not produced:
+            produced = run.tracker.executed_outputs()
+        outputs = select_outputs(produced)
+        cached_nodes = run.tracker.cached_nodes | (entry.cached_nodes if entry else set())
+        run.emit_final(on_progress)
+        return RenderResult(
+            outputs=outputs,
+            cached=any(o.node_id in cached_nodes for o in outputs),
+            elapsed_s=time.time() - started,
+        )
+
+    def _submit(self, workflow: dict[str, Any], prompt_id: str, client_id: str) -> None:
+        body = {"prompt": workflow, "client_id": client_id, "prompt_id": prompt_id}
+        response = self._request("POST", "/prompt", json=body)
+        if response.status_code == 400:
+            raise InvalidWorkflow(validation_message(_loads(response)))
+        if response.status_code != 200:
+            raise ComfyUnavailable(f"ComfyUI answered HTTP {response.status_code} to /prompt")
+        answer = _json_body(response, "/prompt")
+        if answer.get("node_errors"):
+            # ComfyUI queued only the valid outputs; a partial result would be a surprise.
+            self._give_up(prompt_id)
+            raise InvalidWorkflow(validation_message(answer))
+
+    def _give_up(self, prompt_id: str) -> None:
+        """Best effort: take the prompt out of the queue, then interrupt it if it runs."""
+        # Delete first: a prompt that starts between the two calls is still interrupted.
+        for path, body in (
+            ("/queue", {"delete": [prompt_id]}),
+            ("/interrupt", {"prompt_id": prompt_id}),
+        ):
+            try:
+                self._http.post(self.base_url + path, json=body, timeout=_CLEANUP_TIMEOUT_S)
+            except httpx.HTTPError as exc:
+                log.warning("comfy_cleanup_failed", path=path, prompt_id=prompt_id, error=str(exc))
+
+    def history(self, prompt_id: str, *, timeout_s: float = POLL_TIMEOUT_S) -> HistoryEntry | None:
+        """The prompt's history entry once it has finished, else None."""
+        response = self._request("GET", f"/history/{prompt_id}", timeout=timeout_s)
+        if response.status_code != 200:
+            raise ComfyUnavailable(f"ComfyUI answered HTTP {response.status_code} to /history")
+        return read_history(_loads(response), prompt_id)
+
+    def is_queued(self, prompt_id: str, *, timeout_s: float = POLL_TIMEOUT_S) -> bool:
+        """Whether the prompt is running or waiting in ComfyUI's queue."""
+        queue = self._get_json("/queue", timeout=timeout_s)
+        for key in ("queue_running", "queue_pending"):
+            items = queue.get(key)
+            for item in items if isinstance(items, list) else []:
+                if isinstance(item, list) and len(item) > 1 and item[1] == prompt_id:
+                    return True
+        return False
+
+    # --- HTTP plumbing -------------------------------------------------------------
+
+    def _request(
+        self, method: str, path: str, *, timeout: float | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        extra: dict[str, Any] = {"timeout": timeout} if timeout is not None else {}
+        try:
+            return self._http.request(method, self.base_url + path, **kwargs, **extra)
+        except httpx.HTTPError as exc:
+            raise ComfyUnavailable(
+                f"ComfyUI at {self.base_url} did not answer {method} {path}: {type(exc).__name__}"
+            ) from exc
+
+    def _get_json(self, path: str, *, timeout: float | None = None) -> dict[str, Any]:
+        response = self._request("GET", path, timeout=timeout)
+        if response.status_code != 200:
+            raise ComfyUnavailable(f"ComfyUI answered HTTP {response.status_code} to {path}")
+        return _json_body(response, path)
+
+
+def _loads(response: httpx.Response) -> object:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def _json_body(response: httpx.Response, path: str) -> dict[str, Any]:
+    body = _loads(response)
+    if not isinstance(body, dict):
+        raise ComfyUnavailable(f"ComfyUI's answer to {path} is not a JSON object")
+    return body

@@ -1,0 +1,259 @@
+"""The thin HTTP ingress: parse, authenticate, call intake/state/pipeline, render.
+
+No business logic lives here. Routes are plain `def`s, so FastAPI runs them in its
+thread pool: the state backend is synchronous (SQLite locally, blocking Modal calls in
+production) and must not block the event loop. Errors are mapped to HTTP in
+`app.api.http_errors`, one shape for all.
+
+Run locally under uvicorn (`comfyui-saas dev`), on Modal behind `@modal.asgi_app()`:
+both call `create_app(deps)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ValidationError
+
+from app.api.files import files_router
+from app.api.http_errors import ApiError, BodyLimit, ErrorResponse, install_error_handlers
+from app.api.views import JobList, owned_job, present
+from app.core.models import JobStatus
+from app.core.schemas import USER_ID_PATTERN, JobRequest, JobView
+from app.engine.deps import Deps
+from app.engine.pipeline import cancel_job
+from app.stages.intake import admit
+from app.store.tenants import Tenant
+
+API_VERSION = "1.0.0"
+DESCRIPTION = """\
+Submit ComfyUI API-format workflows, follow their progress, download their outputs.
+
+Every `/v1` route takes `Authorization: Bearer <api key>`; every `/v1/jobs` route also
+takes `X-User-ID`, the end user the job belongs to. Errors always look like
+`{"error": {"code": "...", "message": "..."}}`.
+"""
+MAX_PAGE = 100
+_JOB_REQUEST_REF = "#/components/schemas/JobRequest"
+
+#: A complete request using only core ComfyUI nodes (shown in /docs, used by fuzzing).
+EXAMPLE_REQUEST: dict[str, Any] = {
+    "workflow": {
+        "1": {"class_type": "EmptyImage",
+              "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}},
+    },
+    "metadata": {"order": "A-1001"},
+}
+
+_bearer = HTTPBearer(auto_error=False, description="A tenant API key (`csk_...`).")
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"model": ErrorResponse, "description": description}
+
+
+_AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: _error("Missing, invalid or revoked API key."),
+    422: _error("A header, parameter or the body is not valid; `details` says which."),
+    503: _error("The state backend is briefly unavailable; retry after `Retry-After`."),
+}
+_JOB_ERRORS: dict[int | str, dict[str, Any]] = {
+    **_AUTH_ERRORS, 404: _error("No such job for this user."),
+}
+
+
+def get_deps(request: Request) -> Deps:
+    """The app's `Deps` (set by `create_app`)."""
+    deps: Deps = request.app.state.deps
+    return deps
+
+
+DepsDep = Annotated[Deps, Depends(get_deps)]
+
+
+def authenticated_tenant(
+    deps: DepsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Tenant:
+    """The tenant owning the bearer key; 401 otherwise."""
+    tenant = deps.tenants.authenticate(credentials.credentials) if credentials else None
+    if tenant is None:
+        raise ApiError(
+            401, "unauthorized", "missing, invalid or revoked API key",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return tenant
+
+
+def caller_user(
+    x_user_id: Annotated[str, Header(
+        alias="X-User-ID", pattern=USER_ID_PATTERN,
+        description="The end user the job belongs to; jobs are visible to this user only.",
+    )],
+) -> str:
+    """The end user named by `X-User-ID` (validated by its pattern)."""
+    return x_user_id
+
+
+async def raw_body(request: Request) -> bytes:
+    """The request body, already bounded by `BodyLimit`."""
+    return await request.body()
+
+
+TenantDep = Annotated[Tenant, Depends(authenticated_tenant)]
+UserDep = Annotated[str, Depends(caller_user)]
+
+
+def parse_job_request(raw: bytes) -> JobRequest:
+    """The body as a `JobRequest`; errors read like FastAPI's own 422s.
+
+    Parsed by hand, after authentication, so an anonymous client gets a 401 for any
+    body and the server does no work for it.
+    """
+    try:
+        return JobRequest.model_validate_json(raw)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_context=False, include_input=False)
+        raise RequestValidationError(
+            [{**error, "loc": ("body", *error["loc"])} for error in errors]
+        ) from None
+
+
+router = APIRouter()
+
+
+class Health(BaseModel):
+    status: str
+    version: str
+    backend: str
+    storage: str
+
+
+@router.get("/health", tags=["service"])
+async def health(deps: DepsDep) -> Health:
+    """Liveness: answers without touching the backend."""
+    settings = deps.settings
+    return Health(
+        status="ok", version=API_VERSION, backend=settings.backend, storage=settings.storage
+    )
+
+
+@router.post(
+    "/v1/jobs", status_code=202, tags=["jobs"],
+    responses={
+        200: {"model": JobView, "description": "Replay: the job this Idempotency-Key made."},
+        400: _error("The workflow or a limit was refused (e.g. unknown node types)."),
+        403: _error("`user_id` in the body is not the `X-User-ID` caller."),
+        409: _error("The Idempotency-Key was used with another body, or is in flight."),
+        413: _error("The body is over the request size limit."),
+        429: _error("A concurrency cap or the rate limit was hit; see `Retry-After`."),
+        **_AUTH_ERRORS,
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {
+                "schema": {"$ref": _JOB_REQUEST_REF}, "example": EXAMPLE_REQUEST,
+            }},
+        },
+    },
+)
+def create_job(
+    response: Response,
+    deps: DepsDep,
+    tenant: TenantDep,
+    user_id: UserDep,
+    body: Annotated[bytes, Depends(raw_body)],
+    idempotency_key: Annotated[str | None, Header(
+        alias="Idempotency-Key", min_length=1, max_length=255,
+        description="Retry-safe submission: the same key and body return the same job.",
+    )] = None,
+) -> JobView:
+    """Submit a job; 202 with its view, or 200 when an Idempotency-Key replays."""
+    request = parse_job_request(body)
+    if request.user_id is not None and request.user_id != user_id:
+        raise ApiError(403, "user_mismatch", "user_id in the body does not match X-User-ID")
+    admission = admit(deps, tenant, user_id, request, idempotency_key=idempotency_key)
+    response.status_code = 200 if admission.replayed else 202
+    response.headers["Location"] = f"/v1/jobs/{admission.job.id}"
+    return present(deps, admission.job)
+
+
+@router.get("/v1/jobs", tags=["jobs"], responses=_AUTH_ERRORS)
+def list_jobs(
+    deps: DepsDep,
+    tenant: TenantDep,
+    user_id: UserDep,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 20,
+    cursor: Annotated[str | None, Query(
+        pattern=r"^[0-9]{1,12}$", description="`next_cursor` of the previous page.",
+    )] = None,
+    status: JobStatus | None = None,
+) -> JobList:
+    """The caller's own jobs, newest first."""
+    page = deps.jobs.list_for_user(
+        tenant.id, user_id, limit=limit, cursor=cursor, status=status
+    )
+    return JobList(jobs=[present(deps, job) for job in page.jobs], next_cursor=page.next_cursor)
+
+
+@router.get("/v1/jobs/{job_id}", tags=["jobs"], responses=_JOB_ERRORS)
+def get_job(deps: DepsDep, tenant: TenantDep, user_id: UserDep, job_id: str) -> JobView:
+    """The job's status, progress and freshly signed output URLs."""
+    job = owned_job(deps, tenant.id, user_id, job_id)
+    if job is None:
+        raise ApiError(404, "not_found", "no such job")
+    return present(deps, job)
+
+
+@router.delete(
+    "/v1/jobs/{job_id}", tags=["jobs"],
+    responses={**_JOB_ERRORS, 409: _error("The job had already ended.")},
+)
+def delete_job(deps: DepsDep, tenant: TenantDep, user_id: UserDep, job_id: str) -> JobView:
+    """Cancel the job now, whatever its stage; 409 if it had already ended."""
+    if owned_job(deps, tenant.id, user_id, job_id) is None:
+        raise ApiError(404, "not_found", "no such job")
+    return present(deps, cancel_job(deps, job_id))
+
+
+def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """FastAPI's schema plus `JobRequest`, whose body the route parses itself."""
+
+    def build() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title, version=app.version, description=app.description,
+                routes=app.routes,
+            )
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            request_schema = JobRequest.model_json_schema(
+                ref_template="#/components/schemas/{model}"
+            )
+            components.update(request_schema.pop("$defs", {}))
+            components["JobRequest"] = request_schema
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    return build
+
+
+def create_app(deps: Deps) -> FastAPI:
+    """The ingress ASGI app over `deps` (uvicorn locally, `@modal.asgi_app()` on Modal)."""
+    app = FastAPI(
+        title="comfyui-saas", version=API_VERSION, description=DESCRIPTION,
+        docs_url="/docs", redoc_url=None, openapi_url="/openapi.json",
+    )
+    app.state.deps = deps
+    install_error_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=deps.settings.max_request_bytes)
+    app.include_router(router)
+    app.include_router(files_router)
+    app.openapi = _openapi(app)  # type: ignore[method-assign]
+    return app

@@ -1,0 +1,50 @@
+"""What clients are shown, shared by the HTTP ingress and the Python client.
+
+Ownership is decided here, once: a job belongs to a (tenant, user) pair, and anything
+else gets the same answer as a job that does not exist, so ids cannot be probed.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import BaseModel, Field
+
+from app.core.models import Job
+from app.core.schemas import JobView, job_view
+from app.engine.deps import Deps
+from app.stages.notify import webhook_view
+
+#: Job ids are ours (`job_` + hex) or a client's queued id; anything else is nobody's job.
+JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class JobList(BaseModel):
+    """One page of the caller's jobs, newest first."""
+
+    jobs: list[JobView]
+    next_cursor: str | None = Field(
+        default=None, description="Pass as `cursor` for the next page; null on the last page."
+    )
+
+
+def present(deps: Deps, job: Job) -> JobView:
+    """The job view with output URLs signed now (never stored, never reused)."""
+    expires_s = deps.settings.presign_expiry_s
+    urls = [
+        deps.objects.url(
+            out.key, filename=out.filename, content_type=out.content_type, expires_s=expires_s
+        )
+        for out in job.outputs
+    ]
+    return job_view(job, urls, webhook_view(deps, job))
+
+
+def owned_job(deps: Deps, tenant_id: str, user_id: str, job_id: str) -> Job | None:
+    """The job if it exists and belongs to this tenant and user, else None."""
+    if not JOB_ID.fullmatch(job_id):
+        return None
+    job = deps.jobs.find(job_id)
+    if job is None or job.tenant_id != tenant_id or job.user_id != user_id:
+        return None
+    return job

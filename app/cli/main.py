@@ -1,0 +1,270 @@
+"""The `comfyui-saas` command line.
+
+* `dev` runs the whole local pipeline (ingress included) in this process.
+* `submit`, `status`, `cancel`, `jobs` are clients of the HTTP API (`--api-url`,
+  `--api-key`, default from `COMFYUI_SAAS_API_URL`/`COMFYUI_SAAS_API_KEY`).
+* `tenant ...`, `fail-stale`, `cleanup` are operator commands on the configured backend.
+
+Errors are one line on stderr and a non-zero exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, TypeGuard
+
+import structlog
+import typer
+
+from app.cli.common import fail, friendly_errors, local_deps, settings, table, when
+from app.cli.tenants import tenant_app
+from app.clients.http_client import ApiClient
+from app.core.logs import configure_logging
+from app.core.models import JobStatus
+from app.core.schemas import JobView
+from app.engine import maintenance
+
+cli = typer.Typer(
+    name="comfyui-saas", help="ComfyUI workflows as a multi-tenant service.",
+    no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+)
+cli.add_typer(tenant_app, name="tenant")
+
+
+@cli.callback()
+def _configure() -> None:
+    """Logs go to stderr, so stdout carries only the command's output."""
+    with friendly_errors():
+        config = settings()
+        configure_logging(config.log_level, config.log_json)
+        structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+
+ApiUrl = Annotated[str | None, typer.Option(
+    "--api-url", help="Ingress URL [default: settings api_url].")]
+ApiKey = Annotated[str | None, typer.Option(
+    "--api-key", help="Tenant API key [default: settings api_key].")]
+User = Annotated[str, typer.Option("--user", "-u", help="X-User-ID: the end user.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print the job view as JSON.")]
+DEFAULT_USER = "cli"
+
+
+@contextmanager
+def api(api_url: str | None, api_key: str | None, user: str) -> Iterator[ApiClient]:
+    """An HTTP client from the flags, falling back to the settings."""
+    config = settings()
+    key = api_key if api_key is not None else config.api_key.get_secret_value()
+    if not key:
+        fail("no API key: pass --api-key or set COMFYUI_SAAS_API_KEY")
+    with ApiClient(api_url or config.api_url, key, user) as client:
+        yield client
+
+
+@cli.command()
+def dev(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+) -> None:
+    """Run the local pipeline: ingress, intake, fetch, render, upload and notify workers."""
+    with friendly_errors():
+        from app.deploy.local.runner import (
+            run_dev,  # imports uvicorn and the workers; only `dev` needs them
+        )
+
+        typer.echo(f"comfyui-saas dev: http://{host}:{port} (docs at /docs); Ctrl-C stops",
+                   err=True)
+        run_dev(settings(), host=host, port=port)
+
+
+@cli.command()
+def submit(
+    workflow: Annotated[Path, typer.Argument(
+        help="ComfyUI API-format workflow (or a whole request body with a `workflow` key).",
+        exists=True, dir_okay=False, readable=True)],
+    inputs: Annotated[list[str] | None, typer.Option(
+        "--input", "-i", help="NAME=URL: a media input the workflow loads as NAME.")] = None,
+    webhook: Annotated[str | None, typer.Option(help="Webhook URL told when it ends.")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Follow progress until it ends.")] = False,
+    out: Annotated[Path | None, typer.Option(
+        help="Download the outputs here (implies --wait).", file_okay=False)] = None,
+    timeout_s: Annotated[float, typer.Option(
+        "--timeout", min=1, help="Give up waiting after this many seconds.")] = 3600,
+    poll_s: Annotated[float, typer.Option(
+        "--poll", min=0.05, help="Seconds between status reads while waiting.")] = 1.0,
+    idempotency_key: Annotated[str | None, typer.Option(
+        help="Send an Idempotency-Key (a retry with it returns the same job).")] = None,
+    user: User = DEFAULT_USER, api_url: ApiUrl = None, api_key: ApiKey = None,
+    as_json: AsJson = False,
+) -> None:
+    """Submit a workflow; with --wait, show per-node progress; with --out, download."""
+    with friendly_errors():
+        try:
+            document = json.loads(workflow.read_text())
+        except json.JSONDecodeError as exc:
+            fail(f"{workflow}: not JSON: {exc.msg} at line {exc.lineno}")
+        body = request_body(document, inputs or [], webhook)
+        with api(api_url, api_key, user) as client:
+            view = client.submit(body, idempotency_key=idempotency_key)
+            typer.echo(f"submitted {view.id} ({view.status.value})", err=True)
+            if wait or out is not None:
+                view = client.wait(
+                    view.id, timeout_s=timeout_s, poll_s=poll_s, on_update=ProgressPrinter()
+                )
+            _print_view(view, as_json)
+            if view.status is JobStatus.COMPLETED and out is not None:
+                for path in client.download_outputs(view, out):
+                    typer.echo(f"saved {path}", err=True)
+            if view.status in (JobStatus.FAILED, JobStatus.CANCELLED):
+                raise typer.Exit(1)
+    if not as_json and not wait and out is None:
+        typer.echo(f"follow it with: comfyui-saas status {view.id} --user {user}", err=True)
+
+
+@cli.command()
+def status(
+    job_id: str, user: User = DEFAULT_USER, api_url: ApiUrl = None, api_key: ApiKey = None,
+    as_json: AsJson = False,
+) -> None:
+    """Show a job: status, stage, progress, outputs and errors."""
+    with friendly_errors(), api(api_url, api_key, user) as client:
+        _print_view(client.get(job_id), as_json)
+
+
+@cli.command()
+def cancel(
+    job_id: str, user: User = DEFAULT_USER, api_url: ApiUrl = None, api_key: ApiKey = None,
+    as_json: AsJson = False,
+) -> None:
+    """Cancel a job (whatever its stage)."""
+    with friendly_errors(), api(api_url, api_key, user) as client:
+        _print_view(client.cancel(job_id), as_json)
+
+
+@cli.command()
+def jobs(
+    status: Annotated[JobStatus | None, typer.Option(help="Only jobs in this status.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=100)] = 20,
+    cursor: Annotated[str | None, typer.Option(help="`next` cursor of a previous page.")] = None,
+    user: User = DEFAULT_USER, api_url: ApiUrl = None, api_key: ApiKey = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the page as JSON.")] = False,
+) -> None:
+    """List the user's jobs, newest first."""
+    with friendly_errors(), api(api_url, api_key, user) as client:
+        page = client.list_jobs(status=status, limit=limit, cursor=cursor)
+        if as_json:
+            typer.echo(page.model_dump_json(indent=2))
+            return
+        rows = [["ID", "STATUS", "STAGE", "PROGRESS", "CREATED", "ERROR"]]
+        rows += [
+            [v.id, v.status.value, v.stage.value, f"{v.progress:.0%}", when(v.created_at),
+             v.error.code if v.error else ""]
+            for v in page.jobs
+        ]
+        typer.echo(table(rows) if page.jobs else "no jobs")
+        if page.next_cursor:
+            typer.echo(f"more: --cursor {page.next_cursor}", err=True)
+
+
+@cli.command("fail-stale")
+def fail_stale() -> None:
+    """Take back jobs whose worker went silent; fail those past their deadline."""
+    with friendly_errors():
+        _print_report(maintenance.fail_stale(local_deps()))
+
+
+@cli.command()
+def cleanup() -> None:
+    """Delete expired outputs and job records; release leaked admission slots."""
+    with friendly_errors():
+        _print_report(maintenance.cleanup(local_deps()))
+
+
+def request_body(document: Any, inputs: list[str], webhook: str | None) -> dict[str, Any]:
+    """The POST /v1/jobs body from a workflow file and the flags."""
+    if not isinstance(document, dict):
+        fail("the workflow file must hold a JSON object")
+    body: dict[str, Any] = (
+        dict(document) if isinstance(document.get("workflow"), dict) else {"workflow": document}
+    )
+    if inputs:
+        body["inputs"] = [*body.get("inputs", []), *(_input(spec) for spec in inputs)]
+    if webhook is not None:
+        body["webhook_url"] = webhook
+    return body
+
+
+def _input(spec: str) -> dict[str, str]:
+    name, sep, url = spec.partition("=")
+    if not sep or not name or not url:
+        fail(f"--input {spec!r}: expected NAME=URL")
+    return {"name": name, "url": url}
+
+
+class ProgressPrinter:
+    """Prints a line each time a job's status, stage or node progress changes."""
+
+    def __init__(self, stream: Any = None) -> None:
+        self.stream = stream or sys.stderr
+        self.last = ""
+
+    def __call__(self, view: JobView) -> None:
+        line = progress_line(view)
+        if line != self.last:
+            self.stream.write(line + "\n")
+            self.stream.flush()
+            self.last = line
+
+
+def progress_line(view: JobView) -> str:
+    """One line of progress: status, stage, overall percent and the running node."""
+    parts = [view.id, view.status.value, view.stage.value, f"{view.progress:.0%}"]
+    detail = view.progress_detail
+    node = detail.get("node_id", detail.get("node"))
+    if node is not None and view.status is JobStatus.RUNNING:
+        kind = detail.get("node_type") or detail.get("class_type")
+        label = f"node {node}" + (f" ({kind})" if kind else "")
+        value, most = detail.get("value"), detail.get("max")
+        if _number(value) and _number(most) and most > 1:
+            label += f" {value:g}/{most:g}"
+        done, total = detail.get("nodes_done"), detail.get("nodes_total")
+        if _number(done) and _number(total) and total > 0:
+            label += f" [{done:g}/{total:g} nodes]"
+        parts.append(label)
+    return "  ".join(parts)
+
+
+def _number(value: object) -> TypeGuard[float]:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _print_view(view: JobView, as_json: bool) -> None:
+    if as_json:
+        typer.echo(view.model_dump_json(indent=2))
+        return
+    typer.echo(f"{view.id}  {view.status.value}  stage={view.stage.value}  "
+               f"progress={view.progress:.0%}  created={when(view.created_at)}")
+    if view.error is not None:
+        where = f" at node {view.error.node_id}" if view.error.node_id else ""
+        typer.echo(f"error: {view.error.code}{where}: {view.error.message}")
+    for output in view.outputs:
+        typer.echo(f"output: {output.filename} ({output.content_type}, {output.size} bytes)")
+        typer.echo(f"  {output.url}")
+
+
+def _print_report(report: Mapping[str, Any]) -> None:
+    typer.echo(json.dumps(report, indent=2, sort_keys=True, default=str))
+
+
+def main() -> None:
+    """Console entry point `comfyui-saas`."""
+    try:
+        cli()
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        raise SystemExit(130) from None
+    except Exception as exc:  # noqa: BLE001 - a bug: one line, not a traceback
+        typer.echo(f"error: unexpected {type(exc).__name__}: {exc}", err=True)
+        raise SystemExit(2) from None

@@ -1,0 +1,185 @@
+"""An HTTP client for the ingress API, used by the command line (and usable from scripts).
+
+Errors come back as `HttpApiError` carrying the server's `{"error": {...}}` code and
+message; transport failures as `ApiUnreachable`. Output downloads never send the API key:
+the links are presigned, and S3 refuses presigned requests that also carry credentials.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Self, TypeVar
+from urllib.parse import quote
+
+import httpx
+from pydantic import ValidationError
+
+from app.api.views import JobList
+from app.core.models import TERMINAL_STATUSES, JobStatus
+from app.core.schemas import JobView
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+DOWNLOAD_CHUNK_BYTES = 1024 * 1024
+_M = TypeVar("_M", JobView, JobList)
+
+
+class ApiClientError(Exception):
+    """A call to the API did not succeed."""
+
+
+class ApiUnreachable(ApiClientError):
+    """The API could not be reached or did not answer in time."""
+
+
+class HttpApiError(ApiClientError):
+    """The API answered with an error."""
+
+    def __init__(self, status: int, code: str, message: str, body: Mapping[str, Any]) -> None:
+        super().__init__(f"{code}: {message} (HTTP {status})")
+        self.status = status
+        self.code = code
+        self.message = message
+        self.body = body
+
+
+class WaitTimedOut(ApiClientError, TimeoutError):
+    """The job did not end within the time allowed."""
+
+
+class ApiClient:
+    """Calls `/v1/jobs` as one user of one tenant."""
+
+    def __init__(
+        self, api_url: str, api_key: str, user_id: str, *, timeout_s: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.api_url = api_url.rstrip("/")
+        headers = {"Authorization": f"Bearer {api_key}", "X-User-ID": user_id}
+        self._http = httpx.Client(
+            base_url=self.api_url, headers=headers, timeout=timeout_s, transport=transport,
+            trust_env=False,
+        )
+        self._plain = httpx.Client(timeout=timeout_s, transport=transport, trust_env=False)
+
+    def close(self) -> None:
+        """Close the connections."""
+        self._http.close()
+        self._plain.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TimeoutException as exc:
+            raise ApiUnreachable(f"{self.api_url} did not answer in time") from exc
+        except httpx.HTTPError as exc:
+            raise ApiUnreachable(f"cannot reach {self.api_url}: {exc}") from exc
+        if response.status_code >= 400:
+            raise _error_of(response)
+        return response
+
+    def submit(self, body: Mapping[str, Any], *, idempotency_key: str | None = None) -> JobView:
+        """POST /v1/jobs; the job's first view."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        response = self._call("POST", "/v1/jobs", json=dict(body), headers=headers)
+        return _parse(JobView, response)
+
+    def get(self, job_id: str) -> JobView:
+        """GET /v1/jobs/{id}."""
+        return _parse(JobView, self._call("GET", f"/v1/jobs/{_segment(job_id)}"))
+
+    def cancel(self, job_id: str) -> JobView:
+        """DELETE /v1/jobs/{id}."""
+        return _parse(JobView, self._call("DELETE", f"/v1/jobs/{_segment(job_id)}"))
+
+    def list_jobs(
+        self, *, status: JobStatus | None = None, limit: int = 20, cursor: str | None = None,
+    ) -> JobList:
+        """GET /v1/jobs: one page of the user's jobs, newest first."""
+        params: dict[str, str | int] = {"limit": limit}
+        if status is not None:
+            params["status"] = status.value
+        if cursor is not None:
+            params["cursor"] = cursor
+        return _parse(JobList, self._call("GET", "/v1/jobs", params=params))
+
+    def wait(
+        self, job_id: str, *, timeout_s: float, poll_s: float = 1.0,
+        on_update: Callable[[JobView], None] | None = None,
+    ) -> JobView:
+        """Poll until the job ends; raises `WaitTimedOut`."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            view = self.get(job_id)
+            if on_update is not None:
+                on_update(view)
+            if view.status in TERMINAL_STATUSES:
+                return view
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise WaitTimedOut(f"job {job_id} did not end within {timeout_s:g} s")
+            time.sleep(min(poll_s, remaining))
+
+    def download_outputs(self, view: JobView, out_dir: Path) -> list[Path]:
+        """Save every output of a job under `out_dir`; returns the files written."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        written: list[Path] = []
+        for index, output in enumerate(view.outputs):
+            target = out_dir / local_name(output.filename, index, {p.name for p in written})
+            self._download(output.url, target)
+            written.append(target)
+        return written
+
+    def _download(self, url: str, target: Path) -> None:
+        partial = target.with_name(f".{target.name}.part")
+        try:
+            with self._plain.stream("GET", url) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise _error_of(response)
+                with partial.open("wb") as file:
+                    for chunk in response.iter_bytes(DOWNLOAD_CHUNK_BYTES):
+                        file.write(chunk)
+            partial.replace(target)
+        except httpx.HTTPError as exc:
+            raise ApiUnreachable(f"download of {target.name} failed: {exc}") from exc
+        finally:
+            partial.unlink(missing_ok=True)
+
+
+def local_name(filename: str, index: int, taken: set[str]) -> str:
+    """A safe local basename for a server-given filename, unique among `taken`."""
+    base = _UNSAFE.sub("_", filename.replace("\\", "/").rsplit("/", 1)[-1]).lstrip(".")
+    base = base or f"output-{index}"
+    return base if base not in taken else f"{index:02d}-{base}"
+
+
+def _segment(job_id: str) -> str:
+    """The id as one path segment (a `/` or `..` in it cannot reach another route)."""
+    segment = quote(job_id, safe="")
+    return segment.replace(".", "%2E") if segment.strip(".") == "" else segment
+
+
+def _error_of(response: httpx.Response) -> HttpApiError:
+    try:
+        body = response.json()
+        error = body["error"]
+        return HttpApiError(response.status_code, str(error["code"]), str(error["message"]), body)
+    except (ValueError, KeyError, TypeError):
+        text = response.text[:200].strip() or response.reason_phrase
+        return HttpApiError(response.status_code, "http_error", text, {})
+
+
+def _parse(model: type[_M], response: httpx.Response) -> _M:
+    try:
+        return model.model_validate_json(response.content)
+    except ValidationError as exc:
+        raise ApiClientError(f"unexpected answer from the API: {exc.error_count()} errors") from exc

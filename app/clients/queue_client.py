@@ -1,0 +1,158 @@
+"""A Python client that talks to the pipeline's queues and dicts directly (no HTTP).
+
+For code that runs next to the pipeline (a Modal function, a local script):
+
+    client = Client.from_settings(api_key="csk_...", user_id="alice")
+    job_id = client.enqueue({"workflow": graph})
+    view = client.wait(job_id, timeout_s=600)
+
+`enqueue` puts an `IntakeMessage` on the intake queue and wakes the intake stage; the
+intake worker authenticates the key and admits the job exactly as `POST /v1/jobs` does.
+A refusal (a cap, a bad workflow) becomes a `failed` job under the same id, so `get`
+and `wait` report it. Code that puts an `IntakeMessage` on the `modal.Queue` itself,
+without the wake-up, is not lost: the scheduled sweep drains the intake queue within
+about a minute.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from pydantic import ValidationError
+
+from app.api.views import owned_job, present
+from app.core.config import Settings, get_settings
+from app.core.errors import InvalidRequest
+from app.core.models import TERMINAL_STATUSES, Stage
+from app.core.schemas import USER_ID, JobRequest, JobView
+from app.engine.deps import Deps, Waker, build_deps
+from app.engine.pipeline import cancel_job
+from app.stages.intake import IntakeMessage, new_job_id
+from app.store.jobs import AlreadyTerminal
+from app.store.tenants import Tenant
+
+
+class ClientError(Exception):
+    """The client could not do what was asked."""
+
+
+class Unauthorized(ClientError):
+    """The API key is missing, invalid or revoked."""
+
+
+class JobNotFound(ClientError):
+    """No such job for this tenant and user (or intake has not admitted it yet)."""
+
+
+class JobAlreadyEnded(ClientError):
+    """The job had already ended, so it cannot be cancelled."""
+
+    def __init__(self, view: JobView) -> None:
+        super().__init__(f"job {view.id} is already {view.status.value}")
+        self.view = view
+
+
+class WaitTimeout(ClientError, TimeoutError):
+    """The job did not end within the time allowed."""
+
+    def __init__(self, job_id: str, timeout_s: float, last: JobView | None) -> None:
+        super().__init__(f"job {job_id} did not end within {timeout_s:g} s")
+        self.last = last
+
+
+class Client:
+    """Submit and follow jobs as one tenant's user, through the queues and dicts."""
+
+    def __init__(self, deps: Deps, api_key: str, user_id: str) -> None:
+        if not USER_ID.fullmatch(user_id):
+            raise ClientError("user id must match ^[A-Za-z0-9._:@-]{1,128}$")
+        self.deps = deps
+        self.api_key = api_key
+        self.user_id = user_id
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings | None = None, *, api_key: str | None = None,
+        user_id: str, waker: Waker | None = None,
+    ) -> Client:
+        """A client on the configured backend; the key defaults to `settings.api_key`."""
+        settings = settings or get_settings()
+        key = api_key if api_key is not None else settings.api_key.get_secret_value()
+        return cls(build_deps(settings, waker=waker), key, user_id)
+
+    def tenant(self) -> Tenant:
+        """The tenant of the API key; raises `Unauthorized`."""
+        tenant = self.deps.tenants.authenticate(self.api_key)
+        if tenant is None:
+            raise Unauthorized()
+        return tenant
+
+    def enqueue(
+        self, request: JobRequest | Mapping[str, Any], *, idempotency_key: str | None = None,
+    ) -> str:
+        """Queue a job for intake and wake it; returns the new job's id at once.
+
+        Raises `Unauthorized` for a bad key and `InvalidRequest` for a body that is not a
+        `JobRequest`; everything else (caps, workflow checks) is decided by intake.
+        """
+        self.tenant()  # fail fast; intake authenticates again
+        if not isinstance(request, JobRequest):
+            try:
+                request = JobRequest.model_validate(dict(request))
+            except ValidationError as exc:
+                raise InvalidRequest(f"not a job request: {exc.errors()[0]['msg']}") from exc
+        if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
+            raise InvalidRequest("idempotency key must be 1 to 255 characters")
+        job_id = new_job_id()
+        message = IntakeMessage(
+            job_id=job_id, api_key=self.api_key, user_id=self.user_id, request=request,
+            idempotency_key=idempotency_key,
+        )
+        self.deps.queue(Stage.INTAKE).put(message.model_dump_json())
+        self.deps.waker(Stage.INTAKE)
+        return job_id
+
+    def get(self, job_id: str) -> JobView:
+        """The job's view with fresh output URLs; raises `JobNotFound` for others' jobs."""
+        tenant = self.tenant()
+        job = owned_job(self.deps, tenant.id, self.user_id, job_id)
+        if job is None:
+            raise JobNotFound(f"no job {job_id!r}")
+        return present(self.deps, job)
+
+    def wait(
+        self, job_id: str, timeout_s: float = 600.0, poll_s: float = 1.0,
+        on_update: Callable[[JobView], None] | None = None,
+    ) -> JobView:
+        """Poll until the job ends; returns its final view or raises `WaitTimeout`.
+
+        A job not yet admitted by intake counts as pending, so call this right after
+        `enqueue`; an id that never appears times out.
+        """
+        deadline = time.monotonic() + timeout_s
+        last: JobView | None = None
+        while True:
+            try:
+                last = self.get(job_id)
+            except JobNotFound:
+                pass
+            else:
+                if on_update is not None:
+                    on_update(last)
+                if last.status in TERMINAL_STATUSES:
+                    return last
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise WaitTimeout(job_id, timeout_s, last)
+            time.sleep(min(poll_s, remaining))
+
+    def cancel(self, job_id: str) -> JobView:
+        """Cancel the job; raises `JobNotFound` or `JobAlreadyEnded`."""
+        self.get(job_id)  # ownership
+        try:
+            job = cancel_job(self.deps, job_id)
+        except AlreadyTerminal as exc:
+            raise JobAlreadyEnded(present(self.deps, exc.job)) from None
+        return present(self.deps, job)

@@ -1,0 +1,161 @@
+"""What clients send and receive: the job request and the job view (the HTTP contract)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from app.core.models import InputSpec, Job, JobStatus, Stage
+
+USER_ID_PATTERN = r"^[A-Za-z0-9._:@-]{1,128}$"
+USER_ID = re.compile(USER_ID_PATTERN)
+INPUT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class InputField(BaseModel):
+    """A media input: downloaded from `url`, visible to the workflow as `name`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="File name the workflow refers to, e.g. in LoadImage.")
+    url: str = Field(max_length=2048, description="https URL to download the file from.")
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        if not INPUT_NAME.match(value) or ".." in value:
+            raise ValueError(
+                "input name must be 1-128 letters, digits, '.', '_' or '-', "
+                "starting with a letter or digit"
+            )
+        return value
+
+
+class JobRequest(BaseModel):
+    """A job: a ComfyUI API-format workflow plus the media it loads."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    workflow: dict[str, Any] = Field(
+        description="ComfyUI API-format graph: node id -> {class_type, inputs}."
+    )
+    inputs: list[InputField] = Field(default_factory=list)
+    webhook_url: str | None = Field(default=None, max_length=2048)
+    user_id: str | None = Field(default=None, description="Must equal X-User-ID if given.")
+    metadata: dict[str, Any] = Field(default_factory=dict, description="Echoed back as is.")
+    timeout_s: int | None = Field(default=None, ge=1)
+
+    @field_validator("workflow")
+    @classmethod
+    def _non_empty(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if not value:
+            raise ValueError("workflow must be a non-empty ComfyUI API-format graph")
+        return value
+
+    @field_validator("inputs")
+    @classmethod
+    def _unique_names(cls, value: list[InputField]) -> list[InputField]:
+        names = [i.name for i in value]
+        if len(names) != len(set(names)):
+            raise ValueError("input names must be unique")
+        return value
+
+    def input_specs(self) -> list[InputSpec]:
+        return [InputSpec(name=i.name, url=i.url) for i in self.inputs]
+
+
+class OutputView(BaseModel):
+    filename: str
+    content_type: str
+    size: int
+    url: str = Field(description="Signed download URL, freshly issued on every read.")
+
+
+class ErrorView(BaseModel):
+    code: str
+    message: str
+    node_id: str | None = None
+    node_type: str | None = None
+
+
+class Timings(BaseModel):
+    queue_wait_s: float | None = None
+    fetch_s: float | None = None
+    render_s: float | None = None
+    upload_s: float | None = None
+    total_s: float | None = None
+
+
+class WebhookAttemptView(BaseModel):
+    attempt: int
+    at: float
+    status_code: int | None = None
+    outcome: str
+    reason: str = ""
+
+
+class WebhookView(BaseModel):
+    """The job's webhook delivery log: `pending`, then `delivered` or `dead`."""
+
+    state: str
+    attempts: list[WebhookAttemptView] = Field(default_factory=list)
+    next_attempt_at: float | None = None
+
+
+class JobView(BaseModel):
+    """A job as a client sees it."""
+
+    id: str
+    status: JobStatus
+    stage: Stage
+    progress: float
+    progress_detail: dict[str, Any] = Field(default_factory=dict)
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    timings: Timings
+    outputs: list[OutputView] = Field(default_factory=list)
+    error: ErrorView | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    webhook: WebhookView | None = None
+
+
+def _span(start: float | None, end: float | None) -> float | None:
+    return None if start is None or end is None else round(end - start, 3)
+
+
+def timings_of(job: Job) -> Timings:
+    """Per-stage timings: queue wait before the first stage, then each stage's run time."""
+    times = job.stage_times
+    fetch, render, upload = times.get(Stage.FETCH), times.get(Stage.RENDER), times.get(Stage.UPLOAD)
+    return Timings(
+        queue_wait_s=_span(job.created_at, fetch.started_at if fetch else None),
+        fetch_s=_span(fetch.started_at, fetch.finished_at) if fetch else None,
+        render_s=_span(render.started_at, render.finished_at) if render else None,
+        upload_s=_span(upload.started_at, upload.finished_at) if upload else None,
+        total_s=_span(job.created_at, job.finished_at),
+    )
+
+
+def job_view(job: Job, output_urls: list[str], webhook: WebhookView | None = None) -> JobView:
+    """The client's view of a job; `output_urls` are freshly signed, one per output."""
+    return JobView(
+        id=job.id,
+        status=job.status,
+        stage=job.stage,
+        progress=round(job.progress, 4),
+        progress_detail=job.progress_detail,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        timings=timings_of(job),
+        outputs=[
+            OutputView(filename=o.filename, content_type=o.content_type, size=o.size, url=url)
+            for o, url in zip(job.outputs, output_urls, strict=True)
+        ],
+        error=ErrorView(**job.error.model_dump()) if job.error else None,
+        metadata=job.metadata,
+        webhook=webhook,
+    )

@@ -1,0 +1,435 @@
+"""The production deployment: one Modal App, one function per stage, `modal deploy` once.
+
+    scripts/deploy.sh            ==  modal deploy -m app.deploy.modal.app
+
+Layout (names are settings; docs/deploy-modal.md has the runbook):
+
+* `intake`, `fetch`, `upload`, `notify`: cheap CPU functions. A producer puts a message
+  on a stage's `modal.Queue` and wakes the consumer with `spawn`; the consumer drains the
+  queue until it is empty, then exits. Nothing is always on.
+* `Render`: the GPU class. ComfyUI (pinned in `app/deploy/modal/manifest.py`) starts once per
+  container, inside the memory snapshot when enabled, and stays warm. Each `run` call
+  takes exactly one job, after a health check; an unhealthy ComfyUI puts the job back on
+  the queue and the container stops taking inputs.
+* `sweep` (every minute) wakes consumers for anything a wake-up missed, so a raw
+  `modal.Queue.put` is always picked up within about a minute.
+* `fail_stale`, `cleanup`, `verify_setup` (scheduled), `download_models` (run by hand),
+  and `api`, the ingress as an ASGI app that scales to zero.
+
+Importing this module needs no Modal token and no GPU library: heavy and sibling-stage
+imports happen inside function bodies. Decorator arguments come from `Settings` as read
+by the deploying shell; containers get the same settings through `container_env`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import modal
+
+from app.core.config import Settings
+from app.core.errors import ComfyUnavailable
+from app.core.logs import configure_logging, get_logger
+from app.core.models import Stage
+from app.deploy.modal import options as opts
+from app.deploy.modal.manifest import (
+    COMFY_DIR,
+    MANIFEST,
+    MODELS_DIR,
+    SNAPSHOT_HELPER_NAME,
+    extra_model_paths_yaml,
+    install_commands,
+    node_set_version,
+    verify_install,
+)
+
+ROOT = Path(__file__).resolve().parents[3]  # the repository: app/deploy/modal/app.py
+PYTHON_VERSION = "3.11"
+
+settings = Settings()
+log = get_logger(component="modal_app")
+
+# ---- images --------------------------------------------------------------------------
+# pip_install_from_pyproject reads pyproject.toml when the image is built (on the
+# deploying machine), never inside a container, where the file does not exist.
+
+cpu_image = (
+    modal.Image.debian_slim(python_version=PYTHON_VERSION)
+    .pip_install_from_pyproject(str(ROOT / "pyproject.toml"))
+    .pip_install(MANIFEST.downloader.requirement)
+    .add_local_python_source("app")
+)
+
+render_image = (
+    modal.Image.debian_slim(python_version=PYTHON_VERSION)
+    .apt_install("git", "libgl1", "libglib2.0-0")
+    .pip_install(*(package.requirement for package in MANIFEST.torch))
+    .run_commands(*install_commands(MANIFEST))
+    .pip_install_from_pyproject(str(ROOT / "pyproject.toml"))
+    .add_local_dir(
+        ROOT / SNAPSHOT_HELPER_NAME,
+        f"{COMFY_DIR}/custom_nodes/{SNAPSHOT_HELPER_NAME}",
+        ignore=["__pycache__", "*.pyc"],
+    )
+    .add_local_python_source("app")
+)
+
+# ---- app, volume, secrets ----------------------------------------------------------------
+
+app = modal.App(settings.modal_app_name, include_source=False)
+
+_ENVIRONMENT = settings.modal_environment or None
+models_volume = modal.Volume.from_name(
+    f"{settings.modal_app_name}-models", environment_name=_ENVIRONMENT, create_if_missing=True
+)
+#: Per-job inputs and outputs handed between fetch, render and upload containers by path.
+scratch_volume = modal.Volume.from_name(
+    f"{settings.modal_app_name}-scratch", environment_name=_ENVIRONMENT, create_if_missing=True
+)
+SCRATCH_DIR = opts.CONTAINER_DATA_DIR
+
+
+def _named_secret(spec: opts.SecretSpec) -> modal.Secret:
+    return modal.Secret.from_name(
+        spec.name, environment_name=_ENVIRONMENT, required_keys=list(spec.required_keys)
+    )
+
+
+def _settings_secret(role: opts.Role) -> modal.Secret:
+    # Every container must rebuild the deployer's Settings: the decorators below are
+    # evaluated again at import inside the container (snapshot hooks depend on them).
+    return modal.Secret.from_dict(dict(opts.container_env(settings, role)))
+
+
+def _secrets(role: opts.Role) -> list[modal.Secret]:
+    named = [_named_secret(spec) for spec in opts.app_secrets(settings)]
+    return [*named, _settings_secret(role)]
+
+
+def _retries(count: int) -> modal.Retries | None:
+    if count <= 0:
+        return None
+    return modal.Retries(max_retries=count, backoff_coefficient=2.0, initial_delay=1.0)
+
+
+def _limits(scaling: opts.Scaling) -> dict[str, Any]:
+    """Decorator keyword arguments for one `Scaling`."""
+    kwargs: dict[str, Any] = {
+        "min_containers": scaling.min_containers,
+        "max_containers": scaling.max_containers,
+        "buffer_containers": scaling.buffer_containers,
+        "scaledown_window": scaling.scaledown_window_s,
+        "timeout": scaling.timeout_s,
+    }
+    if scaling.startup_timeout_s is not None:
+        kwargs["startup_timeout"] = scaling.startup_timeout_s
+    retries = _retries(scaling.retries)
+    if retries is not None:
+        kwargs["retries"] = retries
+    return kwargs
+
+
+CPU_SCALING = opts.cpu_scaling(settings)
+RENDER_SCALING = opts.render_scaling(settings)
+INGRESS_SCALING = opts.ingress_scaling(settings)
+SNAPSHOT = opts.snapshot(settings)
+
+CPU_OPTIONS: dict[str, Any] = {
+    "image": cpu_image,
+    "volumes": {SCRATCH_DIR: scratch_volume},
+    "secrets": _secrets("cpu"),
+    **_limits(CPU_SCALING),
+}
+RENDER_OPTIONS: dict[str, Any] = {
+    "image": render_image,
+    "gpu": settings.modal_gpu,
+    "volumes": {MODELS_DIR: models_volume.read_only(), SCRATCH_DIR: scratch_volume},
+    "secrets": _secrets("render"),
+    "enable_memory_snapshot": SNAPSHOT.memory,
+    "experimental_options": SNAPSHOT.experimental_options or None,
+    **_limits(RENDER_SCALING),
+}
+INGRESS_OPTIONS: dict[str, Any] = {
+    "image": cpu_image,
+    "secrets": _secrets("ingress"),
+    **_limits(INGRESS_SCALING),
+}
+
+# ---- per-container dependencies ----------------------------------------------------------
+
+_deps_lock = threading.Lock()
+_deps: dict[str, Any] = {}
+
+
+def _interface(name: str) -> ModuleType:
+    """A pipeline module, imported only inside a container (keeps this module light)."""
+    return importlib.import_module(name)
+
+
+def container_deps(comfy_url: str | None = None) -> Any:
+    """The container's `Deps` (backend, store, clients), built once and shared by inputs."""
+    with _deps_lock:
+        if "deps" not in _deps:
+            configure_logging(settings.log_level, json_lines=settings.log_json)
+            worker = _interface("app.engine.worker")
+            hooks = _interface("app.deploy.modal.hooks")
+            deps = worker.build_deps(
+                settings, waker=wake, comfy_url=comfy_url, on_cancel=_cancel_render
+            )
+            deps.scratch_commit = scratch_volume.commit
+            deps.scratch_reload = scratch_volume.reload
+            deps.current_call_id = hooks.current_call_id
+            _deps["deps"] = deps
+        return _deps["deps"]
+
+
+def _cancel_render(job: Any) -> None:
+    """Cancel also stops the render's FunctionCall (the cooperative interrupt runs too)."""
+    if job.render_call_id:
+        _interface("app.deploy.modal.hooks").cancel_render_call(job.render_call_id)
+
+
+def _consumer(stage: Stage) -> Any:
+    if stage is Stage.RENDER:
+        return Render().run
+    return CPU_CONSUMERS[stage]
+
+
+def wake(stage: Stage) -> None:
+    """Start one consumer call for `stage`; a failure is only logged (the sweep catches up)."""
+    try:
+        _consumer(stage).spawn()
+    except Exception as exc:  # noqa: BLE001 - a put must never fail for its wake-up
+        log.warning("wake_failed", stage=stage.value, error=type(exc).__name__)
+
+
+def _drain(stage: Stage) -> int:
+    worker = _interface("app.engine.worker")
+    limit = settings.modal_drain_max_items
+    count = int(worker.drain_stage(stage, container_deps(), max_items=limit))
+    if count >= limit:
+        wake(stage)  # the queue may hold more: hand over to a fresh call
+    return count
+
+
+# ---- CPU stages ----------------------------------------------------------------------------
+
+
+@app.function(**CPU_OPTIONS)
+@modal.concurrent(max_inputs=CPU_SCALING.max_inputs)
+def intake() -> int:
+    """Drain the intake queue."""
+    return _drain(Stage.INTAKE)
+
+
+@app.function(**CPU_OPTIONS)
+@modal.concurrent(max_inputs=CPU_SCALING.max_inputs)
+def fetch() -> int:
+    """Drain the fetch queue (download and check job inputs)."""
+    return _drain(Stage.FETCH)
+
+
+@app.function(**CPU_OPTIONS)
+@modal.concurrent(max_inputs=CPU_SCALING.max_inputs)
+def upload() -> int:
+    """Drain the upload queue (store rendered outputs)."""
+    return _drain(Stage.UPLOAD)
+
+
+@app.function(**CPU_OPTIONS)
+@modal.concurrent(max_inputs=CPU_SCALING.max_inputs)
+def notify() -> int:
+    """Drain the notify queue (signed webhooks)."""
+    return _drain(Stage.NOTIFY)
+
+
+CPU_CONSUMERS: dict[Stage, Any] = {
+    Stage.INTAKE: intake,
+    Stage.FETCH: fetch,
+    Stage.UPLOAD: upload,
+    Stage.NOTIFY: notify,
+}
+
+# ---- render ------------------------------------------------------------------------------
+
+
+def _publish_catalog(deps: Any, object_info: Any) -> None:
+    """Put ComfyUI's node catalog in the dict so intake can check workflows without a GPU."""
+    try:
+        catalog = _interface("app.adapters.comfy.catalog")
+        catalog.publish(
+            deps.kv(catalog.CATALOG_DICT), object_info, time.time(), node_set_version(MANIFEST)
+        )
+    except Exception as exc:  # noqa: BLE001 - rendering works without the catalog
+        log.error("catalog_publish_failed", error=type(exc).__name__)
+    else:
+        log.info("catalog_published", nodes=len(object_info))
+
+
+@app.cls(**RENDER_OPTIONS)
+@modal.concurrent(max_inputs=RENDER_SCALING.max_inputs)
+class Render:
+    """ComfyUI on a GPU, started once per container and kept warm."""
+
+    @modal.enter(snap=SNAPSHOT.memory)
+    def start_comfy(self) -> None:
+        """Start ComfyUI (inside the memory snapshot when enabled: CPU only, CUDA hidden)."""
+        from app.deploy.modal.comfy_process import (
+            ComfyLaunch,
+            ComfyProcess,
+            write_extra_model_paths,
+        )
+
+        paths = write_extra_model_paths(
+            Path(COMFY_DIR).parent / "extra_model_paths.yaml", extra_model_paths_yaml(MODELS_DIR)
+        )
+        launch = ComfyLaunch(
+            Path(COMFY_DIR),
+            port=opts.COMFY_PORT,
+            extra_model_paths=paths,
+            helper_mode=SNAPSHOT.helper_mode,
+        )
+        self.comfy = ComfyProcess(launch)
+        self.comfy.start()
+        self.comfy.wait_until_healthy(settings.modal_render_startup_timeout_s)
+
+    @modal.enter(snap=False)
+    def attach(self) -> None:
+        """After start or restore: hand ComfyUI the GPU, publish its catalog, build deps."""
+        from app.deploy.modal import comfy_process as comfy_server
+
+        url = self.comfy.launch.url
+        if SNAPSHOT.helper_mode:
+            log.info("comfy_device_selected", result=comfy_server.select_device(url))
+        self.deps = container_deps(comfy_url=url)
+        _publish_catalog(self.deps, self.deps.comfy.object_info())
+
+    def health_gate(self) -> None:
+        """Before each job: an unhealthy ComfyUI retires this container, the job requeues."""
+        from app.deploy.modal.comfy_process import is_healthy
+        from app.deploy.modal.hooks import stop_fetching_inputs
+
+        if is_healthy(self.comfy.launch.url):
+            return
+        log.error("comfy_unhealthy", alive=self.comfy.alive())
+        stop_fetching_inputs()
+        raise ComfyUnavailable()
+
+    @modal.method()
+    def run(self) -> int:
+        """Render exactly one queued job, so cancelling this call cancels only that job."""
+        worker = _interface("app.engine.worker")
+        return int(
+            worker.drain_stage(Stage.RENDER, self.deps, max_items=1, before_each=self.health_gate)
+        )
+
+    @modal.exit()
+    def stop_comfy(self) -> None:
+        """Stop ComfyUI with the container."""
+        comfy = getattr(self, "comfy", None)
+        if comfy is not None:
+            comfy.stop()
+
+
+# ---- scheduled and manual functions ---------------------------------------------------
+
+
+def _waiting_calls(stage: Stage) -> int:
+    try:
+        return int(_consumer(stage).get_current_stats().backlog)
+    except Exception:  # noqa: BLE001 - stats are best effort: assume none waiting
+        return 0
+
+
+@app.function(schedule=modal.Cron("* * * * *"), **CPU_OPTIONS)
+def sweep() -> dict[str, int]:
+    """Every minute: wake consumers for queued messages that no wake-up reached."""
+    deps = container_deps()
+    lengths = {stage: int(deps.backend.queue(stage.value).len()) for stage in Stage}
+    waiting = {stage: _waiting_calls(stage) for stage, length in lengths.items() if length}
+    parallel = RENDER_SCALING.max_containers * RENDER_SCALING.max_inputs
+    plan = opts.sweep_plan(lengths, waiting, parallel)
+    for stage, count in plan.items():
+        for _ in range(count):
+            wake(stage)
+    spawned = {stage.value: count for stage, count in plan.items()}
+    log.info("sweep_done", queued={s.value: n for s, n in lengths.items()}, spawned=spawned)
+    return spawned
+
+
+@app.function(schedule=modal.Period(seconds=settings.modal_fail_stale_every_s), **CPU_OPTIONS)
+def fail_stale() -> dict[str, int]:
+    """Take back jobs whose stage holder died or overran its lease."""
+    result: dict[str, int] = _interface("app.engine.maintenance").fail_stale(container_deps())
+    return result
+
+
+@app.function(schedule=modal.Cron(settings.modal_cleanup_cron), **CPU_OPTIONS)
+def cleanup() -> dict[str, int]:
+    """Delete expired jobs and outputs, free leaked admission slots."""
+    result: dict[str, int] = _interface("app.engine.maintenance").cleanup(container_deps())
+    return result
+
+
+@app.function(
+    image=render_image,
+    volumes={MODELS_DIR: models_volume.read_only()},
+    secrets=[_settings_secret("render")],
+    schedule=modal.Cron(settings.modal_verify_setup_cron),
+    timeout=300,
+    max_containers=1,
+)
+def verify_setup() -> dict[str, object]:
+    """Check ComfyUI's commit and version, our custom nodes and the models in the volume."""
+    report = verify_install(Path(COMFY_DIR), Path(MODELS_DIR))
+    summary = report.as_dict()
+    if report.ok:
+        log.info("setup_verified", **summary)
+    else:
+        log.error("setup_invalid", **summary)
+    return summary
+
+
+@app.function(
+    image=cpu_image,
+    volumes={MODELS_DIR: models_volume},
+    secrets=[
+        *(_named_secret(spec) for spec in opts.download_secrets(settings)),
+        _settings_secret("cpu"),
+    ],
+    timeout=3 * 3600,
+    max_containers=1,
+)
+def download_models() -> dict[str, list[str]]:
+    """Fill the models volume from the manifest (run by hand: never at request time)."""
+    from app.deploy.modal.model_download import download_models as fill
+    from app.deploy.modal.model_download import hf_downloader
+
+    # With modal_hf_secret set, huggingface_hub finds HF_TOKEN in the environment itself.
+    report = fill(MANIFEST.models, Path(MODELS_DIR), hf_downloader())
+    models_volume.commit()
+    return report.as_dict()
+
+
+@app.local_entrypoint()
+def check_setup() -> None:
+    """`modal run -m app.deploy.modal.app::check_setup`: print verify_setup's report."""
+    import json
+
+    print(json.dumps(verify_setup.remote(), indent=2))
+
+
+# ---- ingress ---------------------------------------------------------------------------
+
+
+@app.function(**INGRESS_OPTIONS)
+@modal.concurrent(max_inputs=INGRESS_SCALING.max_inputs)
+@modal.asgi_app(requires_proxy_auth=settings.modal_requires_proxy_auth)
+def api() -> Any:
+    """The HTTP API; Modal serves it at https://<workspace>--<app>-api.modal.run."""
+    return _interface("app.api.ingress").create_app(container_deps())

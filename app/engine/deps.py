@@ -1,0 +1,116 @@
+"""Everything a stage needs, built once per process (per container on Modal).
+
+`Deps` is arq's `ctx`, typed. Stages take it as an argument and import no backend, so the
+same stage code runs on the local backend and on Modal.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+from app.core.config import Settings
+from app.core.models import Job, Stage
+from app.store.backends import KV, Backend, Queue, open_backend
+from app.store.jobs import JobStore
+from app.store.tenants import TenantRegistry
+
+if TYPE_CHECKING:
+    from app.adapters.comfy.client import ComfyClient
+    from app.adapters.net.safe_client import SafeHttpClient
+    from app.adapters.storage.base import ObjectStore
+
+Waker = Callable[[Stage], None]
+CancelHook = Callable[[Job], None]
+
+
+def _no_wake(stage: Stage) -> None:
+    """Local workers poll their queues; nothing to wake."""
+
+
+def _no_cancel_hook(job: Job) -> None:
+    """Locally the render stage's cooperative interrupt is all there is."""
+
+
+def _nothing() -> None:
+    """Locally the scratch folder is an ordinary folder: nothing to commit or reload."""
+
+
+def _no_call_id() -> str | None:
+    return None
+
+
+@dataclass
+class Deps:
+    """Shared clients and stores; cheap to build, heavy parts built on first use."""
+
+    settings: Settings
+    backend: Backend
+    clock: Callable[[], float] = time.time
+    #: Called after a message is put on a stage's queue (Modal: spawn the consumer).
+    waker: Waker = _no_wake
+    #: Called after a job is cancelled (Modal: cancel the render's FunctionCall).
+    on_cancel: CancelHook = _no_cancel_hook
+    comfy_url: str | None = None
+    #: Modal: commit / reload the scratch Volume so other containers see the files.
+    scratch_commit: Callable[[], None] = _nothing
+    scratch_reload: Callable[[], None] = _nothing
+    #: Modal: the FunctionCall id of the running render, so cancel can stop it.
+    current_call_id: Callable[[], str | None] = _no_call_id
+    _queues: dict[Stage, Queue] = field(default_factory=dict)
+
+    @cached_property
+    def jobs(self) -> JobStore:
+        return JobStore(self.backend, self.clock)
+
+    @cached_property
+    def tenants(self) -> TenantRegistry:
+        return TenantRegistry(self.backend, self.clock)
+
+    @cached_property
+    def objects(self) -> ObjectStore:
+        from app.adapters.storage import open_store
+
+        return open_store(self.settings)
+
+    @cached_property
+    def http(self) -> SafeHttpClient:
+        from app.adapters.net.policy import UrlPolicy
+        from app.adapters.net.safe_client import SafeHttpClient
+
+        return SafeHttpClient(UrlPolicy.from_settings(self.settings))
+
+    @cached_property
+    def comfy(self) -> ComfyClient:
+        from app.adapters.comfy.client import ComfyClient
+
+        return ComfyClient(
+            self.comfy_url or self.settings.comfyui_url,
+            connect_timeout_s=self.settings.comfyui_connect_timeout_s,
+        )
+
+    def queue(self, stage: Stage) -> Queue:
+        """The queue feeding `stage`."""
+        if stage not in self._queues:
+            self._queues[stage] = self.backend.queue(stage.value)
+        return self._queues[stage]
+
+    def kv(self, name: str) -> KV:
+        return self.backend.kv(name)
+
+
+def build_deps(
+    settings: Settings, *, waker: Waker | None = None, on_cancel: CancelHook | None = None,
+    comfy_url: str | None = None, backend: Backend | None = None,
+) -> Deps:
+    """Deps for this process from the settings."""
+    return Deps(
+        settings=settings,
+        backend=backend or open_backend(settings),
+        waker=waker or _no_wake,
+        on_cancel=on_cancel or _no_cancel_hook,
+        comfy_url=comfy_url,
+    )

@@ -1,0 +1,217 @@
+"""Scheduled maintenance, the same code locally (`comfyui-saas fail-stale|cleanup`) and on Modal.
+
+* `sweep`: every few seconds locally, every minute on Modal: moves due parked messages
+  (retries, webhook back-off) onto their queues and wakes any stage whose queue is not
+  empty, so a raw `Queue.put` without a wake-up is still picked up.
+* `fail_stale`: takes jobs back from dead holders (lease expired), fails jobs past their
+  deadline or out of attempts, re-sends messages that were lost, frees leaked slots.
+* `cleanup`: removes outputs and records past their retention, and orphaned scratch
+  folders.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass
+
+from app.core.logs import get_logger
+from app.core.models import Job, JobError, JobStatus, Stage, StageTimes
+from app.engine.deps import Deps
+from app.engine.pipeline import DELAYED_DICT, PENDING_DICT, enqueue, fail_job, release_due
+from app.store.jobs import ADMISSION_DICT, RATE_WINDOW_S, REQUEUE_AFTER_S
+
+#: Work stages a job can be waiting for; notify runs after the terminal decision.
+WORK_STAGES = (Stage.FETCH, Stage.RENDER, Stage.UPLOAD)
+#: Grace after a job's deadline before fail_stale fails it (render enforces it first).
+DEADLINE_GRACE_S = 60
+
+
+@dataclass(slots=True)
+class StaleReport:
+    """What one fail_stale pass did."""
+
+    taken_back: int = 0
+    timed_out: int = 0
+    lost: int = 0
+    requeued: int = 0
+    slots_released: int = 0
+    active_removed: int = 0
+
+
+def sweep(deps: Deps) -> dict[str, int]:
+    """Release due parked messages and wake every stage with work waiting."""
+    report = {"released": release_due(deps)}
+    for stage in Stage:
+        waiting = deps.queue(stage).len()
+        if waiting:
+            deps.waker(stage)
+        report[stage.value] = waiting
+    return report
+
+
+def fail_stale(deps: Deps) -> dict[str, int]:
+    """One reaper pass over the active jobs (see module docstring)."""
+    report = StaleReport()
+    reconciled = deps.jobs.reconcile()
+    report.slots_released = reconciled.slots_released
+    report.active_removed = reconciled.active_removed
+    now = deps.clock()
+    empty_queues = {stage for stage in WORK_STAGES if deps.queue(stage).len() == 0}
+    parked = parked_job_ids(deps)
+    for job_id in list(deps.jobs.active_ids()):
+        job = deps.jobs.find(job_id)
+        if job is None or job.is_terminal:
+            continue
+        _reap(deps, job, now, empty_queues, parked, report)
+    report.requeued += _resend_lost_deliveries(deps, now, parked)
+    result = asdict(report)
+    get_logger().info("fail_stale_done", **result)
+    return result
+
+
+def _reap(
+    deps: Deps, job: Job, now: float, empty_queues: set[Stage], parked: set[str],
+    report: StaleReport,
+) -> None:
+    log = get_logger(job_id=job.id, tenant_id=job.tenant_id, stage=job.stage.value)
+    if now > job.deadline + DEADLINE_GRACE_S:
+        error = JobError(code="timeout", message=f"job exceeded its timeout of {job.timeout_s} s")
+        if fail_job(deps, job, error):
+            report.timed_out += 1
+            log.warning("job_timed_out")
+        return
+    holder_died = job.lease_until is not None and now > job.lease_until
+    queued = job.stage_times.get(job.stage, StageTimes()).queued_at
+    message_lost = (
+        job.lease_until is None
+        and job.stage in empty_queues
+        and queued is not None
+        and now - queued > REQUEUE_AFTER_S
+        and job.id not in parked
+    )
+    if not (holder_died or message_lost):
+        return
+    epoch = deps.jobs.take_back(job.id, job.epoch)
+    if epoch is None:
+        return  # another reaper got there first
+    if epoch >= deps.settings.stage_max_attempts:
+        error = JobError(code="stage_lost", message=f"the {job.stage} stage was lost {epoch} times")
+        if fail_job(deps, job, error):
+            report.lost += 1
+            log.warning("job_lost")
+        return
+    _hand_back(deps, job, epoch)
+    if holder_died:
+        report.taken_back += 1
+        log.warning("job_taken_back", epoch=epoch)
+    else:
+        report.requeued += 1
+        log.warning("job_message_resent", epoch=epoch)
+
+
+def _resend_lost_deliveries(deps: Deps, now: float, parked: set[str]) -> int:
+    """Re-send notify messages lost with a crashed worker (the delivery stays pending)."""
+    from app.stages.notify import load_delivery
+
+    if deps.queue(Stage.NOTIFY).len():
+        return 0  # a backlog: the message is likely still queued
+    pending = deps.backend.kv(PENDING_DICT)
+    resent = 0
+    for job_id in list(pending.keys()):
+        delivery = load_delivery(deps, job_id)
+        if delivery is not None and delivery.state != "pending":
+            pending.pop(job_id)
+            continue
+        due = delivery.next_attempt_at if delivery else float(pending.get(job_id) or now)
+        if due is None or now - due < REQUEUE_AFTER_S or job_id in parked:
+            continue
+        epoch = deps.jobs.take_back(job_id, delivery.epoch if delivery else 0, lane="notify")
+        if epoch is None:
+            continue
+        attempt = len(delivery.attempts) if delivery else 0
+        enqueue(deps, job_id, Stage.NOTIFY, epoch=epoch, attempt=attempt)
+        get_logger(job_id=job_id, stage=Stage.NOTIFY.value).warning("webhook_message_resent")
+        resent += 1
+    return resent
+
+
+def _hand_back(deps: Deps, job: Job, epoch: int) -> None:
+    """Give the job to its stage again under `epoch` (already taken with `take_back`)."""
+    times = dict(job.stage_times)
+    times[job.stage] = StageTimes(queued_at=deps.clock())
+    deps.jobs.save(
+        job.model_copy(update={"epoch": epoch, "lease_until": None, "stage_times": times})
+    )
+    enqueue(deps, job.id, job.stage, epoch=epoch)
+
+
+def parked_job_ids(deps: Deps) -> set[str]:
+    """Jobs with a message parked for later (a retry or a webhook back-off)."""
+    return {key.split(":")[1] for key in deps.backend.kv(DELAYED_DICT).keys()}
+
+
+def recover_after_restart(deps: Deps) -> int:
+    """Local runner start-up: no worker is alive yet, so every held job is orphaned."""
+    recovered = 0
+    for job_id in list(deps.jobs.active_ids()):
+        job = deps.jobs.find(job_id)
+        if job is None or job.is_terminal or job.lease_until is None:
+            continue
+        epoch = deps.jobs.take_back(job.id, job.epoch)
+        if epoch is None:
+            continue
+        _hand_back(deps, job, epoch)
+        recovered += 1
+    return recovered
+
+
+def cleanup(deps: Deps) -> dict[str, int]:
+    """Remove what is past retention: outputs, job records, idempotency keys, scratch."""
+    now = deps.clock()
+    settings = deps.settings
+    report = {"outputs_deleted": 0, "jobs_deleted": 0, "keys_deleted": 0, "scratch_removed": 0}
+    old_outputs = deps.objects.list_older_than("outputs/", now - settings.output_retention_s)
+    report["outputs_deleted"] = deps.objects.delete_keys(old_outputs)
+    jobs_kv = deps.jobs.jobs
+    for key in list(jobs_kv.keys("terminal:")):
+        job_id = key.removeprefix("terminal:")
+        terminal = deps.jobs.terminal(job_id)
+        if terminal is None or now - terminal.decided_at < settings.job_retention_s:
+            continue
+        for prefix in ("claim:", "epoch:"):
+            for stale in list(jobs_kv.keys(f"{prefix}{job_id}:")):
+                jobs_kv.pop(stale)
+        for record in ("request", "job", "delivery", "terminal"):
+            jobs_kv.pop(f"{record}:{job_id}")
+        report["jobs_deleted"] += 1
+    admission = deps.backend.kv(ADMISSION_DICT)
+    for key in list(admission.keys("idem:")):
+        raw = admission.get(key)
+        if raw is not None and now - float(json.loads(raw)["at"]) > settings.idempotency_ttl_s:
+            admission.pop(key)
+            report["keys_deleted"] += 1
+    current_window = int(now // RATE_WINDOW_S)
+    for key in list(admission.keys("rate:")):
+        if int(key.split(":")[2]) < current_window - 1:
+            admission.pop(key)
+            report["keys_deleted"] += 1
+    report["scratch_removed"] = _remove_orphan_scratch(deps)
+    get_logger().info("cleanup_done", **report)
+    return report
+
+
+def _remove_orphan_scratch(deps: Deps) -> int:
+    root = deps.settings.work_dir
+    if not root.is_dir():
+        return 0
+    removed = 0
+    for folder in root.iterdir():
+        job = deps.jobs.find(folder.name)
+        if job is None or job.status in (JobStatus.COMPLETED, JobStatus.FAILED,
+                                         JobStatus.CANCELLED):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed += 1
+    return removed
+
+

@@ -1,0 +1,193 @@
+"""Runs one stage message: claim it, record the transition, call the stage, hand off.
+
+This is the only place that moves a job between stages and the only place (besides
+cancel and fail_stale) that decides a terminal state, so stages stay plain functions of
+`(job, deps) -> job`. Messages may arrive twice (a re-sent message, a sweep); the claim
+key makes the second one a no-op. A message lost with a crashed worker is recovered by
+`fail_stale` from the job's lease.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Mapping
+
+from pydantic import ValidationError
+
+from app.core.errors import PipelineError
+from app.core.logs import get_logger
+from app.core.models import Job, JobError, JobStatus, Stage, StageMessage, StageTimes
+from app.engine.deps import Deps
+from app.engine.scratch import job_folder
+
+StageFn = Callable[[Job, Deps], Job]
+
+DELAYED_DICT = "delayed"
+#: Jobs whose webhook delivery is not finished (shared with the notify stage).
+PENDING_DICT = "deliveries_pending"
+NEXT_STAGE: Mapping[Stage, Stage | None] = {
+    Stage.FETCH: Stage.RENDER,
+    Stage.RENDER: Stage.UPLOAD,
+    Stage.UPLOAD: None,
+}
+#: Backoff before retrying a stage after a transient error: base * 2**attempt seconds.
+RETRY_BASE_S = 2.0
+
+
+def enqueue(
+    deps: Deps, job_id: str, stage: Stage, *, epoch: int = 0, attempt: int = 0,
+    not_before: float = 0.0,
+) -> None:
+    """Put a stage message on its queue now, or park it until `not_before`."""
+    message = StageMessage(
+        job_id=job_id, stage=stage, epoch=epoch, attempt=attempt, not_before=not_before
+    )
+    if not_before > deps.clock():
+        # Queues have no delay: park it; the sweep moves it to the queue when due.
+        key = f"{not_before:017.3f}:{job_id}:{stage.value}:{epoch}:{attempt}"
+        deps.backend.kv(DELAYED_DICT).put(key, message.model_dump_json())
+        return
+    deps.queue(stage).put(message.model_dump_json())
+    deps.waker(stage)
+
+
+def release_due(deps: Deps) -> int:
+    """Move parked messages whose time has come onto their queues; returns how many."""
+    parked = deps.backend.kv(DELAYED_DICT)
+    now = deps.clock()
+    moved = 0
+    for key in sorted(parked.keys()):
+        if float(key.split(":", 1)[0]) > now:
+            break
+        raw = parked.pop(key)  # pop is atomic: two sweeps never move the same message
+        if raw is None:
+            continue
+        message = StageMessage.model_validate_json(raw)
+        deps.queue(message.stage).put(raw)
+        deps.waker(message.stage)
+        moved += 1
+    return moved
+
+
+def after_terminal(deps: Deps, job: Job) -> None:
+    """Once a job has ended: drop its scratch files and send its webhook."""
+    shutil.rmtree(job_folder(deps, job.id), ignore_errors=True)
+    if job.webhook_url:
+        # Marked before the message goes out, so a lost message is found and re-sent.
+        deps.backend.kv(PENDING_DICT).put(job.id, str(deps.clock()))
+        enqueue(deps, job.id, Stage.NOTIFY)
+
+
+def fail_job(deps: Deps, job: Job, error: JobError) -> bool:
+    """Decide `failed`; True if this call decided it."""
+    decided = deps.jobs.finish(job.id, JobStatus.FAILED, error=error)
+    if decided:
+        after_terminal(deps, job)
+    return decided
+
+
+def cancel_job(deps: Deps, job_id: str) -> Job:
+    """Cancel a job at once (raises `AlreadyTerminal`); stages notice at their next check."""
+    job = deps.jobs.cancel(job_id)
+    deps.on_cancel(job)
+    after_terminal(deps, job)
+    get_logger(job_id=job_id, tenant_id=job.tenant_id).info("job_cancelled", stage=job.stage)
+    return job
+
+
+def _start(deps: Deps, job: Job, stage: Stage, epoch: int) -> Job:
+    now = deps.clock()
+    times = dict(job.stage_times)
+    times[stage] = times.get(stage, StageTimes()).model_copy(
+        update={"started_at": now, "finished_at": None}
+    )
+    started = job.model_copy(update={
+        "status": JobStatus.RUNNING, "stage": stage, "started_at": job.started_at or now,
+        "lease_until": now + deps.settings.stage_lease_s, "stage_times": times, "epoch": epoch,
+    })
+    deps.jobs.save(started)
+    return started
+
+
+def _finish_stage(deps: Deps, job: Job, stage: Stage) -> Job:
+    now = deps.clock()
+    times = dict(job.stage_times)
+    times[stage] = times.get(stage, StageTimes()).model_copy(update={"finished_at": now})
+    following = NEXT_STAGE[stage]
+    if following is not None:
+        times[following] = StageTimes(queued_at=now)
+    return job.model_copy(update={
+        "stage_times": times, "lease_until": None, "stage": following or stage,
+    })
+
+
+def process_message(raw: str, deps: Deps, stages: Mapping[Stage, StageFn]) -> None:
+    """Run one message of a work stage (fetch, render, upload)."""
+    try:
+        message = StageMessage.model_validate_json(raw)
+    except ValidationError:
+        get_logger().error("message_malformed", raw=raw[:200])
+        return
+    log = get_logger(job_id=message.job_id, stage=message.stage.value, epoch=message.epoch)
+    job = deps.jobs.find(message.job_id)
+    if job is None:
+        log.warning("message_for_unknown_job")
+        return
+    log = log.bind(tenant_id=job.tenant_id)
+    if job.is_terminal:
+        log.info("message_for_ended_job", status=job.status.value)
+        shutil.rmtree(job_folder(deps, job.id), ignore_errors=True)
+        return
+    if not deps.jobs.claim_stage(job.id, message.stage, message.epoch, message.attempt):
+        log.info("message_duplicate_dropped")
+        return
+    job = _start(deps, job, message.stage, message.epoch)
+    log.info("stage_started", attempt=message.attempt)
+    try:
+        job = stages[message.stage](job, deps)
+    except PipelineError as exc:
+        _on_stage_error(deps, job, message, exc)
+        return
+    except Exception:  # a bug: fail the job cleanly, keep the traceback in logs only
+        log.exception("stage_crashed")
+        internal = PipelineError(f"internal error in {message.stage}")
+        _on_stage_error(deps, job, message, internal)
+        return
+    if not deps.jobs.is_current(job.id, message.epoch):
+        log.warning("stage_result_from_stale_holder_dropped")
+        return
+    job = _finish_stage(deps, job, message.stage)
+    deps.jobs.save(job)
+    following = NEXT_STAGE[message.stage]
+    log.info("stage_finished", next=following.value if following else None)
+    if deps.jobs.terminal(job.id) is not None:
+        # Cancelled while this stage ran: stop here; the canceller already notified.
+        shutil.rmtree(job_folder(deps, job.id), ignore_errors=True)
+        return
+    if following is not None:
+        enqueue(deps, job.id, following, epoch=message.epoch)
+        return
+    if deps.jobs.finish(job.id, JobStatus.COMPLETED, outputs=job.outputs):
+        log.info("job_completed", outputs=len(job.outputs))
+        after_terminal(deps, job)
+
+
+def _on_stage_error(deps: Deps, job: Job, message: StageMessage, exc: PipelineError) -> None:
+    logger = get_logger(job_id=job.id, stage=message.stage.value, tenant_id=job.tenant_id)
+    attempts_left = message.attempt + 1 < deps.settings.stage_max_attempts
+    if exc.retryable and attempts_left and deps.jobs.terminal(job.id) is None:
+        delay = RETRY_BASE_S * 2**message.attempt
+        logger.warning("stage_retry_scheduled", code=exc.code, error=exc.message,
+                       attempt=message.attempt + 1, delay_s=delay)
+        deps.jobs.save(job.model_copy(update={"lease_until": None}))
+        enqueue(deps, job.id, message.stage, epoch=message.epoch, attempt=message.attempt + 1,
+                not_before=deps.clock() + delay)
+        return
+    error = JobError(
+        code=exc.code, message=exc.message,
+        node_id=getattr(exc, "node_id", None), node_type=getattr(exc, "node_type", None),
+    )
+    if fail_job(deps, job, error):
+        logger.warning("job_failed", code=exc.code, error=exc.message)
+    else:
+        logger.info("stage_error_after_job_ended", code=exc.code)

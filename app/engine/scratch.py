@@ -1,0 +1,30 @@
+"""The per-job scratch folder that fetch, render and upload share.
+
+Locally it is a folder under the data directory; on Modal it is a `modal.Volume`
+mounted at the same path in every stage's container, which is why the stages call
+`deps.scratch_commit()` after writing and `deps.scratch_reload()` before reading.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from app.engine.deps import Deps
+
+INPUTS = "inputs"
+OUTPUTS = "outputs"
+#: Staged outputs carry this key prefix until upload gives them their storage key.
+SCRATCH_KEY_PREFIX = "scratch:"
+
+
+def job_folder(deps: Deps, job_id: str) -> Path:
+    """The job's scratch folder (not created)."""
+    return deps.settings.work_dir / job_id
+
+
+def inputs_folder(deps: Deps, job_id: str) -> Path:
+    return job_folder(deps, job_id) / INPUTS
+
+
+def outputs_folder(deps: Deps, job_id: str) -> Path:
+    return job_folder(deps, job_id) / OUTPUTS

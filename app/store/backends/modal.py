@@ -1,0 +1,152 @@
+"""The production backend: a thin mapping onto `modal.Queue` and `modal.Dict`.
+
+No logic lives here beyond naming and argument mapping; the semantics the state core
+needs (destructive get, atomic create-if-absent) are Modal's own. Objects are looked up
+lazily with `from_name(..., create_if_missing=True)`, so importing and constructing
+this works offline; only a real call needs Modal credentials.
+
+The factories are parameters so the offline contract test can hand in objects that
+enforce the installed `modal` package's real method signatures.
+"""
+
+from __future__ import annotations
+
+import queue as stdlib_queue
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from app.store.backends.base import BackendError, check_queue_item
+
+Factory = Callable[..., Any]
+
+
+def _wrap(exc: Exception) -> BackendError:
+    return BackendError(f"modal: {type(exc).__name__}: {exc}")
+
+
+class ModalQueue:
+    """One `modal.Queue`, default partition."""
+
+    def __init__(self, handle: Any) -> None:
+        self._q = handle
+
+    def put(self, item: str) -> None:
+        check_queue_item(item)
+        try:
+            self._q.put(item)
+        except Exception as exc:
+            raise _wrap(exc) from exc
+
+    def put_many(self, items: Sequence[str]) -> None:
+        for item in items:
+            check_queue_item(item)
+        try:
+            self._q.put_many(list(items))
+        except Exception as exc:
+            raise _wrap(exc) from exc
+
+    def get(self, timeout_s: float | None = 0.0) -> str | None:
+        got = self.get_many(1, timeout_s)
+        return got[0] if got else None
+
+    def get_many(self, max_items: int, timeout_s: float | None = 0.0) -> list[str]:
+        block = timeout_s is None or timeout_s > 0
+        try:
+            items = self._q.get_many(max_items, block=block, timeout=timeout_s if block else None)
+        except stdlib_queue.Empty:
+            return []
+        except Exception as exc:
+            raise _wrap(exc) from exc
+        return [str(i) for i in items]
+
+    def len(self) -> int:
+        try:
+            return int(self._q.len())
+        except Exception as exc:
+            raise _wrap(exc) from exc
+
+
+class ModalKV:
+    """One `modal.Dict` with string keys and values."""
+
+    def __init__(self, handle: Any) -> None:
+        self._d = handle
+
+    def get(self, key: str) -> str | None:
+        try:
+            value = self._d.get(key)
+        except Exception as exc:
+            raise _wrap(exc) from exc
+        return None if value is None else str(value)
+
+    def put(self, key: str, value: str) -> None:
+        try:
+            self._d.put(key, value)
+        except Exception as exc:
+            raise _wrap(exc) from exc
+
+    def put_if_absent(self, key: str, value: str) -> bool:
+        try:
+            return bool(self._d.put(key, value, skip_if_exists=True))
+        except Exception as exc:
+            raise _wrap(exc) from exc
+
+    def pop(self, key: str) -> str | None:
+        try:
+            value = self._d.pop(key, None)
+        except Exception as exc:
+            raise _wrap(exc) from exc
+        return None if value is None else str(value)
+
+    def contains(self, key: str) -> bool:
+        try:
+            return bool(self._d.contains(key))
+        except Exception as exc:
+            raise _wrap(exc) from exc
+
+    def keys(self, prefix: str = "") -> Iterator[str]:
+        try:
+            # modal.Dict streams keys through .keys(); it is not a Mapping.
+            found = [str(k) for k in self._d.keys() if str(k).startswith(prefix)]
+        except Exception as exc:
+            raise _wrap(exc) from exc
+        return iter(found)
+
+
+class ModalBackend:
+    """Queues and dicts named `{prefix}-{name}` in one Modal environment."""
+
+    def __init__(
+        self,
+        prefix: str,
+        environment_name: str | None = None,
+        queue_factory: Factory | None = None,
+        dict_factory: Factory | None = None,
+    ) -> None:
+        if queue_factory is None or dict_factory is None:
+            import modal  # deferred: the local backend never needs the SDK loaded
+
+            queue_factory = queue_factory or modal.Queue.from_name
+            dict_factory = dict_factory or modal.Dict.from_name
+        self._prefix = prefix
+        self._env = environment_name
+        self._queue_factory = queue_factory
+        self._dict_factory = dict_factory
+
+    def _name(self, name: str) -> str:
+        return f"{self._prefix}-{name}"
+
+    def queue(self, name: str) -> ModalQueue:
+        handle = self._queue_factory(
+            self._name(name), environment_name=self._env, create_if_missing=True
+        )
+        return ModalQueue(handle)
+
+    def kv(self, name: str) -> ModalKV:
+        handle = self._dict_factory(
+            self._name(name), environment_name=self._env, create_if_missing=True
+        )
+        return ModalKV(handle)
+
+    def close(self) -> None:
+        """Modal handles hold no connections of ours."""

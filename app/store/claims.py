@@ -1,0 +1,143 @@
+"""Counting with nothing but put-if-absent.
+
+Modal's dict has no increment and no compare-and-set, so every limit here is a set of
+keys that can each be created exactly once:
+
+* **Sequences** (`claim_next`): claim the lowest free integer under a prefix. With a
+  bound, at most `limit` claims ever succeed; this is the rate-limit window and the
+  per-user job index.
+* **Slots** (`claim_slot` / `release_slot`): a concurrency cap of `cap` places. Place
+  `i` is held through a *generation* key `slot:{scope}:{i}:{g}`; releasing writes a
+  `released` marker for exactly that generation, and the next claimer moves on to
+  `g + 1`. A release therefore names one tenure of one place: repeating it, or running it
+  late after someone else holds the place, can never free the newer holder. That is what
+  lets the reaper and a slow worker both release without coordination.
+
+Hints (`...:hint`) are plain writes that only speed up the search; a stale hint costs a
+few extra probes and never a wrong answer, because every key below a hint was claimed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from app.core.models import SlotRef
+from app.store.backends.base import KV
+
+
+def claim_next(kv: KV, prefix: str, value: str, limit: int | None = None) -> int | None:
+    """Claim the lowest free `prefix:{n}` (n < limit); None when all are taken."""
+    n = int(kv.get(f"{prefix}:hint") or 0)
+    while limit is None or n < limit:
+        if kv.put_if_absent(f"{prefix}:{n}", value):
+            kv.put(f"{prefix}:hint", str(n + 1))
+            return n
+        n += 1
+    return None
+
+
+def sequence_end(kv: KV, prefix: str) -> int:
+    """One past the highest claimed number of a sequence."""
+    n = int(kv.get(f"{prefix}:hint") or 0)
+    while kv.contains(f"{prefix}:{n}"):
+        n += 1
+    return n
+
+
+def slot_key(scope: str, index: int, generation: int) -> str:
+    return f"slot:{scope}:{index}:{generation}"
+
+
+def released_key(scope: str, index: int, generation: int) -> str:
+    return f"released:{scope}:{index}:{generation}"
+
+
+@dataclass(frozen=True, slots=True)
+class SlotHolder:
+    """Who holds a slot generation, and since when."""
+
+    job_id: str
+    claimed_at: float
+
+    def dumps(self) -> str:
+        return json.dumps({"job_id": self.job_id, "claimed_at": self.claimed_at})
+
+    @classmethod
+    def loads(cls, raw: str) -> SlotHolder:
+        data = json.loads(raw)
+        return cls(job_id=str(data["job_id"]), claimed_at=float(data["claimed_at"]))
+
+
+def _hints_key(scope: str) -> str:
+    return f"slothints:{scope}"
+
+
+def _read_hints(kv: KV, scope: str) -> tuple[dict[int, int], set[int]]:
+    """Per place: the last generation seen, and which places were last seen held."""
+    raw = kv.get(_hints_key(scope))
+    if raw is None:
+        return {}, set()
+    data = json.loads(raw)
+    return {int(k): int(v) for k, v in data["gen"].items()}, {int(i) for i in data["held"]}
+
+
+def _write_hints(kv: KV, scope: str, generations: dict[int, int], held: set[int]) -> None:
+    payload = {"gen": {str(k): v for k, v in generations.items()}, "held": sorted(held)}
+    kv.put(_hints_key(scope), json.dumps(payload, separators=(",", ":")))
+
+
+def claim_slot(kv: KV, scope: str, cap: int, holder: SlotHolder) -> SlotRef | None:
+    """Take one of `cap` places in `scope`, or None if every place is held.
+
+    One read of the scope's hints tells which places were free and at which
+    generation, so an admission usually costs three round trips whatever the load; a
+    wrong hint only costs probes. A refusal checks every place for real.
+    """
+    generations, held = _read_hints(kv, scope)
+    order = sorted(range(cap), key=lambda index: index in held)  # likely-free places first
+    for index in order:
+        generation = generations.get(index, 0)
+        while True:
+            if kv.put_if_absent(slot_key(scope, index, generation), holder.dumps()):
+                generations[index] = generation
+                _write_hints(kv, scope, generations, held | {index})
+                return SlotRef(scope=scope, index=index, generation=generation)
+            if not kv.contains(released_key(scope, index, generation)):
+                break  # held by a live tenure: try the next place
+            generation += 1
+    return None
+
+
+def release_slot(kv: KV, ref: SlotRef) -> bool:
+    """Free one tenure; True if this call freed it (idempotent, safe to race)."""
+    if not kv.put_if_absent(released_key(ref.scope, ref.index, ref.generation), "1"):
+        return False
+    generations, held = _read_hints(kv, ref.scope)
+    generations[ref.index] = max(generations.get(ref.index, 0), ref.generation + 1)
+    _write_hints(kv, ref.scope, generations, held - {ref.index})
+    return True
+
+
+def slot_holder(kv: KV, ref: SlotRef) -> SlotHolder | None:
+    """Who holds this tenure, if anyone still does."""
+    if kv.contains(released_key(ref.scope, ref.index, ref.generation)):
+        return None
+    raw = kv.get(slot_key(ref.scope, ref.index, ref.generation))
+    return None if raw is None else SlotHolder.loads(raw)
+
+
+def held_slots(kv: KV, scope_prefix: str = "") -> Iterator[tuple[SlotRef, SlotHolder]]:
+    """Every unreleased tenure whose scope starts with `scope_prefix` (a maintenance scan)."""
+    for key in kv.keys(f"slot:{scope_prefix}"):
+        scope, index, generation = key.removeprefix("slot:").rsplit(":", 2)
+        ref = SlotRef(scope=scope, index=int(index), generation=int(generation))
+        holder = slot_holder(kv, ref)
+        if holder is not None:
+            yield ref, holder
+
+
+def active_count(kv: KV, scope: str) -> int:
+    """How many places of `scope` are held now."""
+    return sum(1 for ref, _ in held_slots(kv, scope) if ref.scope == scope)

@@ -1,0 +1,443 @@
+"""The job state core: records, admission, terminal decisions, cancel, reconciliation.
+
+Written only against the `KV`/`Queue` protocol and correct with nothing but
+put-if-absent, so it behaves the same on Modal and on the local backend.
+
+Who writes what (the single-writer rule; no record has two writers at once):
+
+* ``job:{id}``      intake creates it; afterwards only the stage holding the job (or
+                    fail_stale, which takes a job back from a dead holder) rewrites it.
+* ``request:{id}``  the workflow, written once by intake, read by render.
+* ``terminal:{id}`` the one terminal decision, created once by put-if-absent. Whoever
+                    creates it releases the job's admission slots. Reads merge it over
+                    ``job:{id}``, so a late writer can never undo it.
+* ``claim:{id}:{stage}:{epoch}:{attempt}`` taken by the worker that runs a stage message, so a
+                    duplicate message (queues are at-least-once here) runs nothing.
+* ``epoch:{id}:{lane}:{n}`` taken by fail_stale when it hands a job to a stage again; a zombie
+                    worker of an older epoch sees it and stops (a fencing token).
+
+Clients never rewrite a record: cancel is a terminal decision, nothing more.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel
+
+from app.core.models import (
+    InputSpec,
+    Job,
+    JobError,
+    JobStatus,
+    OutputRef,
+    SlotRef,
+    Stage,
+    StageTimes,
+    Terminal,
+)
+from app.store.backends.base import KV, Backend
+from app.store.claims import (
+    SlotHolder,
+    claim_next,
+    claim_slot,
+    held_slots,
+    release_slot,
+    sequence_end,
+)
+
+# Dict names. Slots and the active set live apart so the reaper's scans stay small.
+JOBS_DICT = "jobs"
+ADMISSION_DICT = "admission"
+SLOTS_DICT = "slots"
+ACTIVE_DICT = "active"
+
+RATE_WINDOW_S = 60
+#: A slot whose job record never appeared (admission crashed half-way) is freed after this.
+ABANDONED_SLOT_GRACE_S = 600
+#: fail_stale re-sends a queued message that nobody picked up for this long; a duplicate
+#: is harmless (the claim key drops it), a lost one would strand the job.
+REQUEUE_AFTER_S = 300
+
+
+class AdmissionRejected(Exception):
+    """The request was not admitted; `code` says which limit, `retry_after_s` when to retry."""
+
+    def __init__(self, code: str, message: str, retry_after_s: int, limit: int) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.retry_after_s = retry_after_s
+        self.limit = limit
+
+
+class IdempotencyConflict(Exception):
+    """The idempotency key was used with a different body, or its first use is in flight."""
+
+    def __init__(self, message: str, job_id: str | None) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+
+
+class AlreadyTerminal(Exception):
+    """The job had already ended; its terminal state cannot change."""
+
+    def __init__(self, job: Job) -> None:
+        super().__init__(f"job {job.id} is already {job.status}")
+        self.job = job
+
+
+class JobNotFound(KeyError):
+    """No such job."""
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """A tenant's admission limits; 0 means "no limit" for the optional ones."""
+
+    max_active_per_user: int = 5
+    max_active_per_tenant: int = 0
+    rate_per_minute: int = 0
+    cap_retry_after_s: int = 5
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """What intake admits: validated request fields, no bytes."""
+
+    tenant_id: str
+    user_id: str
+    workflow: dict[str, object]
+    timeout_s: int
+    inputs: list[InputSpec] = field(default_factory=list)
+    webhook_url: str | None = None
+    metadata: dict[str, object] = field(default_factory=dict)
+    idempotency_key: str | None = None
+    #: Fingerprint of the request body for idempotency; same key + other body = 409.
+    body_hash: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """The outcome of a successful `create`: the job, and whether it is a replay."""
+
+    job: Job
+    replayed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of a user's jobs, newest first; `next_cursor` None on the last page."""
+
+    jobs: list[Job]
+    next_cursor: str | None
+
+
+@dataclass(slots=True)
+class ReconcileReport:
+    """What one reconciliation pass changed."""
+
+    slots_released: int = 0
+    active_removed: int = 0
+
+
+def body_fingerprint(payload: object) -> str:
+    """A stable hash of a JSON-able request body."""
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _dump(model: BaseModel) -> str:
+    return model.model_dump_json()
+
+
+class JobStore:
+    """Domain operations on jobs over a backend; every method is safe to call concurrently."""
+
+    def __init__(self, backend: Backend, clock: Callable[[], float]) -> None:
+        self.jobs: KV = backend.kv(JOBS_DICT)
+        self.admission: KV = backend.kv(ADMISSION_DICT)
+        self.slots: KV = backend.kv(SLOTS_DICT)
+        self.active: KV = backend.kv(ACTIVE_DICT)
+        self.clock = clock
+
+    # ---- admission -------------------------------------------------------------------
+
+    def create(self, new: NewJob, job_id: str, limits: Limits) -> Admission:
+        """Admit a job strictly under the caps, or replay the job its idempotency key made."""
+        now = self.clock()
+        idem_key = f"idem:{new.tenant_id}:{new.idempotency_key}" if new.idempotency_key else None
+        if idem_key is not None:
+            claim = json.dumps({"job_id": job_id, "body_hash": new.body_hash, "at": now})
+            if not self.admission.put_if_absent(idem_key, claim):
+                return self._replay(idem_key, new)
+        try:
+            self._check_rate(new.tenant_id, limits, now)
+            slots = self._claim_slots(new, job_id, limits, now)
+        except AdmissionRejected:
+            if idem_key is not None:
+                self.admission.pop(idem_key)  # ours alone: let the client retry the key
+            raise
+        job = Job(
+            id=job_id,
+            tenant_id=new.tenant_id,
+            user_id=new.user_id,
+            created_at=now,
+            timeout_s=new.timeout_s,
+            inputs=new.inputs,
+            webhook_url=new.webhook_url,
+            metadata=new.metadata,
+            slots=slots,
+            stage=Stage.FETCH,
+            stage_times={Stage.FETCH: StageTimes(queued_at=now)},
+        )
+        self.jobs.put(f"request:{job_id}", json.dumps(new.workflow))
+        self.jobs.put(f"job:{job_id}", _dump(job))
+        self.active.put(job_id, json.dumps({"at": now}))
+        claim_next(self.admission, _index_prefix(new.tenant_id, new.user_id), job_id)
+        return Admission(job=job, replayed=False)
+
+    def _replay(self, idem_key: str, new: NewJob) -> Admission:
+        raw = self.admission.get(idem_key)
+        if raw is None:  # released by a rejected first attempt just now
+            raise IdempotencyConflict("request with this idempotency key is in flight", None)
+        first = json.loads(raw)
+        if first["body_hash"] != new.body_hash:
+            raise IdempotencyConflict(
+                "idempotency key was already used with a different request body", first["job_id"]
+            )
+        job = self.find(first["job_id"])
+        if job is None:
+            raise IdempotencyConflict(
+                "request with this idempotency key is in flight", first["job_id"]
+            )
+        return Admission(job=job, replayed=True)
+
+    def _check_rate(self, tenant_id: str, limits: Limits, now: float) -> None:
+        if limits.rate_per_minute <= 0:
+            return
+        window = int(now // RATE_WINDOW_S)
+        taken = claim_next(
+            self.admission, f"rate:{tenant_id}:{window}", "1", limit=limits.rate_per_minute
+        )
+        if taken is None:
+            retry = max(1, math.ceil((window + 1) * RATE_WINDOW_S - now))
+            raise AdmissionRejected(
+                "rate_limited",
+                f"tenant rate limit of {limits.rate_per_minute} requests per minute reached",
+                retry,
+                limits.rate_per_minute,
+            )
+
+    def _claim_slots(self, new: NewJob, job_id: str, limits: Limits, now: float) -> list[SlotRef]:
+        holder = SlotHolder(job_id=job_id, claimed_at=now)
+        user_slot = claim_slot(
+            self.slots, user_scope(new.tenant_id, new.user_id), limits.max_active_per_user, holder
+        )
+        if user_slot is None:
+            raise AdmissionRejected(
+                "user_concurrency_limit",
+                f"user already has {limits.max_active_per_user} active jobs",
+                limits.cap_retry_after_s,
+                limits.max_active_per_user,
+            )
+        if limits.max_active_per_tenant <= 0:
+            return [user_slot]
+        tenant_slot = claim_slot(
+            self.slots, tenant_scope(new.tenant_id), limits.max_active_per_tenant, holder
+        )
+        if tenant_slot is None:
+            release_slot(self.slots, user_slot)
+            raise AdmissionRejected(
+                "tenant_concurrency_limit",
+                f"tenant already has {limits.max_active_per_tenant} active jobs",
+                limits.cap_retry_after_s,
+                limits.max_active_per_tenant,
+            )
+        return [user_slot, tenant_slot]
+
+    # ---- reading ---------------------------------------------------------------------
+
+    def find(self, job_id: str) -> Job | None:
+        """The job with its terminal decision merged in, or None."""
+        raw = self.jobs.get(f"job:{job_id}")
+        if raw is None:
+            return None
+        job = Job.model_validate_json(raw)
+        terminal = self.terminal(job_id)
+        if terminal is None:
+            return job
+        outputs = terminal.outputs or job.outputs
+        return job.model_copy(
+            update={
+                "status": terminal.status,
+                "finished_at": terminal.decided_at,
+                "error": terminal.error,
+                "outputs": outputs,
+                "progress": 1.0 if terminal.status is JobStatus.COMPLETED else job.progress,
+                "lease_until": None,
+            }
+        )
+
+    def get(self, job_id: str) -> Job:
+        """Like `find`, but raises `JobNotFound`."""
+        job = self.find(job_id)
+        if job is None:
+            raise JobNotFound(job_id)
+        return job
+
+    def terminal(self, job_id: str) -> Terminal | None:
+        """The terminal decision, if one was made."""
+        raw = self.jobs.get(f"terminal:{job_id}")
+        return None if raw is None else Terminal.model_validate_json(raw)
+
+    def workflow(self, job_id: str) -> dict[str, object]:
+        """The job's workflow graph as submitted."""
+        raw = self.jobs.get(f"request:{job_id}")
+        if raw is None:
+            raise JobNotFound(job_id)
+        value: dict[str, object] = json.loads(raw)
+        return value
+
+    def list_for_user(
+        self, tenant_id: str, user_id: str, limit: int = 20, cursor: str | None = None,
+        status: JobStatus | None = None, max_scan: int = 500,
+    ) -> Page:
+        """A user's jobs newest first; reads only the index entries it returns (or skips)."""
+        prefix = _index_prefix(tenant_id, user_id)
+        position = int(cursor) if cursor else sequence_end(self.admission, prefix)
+        jobs: list[Job] = []
+        scanned = 0
+        while position > 0 and len(jobs) < limit and scanned < max_scan:
+            position -= 1
+            scanned += 1
+            job_id = self.admission.get(f"{prefix}:{position}")
+            job = self.find(job_id) if job_id else None
+            if job is not None and (status is None or job.status is status):
+                jobs.append(job)
+        return Page(jobs=jobs, next_cursor=str(position) if position > 0 else None)
+
+    # ---- terminal decisions ----------------------------------------------------------
+
+    def finish(
+        self, job_id: str, status: JobStatus, error: JobError | None = None,
+        outputs: list[OutputRef] | None = None,
+    ) -> bool:
+        """Decide the terminal state once; True if this call decided it (and freed the slots)."""
+        if status not in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED):
+            raise ValueError(f"{status} is not a terminal status")
+        decision = Terminal(
+            status=status, decided_at=self.clock(), error=error, outputs=outputs or []
+        )
+        if not self.jobs.put_if_absent(f"terminal:{job_id}", _dump(decision)):
+            return False
+        self._release(job_id)
+        return True
+
+    def reject(self, job_id: str, tenant_id: str, user_id: str, error: JobError) -> bool:
+        """Record a queued request that was not admitted as a failed job under its id.
+
+        Never overwrites an existing job (a client reusing an id gets no second job).
+        """
+        now = self.clock()
+        record = Job(
+            id=job_id, tenant_id=tenant_id, user_id=user_id, created_at=now, timeout_s=0,
+            stage=Stage.INTAKE,
+        )
+        if not self.jobs.put_if_absent(f"job:{job_id}", _dump(record)):
+            return False
+        claim_next(self.admission, _index_prefix(tenant_id, user_id), job_id)
+        return self.finish(job_id, JobStatus.FAILED, error=error)
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel now, whatever the stage; raises `AlreadyTerminal` if it had ended."""
+        error = JobError(code="cancelled", message="cancelled by the client")
+        if not self.finish(job_id, JobStatus.CANCELLED, error=error):
+            raise AlreadyTerminal(self.get(job_id))
+        return self.get(job_id)
+
+    def _release(self, job_id: str) -> int:
+        raw = self.jobs.get(f"job:{job_id}")
+        freed = 0
+        if raw is not None:
+            for ref in Job.model_validate_json(raw).slots:
+                freed += release_slot(self.slots, ref)
+        self.active.pop(job_id)
+        return freed
+
+    # ---- stage hand-offs -------------------------------------------------------------
+
+    def save(self, job: Job) -> None:
+        """Write the record; only the job's current holder may call this."""
+        self.jobs.put(f"job:{job.id}", _dump(job))
+
+    def claim_stage(self, job_id: str, stage: Stage, epoch: int, attempt: int = 0) -> bool:
+        """Take one stage message; False for a duplicate or a message of an older epoch."""
+        if not self.is_current(job_id, epoch, _lane(stage)):
+            return False
+        return self.jobs.put_if_absent(
+            f"claim:{job_id}:{stage}:{epoch}:{attempt}", str(self.clock())
+        )
+
+    def is_current(self, job_id: str, epoch: int, lane: str = "work") -> bool:
+        """Whether a holder of `epoch` still holds the job (no newer epoch was handed out)."""
+        return not self.jobs.contains(f"epoch:{job_id}:{lane}:{epoch + 1}")
+
+    def take_back(self, job_id: str, epoch: int, lane: str = "work") -> int | None:
+        """Hand a job whose holder (of `epoch`) went silent to a new epoch.
+
+        None if another reaper already did. Work stages and webhook delivery have
+        separate lanes, so re-sending a lost webhook never fences a work stage.
+        """
+        if not self.jobs.put_if_absent(f"epoch:{job_id}:{lane}:{epoch + 1}", str(self.clock())):
+            return None
+        return epoch + 1
+
+    # ---- reconciliation ----------------------------------------------------------------
+
+    def active_ids(self) -> Iterator[str]:
+        """Ids of jobs admitted and not yet released (the reaper's working set)."""
+        return self.active.keys()
+
+    def reconcile(self) -> ReconcileReport:
+        """Free slots still held by terminal jobs or by admissions that never finished.
+
+        A slot is released only if its holder is terminal (a terminal state never
+        changes) or has no record long after claiming it; releases name one tenure, so
+        racing the winner of a terminal decision is harmless.
+        """
+        report = ReconcileReport()
+        now = self.clock()
+        for job_id in list(self.active.keys()):
+            if self.jobs.contains(f"terminal:{job_id}"):
+                report.slots_released += self._release(job_id)
+                report.active_removed += 1
+        for ref, holder in list(held_slots(self.slots)):
+            if self.jobs.contains(f"terminal:{holder.job_id}") or (
+                now - holder.claimed_at > ABANDONED_SLOT_GRACE_S
+                and not self.jobs.contains(f"job:{holder.job_id}")
+            ):
+                report.slots_released += release_slot(self.slots, ref)
+        return report
+
+
+def user_scope(tenant_id: str, user_id: str) -> str:
+    """The slot scope of one user's concurrency cap."""
+    return f"user:{tenant_id}:{user_id}"
+
+
+def tenant_scope(tenant_id: str) -> str:
+    """The slot scope of one tenant's concurrency cap."""
+    return f"tenant:{tenant_id}"
+
+
+def _lane(stage: Stage) -> str:
+    return "notify" if stage is Stage.NOTIFY else "work"
+
+
+def _index_prefix(tenant_id: str, user_id: str) -> str:
+    return f"index:{tenant_id}:{user_id}"

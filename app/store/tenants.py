@@ -1,0 +1,216 @@
+"""Tenants, their API keys and webhook secrets.
+
+Keys are `csk_<key id>_<secret>`: the key id is a short visible prefix that identifies the
+key in listings and logs; the secret carries 190 random bits. Only a SHA-256 of the whole
+key is stored, looked up by that hash and compared in constant time. A tenant may hold
+several keys; revoking one takes effect on the next request. The tenant always comes
+from the key, never from a request body.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pydantic import Field
+
+from app.adapters.webhooks.signing import new_webhook_secret
+from app.core.config import Settings
+from app.core.models import Record
+from app.store.backends.base import KV, Backend
+from app.store.jobs import Limits
+
+TENANTS_DICT = "tenants"
+KEY_PREFIX = "csk_"
+_KEY_SHAPE = re.compile(r"^csk_([a-z0-9]{8})_([A-Za-z0-9_-]{32})$")
+TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+class TenantError(Exception):
+    """A tenant operation was refused; the message says why."""
+
+
+class Tenant(Record):
+    """A customer of the service. Limits left as None follow the settings' defaults."""
+
+    id: str
+    name: str
+    created_at: float
+    max_active_jobs_per_user: int | None = Field(default=None, ge=1)
+    max_active_jobs: int | None = Field(default=None, ge=0)
+    rate_per_minute: int | None = Field(default=None, ge=0)
+    #: Standard Webhooks secrets; the first signs, all are sent during a rotation.
+    webhook_secrets: list[str] = Field(default_factory=list)
+    disabled: bool = False
+
+    def limits(self, settings: Settings) -> Limits:
+        """The admission limits in force for this tenant."""
+        return Limits(
+            max_active_per_user=self.max_active_jobs_per_user or settings.max_active_jobs_per_user,
+            max_active_per_tenant=(
+                settings.max_active_jobs_per_tenant
+                if self.max_active_jobs is None
+                else self.max_active_jobs
+            ),
+            rate_per_minute=(
+                settings.rate_limit_per_minute
+                if self.rate_per_minute is None
+                else self.rate_per_minute
+            ),
+            cap_retry_after_s=settings.cap_retry_after_s,
+        )
+
+
+class ApiKey(Record):
+    """A stored API key: its hash and visible id, never the key itself."""
+
+    key_id: str
+    tenant_id: str
+    key_hash: str
+    created_at: float
+    revoked_at: float | None = None
+
+    @property
+    def display(self) -> str:
+        return f"{KEY_PREFIX}{self.key_id}_…"
+
+
+@dataclass(frozen=True, slots=True)
+class NewTenant:
+    """What `create` returns: the secrets are shown once and never stored in clear."""
+
+    tenant: Tenant
+    api_key: str
+    webhook_secret: str
+
+
+def new_api_key() -> tuple[str, str]:
+    """A fresh key and its visible id."""
+    alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
+    key_id = "".join(secrets.choice(alphabet) for _ in range(8))
+    secret = secrets.token_urlsafe(24)  # 32 characters, 192 bits
+    return f"{KEY_PREFIX}{key_id}_{secret}", key_id
+
+
+def hash_key(api_key: str) -> str:
+    """The stored form of a key."""
+    return hashlib.sha256(api_key.encode()).hexdigest()
+
+
+class TenantRegistry:
+    """Tenants and keys in the `tenants` dict."""
+
+    def __init__(self, backend: Backend, clock: Callable[[], float]) -> None:
+        self.kv: KV = backend.kv(TENANTS_DICT)
+        self.clock = clock
+
+    def create(
+        self, name: str, *, max_active_jobs_per_user: int | None = None,
+        max_active_jobs: int | None = None, rate_per_minute: int | None = None,
+    ) -> NewTenant:
+        """Create a tenant with one API key and one webhook secret."""
+        if not TENANT_NAME.match(name):
+            raise TenantError(
+                "tenant name must be 1-63 lowercase letters, digits or '-', "
+                "starting with a letter or digit"
+            )
+        tenant_id = "tn_" + secrets.token_hex(8)
+        if not self.kv.put_if_absent(f"name:{name}", tenant_id):
+            raise TenantError(f"a tenant named {name!r} already exists")
+        tenant = Tenant(
+            id=tenant_id, name=name, created_at=self.clock(),
+            max_active_jobs_per_user=max_active_jobs_per_user, max_active_jobs=max_active_jobs,
+            rate_per_minute=rate_per_minute, webhook_secrets=[new_webhook_secret()],
+        )
+        self.save(tenant)
+        api_key = self.add_key(tenant_id)
+        return NewTenant(tenant=tenant, api_key=api_key, webhook_secret=tenant.webhook_secrets[0])
+
+    def save(self, tenant: Tenant) -> None:
+        """Write a tenant record (operator commands only)."""
+        self.kv.put(f"tenant:{tenant.id}", tenant.model_dump_json())
+
+    def get(self, tenant_id: str) -> Tenant | None:
+        raw = self.kv.get(f"tenant:{tenant_id}")
+        return None if raw is None else Tenant.model_validate_json(raw)
+
+    def resolve(self, name_or_id: str) -> Tenant:
+        """A tenant by id or by name; raises `TenantError` if unknown."""
+        tenant_id = self.kv.get(f"name:{name_or_id}") or name_or_id
+        tenant = self.get(tenant_id)
+        if tenant is None:
+            raise TenantError(f"no tenant {name_or_id!r}")
+        return tenant
+
+    def all(self) -> list[Tenant]:
+        """Every tenant, by name (an operator listing; scans the tenants dict)."""
+        found = [self.get(key.removeprefix("tenant:")) for key in self.kv.keys("tenant:")]
+        return sorted((t for t in found if t is not None), key=lambda t: t.name)
+
+    def update(self, name_or_id: str, **changes: object) -> Tenant:
+        """Change a tenant's limits or flags."""
+        tenant = self.resolve(name_or_id)
+        updated = Tenant.model_validate({**tenant.model_dump(), **changes})
+        self.save(updated)
+        return updated
+
+    def rotate_webhook_secret(self, name_or_id: str) -> tuple[Tenant, str]:
+        """Add a new signing secret in front; the old one keeps signing alongside it."""
+        tenant = self.resolve(name_or_id)
+        secret = new_webhook_secret()
+        return self.update(tenant.id, webhook_secrets=[secret, *tenant.webhook_secrets[:1]]), secret
+
+    def add_key(self, name_or_id: str) -> str:
+        """A new API key for the tenant, returned once."""
+        tenant = self.resolve(name_or_id)
+        api_key, key_id = new_api_key()
+        record = ApiKey(
+            key_id=key_id, tenant_id=tenant.id, key_hash=hash_key(api_key),
+            created_at=self.clock(),
+        )
+        if not self.kv.put_if_absent(f"keyid:{key_id}", record.model_dump_json()):
+            raise TenantError("key id collision; try again")
+        self.kv.put(f"key:{record.key_hash}", record.model_dump_json())
+        return api_key
+
+    def keys_of(self, name_or_id: str) -> list[ApiKey]:
+        """The tenant's keys (revoked ones included), oldest first."""
+        tenant = self.resolve(name_or_id)
+        records = [self._key_by_id(k.removeprefix("keyid:")) for k in self.kv.keys("keyid:")]
+        mine = [r for r in records if r is not None and r.tenant_id == tenant.id]
+        return sorted(mine, key=lambda r: r.created_at)
+
+    def revoke_key(self, name_or_id: str, key_id: str) -> ApiKey:
+        """Revoke one key at once."""
+        tenant = self.resolve(name_or_id)
+        record = self._key_by_id(key_id.removeprefix(KEY_PREFIX).rstrip("_…"))
+        if record is None or record.tenant_id != tenant.id:
+            raise TenantError(f"tenant {tenant.name!r} has no key {key_id!r}")
+        revoked = record.model_copy(update={"revoked_at": self.clock()})
+        self.kv.put(f"key:{record.key_hash}", revoked.model_dump_json())
+        self.kv.put(f"keyid:{record.key_id}", revoked.model_dump_json())
+        return revoked
+
+    def _key_by_id(self, key_id: str) -> ApiKey | None:
+        raw = self.kv.get(f"keyid:{key_id}")
+        return None if raw is None else ApiKey.model_validate_json(raw)
+
+    def authenticate(self, api_key: str) -> Tenant | None:
+        """The tenant owning a valid, unrevoked key, or None."""
+        if not _KEY_SHAPE.match(api_key):
+            return None
+        digest = hash_key(api_key)
+        raw = self.kv.get(f"key:{digest}")
+        if raw is None:
+            return None
+        record = ApiKey.model_validate_json(raw)
+        if not hmac.compare_digest(record.key_hash, digest) or record.revoked_at is not None:
+            return None
+        tenant = self.get(record.tenant_id)
+        if tenant is None or tenant.disabled:
+            return None
+        return tenant

@@ -1,0 +1,149 @@
+"""`comfyui-saas dev` as a user runs it: a real process, stopped with Ctrl-C, restarted.
+
+Queued jobs survive the stop: a job waiting for a ComfyUI that went away is still queued
+after Ctrl-C and completes once ComfyUI is back and the pipeline restarted.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.core.config import Settings
+from app.core.models import JobStatus, Stage
+from app.engine.deps import build_deps
+from tests.comfy_double import ComfyDouble
+
+WORKFLOW = {
+    "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1,
+                                                 "color": 123}},
+    "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+    "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "dev"}},
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Dev:
+    """One `comfyui-saas dev` process."""
+
+    def __init__(self, data_dir: Path, comfy_url: str, log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("COMFYUI_SAAS_")}
+        env.update({"COMFYUI_SAAS_DATA_DIR": str(data_dir),
+                    "COMFYUI_SAAS_COMFYUI_URL": comfy_url, "PYTHONUNBUFFERED": "1"})
+        self.log = log.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", "from app.cli.main import main; main()", "dev",
+             "--port", str(self.port)],
+            env=env, stdout=self.log, stderr=subprocess.STDOUT,
+        )
+        end = time.monotonic() + 60
+        while time.monotonic() < end:
+            assert self.process.poll() is None, log.read_text()[-3000:]
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise AssertionError("dev did not come up")
+
+    def ctrl_c(self) -> int:
+        """Send Ctrl-C; the exit status (0, or 130 = 128 + SIGINT as shells report it)."""
+        self.process.send_signal(signal.SIGINT)
+        try:
+            return self.process.wait(timeout=45)
+        finally:
+            self.log.close()
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        self.log.close()
+
+
+@pytest.fixture
+def dev_factory(tmp_path: Path) -> Iterator[object]:
+    started: list[Dev] = []
+
+    def start(comfy_url: str) -> Dev:
+        dev = Dev(tmp_path / "data", comfy_url, tmp_path / "dev.log")
+        started.append(dev)
+        return dev
+
+    yield start
+    for dev in started:
+        dev.kill()
+
+
+@pytest.mark.timeout(240)
+def test_ctrl_c_keeps_queued_jobs_for_the_next_start(tmp_path: Path, dev_factory) -> None:
+    settings = Settings(data_dir=tmp_path / "data")
+    deps = build_deps(settings)
+    key = deps.tenants.create("acme").api_key
+    headers = {"Authorization": f"Bearer {key}", "X-User-ID": "ann"}
+    first_comfy = ComfyDouble(tmp_path / "comfy1")
+    first_comfy.start()
+    # Given a running pipeline that completes a job over HTTP
+    dev = dev_factory(first_comfy.url)
+    job1 = httpx.post(f"{dev.url}/v1/jobs", json={"workflow": WORKFLOW}, headers=headers)
+    assert job1.status_code == 202, job1.text
+    _wait(lambda: deps.jobs.get(job1.json()["id"]).status is JobStatus.COMPLETED)
+    # When ComfyUI goes away, a second job waits in the render queue
+    first_comfy.stop()
+    workflow2 = {**WORKFLOW, "1": {**WORKFLOW["1"], "inputs": {**WORKFLOW["1"]["inputs"],
+                                                                "color": 7}}}
+    job2 = httpx.post(f"{dev.url}/v1/jobs", json={"workflow": workflow2}, headers=headers)
+    assert job2.status_code == 202, job2.text
+    job2_id = job2.json()["id"]
+    _wait(lambda: deps.jobs.get(job2_id).stage is Stage.RENDER)
+    time.sleep(1.0)  # the render worker has seen ComfyUI down and put the message back
+    # And the user presses Ctrl-C
+    assert dev.ctrl_c() in (0, 130)
+    log = (tmp_path / "dev.log").read_text()
+    assert "pipeline_stopped" in log and "Traceback" not in log
+    # Then the job is neither lost nor failed: still queued for render
+    assert not deps.jobs.get(job2_id).is_terminal
+    assert deps.queue(Stage.RENDER).len() == 1
+    assert "ComfyUI is not reachable" not in log
+    # And on the next start, with ComfyUI back, it completes
+    second_comfy = ComfyDouble(tmp_path / "comfy2")
+    second_comfy.start()
+    try:
+        dev_factory(second_comfy.url)
+        _wait(lambda: deps.jobs.get(job2_id).status is JobStatus.COMPLETED)
+    finally:
+        second_comfy.stop()
+
+
+def test_dev_says_clearly_when_comfyui_is_not_reachable(tmp_path: Path, dev_factory) -> None:
+    dev = dev_factory(f"http://127.0.0.1:{free_port()}")
+    assert dev.ctrl_c() in (0, 130)
+    log = (tmp_path / "dev.log").read_text()
+    assert "ComfyUI is not reachable at http://127.0.0.1:" in log
+    assert "python main.py --listen 127.0.0.1 --port 8188" in log
+    assert "Traceback" not in log
+
+
+def _wait(condition, timeout_s: float = 60.0) -> None:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError("condition not met in time")

@@ -1,0 +1,305 @@
+"""The job state core on the in-memory backend: admission, terminal decisions, listing."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.core.models import JobError, JobStatus, OutputRef
+from app.store.claims import SlotHolder, active_count, claim_slot, release_slot
+from app.store.jobs import (
+    ABANDONED_SLOT_GRACE_S,
+    AdmissionRejected,
+    AlreadyTerminal,
+    IdempotencyConflict,
+    JobStore,
+    Limits,
+    body_fingerprint,
+    tenant_scope,
+    user_scope,
+)
+from tests.state_helpers import CountingKV, job_id, memory_store, new_job
+
+
+def test_create_stores_a_queued_job_with_its_workflow() -> None:
+    store, _, clock = memory_store()
+    admission = store.create(new_job(metadata={"k": "v"}), "j1", Limits())
+    assert not admission.replayed
+    job = store.get("j1")
+    assert job.status is JobStatus.QUEUED
+    assert job.created_at == clock.now
+    assert job.metadata == {"k": "v"}
+    assert store.workflow("j1")["2"] == new_job().workflow["2"]
+    assert list(store.active_ids()) == ["j1"]
+
+
+def test_user_cap_admits_exactly_the_cap_and_says_which_limit() -> None:
+    store, backend, _ = memory_store()
+    for i in range(5):
+        store.create(new_job(), f"j{i}", Limits(max_active_per_user=5))
+    with pytest.raises(AdmissionRejected) as info:
+        store.create(new_job(), "j5", Limits(max_active_per_user=5, cap_retry_after_s=7))
+    assert info.value.code == "user_concurrency_limit"
+    assert info.value.retry_after_s == 7
+    assert info.value.limit == 5
+    assert active_count(backend.kv("slots"), user_scope("t1", "u1")) == 5
+    assert store.find("j5") is None
+
+
+def test_other_users_are_not_limited_by_one_users_cap() -> None:
+    store, _, _ = memory_store()
+    for i in range(2):
+        store.create(new_job(user="a"), f"a{i}", Limits(max_active_per_user=2))
+    store.create(new_job(user="b"), "b0", Limits(max_active_per_user=2))
+
+
+def test_tenant_cap_rejects_and_gives_back_the_user_slot() -> None:
+    store, backend, _ = memory_store()
+    cap = Limits(max_active_per_user=5, max_active_per_tenant=2)
+    store.create(new_job(user="a"), "a0", cap)
+    store.create(new_job(user="b"), "b0", cap)
+    with pytest.raises(AdmissionRejected) as info:
+        store.create(new_job(user="c"), "c0", cap)
+    assert info.value.code == "tenant_concurrency_limit"
+    assert active_count(backend.kv("slots"), user_scope("t1", "c")) == 0
+    assert active_count(backend.kv("slots"), tenant_scope("t1")) == 2
+
+
+def test_finishing_a_job_frees_its_slot_for_the_next() -> None:
+    store, _, _ = memory_store()
+    cap = Limits(max_active_per_user=1)
+    store.create(new_job(), "j1", cap)
+    with pytest.raises(AdmissionRejected):
+        store.create(new_job(), "j2", cap)
+    assert store.finish("j1", JobStatus.COMPLETED)
+    store.create(new_job(), "j2", cap)
+
+
+def test_terminal_state_is_decided_exactly_once() -> None:
+    store, _, _ = memory_store()
+    store.create(new_job(), "j1", Limits())
+    outputs = [OutputRef(filename="a.png", content_type="image/png", size=3, key="k")]
+    assert store.finish("j1", JobStatus.COMPLETED, outputs=outputs) is True
+    assert store.finish("j1", JobStatus.FAILED, error=JobError(code="x", message="y")) is False
+    with pytest.raises(AlreadyTerminal):
+        store.cancel("j1")
+    job = store.get("j1")
+    assert job.status is JobStatus.COMPLETED
+    assert job.outputs == outputs
+    assert job.error is None
+
+
+def test_late_stage_write_cannot_undo_a_cancel() -> None:
+    # Given a running job that the client cancels
+    store, _, _ = memory_store()
+    store.create(new_job(), "j1", Limits())
+    running = store.get("j1").model_copy(update={"status": JobStatus.RUNNING, "progress": 0.4})
+    store.cancel("j1")
+    # When the worker writes its stale snapshot (status running) afterwards
+    store.save(running.model_copy(update={"progress": 0.9}))
+    # Then the job still reads as cancelled, and completing it is refused
+    assert store.get("j1").status is JobStatus.CANCELLED
+    assert store.finish("j1", JobStatus.COMPLETED) is False
+    assert store.get("j1").status is JobStatus.CANCELLED
+
+
+def test_cancel_is_terminal_at_once_and_frees_the_slot() -> None:
+    store, backend, _ = memory_store()
+    store.create(new_job(), "j1", Limits(max_active_per_user=1))
+    job = store.cancel("j1")
+    assert job.status is JobStatus.CANCELLED
+    assert job.error is not None and job.error.code == "cancelled"
+    assert active_count(backend.kv("slots"), user_scope("t1", "u1")) == 0
+    assert list(store.active_ids()) == []
+
+
+def test_finish_refuses_non_terminal_status() -> None:
+    store, _, _ = memory_store()
+    store.create(new_job(), "j1", Limits())
+    with pytest.raises(ValueError):
+        store.finish("j1", JobStatus.RUNNING)
+
+
+def test_rate_limit_is_a_fixed_window_per_tenant() -> None:
+    store, _, clock = memory_store()
+    clock.now = 60 * 1000 + 15  # 15 s into a window
+    rate = Limits(max_active_per_user=100, rate_per_minute=3)
+    for i in range(3):
+        store.create(new_job(user=f"u{i}"), f"j{i}", rate)
+    with pytest.raises(AdmissionRejected) as info:
+        store.create(new_job(user="other"), "j3", rate)
+    assert info.value.code == "rate_limited"
+    assert info.value.retry_after_s == 45
+    store.create(new_job(tenant="t2"), "t2-j", rate)  # other tenants unaffected
+    clock.advance(45)
+    store.create(new_job(user="other"), "j4", rate)  # a new window
+
+
+def test_idempotent_replay_returns_the_first_job() -> None:
+    store, _, _ = memory_store()
+    body = {"workflow": {"a": 1}}
+    first = store.create(
+        new_job(idempotency_key="key-1", body_hash=body_fingerprint(body)), "j1", Limits()
+    )
+    again = store.create(
+        new_job(idempotency_key="key-1", body_hash=body_fingerprint(body)), "j2", Limits()
+    )
+    assert again.replayed and again.job.id == first.job.id == "j1"
+    assert store.find("j2") is None
+    with pytest.raises(IdempotencyConflict) as info:
+        store.create(
+            new_job(idempotency_key="key-1", body_hash=body_fingerprint({"x": 2})), "j3",
+            Limits(),
+        )
+    assert info.value.job_id == "j1"
+
+
+def test_idempotency_keys_are_per_tenant() -> None:
+    store, _, _ = memory_store()
+    store.create(new_job(tenant="a", idempotency_key="k", body_hash="h"), "ja", Limits())
+    admission = store.create(new_job(tenant="b", idempotency_key="k", body_hash="h"), "jb",
+                             Limits())
+    assert not admission.replayed
+
+
+def test_rejected_request_releases_its_idempotency_key() -> None:
+    store, _, _ = memory_store()
+    cap = Limits(max_active_per_user=1)
+    store.create(new_job(), "j1", cap)
+    with pytest.raises(AdmissionRejected):
+        store.create(new_job(idempotency_key="k", body_hash="h"), "j2", cap)
+    store.finish("j1", JobStatus.COMPLETED)
+    admission = store.create(new_job(idempotency_key="k", body_hash="h"), "j3", cap)
+    assert not admission.replayed and admission.job.id == "j3"
+
+
+def test_replay_does_not_count_against_caps() -> None:
+    store, _, _ = memory_store()
+    cap = Limits(max_active_per_user=1)
+    store.create(new_job(idempotency_key="k", body_hash="h"), "j1", cap)
+    assert store.create(new_job(idempotency_key="k", body_hash="h"), "j2", cap).replayed
+
+
+def test_listing_is_newest_first_and_paginated() -> None:
+    store, _, clock = memory_store()
+    for i in range(7):
+        clock.advance(1)
+        store.create(new_job(), f"j{i}", Limits(max_active_per_user=100))
+    store.create(new_job(user="someone-else"), "x", Limits())
+    first = store.list_for_user("t1", "u1", limit=3)
+    assert [j.id for j in first.jobs] == ["j6", "j5", "j4"]
+    second = store.list_for_user("t1", "u1", limit=3, cursor=first.next_cursor)
+    assert [j.id for j in second.jobs] == ["j3", "j2", "j1"]
+    last = store.list_for_user("t1", "u1", limit=3, cursor=second.next_cursor)
+    assert [j.id for j in last.jobs] == ["j0"]
+    assert last.next_cursor is None
+
+
+def test_listing_filters_by_status() -> None:
+    store, _, _ = memory_store()
+    for i in range(4):
+        store.create(new_job(), f"j{i}", Limits())
+    store.cancel("j1")
+    store.cancel("j3")
+    page = store.list_for_user("t1", "u1", status=JobStatus.CANCELLED)
+    assert [j.id for j in page.jobs] == ["j3", "j1"]
+
+
+def test_listing_reads_only_what_it_returns() -> None:
+    # Given a store with 300 jobs of other users and 30 of ours
+    store, _, _ = memory_store()
+    for i in range(300):
+        store.create(new_job(user=f"other{i}"), f"o{i}", Limits())
+    for i in range(30):
+        store.create(new_job(), f"j{i}", Limits(max_active_per_user=100))
+    counting = CountingKV(store.admission)
+    store.admission = counting  # type: ignore[assignment]
+    jobs_counting = CountingKV(store.jobs)
+    store.jobs = jobs_counting  # type: ignore[assignment]
+    # When we list one page of 5
+    page = store.list_for_user("t1", "u1", limit=5)
+    # Then the reads are proportional to the page, not to the 330 jobs in the store
+    assert len(page.jobs) == 5
+    assert counting.reads + jobs_counting.reads <= 20
+
+
+def test_reconcile_frees_slots_of_a_job_that_died_between_decision_and_release() -> None:
+    store, backend, _ = memory_store()
+    store.create(new_job(), "j1", Limits(max_active_per_user=1))
+    # Simulate a crash right after the terminal decision, before the release ran.
+    store.jobs.put_if_absent("terminal:j1", '{"status":"failed","decided_at":1}')
+    assert active_count(backend.kv("slots"), user_scope("t1", "u1")) == 1
+    report = store.reconcile()
+    assert report.slots_released == 1 and report.active_removed == 1
+    assert active_count(backend.kv("slots"), user_scope("t1", "u1")) == 0
+    assert store.reconcile().slots_released == 0  # idempotent
+
+
+def test_reconcile_never_frees_a_live_jobs_slot() -> None:
+    store, backend, clock = memory_store()
+    store.create(new_job(), "live", Limits(max_active_per_user=2))
+    clock.advance(ABANDONED_SLOT_GRACE_S * 10)
+    assert store.reconcile().slots_released == 0
+    assert active_count(backend.kv("slots"), user_scope("t1", "u1")) == 1
+
+
+def test_a_stale_release_never_frees_the_next_holder() -> None:
+    # Given place 0 released by its first holder and claimed again by a second job
+    _store, backend, _ = memory_store()
+    slots = backend.kv("slots")
+    first = claim_slot(slots, "s", 1, SlotHolder("a", 0))
+    assert first is not None
+    release_slot(slots, first)
+    second = claim_slot(slots, "s", 1, SlotHolder("b", 0))
+    assert second is not None and second.index == first.index
+    # When the first holder's release runs again (a retry, a slow reaper)
+    release_slot(slots, first)
+    # Then the second holder still holds the place
+    assert active_count(slots, "s") == 1
+    assert claim_slot(slots, "s", 1, SlotHolder("c", 0)) is None
+
+
+def test_reconcile_frees_slots_of_an_admission_that_never_wrote_its_job() -> None:
+    store, backend, clock = memory_store()
+    slots = backend.kv("slots")
+    claim_slot(slots, user_scope("t1", "u1"), 1, SlotHolder("ghost", clock.now))
+    assert store.reconcile().slots_released == 0  # within the grace period
+    clock.advance(ABANDONED_SLOT_GRACE_S + 1)
+    assert store.reconcile().slots_released == 1
+    store.create(new_job(), "j1", Limits(max_active_per_user=1))
+
+
+def test_stage_claims_drop_duplicates_and_old_epochs() -> None:
+    store, _, _ = memory_store()
+    store.create(new_job(), "j1", Limits())
+    from app.core.models import Stage
+
+    assert store.claim_stage("j1", Stage.FETCH, 0) is True
+    assert store.claim_stage("j1", Stage.FETCH, 0) is False  # duplicate message
+    assert store.take_back("j1", 0) == 1
+    assert store.take_back("j1", 0) is None  # a second reaper loses
+    assert not store.is_current("j1", 0)
+    assert store.claim_stage("j1", Stage.FETCH, 0) is False  # old epoch
+    assert store.claim_stage("j1", Stage.FETCH, 1) is True
+
+
+def test_many_jobs_reuse_slot_places() -> None:
+    store, backend, _ = memory_store()
+    for _ in range(20):
+        jid = job_id()
+        store.create(new_job(), jid, Limits(max_active_per_user=2))
+        store.finish(jid, JobStatus.COMPLETED)
+    assert active_count(backend.kv("slots"), user_scope("t1", "u1")) == 0
+    store.create(new_job(), job_id(), Limits(max_active_per_user=2))
+    store.create(new_job(), job_id(), Limits(max_active_per_user=2))
+    with pytest.raises(AdmissionRejected):
+        store.create(new_job(), job_id(), Limits(max_active_per_user=2))
+
+
+def test_job_store_works_over_sqlite(tmp_path) -> None:
+    from app.store.backends.sqlite import SqliteBackend
+
+    store = JobStore(SqliteBackend(tmp_path / "s.db"), lambda: 1000.0)
+    store.create(new_job(), "j1", Limits(max_active_per_user=1))
+    with pytest.raises(AdmissionRejected):
+        store.create(new_job(), "j2", Limits(max_active_per_user=1))
+    assert store.cancel("j1").status is JobStatus.CANCELLED
