@@ -44,8 +44,10 @@ def _workflow(i: int) -> dict[str, object]:
     return {
         "1": {"class_type": "LoadImage", "inputs": {"image": "in.png"}},
         "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
-        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0],
-                                                    "filename_prefix": f"bench{i}"}},
+        "3": {
+            "class_type": "SaveImage",
+            "inputs": {"images": ["2", 0], "filename_prefix": f"bench{i}"},
+        },
     }
 
 
@@ -74,8 +76,11 @@ def main() -> None:
             url = double.start()
         site.files["/in.png"] = (_png(), "image/png")
         settings = Settings(
-            data_dir=Path(tmp) / "data", comfyui_url=url, fetch_allow_http=True,
-            fetch_allow_cidrs=["127.0.0.2/32"], fetch_allowed_ports=[site.port],
+            data_dir=Path(tmp) / "data",
+            comfyui_url=url,
+            fetch_allow_http=True,
+            fetch_allow_cidrs=["127.0.0.2/32"],
+            fetch_allowed_ports=[site.port],
             log_level="WARNING",
         )
         configure_logging("WARNING")
@@ -85,17 +90,23 @@ def main() -> None:
         pipeline.start()
         try:
             # Warm-up: one job through every stage, so worker start-up is not measured.
-            warm = admit(deps, tenant, "bench-user", JobRequest(
-                workflow=_workflow(-1),
-                inputs=[{"name": "in.png", "url": site.url("/in.png")}],  # type: ignore[list-item]
-            )).job.id
+            warm = admit(
+                deps,
+                tenant,
+                "bench-user",
+                JobRequest(
+                    workflow=_workflow(-1),
+                    inputs=[{"name": "in.png", "url": site.url("/in.png")}],  # type: ignore[list-item]
+                ),
+            ).job.id
             while not deps.jobs.get(warm).is_terminal:
                 time.sleep(0.05)
             started = time.perf_counter()
             ids = []
             for i in range(args.jobs):
-                request = JobRequest(workflow=_workflow(i),
-                                     inputs=[{"name": "in.png", "url": site.url("/in.png")}])  # type: ignore[list-item]
+                request = JobRequest(
+                    workflow=_workflow(i), inputs=[{"name": "in.png", "url": site.url("/in.png")}]
+                )  # type: ignore[list-item]
                 ids.append(admit(deps, tenant, "bench-user", request).job.id)
             admitted_s = time.perf_counter() - started
             while True:
@@ -107,8 +118,10 @@ def main() -> None:
             # One job at a time: the latency a lone job sees, queueing behind nobody.
             lone = []
             for i in range(5):
-                request = JobRequest(workflow=_workflow(1000 + i),
-                                     inputs=[{"name": "in.png", "url": site.url("/in.png")}])  # type: ignore[list-item]
+                request = JobRequest(
+                    workflow=_workflow(1000 + i),
+                    inputs=[{"name": "in.png", "url": site.url("/in.png")}],
+                )  # type: ignore[list-item]
                 job_id = admit(deps, tenant, "bench-user", request).job.id
                 while not deps.jobs.get(job_id).is_terminal:
                     time.sleep(0.01)
@@ -132,9 +145,9 @@ def main() -> None:
         "upload_s": _stats([t.upload_s or 0 for t in timings]),
         "total_s": _stats([t.total_s or 0 for t in timings]),
         "overhead_s": _stats([(t.total_s or 0) - (t.render_s or 0) for t in timings]),
-        "lone_job_overhead_s": _stats([
-            (t.total_s or 0) - (t.render_s or 0) for t in map(timings_of, lone)
-        ]),
+        "lone_job_overhead_s": _stats(
+            [(t.total_s or 0) - (t.render_s or 0) for t in map(timings_of, lone)]
+        ),
     }
     print(json.dumps(report, indent=2))
 

@@ -27,8 +27,10 @@ from app.store.backends.sqlite import SqliteBackend
 from app.store.jobs import AdmissionRejected, JobStore, Limits, NewJob
 
 WORKFLOW: dict[str, object] = {
-    "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1,
-                                                 "color": 0}},
+    "1": {
+        "class_type": "EmptyImage",
+        "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0},
+    },
     "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "b"}},
 }
 
@@ -136,10 +138,15 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=8)
     parser.add_argument("--jobs", type=int, default=300, help="per process")
     args = parser.parse_args()
-    print(json.dumps({
-        "dict_round_trips": round_trips(),
-        "sqlite_create_and_finish": throughput(args.processes, args.jobs),
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "dict_round_trips": round_trips(),
+                "sqlite_create_and_finish": throughput(args.processes, args.jobs),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

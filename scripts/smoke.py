@@ -33,12 +33,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--api-key", default=settings.api_key.get_secret_value())
     parser.add_argument("--user", default="smoke", help="X-User-ID of the smoke jobs")
     parser.add_argument("--other-api-key", default=None, help="a key of another tenant")
-    parser.add_argument("--input-url", default=None,
-                        help="an image URL for the inputs check (skipped without)")
+    parser.add_argument(
+        "--input-url", default=None, help="an image URL for the inputs check (skipped without)"
+    )
     parser.add_argument("--job-timeout-s", type=float, default=600.0)
     parser.add_argument("--poll-interval-s", type=float, default=2.0)
-    parser.add_argument("--burst-accepted", type=int, default=settings.max_active_jobs_per_user,
-                        help="the per-user cap of active jobs in force for the key's tenant")
+    parser.add_argument(
+        "--burst-accepted",
+        type=int,
+        default=settings.max_active_jobs_per_user,
+        help="the per-user cap of active jobs in force for the key's tenant",
+    )
     args = parser.parse_args(argv)
     if not args.api_key:
         parser.error("an API key is needed (--api-key or COMFYUI_SAAS_API_KEY)")

@@ -50,8 +50,9 @@ class _QueueBehaviour:
     def put(self, v: Any, block: bool = True, timeout: float | None = None, **_: Any) -> None:
         self.put_many([v])
 
-    def put_many(self, vs: list[Any], block: bool = True, timeout: float | None = None,
-                 **_: Any) -> None:
+    def put_many(
+        self, vs: list[Any], block: bool = True, timeout: float | None = None, **_: Any
+    ) -> None:
         with self.cond:
             self.items.extend(vs)
             self.cond.notify_all()
@@ -60,8 +61,9 @@ class _QueueBehaviour:
         got = self.get_many(1, block, timeout)
         return got[0] if got else None
 
-    def get_many(self, n_values: int, block: bool = True, timeout: float | None = None,
-                 **_: Any) -> list[Any]:
+    def get_many(
+        self, n_values: int, block: bool = True, timeout: float | None = None, **_: Any
+    ) -> list[Any]:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self.cond:
             while not self.items:

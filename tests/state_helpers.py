@@ -10,8 +10,10 @@ from app.store.backends.memory import MemoryBackend, MemoryKV
 from app.store.jobs import JobStore, Limits, NewJob
 
 WORKFLOW: dict[str, object] = {
-    "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1,
-                                                 "color": 0}},
+    "1": {
+        "class_type": "EmptyImage",
+        "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0},
+    },
     "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "t"}},
 }
 
@@ -31,7 +33,10 @@ class FakeClock:
 
 def new_job(tenant: str = "t1", user: str = "u1", **overrides: object) -> NewJob:
     values: dict[str, object] = {
-        "tenant_id": tenant, "user_id": user, "workflow": WORKFLOW, "timeout_s": 600,
+        "tenant_id": tenant,
+        "user_id": user,
+        "workflow": WORKFLOW,
+        "timeout_s": 600,
     }
     values.update(overrides)
     return NewJob(**values)  # type: ignore[arg-type]
@@ -54,9 +59,11 @@ class CountingKV:
     def __getattr__(self, name: str) -> object:
         attr = getattr(self.inner, name)
         if name in ("get", "contains", "keys"):
+
             def counted(*args: object, **kwargs: object) -> object:
                 self.reads += 1
                 return attr(*args, **kwargs)
+
             return counted
         return attr
 

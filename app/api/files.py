@@ -34,7 +34,10 @@ _FILE_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 @files_router.get(
-    "/files/{key:path}", tags=["files"], response_class=FileResponse, responses=_FILE_RESPONSES,
+    "/files/{key:path}",
+    tags=["files"],
+    response_class=FileResponse,
+    responses=_FILE_RESPONSES,
 )
 def download(
     deps: Annotated[Deps, Depends(_deps)],
@@ -51,7 +54,8 @@ def download(
     # Raises SignedUrlInvalid/SignedUrlExpired (403) or ObjectNotFound (404).
     path, media_type, name = store.open_signed(key, expires, sig, filename, content_type)
     return FileResponse(
-        path, media_type=media_type,
+        path,
+        media_type=media_type,
         headers={
             "Content-Disposition": content_disposition(name),
             "X-Content-Type-Options": "nosniff",

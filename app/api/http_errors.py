@@ -77,8 +77,14 @@ class ApiError(Exception):
     """An HTTP error a route raises on purpose; rendered in the common shape."""
 
     def __init__(
-        self, http_status: int, code: str, message: str, /, *,
-        headers: Mapping[str, str] | None = None, **extra: object,
+        self,
+        http_status: int,
+        code: str,
+        message: str,
+        /,
+        *,
+        headers: Mapping[str, str] | None = None,
+        **extra: object,
     ) -> None:
         super().__init__(message)
         self.status = http_status
@@ -89,8 +95,13 @@ class ApiError(Exception):
 
 
 def error_response(
-    http_status: int, code: str, message: str, /, *,
-    headers: Mapping[str, str] | None = None, **extra: object,
+    http_status: int,
+    code: str,
+    message: str,
+    /,
+    *,
+    headers: Mapping[str, str] | None = None,
+    **extra: object,
 ) -> JSONResponse:
     """A response in the common error shape; `extra` adds fields next to code and message."""
     body = {"error": {**extra, "code": code, "message": message}}
@@ -108,9 +119,13 @@ def validation_details(errors: Sequence[Any]) -> list[dict[str, Any]]:
         if not isinstance(entry, Mapping):
             continue
         loc = [part if isinstance(part, int) else str(part) for part in entry.get("loc", ())]
-        details.append({
-            "loc": loc, "msg": str(entry.get("msg", "")), "type": str(entry.get("type", "")),
-        })
+        details.append(
+            {
+                "loc": loc,
+                "msg": str(entry.get("msg", "")),
+                "type": str(entry.get("type", "")),
+            }
+        )
     return details
 
 
@@ -161,7 +176,8 @@ async def _validation(request: Request, exc: Exception) -> JSONResponse:
 async def _invalid_request(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, InvalidRequest)
     extra = {
-        name: value for name in ("node_id", "node_type")
+        name: value
+        for name in ("node_id", "node_type")
         if (value := getattr(exc, name, None)) is not None
     }
     status = INVALID_REQUEST_STATUS.get(exc.code, 400)
@@ -182,7 +198,9 @@ async def _pipeline_error(request: Request, exc: Exception) -> JSONResponse:
 async def _backend_error(request: Request, exc: Exception) -> JSONResponse:
     get_logger().warning("request_backend_failed", error=str(exc))
     return error_response(
-        503, "backend_unavailable", "the state backend is unavailable; try again shortly",
+        503,
+        "backend_unavailable",
+        "the state backend is unavailable; try again shortly",
         headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_S)},
     )
 
@@ -190,8 +208,12 @@ async def _backend_error(request: Request, exc: Exception) -> JSONResponse:
 async def _admission_rejected(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, AdmissionRejected)
     return error_response(
-        429, exc.code, exc.message, headers=rate_limit_headers(exc),
-        retry_after_s=exc.retry_after_s, limit=exc.limit,
+        429,
+        exc.code,
+        exc.message,
+        headers=rate_limit_headers(exc),
+        retry_after_s=exc.retry_after_s,
+        limit=exc.limit,
     )
 
 
@@ -203,7 +225,9 @@ async def _idempotency_conflict(request: Request, exc: Exception) -> JSONRespons
 async def _already_terminal(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, AlreadyTerminal)
     return error_response(
-        409, "already_terminal", f"job is already {exc.job.status.value}",
+        409,
+        "already_terminal",
+        f"job is already {exc.job.status.value}",
         status=exc.job.status.value,
     )
 
@@ -214,8 +238,11 @@ async def _job_not_found(request: Request, exc: Exception) -> JSONResponse:
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     get_logger().error(
-        "request_crashed", method=request.method, path=request.url.path,
-        error_type=type(exc).__name__, exc_info=exc,
+        "request_crashed",
+        method=request.method,
+        path=request.url.path,
+        error_type=type(exc).__name__,
+        exc_info=exc,
     )
     return error_response(500, "internal_error", "internal error")
 
@@ -278,8 +305,11 @@ class BodyLimit:
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = error_response(
-            413, "request_too_large", f"request body is over {self.max_bytes} bytes",
-            limit=self.max_bytes, headers={"Connection": "close"},
+            413,
+            "request_too_large",
+            f"request body is over {self.max_bytes} bytes",
+            limit=self.max_bytes,
+            headers={"Connection": "close"},
         )
         await response(scope, receive, send)
 

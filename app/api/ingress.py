@@ -44,8 +44,10 @@ _JOB_REQUEST_REF = "#/components/schemas/JobRequest"
 #: A complete request using only core ComfyUI nodes (shown in /docs, used by fuzzing).
 EXAMPLE_REQUEST: dict[str, Any] = {
     "workflow": {
-        "1": {"class_type": "EmptyImage",
-              "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0}},
+        "1": {
+            "class_type": "EmptyImage",
+            "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0},
+        },
         "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}},
     },
     "metadata": {"order": "A-1001"},
@@ -64,7 +66,8 @@ _AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
     503: _error("The state backend is briefly unavailable; retry after `Retry-After`."),
 }
 _JOB_ERRORS: dict[int | str, dict[str, Any]] = {
-    **_AUTH_ERRORS, 404: _error("No such job for this user."),
+    **_AUTH_ERRORS,
+    404: _error("No such job for this user."),
 }
 
 
@@ -85,17 +88,23 @@ def authenticated_tenant(
     tenant = deps.tenants.authenticate(credentials.credentials) if credentials else None
     if tenant is None:
         raise ApiError(
-            401, "unauthorized", "missing, invalid or revoked API key",
+            401,
+            "unauthorized",
+            "missing, invalid or revoked API key",
             headers={"WWW-Authenticate": "Bearer"},
         )
     return tenant
 
 
 def caller_user(
-    x_user_id: Annotated[str, Header(
-        alias="X-User-ID", pattern=USER_ID_PATTERN,
-        description="The end user the job belongs to; jobs are visible to this user only.",
-    )],
+    x_user_id: Annotated[
+        str,
+        Header(
+            alias="X-User-ID",
+            pattern=USER_ID_PATTERN,
+            description="The end user the job belongs to; jobs are visible to this user only.",
+        ),
+    ],
 ) -> str:
     """The end user named by `X-User-ID` (validated by its pattern)."""
     return x_user_id
@@ -145,7 +154,9 @@ async def health(deps: DepsDep) -> Health:
 
 
 @router.post(
-    "/v1/jobs", status_code=202, tags=["jobs"],
+    "/v1/jobs",
+    status_code=202,
+    tags=["jobs"],
     responses={
         200: {"model": JobView, "description": "Replay: the job this Idempotency-Key made."},
         400: _error("The workflow or a limit was refused (e.g. unknown node types)."),
@@ -158,9 +169,12 @@ async def health(deps: DepsDep) -> Health:
     openapi_extra={
         "requestBody": {
             "required": True,
-            "content": {"application/json": {
-                "schema": {"$ref": _JOB_REQUEST_REF}, "example": EXAMPLE_REQUEST,
-            }},
+            "content": {
+                "application/json": {
+                    "schema": {"$ref": _JOB_REQUEST_REF},
+                    "example": EXAMPLE_REQUEST,
+                }
+            },
         },
     },
 )
@@ -170,10 +184,15 @@ def create_job(
     tenant: TenantDep,
     user_id: UserDep,
     body: Annotated[bytes, Depends(raw_body)],
-    idempotency_key: Annotated[str | None, Header(
-        alias="Idempotency-Key", min_length=1, max_length=255,
-        description="Retry-safe submission: the same key and body return the same job.",
-    )] = None,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            min_length=1,
+            max_length=255,
+            description="Retry-safe submission: the same key and body return the same job.",
+        ),
+    ] = None,
 ) -> JobView:
     """Submit a job; 202 with its view, or 200 when an Idempotency-Key replays."""
     request = parse_job_request(body)
@@ -191,15 +210,17 @@ def list_jobs(
     tenant: TenantDep,
     user_id: UserDep,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 20,
-    cursor: Annotated[str | None, Query(
-        pattern=r"^[0-9]{1,12}$", description="`next_cursor` of the previous page.",
-    )] = None,
+    cursor: Annotated[
+        str | None,
+        Query(
+            pattern=r"^[0-9]{1,12}$",
+            description="`next_cursor` of the previous page.",
+        ),
+    ] = None,
     status: JobStatus | None = None,
 ) -> JobList:
     """The caller's own jobs, newest first."""
-    page = deps.jobs.list_for_user(
-        tenant.id, user_id, limit=limit, cursor=cursor, status=status
-    )
+    page = deps.jobs.list_for_user(tenant.id, user_id, limit=limit, cursor=cursor, status=status)
     return JobList(jobs=[present(deps, job) for job in page.jobs], next_cursor=page.next_cursor)
 
 
@@ -213,7 +234,8 @@ def get_job(deps: DepsDep, tenant: TenantDep, user_id: UserDep, job_id: str) -> 
 
 
 @router.delete(
-    "/v1/jobs/{job_id}", tags=["jobs"],
+    "/v1/jobs/{job_id}",
+    tags=["jobs"],
     responses={**_JOB_ERRORS, 409: _error("The job had already ended.")},
 )
 def delete_job(deps: DepsDep, tenant: TenantDep, user_id: UserDep, job_id: str) -> JobView:
@@ -229,7 +251,9 @@ def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
     def build() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = get_openapi(
-                title=app.title, version=app.version, description=app.description,
+                title=app.title,
+                version=app.version,
+                description=app.description,
                 routes=app.routes,
             )
             components = schema.setdefault("components", {}).setdefault("schemas", {})
@@ -247,8 +271,12 @@ def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
 def create_app(deps: Deps) -> FastAPI:
     """The ingress ASGI app over `deps` (uvicorn locally, `@modal.asgi_app()` on Modal)."""
     app = FastAPI(
-        title="comfyui-saas", version=API_VERSION, description=DESCRIPTION,
-        docs_url="/docs", redoc_url=None, openapi_url="/openapi.json",
+        title="comfyui-saas",
+        version=API_VERSION,
+        description=DESCRIPTION,
+        docs_url="/docs",
+        redoc_url=None,
+        openapi_url="/openapi.json",
     )
     app.state.deps = deps
     install_error_handlers(app)

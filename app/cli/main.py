@@ -29,8 +29,11 @@ from app.core.schemas import JobView
 from app.engine import maintenance
 
 cli = typer.Typer(
-    name="comfyui-saas", help="ComfyUI workflows as a multi-tenant service.",
-    no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+    name="comfyui-saas",
+    help="ComfyUI workflows as a multi-tenant service.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
 )
 cli.add_typer(tenant_app, name="tenant")
 
@@ -43,10 +46,13 @@ def _configure() -> None:
         configure_logging(config.log_level, config.log_json)
         structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
 
-ApiUrl = Annotated[str | None, typer.Option(
-    "--api-url", help="Ingress URL [default: settings api_url].")]
-ApiKey = Annotated[str | None, typer.Option(
-    "--api-key", help="Tenant API key [default: settings api_key].")]
+
+ApiUrl = Annotated[
+    str | None, typer.Option("--api-url", help="Ingress URL [default: settings api_url].")
+]
+ApiKey = Annotated[
+    str | None, typer.Option("--api-key", help="Tenant API key [default: settings api_key].")
+]
 User = Annotated[str, typer.Option("--user", "-u", help="X-User-ID: the end user.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print the job view as JSON.")]
 DEFAULT_USER = "cli"
@@ -74,29 +80,46 @@ def dev(
             run_dev,  # imports uvicorn and the workers; only `dev` needs them
         )
 
-        typer.echo(f"comfyui-saas dev: http://{host}:{port} (docs at /docs); Ctrl-C stops",
-                   err=True)
+        typer.echo(
+            f"comfyui-saas dev: http://{host}:{port} (docs at /docs); Ctrl-C stops", err=True
+        )
         run_dev(settings(), host=host, port=port)
 
 
 @cli.command()
 def submit(
-    workflow: Annotated[Path, typer.Argument(
-        help="ComfyUI API-format workflow (or a whole request body with a `workflow` key).",
-        exists=True, dir_okay=False, readable=True)],
-    inputs: Annotated[list[str] | None, typer.Option(
-        "--input", "-i", help="NAME=URL: a media input the workflow loads as NAME.")] = None,
+    workflow: Annotated[
+        Path,
+        typer.Argument(
+            help="ComfyUI API-format workflow (or a whole request body with a `workflow` key).",
+            exists=True,
+            dir_okay=False,
+            readable=True,
+        ),
+    ],
+    inputs: Annotated[
+        list[str] | None,
+        typer.Option("--input", "-i", help="NAME=URL: a media input the workflow loads as NAME."),
+    ] = None,
     webhook: Annotated[str | None, typer.Option(help="Webhook URL told when it ends.")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Follow progress until it ends.")] = False,
-    out: Annotated[Path | None, typer.Option(
-        help="Download the outputs here (implies --wait).", file_okay=False)] = None,
-    timeout_s: Annotated[float, typer.Option(
-        "--timeout", min=1, help="Give up waiting after this many seconds.")] = 3600,
-    poll_s: Annotated[float, typer.Option(
-        "--poll", min=0.05, help="Seconds between status reads while waiting.")] = 1.0,
-    idempotency_key: Annotated[str | None, typer.Option(
-        help="Send an Idempotency-Key (a retry with it returns the same job).")] = None,
-    user: User = DEFAULT_USER, api_url: ApiUrl = None, api_key: ApiKey = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Download the outputs here (implies --wait).", file_okay=False),
+    ] = None,
+    timeout_s: Annotated[
+        float, typer.Option("--timeout", min=1, help="Give up waiting after this many seconds.")
+    ] = 3600,
+    poll_s: Annotated[
+        float, typer.Option("--poll", min=0.05, help="Seconds between status reads while waiting.")
+    ] = 1.0,
+    idempotency_key: Annotated[
+        str | None,
+        typer.Option(help="Send an Idempotency-Key (a retry with it returns the same job)."),
+    ] = None,
+    user: User = DEFAULT_USER,
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
     as_json: AsJson = False,
 ) -> None:
     """Submit a workflow; with --wait, show per-node progress; with --out, download."""
@@ -125,7 +148,10 @@ def submit(
 
 @cli.command()
 def status(
-    job_id: str, user: User = DEFAULT_USER, api_url: ApiUrl = None, api_key: ApiKey = None,
+    job_id: str,
+    user: User = DEFAULT_USER,
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
     as_json: AsJson = False,
 ) -> None:
     """Show a job: status, stage, progress, outputs and errors."""
@@ -135,7 +161,10 @@ def status(
 
 @cli.command()
 def cancel(
-    job_id: str, user: User = DEFAULT_USER, api_url: ApiUrl = None, api_key: ApiKey = None,
+    job_id: str,
+    user: User = DEFAULT_USER,
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
     as_json: AsJson = False,
 ) -> None:
     """Cancel a job (whatever its stage)."""
@@ -148,7 +177,9 @@ def jobs(
     status: Annotated[JobStatus | None, typer.Option(help="Only jobs in this status.")] = None,
     limit: Annotated[int, typer.Option(min=1, max=100)] = 20,
     cursor: Annotated[str | None, typer.Option(help="`next` cursor of a previous page.")] = None,
-    user: User = DEFAULT_USER, api_url: ApiUrl = None, api_key: ApiKey = None,
+    user: User = DEFAULT_USER,
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the page as JSON.")] = False,
 ) -> None:
     """List the user's jobs, newest first."""
@@ -159,8 +190,14 @@ def jobs(
             return
         rows = [["ID", "STATUS", "STAGE", "PROGRESS", "CREATED", "ERROR"]]
         rows += [
-            [v.id, v.status.value, v.stage.value, f"{v.progress:.0%}", when(v.created_at),
-             v.error.code if v.error else ""]
+            [
+                v.id,
+                v.status.value,
+                v.stage.value,
+                f"{v.progress:.0%}",
+                when(v.created_at),
+                v.error.code if v.error else "",
+            ]
             for v in page.jobs
         ]
         typer.echo(table(rows) if page.jobs else "no jobs")
@@ -244,8 +281,10 @@ def _print_view(view: JobView, as_json: bool) -> None:
     if as_json:
         typer.echo(view.model_dump_json(indent=2))
         return
-    typer.echo(f"{view.id}  {view.status.value}  stage={view.stage.value}  "
-               f"progress={view.progress:.0%}  created={when(view.created_at)}")
+    typer.echo(
+        f"{view.id}  {view.status.value}  stage={view.stage.value}  "
+        f"progress={view.progress:.0%}  created={when(view.created_at)}"
+    )
     if view.error is not None:
         where = f" at node {view.error.node_id}" if view.error.node_id else ""
         typer.echo(f"error: {view.error.code}{where}: {view.error.message}")

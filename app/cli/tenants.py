@@ -15,17 +15,30 @@ import typer
 from app.cli.common import friendly_errors, local_deps, settings, table, when
 from app.store.tenants import Tenant
 
-tenant_app = typer.Typer(help="Manage tenants, their API keys and webhook secrets.",
-                         no_args_is_help=True)
+tenant_app = typer.Typer(
+    help="Manage tenants, their API keys and webhook secrets.", no_args_is_help=True
+)
 key_app = typer.Typer(help="Manage a tenant's API keys.", no_args_is_help=True)
 tenant_app.add_typer(key_app, name="key")
 
-PerUser = Annotated[int | None, typer.Option(
-    "--max-active-jobs-per-user", min=1, help="Active jobs one user may have at once.")]
-PerTenant = Annotated[int | None, typer.Option(
-    "--max-active-jobs", min=0, help="Active jobs the whole tenant may have (0: no cap).")]
-Rate = Annotated[int | None, typer.Option(
-    "--rate-per-minute", min=0, help="Submissions per minute for the tenant (0: no limit).")]
+PerUser = Annotated[
+    int | None,
+    typer.Option(
+        "--max-active-jobs-per-user", min=1, help="Active jobs one user may have at once."
+    ),
+]
+PerTenant = Annotated[
+    int | None,
+    typer.Option(
+        "--max-active-jobs", min=0, help="Active jobs the whole tenant may have (0: no cap)."
+    ),
+]
+Rate = Annotated[
+    int | None,
+    typer.Option(
+        "--rate-per-minute", min=0, help="Submissions per minute for the tenant (0: no limit)."
+    ),
+]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 
@@ -49,14 +62,23 @@ def create(
     """Create a tenant; prints its API key and webhook secret once."""
     with friendly_errors():
         made = local_deps().tenants.create(
-            name, max_active_jobs_per_user=max_active_jobs_per_user,
-            max_active_jobs=max_active_jobs, rate_per_minute=rate_per_minute,
+            name,
+            max_active_jobs_per_user=max_active_jobs_per_user,
+            max_active_jobs=max_active_jobs,
+            rate_per_minute=rate_per_minute,
         )
         if as_json:
-            typer.echo(json.dumps({
-                "id": made.tenant.id, "name": made.tenant.name, "api_key": made.api_key,
-                "webhook_secret": made.webhook_secret, "limits": _limits(made.tenant),
-            }))
+            typer.echo(
+                json.dumps(
+                    {
+                        "id": made.tenant.id,
+                        "name": made.tenant.name,
+                        "api_key": made.api_key,
+                        "webhook_secret": made.webhook_secret,
+                        "limits": _limits(made.tenant),
+                    }
+                )
+            )
             return
         typer.echo(f"created tenant {made.tenant.name} ({made.tenant.id})")
         typer.echo(f"api key:        {made.api_key}")
@@ -76,11 +98,22 @@ def list_tenants(as_json: AsJson = False) -> None:
             active = sum(1 for key in keys if key.revoked_at is None)
             rows.append((tenant, active, len(keys)))
         if as_json:
-            typer.echo(json.dumps([
-                {"id": t.id, "name": t.name, "created_at": t.created_at, "disabled": t.disabled,
-                 "limits": _limits(t), "active_keys": active, "keys": total}
-                for t, active, total in rows
-            ]))
+            typer.echo(
+                json.dumps(
+                    [
+                        {
+                            "id": t.id,
+                            "name": t.name,
+                            "created_at": t.created_at,
+                            "disabled": t.disabled,
+                            "limits": _limits(t),
+                            "active_keys": active,
+                            "keys": total,
+                        }
+                        for t, active, total in rows
+                    ]
+                )
+            )
             return
         if not rows:
             typer.echo("no tenants yet; create one with `comfyui-saas tenant create NAME`")
@@ -88,12 +121,18 @@ def list_tenants(as_json: AsJson = False) -> None:
         lines = [["NAME", "ID", "PER-USER", "TENANT", "RATE/MIN", "KEYS", "STATE", "CREATED"]]
         for tenant, active, total in rows:
             limits = _limits(tenant)
-            lines.append([
-                tenant.name, tenant.id, str(limits["max_active_jobs_per_user"]),
-                str(limits["max_active_jobs"] or "-"), str(limits["rate_per_minute"] or "-"),
-                f"{active}/{total}", "disabled" if tenant.disabled else "active",
-                when(tenant.created_at),
-            ])
+            lines.append(
+                [
+                    tenant.name,
+                    tenant.id,
+                    str(limits["max_active_jobs_per_user"]),
+                    str(limits["max_active_jobs"] or "-"),
+                    str(limits["rate_per_minute"] or "-"),
+                    f"{active}/{total}",
+                    "disabled" if tenant.disabled else "active",
+                    when(tenant.created_at),
+                ]
+            )
         typer.echo(table(lines))
 
 
@@ -103,16 +142,20 @@ def update(
     max_active_jobs_per_user: PerUser = None,
     max_active_jobs: PerTenant = None,
     rate_per_minute: Rate = None,
-    enabled: Annotated[bool | None, typer.Option(
-        "--enable/--disable", help="A disabled tenant's keys are refused at once.")] = None,
+    enabled: Annotated[
+        bool | None,
+        typer.Option("--enable/--disable", help="A disabled tenant's keys are refused at once."),
+    ] = None,
 ) -> None:
     """Change a tenant's limits, or disable/enable it."""
     changes: dict[str, object] = {
-        field: value for field, value in (
+        field: value
+        for field, value in (
             ("max_active_jobs_per_user", max_active_jobs_per_user),
             ("max_active_jobs", max_active_jobs),
             ("rate_per_minute", rate_per_minute),
-        ) if value is not None
+        )
+        if value is not None
     }
     if enabled is not None:
         changes["disabled"] = not enabled
@@ -132,8 +175,7 @@ def rotate_secret(name: Annotated[str, typer.Argument(help="Tenant name or id.")
     with friendly_errors():
         tenant, secret = local_deps().tenants.rotate_webhook_secret(name)
         typer.echo(f"new webhook secret for {tenant.name}: {secret}")
-        typer.echo("Webhooks are now signed with both the new and the previous secret.",
-                   err=True)
+        typer.echo("Webhooks are now signed with both the new and the previous secret.", err=True)
 
 
 @key_app.command("add")

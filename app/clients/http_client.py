@@ -53,13 +53,21 @@ class ApiClient:
     """Calls `/v1/jobs` as one user of one tenant."""
 
     def __init__(
-        self, api_url: str, api_key: str, user_id: str, *, timeout_s: float = 30.0,
+        self,
+        api_url: str,
+        api_key: str,
+        user_id: str,
+        *,
+        timeout_s: float = 30.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.api_url = api_url.rstrip("/")
         headers = {"Authorization": f"Bearer {api_key}", "X-User-ID": user_id}
         self._http = httpx.Client(
-            base_url=self.api_url, headers=headers, timeout=timeout_s, transport=transport,
+            base_url=self.api_url,
+            headers=headers,
+            timeout=timeout_s,
+            transport=transport,
             trust_env=False,
         )
         self._plain = httpx.Client(timeout=timeout_s, transport=transport, trust_env=False)
@@ -101,7 +109,11 @@ class ApiClient:
         return _parse(JobView, self._call("DELETE", f"/v1/jobs/{_segment(job_id)}"))
 
     def list_jobs(
-        self, *, status: JobStatus | None = None, limit: int = 20, cursor: str | None = None,
+        self,
+        *,
+        status: JobStatus | None = None,
+        limit: int = 20,
+        cursor: str | None = None,
     ) -> JobList:
         """GET /v1/jobs: one page of the user's jobs, newest first."""
         params: dict[str, str | int] = {"limit": limit}
@@ -112,7 +124,11 @@ class ApiClient:
         return _parse(JobList, self._call("GET", "/v1/jobs", params=params))
 
     def wait(
-        self, job_id: str, *, timeout_s: float, poll_s: float = 1.0,
+        self,
+        job_id: str,
+        *,
+        timeout_s: float,
+        poll_s: float = 1.0,
         on_update: Callable[[JobView], None] | None = None,
     ) -> JobView:
         """Poll until the job ends; raises `WaitTimedOut`."""

@@ -74,8 +74,12 @@ class Client:
 
     @classmethod
     def from_settings(
-        cls, settings: Settings | None = None, *, api_key: str | None = None,
-        user_id: str, waker: Waker | None = None,
+        cls,
+        settings: Settings | None = None,
+        *,
+        api_key: str | None = None,
+        user_id: str,
+        waker: Waker | None = None,
     ) -> Client:
         """A client on the configured backend; the key defaults to `settings.api_key`."""
         settings = settings or get_settings()
@@ -90,7 +94,10 @@ class Client:
         return tenant
 
     def enqueue(
-        self, request: JobRequest | Mapping[str, Any], *, idempotency_key: str | None = None,
+        self,
+        request: JobRequest | Mapping[str, Any],
+        *,
+        idempotency_key: str | None = None,
     ) -> str:
         """Queue a job for intake and wake it; returns the new job's id at once.
 
@@ -107,7 +114,10 @@ class Client:
             raise InvalidRequest("idempotency key must be 1 to 255 characters")
         job_id = new_job_id()
         message = IntakeMessage(
-            job_id=job_id, api_key=self.api_key, user_id=self.user_id, request=request,
+            job_id=job_id,
+            api_key=self.api_key,
+            user_id=self.user_id,
+            request=request,
             idempotency_key=idempotency_key,
         )
         self.deps.queue(Stage.INTAKE).put(message.model_dump_json())
@@ -123,7 +133,10 @@ class Client:
         return present(self.deps, job)
 
     def wait(
-        self, job_id: str, timeout_s: float = 600.0, poll_s: float = 1.0,
+        self,
+        job_id: str,
+        timeout_s: float = 600.0,
+        poll_s: float = 1.0,
         on_update: Callable[[JobView], None] | None = None,
     ) -> JobView:
         """Poll until the job ends; returns its final view or raises `WaitTimeout`.

@@ -84,11 +84,15 @@ def _color(seed: int) -> int:
 def tiny_workflow(seed: int) -> dict[str, Any]:
     """EmptyImage -> ImageInvert -> SaveImage; `seed` picks the colour so nothing is cached."""
     return {
-        "1": {"class_type": "EmptyImage",
-              "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": _color(seed)}},
+        "1": {
+            "class_type": "EmptyImage",
+            "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": _color(seed)},
+        },
         "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
-        "3": {"class_type": "SaveImage",
-              "inputs": {"images": ["2", 0], "filename_prefix": "smoke"}},
+        "3": {
+            "class_type": "SaveImage",
+            "inputs": {"images": ["2", 0], "filename_prefix": "smoke"},
+        },
     }
 
 
@@ -97,20 +101,25 @@ def input_workflow(seed: int, image_name: str = INPUT_NAME) -> dict[str, Any]:
     sigma = round(0.1 + (seed % 99) / 10, 1)  # within ComfyUI's 0.1..10.0
     return {
         "1": {"class_type": "LoadImage", "inputs": {"image": image_name}},
-        "2": {"class_type": "ImageBlur",
-              "inputs": {"image": ["1", 0], "blur_radius": 1, "sigma": sigma}},
+        "2": {
+            "class_type": "ImageBlur",
+            "inputs": {"image": ["1", 0], "blur_radius": 1, "sigma": sigma},
+        },
         "3": {"class_type": "ImageInvert", "inputs": {"image": ["2", 0]}},
-        "4": {"class_type": "SaveImage",
-              "inputs": {"images": ["3", 0], "filename_prefix": "smoke_input"}},
+        "4": {
+            "class_type": "SaveImage",
+            "inputs": {"images": ["3", 0], "filename_prefix": "smoke_input"},
+        },
     }
 
 
 def slow_workflow(seed: int) -> dict[str, Any]:
     """A 2048x2048 image blurred four times: long enough to cancel or to hold a slot."""
     graph: dict[str, Any] = {
-        "1": {"class_type": "EmptyImage",
-              "inputs": {"width": 2048, "height": 2048, "batch_size": 1,
-                         "color": _color(seed)}},
+        "1": {
+            "class_type": "EmptyImage",
+            "inputs": {"width": 2048, "height": 2048, "batch_size": 1, "color": _color(seed)},
+        },
     }
     previous = "1"
     for index in range(2, 6):
@@ -119,8 +128,10 @@ def slow_workflow(seed: int) -> dict[str, Any]:
             "inputs": {"image": [previous, 0], "blur_radius": 31, "sigma": 10.0},
         }
         previous = str(index)
-    graph["6"] = {"class_type": "SaveImage",
-                  "inputs": {"images": [previous, 0], "filename_prefix": "smoke_slow"}}
+    graph["6"] = {
+        "class_type": "SaveImage",
+        "inputs": {"images": [previous, 0], "filename_prefix": "smoke_slow"},
+    }
     return graph
 
 
@@ -164,8 +175,9 @@ def error_code(response: httpx.Response) -> str | None:
     return str(error.get("code")) if isinstance(error, dict) else None
 
 
-def submit(client: httpx.Client, key: str | None, user_id: str,
-           body: dict[str, Any]) -> httpx.Response:
+def submit(
+    client: httpx.Client, key: str | None, user_id: str, body: dict[str, Any]
+) -> httpx.Response:
     """POST one job request."""
     return client.post(JOBS_PATH, json=body, headers=headers(key, user_id))
 
@@ -175,8 +187,9 @@ def cancel(client: httpx.Client, key: str, user_id: str, job_id: str) -> httpx.R
     return client.delete(job_path(job_id), headers=headers(key, user_id))
 
 
-def wait_terminal(client: httpx.Client, cfg: SmokeConfig, job_id: str,
-                  sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
+def wait_terminal(
+    client: httpx.Client, cfg: SmokeConfig, job_id: str, sleep: Callable[[float], None] = time.sleep
+) -> dict[str, Any]:
     """Poll a job until it ends or the timeout passes; the last body seen."""
     deadline = time.monotonic() + cfg.job_timeout_s
     while True:
@@ -254,14 +267,19 @@ def check_auth(client: httpx.Client, cfg: SmokeConfig) -> CheckResult:
     return CheckResult("auth_401", ok, detail, data=codes)
 
 
-def _run_job(client: httpx.Client, cfg: SmokeConfig, name: str,
-             request: dict[str, Any]) -> CheckResult:
+def _run_job(
+    client: httpx.Client, cfg: SmokeConfig, name: str, request: dict[str, Any]
+) -> CheckResult:
     """Submit, wait for completion, download every output without the API key."""
     response = submit(client, cfg.api_key, cfg.user_id, request)
     view, problem = parse_view(response)
     if response.status_code != 202 or view is None:
-        return CheckResult(name, False, f"submit answered HTTP {response.status_code} {problem}",
-                           data={"error": error_code(response)})
+        return CheckResult(
+            name,
+            False,
+            f"submit answered HTTP {response.status_code} {problem}",
+            data={"error": error_code(response)},
+        )
     data: dict[str, Any] = {"job_id": view.id}
     body = wait_terminal(client, cfg, view.id)
     if body.get("status") != "completed":
@@ -274,11 +292,19 @@ def _run_job(client: httpx.Client, cfg: SmokeConfig, name: str,
         # No Authorization header: the URL itself is the credential.
         got = client.get(output.url)
         if got.status_code != 200 or not got.content.startswith(PNG_MAGIC):
-            return CheckResult(name, False, f"output download answered HTTP {got.status_code}"
-                               f" ({got.content[:8]!r})", data=data)
+            return CheckResult(
+                name,
+                False,
+                f"output download answered HTTP {got.status_code} ({got.content[:8]!r})",
+                data=data,
+            )
         if len(got.content) != output.size:
-            return CheckResult(name, False, f"output is {len(got.content)} bytes, the job view "
-                               f"says {output.size}", data=data)
+            return CheckResult(
+                name,
+                False,
+                f"output is {len(got.content)} bytes, the job view says {output.size}",
+                data=data,
+            )
         sizes.append(len(got.content))
     data["total_s"] = done.timings.total_s
     ok = bool(sizes)
@@ -295,8 +321,10 @@ def check_inputs(client: httpx.Client, cfg: SmokeConfig) -> CheckResult:
     """A job loading an input image from `input_url` completes (skipped without one)."""
     if cfg.input_url is None:
         return CheckResult("inputs", None, "skipped: needs --input-url")
-    request = {"workflow": input_workflow(time.time_ns()),
-               "inputs": [{"name": INPUT_NAME, "url": cfg.input_url}]}
+    request = {
+        "workflow": input_workflow(time.time_ns()),
+        "inputs": [{"name": INPUT_NAME, "url": cfg.input_url}],
+    }
     return _run_job(client, cfg, "inputs", request)
 
 
@@ -306,10 +334,12 @@ def check_ownership(client: httpx.Client, cfg: SmokeConfig, job_id: str | None) 
         return CheckResult("ownership_404", None, "skipped: the e2e check made no job")
     other = cfg.other_user_id
     codes = {
-        "owner_get": client.get(job_path(job_id),
-                                headers=headers(cfg.api_key, cfg.user_id)).status_code,
-        "other_user_get": client.get(job_path(job_id),
-                                     headers=headers(cfg.api_key, other)).status_code,
+        "owner_get": client.get(
+            job_path(job_id), headers=headers(cfg.api_key, cfg.user_id)
+        ).status_code,
+        "other_user_get": client.get(
+            job_path(job_id), headers=headers(cfg.api_key, other)
+        ).status_code,
         "other_user_delete": cancel(client, cfg.api_key, other, job_id).status_code,
     }
     listed = client.get(JOBS_PATH, params={"limit": 100}, headers=headers(cfg.api_key, other))
@@ -335,25 +365,33 @@ def check_ownership(client: httpx.Client, cfg: SmokeConfig, job_id: str | None) 
 
 def check_cancel(client: httpx.Client, cfg: SmokeConfig) -> CheckResult:
     """A slow job cancelled right after submission is `cancelled`, and stays so."""
-    response = submit(client, cfg.api_key, cfg.user_id,
-                      {"workflow": slow_workflow(time.time_ns())})
+    response = submit(client, cfg.api_key, cfg.user_id, {"workflow": slow_workflow(time.time_ns())})
     view, problem = parse_view(response)
     if response.status_code != 202 or view is None:
-        return CheckResult("cancel", False, f"submit answered HTTP {response.status_code} "
-                           f"{problem}", data={"error": error_code(response)})
+        return CheckResult(
+            "cancel",
+            False,
+            f"submit answered HTTP {response.status_code} {problem}",
+            data={"error": error_code(response)},
+        )
     data: dict[str, Any] = {"job_id": view.id}
     answer = cancel(client, cfg.api_key, cfg.user_id, view.id)
     cancelled, _ = parse_view(answer)
     data["delete"] = answer.status_code
     if answer.status_code != 200 or cancelled is None or cancelled.status != "cancelled":
         status = cancelled.status.value if cancelled else None
-        return CheckResult("cancel", False, f"cancel answered HTTP {answer.status_code}, "
-                           f"status {status!r}", data=data)
+        return CheckResult(
+            "cancel",
+            False,
+            f"cancel answered HTTP {answer.status_code}, status {status!r}",
+            data=data,
+        )
     data["final"] = final = wait_terminal(client, cfg, view.id).get("status")
     data["second_delete"] = again = cancel(client, cfg.api_key, cfg.user_id, view.id).status_code
     ok = final == "cancelled" and again == 409
-    return CheckResult("cancel", ok, f"job ended {final!r}, a second cancel answered HTTP "
-                       f"{again}", data=data)
+    return CheckResult(
+        "cancel", ok, f"job ended {final!r}, a second cancel answered HTTP {again}", data=data
+    )
 
 
 def check_burst(client: httpx.Client, cfg: SmokeConfig) -> CheckResult:
@@ -371,13 +409,15 @@ def check_burst(client: httpx.Client, cfg: SmokeConfig) -> CheckResult:
             if view is not None:
                 admitted.append(view.id)
         elif response.status_code == 429:
-            refusals.append({"code": error_code(response),
-                             "retry_after": response.headers.get("Retry-After")})
+            refusals.append(
+                {"code": error_code(response), "retry_after": response.headers.get("Retry-After")}
+            )
     # The admitted jobs are cleanup: 409 only means one already ended on its own.
     cancels = [cancel(client, cfg.api_key, user, job_id).status_code for job_id in admitted]
     ok, detail = burst_verdict(codes, cfg.burst_posts, cfg.burst_accepted)
-    bad_refusals = [r for r in refusals
-                    if r["code"] != CAP_CODE or not str(r["retry_after"] or "").isdigit()]
+    bad_refusals = [
+        r for r in refusals if r["code"] != CAP_CODE or not str(r["retry_after"] or "").isdigit()
+    ]
     if bad_refusals:
         ok = False
         detail += f"; {len(bad_refusals)} 429(s) without {CAP_CODE} and Retry-After"
@@ -404,9 +444,11 @@ def run_all(client: httpx.Client, cfg: SmokeConfig, url: str) -> dict[str, Any]:
     return summarize(url, results)
 
 
-def run_smoke(url: str, cfg: SmokeConfig, *, http_timeout_s: float = 30.0,
-              trust_env: bool = True) -> dict[str, Any]:
+def run_smoke(
+    url: str, cfg: SmokeConfig, *, http_timeout_s: float = 30.0, trust_env: bool = True
+) -> dict[str, Any]:
     """Run every check against the API at `url`; the JSON summary."""
-    with httpx.Client(base_url=url, timeout=http_timeout_s, follow_redirects=False,
-                      trust_env=trust_env) as client:
+    with httpx.Client(
+        base_url=url, timeout=http_timeout_s, follow_redirects=False, trust_env=trust_env
+    ) as client:
         return run_all(client, cfg, url)

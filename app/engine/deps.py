@@ -103,8 +103,12 @@ class Deps:
 
 
 def build_deps(
-    settings: Settings, *, waker: Waker | None = None, on_cancel: CancelHook | None = None,
-    comfy_url: str | None = None, backend: Backend | None = None,
+    settings: Settings,
+    *,
+    waker: Waker | None = None,
+    on_cancel: CancelHook | None = None,
+    comfy_url: str | None = None,
+    backend: Backend | None = None,
 ) -> Deps:
     """Deps for this process from the settings."""
     return Deps(

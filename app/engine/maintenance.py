@@ -71,7 +71,11 @@ def fail_stale(deps: Deps) -> dict[str, int]:
 
 
 def _reap(
-    deps: Deps, job: Job, now: float, empty_queues: set[Stage], parked: set[str],
+    deps: Deps,
+    job: Job,
+    now: float,
+    empty_queues: set[Stage],
+    parked: set[str],
     report: StaleReport,
 ) -> None:
     log = get_logger(job_id=job.id, tenant_id=job.tenant_id, stage=job.stage.value)
@@ -208,10 +212,11 @@ def _remove_orphan_scratch(deps: Deps) -> int:
     removed = 0
     for folder in root.iterdir():
         job = deps.jobs.find(folder.name)
-        if job is None or job.status in (JobStatus.COMPLETED, JobStatus.FAILED,
-                                         JobStatus.CANCELLED):
+        if job is None or job.status in (
+            JobStatus.COMPLETED,
+            JobStatus.FAILED,
+            JobStatus.CANCELLED,
+        ):
             shutil.rmtree(folder, ignore_errors=True)
             removed += 1
     return removed
-
-

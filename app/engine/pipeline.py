@@ -35,7 +35,12 @@ RETRY_BASE_S = 2.0
 
 
 def enqueue(
-    deps: Deps, job_id: str, stage: Stage, *, epoch: int = 0, attempt: int = 0,
+    deps: Deps,
+    job_id: str,
+    stage: Stage,
+    *,
+    epoch: int = 0,
+    attempt: int = 0,
     not_before: float = 0.0,
 ) -> None:
     """Put a stage message on its queue now, or park it until `not_before`."""
@@ -101,10 +106,16 @@ def _start(deps: Deps, job: Job, stage: Stage, epoch: int) -> Job:
     times[stage] = times.get(stage, StageTimes()).model_copy(
         update={"started_at": now, "finished_at": None}
     )
-    started = job.model_copy(update={
-        "status": JobStatus.RUNNING, "stage": stage, "started_at": job.started_at or now,
-        "lease_until": now + deps.settings.stage_lease_s, "stage_times": times, "epoch": epoch,
-    })
+    started = job.model_copy(
+        update={
+            "status": JobStatus.RUNNING,
+            "stage": stage,
+            "started_at": job.started_at or now,
+            "lease_until": now + deps.settings.stage_lease_s,
+            "stage_times": times,
+            "epoch": epoch,
+        }
+    )
     deps.jobs.save(started)
     return started
 
@@ -116,9 +127,13 @@ def _finish_stage(deps: Deps, job: Job, stage: Stage) -> Job:
     following = NEXT_STAGE[stage]
     if following is not None:
         times[following] = StageTimes(queued_at=now)
-    return job.model_copy(update={
-        "stage_times": times, "lease_until": None, "stage": following or stage,
-    })
+    return job.model_copy(
+        update={
+            "stage_times": times,
+            "lease_until": None,
+            "stage": following or stage,
+        }
+    )
 
 
 def process_message(raw: str, deps: Deps, stages: Mapping[Stage, StageFn]) -> None:
@@ -177,15 +192,28 @@ def _on_stage_error(deps: Deps, job: Job, message: StageMessage, exc: PipelineEr
     attempts_left = message.attempt + 1 < deps.settings.stage_max_attempts
     if exc.retryable and attempts_left and deps.jobs.terminal(job.id) is None:
         delay = RETRY_BASE_S * 2**message.attempt
-        logger.warning("stage_retry_scheduled", code=exc.code, error=exc.message,
-                       attempt=message.attempt + 1, delay_s=delay)
+        logger.warning(
+            "stage_retry_scheduled",
+            code=exc.code,
+            error=exc.message,
+            attempt=message.attempt + 1,
+            delay_s=delay,
+        )
         deps.jobs.save(job.model_copy(update={"lease_until": None}))
-        enqueue(deps, job.id, message.stage, epoch=message.epoch, attempt=message.attempt + 1,
-                not_before=deps.clock() + delay)
+        enqueue(
+            deps,
+            job.id,
+            message.stage,
+            epoch=message.epoch,
+            attempt=message.attempt + 1,
+            not_before=deps.clock() + delay,
+        )
         return
     error = JobError(
-        code=exc.code, message=exc.message,
-        node_id=getattr(exc, "node_id", None), node_type=getattr(exc, "node_type", None),
+        code=exc.code,
+        message=exc.message,
+        node_id=getattr(exc, "node_id", None),
+        node_type=getattr(exc, "node_type", None),
     )
     if fail_job(deps, job, error):
         logger.warning("job_failed", code=exc.code, error=exc.message)

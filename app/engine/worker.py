@@ -34,7 +34,11 @@ def _handler(stage: Stage, deps: Deps) -> Callable[[str], None]:
 
 
 def drain_stage(
-    stage: Stage, deps: Deps, *, max_items: int = 100, wait_s: float = 0.0,
+    stage: Stage,
+    deps: Deps,
+    *,
+    max_items: int = 100,
+    wait_s: float = 0.0,
     before_each: Callable[[], object] | None = None,
 ) -> int:
     """Process `stage` messages until the queue is empty or `max_items` are done.

@@ -20,11 +20,13 @@ def run(job: Job, deps: Deps) -> Job:
             break  # cancelled: the pipeline notices and stops
         dest = folder / spec.name
         result = deps.http.download(
-            spec.url, dest, max_bytes=settings.fetch_max_bytes,
-            timeout_s=settings.fetch_timeout_s, max_redirects=settings.fetch_max_redirects,
+            spec.url,
+            dest,
+            max_bytes=settings.fetch_max_bytes,
+            timeout_s=settings.fetch_timeout_s,
+            max_redirects=settings.fetch_max_redirects,
         )
         info = check_media(dest, max_pixels=settings.max_image_pixels)
-        log.info("input_fetched", name=spec.name, size=result.size,
-                 content_type=info.content_type)
+        log.info("input_fetched", name=spec.name, size=result.size, content_type=info.content_type)
     deps.scratch_commit()
     return job

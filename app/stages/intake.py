@@ -101,14 +101,21 @@ def check_request(request: JobRequest, deps: Deps) -> None:
     if request.webhook_url is not None:
         parse_url(request.webhook_url, policy)
     check_workflow(
-        request.workflow, node_catalog(deps),
-        max_nodes=settings.max_workflow_nodes, max_bytes=settings.max_workflow_bytes,
+        request.workflow,
+        node_catalog(deps),
+        max_nodes=settings.max_workflow_nodes,
+        max_bytes=settings.max_workflow_bytes,
     )
 
 
 def admit(
-    deps: Deps, tenant: Tenant, user_id: str, request: JobRequest, *,
-    idempotency_key: str | None = None, job_id: str | None = None,
+    deps: Deps,
+    tenant: Tenant,
+    user_id: str,
+    request: JobRequest,
+    *,
+    idempotency_key: str | None = None,
+    job_id: str | None = None,
 ) -> Admission:
     """Check and admit a request.
 
@@ -155,8 +162,14 @@ def process_intake_message(raw: str, deps: Deps) -> None:
         log.warning("intake_unauthenticated")  # no tenant to record a failure under
         return
     try:
-        admit(deps, tenant, message.user_id, message.request,
-              idempotency_key=message.idempotency_key, job_id=message.job_id)
+        admit(
+            deps,
+            tenant,
+            message.user_id,
+            message.request,
+            idempotency_key=message.idempotency_key,
+            job_id=message.job_id,
+        )
     except AdmissionRejected as exc:
         _reject(deps, message, tenant, JobError(code=exc.code, message=exc.message))
     except IdempotencyConflict as exc:

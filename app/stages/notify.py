@@ -57,8 +57,13 @@ def webhook_view(deps: Deps, job: Job) -> WebhookView | None:
         state=delivery.state,
         next_attempt_at=delivery.next_attempt_at if delivery.state == "pending" else None,
         attempts=[
-            WebhookAttemptView(attempt=a.attempt, at=a.at, status_code=a.status_code,
-                               outcome=a.outcome, reason=a.reason)
+            WebhookAttemptView(
+                attempt=a.attempt,
+                at=a.at,
+                status_code=a.status_code,
+                outcome=a.outcome,
+                reason=a.reason,
+            )
             for a in delivery.attempts
         ],
     )
@@ -68,11 +73,19 @@ def _open_delivery(deps: Deps, job: Job) -> Delivery:
     kind = event_type_for(job.status.value)
     decided = job.finished_at or deps.clock()
     body = event_payload(
-        kind.value, job.id, job.status.value, timestamp=datetime.fromtimestamp(decided, UTC),
+        kind.value,
+        job.id,
+        job.status.value,
+        timestamp=datetime.fromtimestamp(decided, UTC),
         extra={"error_code": job.error.code} if job.error else None,
     )
-    fresh = Delivery(job_id=job.id, msg_id=new_message_id(), event_type=kind.value,
-                     body=body.decode(), next_attempt_at=deps.clock())
+    fresh = Delivery(
+        job_id=job.id,
+        msg_id=new_message_id(),
+        event_type=kind.value,
+        body=body.decode(),
+        next_attempt_at=deps.clock(),
+    )
     # Two racing first messages agree on one msg_id: the first write wins.
     deps.backend.kv(DELIVERIES_DICT).put_if_absent(job.id, fresh.model_dump_json())
     existing = load_delivery(deps, job.id)
@@ -104,25 +117,41 @@ def process_notify_message(raw: str, deps: Deps) -> None:
         return
     settings = deps.settings
     attempt = deliver_once(
-        deps.http.post, job.webhook_url, tenant.webhook_secrets, delivery.msg_id,
-        delivery.body.encode(), attempt=len(delivery.attempts) + 1,
-        schedule_s=settings.webhook_retry_schedule_s, timeout_s=settings.webhook_timeout_s,
+        deps.http.post,
+        job.webhook_url,
+        tenant.webhook_secrets,
+        delivery.msg_id,
+        delivery.body.encode(),
+        attempt=len(delivery.attempts) + 1,
+        schedule_s=settings.webhook_retry_schedule_s,
+        timeout_s=settings.webhook_timeout_s,
         clock=deps.clock,
     )
     state: DeliveryState = "pending" if attempt.outcome == "retry" else attempt.outcome
-    updated = delivery.model_copy(update={
-        "attempts": [*delivery.attempts, attempt], "state": state,
-        "next_attempt_at": attempt.next_attempt_at, "epoch": message.epoch,
-    })
+    updated = delivery.model_copy(
+        update={
+            "attempts": [*delivery.attempts, attempt],
+            "state": state,
+            "next_attempt_at": attempt.next_attempt_at,
+            "epoch": message.epoch,
+        }
+    )
     deps.backend.kv(DELIVERIES_DICT).put(job.id, updated.model_dump_json())
     if state != "pending":
         deps.backend.kv(PENDING_DICT).pop(job.id)
     log = log.bind(tenant_id=job.tenant_id, msg_id=delivery.msg_id)
     if attempt.outcome == "retry" and attempt.next_attempt_at is not None:
-        enqueue(deps, job.id, Stage.NOTIFY, epoch=message.epoch, attempt=message.attempt + 1,
-                not_before=attempt.next_attempt_at)
-        log.info("webhook_retry_parked", attempt=attempt.attempt,
-                 next_attempt_at=attempt.next_attempt_at)
+        enqueue(
+            deps,
+            job.id,
+            Stage.NOTIFY,
+            epoch=message.epoch,
+            attempt=message.attempt + 1,
+            not_before=attempt.next_attempt_at,
+        )
+        log.info(
+            "webhook_retry_parked", attempt=attempt.attempt, next_attempt_at=attempt.next_attempt_at
+        )
     elif attempt.outcome == "dead":
         log.warning("webhook_dead_lettered", attempts=attempt.attempt, reason=attempt.reason)
     else:

@@ -64,15 +64,20 @@ def progress_writer(deps: Deps, job: Job) -> Callable[[RenderProgress], None]:
     holder = {"job": job}
 
     def write(progress: RenderProgress) -> None:
-        current = holder["job"].model_copy(update={
-            "progress": progress.fraction,
-            "progress_detail": {
-                "node_id": progress.node_id, "node_type": progress.node_type,
-                "value": progress.value, "max": progress.max,
-                "nodes_done": progress.nodes_done, "nodes_total": progress.nodes_total,
-            },
-            "lease_until": deps.clock() + deps.settings.stage_lease_s,
-        })
+        current = holder["job"].model_copy(
+            update={
+                "progress": progress.fraction,
+                "progress_detail": {
+                    "node_id": progress.node_id,
+                    "node_type": progress.node_type,
+                    "value": progress.value,
+                    "max": progress.max,
+                    "nodes_done": progress.nodes_done,
+                    "nodes_total": progress.nodes_total,
+                },
+                "lease_until": deps.clock() + deps.settings.stage_lease_s,
+            }
+        )
         holder["job"] = current
         deps.jobs.save(current)
 
@@ -134,12 +139,20 @@ def run(job: Job, deps: Deps) -> Job:
         for index, output in enumerate(result.outputs):
             local_name = f"{index:02d}-{Path(output.filename).name}"
             size = client.download(output, folder / local_name)
-            staged.append(OutputRef(
-                filename=Path(output.filename).name, content_type="", size=size,
-                key=f"{SCRATCH_KEY_PREFIX}{OUTPUTS}/{local_name}",
-            ))
-        log.info("render_finished", outputs=len(staged), cached=result.cached,
-                 elapsed_s=round(result.elapsed_s, 3))
+            staged.append(
+                OutputRef(
+                    filename=Path(output.filename).name,
+                    content_type="",
+                    size=size,
+                    key=f"{SCRATCH_KEY_PREFIX}{OUTPUTS}/{local_name}",
+                )
+            )
+        log.info(
+            "render_finished",
+            outputs=len(staged),
+            cached=result.cached,
+            elapsed_s=round(result.elapsed_s, 3),
+        )
     finally:
         wipe_comfy_folders(deps.settings.comfyui_base_dir, job.id)
     deps.scratch_commit()

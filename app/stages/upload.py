@@ -30,8 +30,8 @@ def run(job: Job, deps: Deps) -> Job:
             content_type = sniff_content_type(handle.read(64)) or _FALLBACK_TYPE
         key = output_key(job.tenant_id, job.user_id, job.id, index, output.filename)
         size = deps.objects.put_file(key, path, content_type)
-        stored.append(OutputRef(filename=output.filename, content_type=content_type,
-                                size=size, key=key))
-        log.info("output_stored", filename=output.filename, size=size,
-                 content_type=content_type)
+        stored.append(
+            OutputRef(filename=output.filename, content_type=content_type, size=size, key=key)
+        )
+        log.info("output_stored", filename=output.filename, size=size, content_type=content_type)
     return job.model_copy(update={"outputs": stored})

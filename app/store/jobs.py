@@ -304,8 +304,13 @@ class JobStore:
         return value
 
     def list_for_user(
-        self, tenant_id: str, user_id: str, limit: int = 20, cursor: str | None = None,
-        status: JobStatus | None = None, max_scan: int = 500,
+        self,
+        tenant_id: str,
+        user_id: str,
+        limit: int = 20,
+        cursor: str | None = None,
+        status: JobStatus | None = None,
+        max_scan: int = 500,
     ) -> Page:
         """A user's jobs newest first; reads only the index entries it returns (or skips)."""
         prefix = _index_prefix(tenant_id, user_id)
@@ -324,7 +329,10 @@ class JobStore:
     # ---- terminal decisions ----------------------------------------------------------
 
     def finish(
-        self, job_id: str, status: JobStatus, error: JobError | None = None,
+        self,
+        job_id: str,
+        status: JobStatus,
+        error: JobError | None = None,
         outputs: list[OutputRef] | None = None,
     ) -> bool:
         """Decide the terminal state once; True if this call decided it (and freed the slots)."""
@@ -345,7 +353,11 @@ class JobStore:
         """
         now = self.clock()
         record = Job(
-            id=job_id, tenant_id=tenant_id, user_id=user_id, created_at=now, timeout_s=0,
+            id=job_id,
+            tenant_id=tenant_id,
+            user_id=user_id,
+            created_at=now,
+            timeout_s=0,
             stage=Stage.INTAKE,
         )
         if not self.jobs.put_if_absent(f"job:{job_id}", _dump(record)):

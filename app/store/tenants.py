@@ -109,8 +109,12 @@ class TenantRegistry:
         self.clock = clock
 
     def create(
-        self, name: str, *, max_active_jobs_per_user: int | None = None,
-        max_active_jobs: int | None = None, rate_per_minute: int | None = None,
+        self,
+        name: str,
+        *,
+        max_active_jobs_per_user: int | None = None,
+        max_active_jobs: int | None = None,
+        rate_per_minute: int | None = None,
     ) -> NewTenant:
         """Create a tenant with one API key and one webhook secret."""
         if not TENANT_NAME.match(name):
@@ -122,9 +126,13 @@ class TenantRegistry:
         if not self.kv.put_if_absent(f"name:{name}", tenant_id):
             raise TenantError(f"a tenant named {name!r} already exists")
         tenant = Tenant(
-            id=tenant_id, name=name, created_at=self.clock(),
-            max_active_jobs_per_user=max_active_jobs_per_user, max_active_jobs=max_active_jobs,
-            rate_per_minute=rate_per_minute, webhook_secrets=[new_webhook_secret()],
+            id=tenant_id,
+            name=name,
+            created_at=self.clock(),
+            max_active_jobs_per_user=max_active_jobs_per_user,
+            max_active_jobs=max_active_jobs,
+            rate_per_minute=rate_per_minute,
+            webhook_secrets=[new_webhook_secret()],
         )
         self.save(tenant)
         api_key = self.add_key(tenant_id)
@@ -169,7 +177,9 @@ class TenantRegistry:
         tenant = self.resolve(name_or_id)
         api_key, key_id = new_api_key()
         record = ApiKey(
-            key_id=key_id, tenant_id=tenant.id, key_hash=hash_key(api_key),
+            key_id=key_id,
+            tenant_id=tenant.id,
+            key_hash=hash_key(api_key),
             created_at=self.clock(),
         )
         if not self.kv.put_if_absent(f"keyid:{key_id}", record.model_dump_json()):

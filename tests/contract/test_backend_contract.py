@@ -192,7 +192,9 @@ def test_sqlite_is_durable_across_reopen(tmp_path: Path) -> None:
 def test_modal_adapter_names_objects_per_app_and_environment() -> None:
     fake = FakeModal()
     backend = ModalBackend(
-        "comfyui-saas", "prod", queue_factory=fake.queue_from_name,
+        "comfyui-saas",
+        "prod",
+        queue_factory=fake.queue_from_name,
         dict_factory=fake.dict_from_name,
     )
     backend.queue("render").put("x")

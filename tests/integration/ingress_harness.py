@@ -25,23 +25,34 @@ from tests.state_helpers import FakeClock
 #: Just enough of ComfyUI's /object_info for the test workflows.
 OBJECT_INFO: dict[str, Any] = {
     "EmptyImage": {
-        "input": {"required": {"width": ["INT", {}], "height": ["INT", {}],
-                               "batch_size": ["INT", {}], "color": ["INT", {}]}},
-        "output": ["IMAGE"], "output_node": False,
+        "input": {
+            "required": {
+                "width": ["INT", {}],
+                "height": ["INT", {}],
+                "batch_size": ["INT", {}],
+                "color": ["INT", {}],
+            }
+        },
+        "output": ["IMAGE"],
+        "output_node": False,
     },
     "LoadImage": {
         "input": {"required": {"image": [["a.png"], {}]}},
-        "output": ["IMAGE", "MASK"], "output_node": False,
+        "output": ["IMAGE", "MASK"],
+        "output_node": False,
     },
     "SaveImage": {
         "input": {"required": {"images": ["IMAGE", {}], "filename_prefix": ["STRING", {}]}},
-        "output": [], "output_node": True,
+        "output": [],
+        "output_node": True,
     },
 }
 
 WORKFLOW: dict[str, Any] = {
-    "1": {"class_type": "EmptyImage",
-          "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+    "1": {
+        "class_type": "EmptyImage",
+        "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0},
+    },
     "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "t"}},
 }
 
@@ -86,14 +97,18 @@ def make_harness(settings: Settings, *, acme_cap: int = 5, beta_rate: int = 0) -
     deps = Deps(settings=settings, backend=SqliteBackend(settings.state_db_path), clock=clock)
     # Links signed with the test's clock, so tests can move time past their expiry.
     deps.objects = LocalStore(  # type: ignore[misc]
-        settings.local_store_dir, settings.public_url,
-        load_signing_key(settings.signing_key, settings.data_dir), clock=clock,
+        settings.local_store_dir,
+        settings.public_url,
+        load_signing_key(settings.signing_key, settings.data_dir),
+        clock=clock,
     )
     node_catalog.publish(deps.backend.kv(node_catalog.CATALOG_DICT), OBJECT_INFO, clock())
     acme = deps.tenants.create("acme", max_active_jobs_per_user=acme_cap)
     beta = deps.tenants.create("beta", rate_per_minute=beta_rate or None)
     return Harness(
-        settings=settings, deps=deps, clock=clock,
+        settings=settings,
+        deps=deps,
+        clock=clock,
         acme=TenantKeys(acme.tenant.id, "acme", acme.api_key),
         beta=TenantKeys(beta.tenant.id, "beta", beta.api_key),
     )

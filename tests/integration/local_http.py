@@ -232,9 +232,9 @@ def _stop_all(stops: list[Callable[[], None]]) -> Callable[[], None]:
     return stop_all
 
 
-def start_pair(host: str = "127.0.0.2", decoy: str = "127.0.0.1") -> tuple[
-    LocalServer, LocalServer, Callable[[], None]
-]:
+def start_pair(
+    host: str = "127.0.0.2", decoy: str = "127.0.0.1"
+) -> tuple[LocalServer, LocalServer, Callable[[], None]]:
     """A server on `host` and a decoy on `decoy` at the same port."""
     for _ in range(20):
         main = LocalServer((host, 0))

@@ -73,8 +73,9 @@ def serve(host: str = "127.0.0.2") -> Iterator[Site]:
     server = ThreadingHTTPServer((host, 0), _handler(site))
     server.daemon_threads = True
     site.port = server.server_address[1]
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
     thread.start()
     try:
         yield site

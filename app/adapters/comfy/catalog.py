@@ -116,16 +116,18 @@ def _strings(value: object) -> tuple[str, ...]:
     return tuple(str(v) for v in value) if isinstance(value, list) else ()
 
 
-def publish(
-    kv: KV, object_info: Mapping[str, Any], now: float, version: str = ""
-) -> NodeCatalog:
+def publish(kv: KV, object_info: Mapping[str, Any], now: float, version: str = "") -> NodeCatalog:
     """Store the catalog of `object_info` with its publication time; returns it.
 
     `version` names a pinned node set (a deploy); see `load`.
     """
     catalog = NodeCatalog.from_object_info(object_info)
-    record = {"format": _FORMAT, "published_at": now, "version": version,
-              "nodes": catalog.to_record()}
+    record = {
+        "format": _FORMAT,
+        "published_at": now,
+        "version": version,
+        "nodes": catalog.to_record(),
+    }
     kv.put(CATALOG_KEY, json.dumps(record, separators=(",", ":")))
     return catalog
 

@@ -138,9 +138,7 @@ def _classify_v6(address: ipaddress.IPv6Address) -> str | None:
     return None
 
 
-def classify_address(
-    address: IPAddress | str, allow_cidrs: Iterable[IPNetwork] = ()
-) -> str | None:
+def classify_address(address: IPAddress | str, allow_cidrs: Iterable[IPNetwork] = ()) -> str | None:
     """Why `address` may not be contacted (e.g. "a loopback address"), or None if it may.
 
     An address inside one of `allow_cidrs` is always allowed; an IPv6 address that embeds an

@@ -80,8 +80,13 @@ def run_worker(settings: Settings, spec: WorkerSpec, stop: Event) -> None:
     before_each = deps.comfy.health if spec.stage is Stage.RENDER else None
     while not stop.is_set():
         try:
-            drain_stage(spec.stage, deps, max_items=1, wait_s=settings.queue_poll_timeout_s,
-                        before_each=before_each)
+            drain_stage(
+                spec.stage,
+                deps,
+                max_items=1,
+                wait_s=settings.queue_poll_timeout_s,
+                before_each=before_each,
+            )
         except ComfyUnavailable:
             stop.wait(COMFY_RETRY_S)
         except Exception:
@@ -121,9 +126,7 @@ def single_runner(data_dir: Path) -> Iterator[None]:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
-            raise RunnerError(
-                f"another comfyui-saas dev is already running on {data_dir}"
-            ) from exc
+            raise RunnerError(f"another comfyui-saas dev is already running on {data_dir}") from exc
         yield
 
 
@@ -205,11 +208,15 @@ def run_dev(settings: Settings, *, host: str | None = None, port: int | None = N
         pipeline = Pipeline(settings)
         pipeline.start()
         log = get_logger()
-        log.info("pipeline_started", workers=len(pipeline.processes),
-                 data_dir=str(settings.data_dir))
+        log.info(
+            "pipeline_started", workers=len(pipeline.processes), data_dir=str(settings.data_dir)
+        )
         config = uvicorn.Config(
-            create_app(deps), host=settings.host, port=settings.port,
-            log_level="warning", access_log=False,
+            create_app(deps),
+            host=settings.host,
+            port=settings.port,
+            log_level="warning",
+            access_log=False,
         )
         try:
             uvicorn.Server(config).run()

@@ -276,9 +276,7 @@ class SetupReport:
         """Readable lines for every mismatch."""
         found: list[str] = []
         if self.comfyui_commit != self.expected_commit:
-            found.append(
-                f"ComfyUI is at {self.comfyui_commit}, expected {self.expected_commit}"
-            )
+            found.append(f"ComfyUI is at {self.comfyui_commit}, expected {self.expected_commit}")
         found += [f"model {m.path}: missing or wrong size" for m in self.models if not m.ok]
         found += [
             f"custom node {n.name}: missing or wrong commit" for n in self.custom_nodes if not n.ok
@@ -297,8 +295,12 @@ class SetupReport:
             "comfyui_version": self.comfyui_version,
             "comfyui_commit": self.comfyui_commit,
             "models": [
-                {"path": m.path, "present": m.present, "size_bytes": m.size_bytes,
-                 "in_manifest": m.in_manifest}
+                {
+                    "path": m.path,
+                    "present": m.present,
+                    "size_bytes": m.size_bytes,
+                    "in_manifest": m.in_manifest,
+                }
                 for m in self.models
             ],
             "custom_nodes": [
@@ -339,9 +341,7 @@ def check_models(models_dir: Path, models: Sequence[ModelFile]) -> list[ModelSta
     for model in models:
         path = models_dir / model.relative_path
         size = path.stat().st_size if path.is_file() else None
-        statuses.append(
-            ModelStatus(model.relative_path, size is not None, size, model.size_bytes)
-        )
+        statuses.append(ModelStatus(model.relative_path, size is not None, size, model.size_bytes))
     listed = {status.path for status in statuses}
     for path in sorted(_files_under(models_dir)):
         relative = path.relative_to(models_dir).as_posix()
@@ -378,9 +378,7 @@ def check_custom_nodes(comfy_dir: Path, nodes: Sequence[CustomNode]) -> list[Nod
     return statuses
 
 
-def verify_install(
-    comfy_dir: Path, models_dir: Path, manifest: Manifest = MANIFEST
-) -> SetupReport:
+def verify_install(comfy_dir: Path, models_dir: Path, manifest: Manifest = MANIFEST) -> SetupReport:
     """Compare an installed ComfyUI and models volume with the manifest."""
     return SetupReport(
         comfyui_version=comfyui_version(comfy_dir),

@@ -47,13 +47,19 @@ def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, 
     return dict(error)
 
 
-async def submit(http: httpx.AsyncClient, harness: Harness, user: str = "alice",
-                 tenant: str = "acme", **overrides: Any) -> httpx.Response:
+async def submit(
+    http: httpx.AsyncClient,
+    harness: Harness,
+    user: str = "alice",
+    tenant: str = "acme",
+    **overrides: Any,
+) -> httpx.Response:
     keys = harness.acme if tenant == "acme" else harness.beta
     return await http.post("/v1/jobs", json=body(**overrides), headers=harness.headers(keys, user))
 
 
 # ---- health, routing, error shape ---------------------------------------------------------
+
 
 async def test_health_needs_no_auth(http: httpx.AsyncClient) -> None:
     response = await http.get("/health")
@@ -79,8 +85,11 @@ async def test_openapi_and_docs_are_served(http: httpx.AsyncClient) -> None:
 
 # ---- authentication and the user header ----------------------------------------------------
 
-@pytest.mark.parametrize("authorization", [None, "Bearer nope", "Basic abc", "Bearer ",
-                                           "Bearer csk_aaaaaaaa_" + "x" * 32])
+
+@pytest.mark.parametrize(
+    "authorization",
+    [None, "Bearer nope", "Basic abc", "Bearer ", "Bearer csk_aaaaaaaa_" + "x" * 32],
+)
 async def test_bad_or_missing_key_is_401(
     http: httpx.AsyncClient, authorization: str | None
 ) -> None:
@@ -134,6 +143,7 @@ async def test_missing_or_bad_user_header_is_422(
 
 # ---- submitting ------------------------------------------------------------------------------
 
+
 async def test_submit_admits_and_queues(http: httpx.AsyncClient, harness: Harness) -> None:
     response = await submit(http, harness, metadata={"order": 7})
     assert response.status_code == 202, response.text
@@ -145,34 +155,43 @@ async def test_submit_admits_and_queues(http: httpx.AsyncClient, harness: Harnes
     assert harness.deps.queue(Stage.FETCH).len() == 1
 
 
-@pytest.mark.parametrize(("payload", "field"), [
-    ({"workflow": {}}, "workflow"),
-    ({}, "workflow"),
-    ({"workflow": []}, "workflow"),
-    ({"workflow": WORKFLOW, "surprise": 1}, "surprise"),
-    ({"workflow": WORKFLOW, "inputs": [{"name": "../x", "url": "https://e.com/a.png"}]},
-     "inputs"),
-    ({"workflow": WORKFLOW, "timeout_s": 0}, "timeout_s"),
-])
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ({"workflow": {}}, "workflow"),
+        ({}, "workflow"),
+        ({"workflow": []}, "workflow"),
+        ({"workflow": WORKFLOW, "surprise": 1}, "surprise"),
+        (
+            {"workflow": WORKFLOW, "inputs": [{"name": "../x", "url": "https://e.com/a.png"}]},
+            "inputs",
+        ),
+        ({"workflow": WORKFLOW, "timeout_s": 0}, "timeout_s"),
+    ],
+)
 async def test_malformed_bodies_are_422_with_the_field(
     http: httpx.AsyncClient, harness: Harness, payload: dict[str, Any], field: str
 ) -> None:
-    response = await http.post("/v1/jobs", json=payload,
-                               headers=harness.headers(harness.acme, "alice"))
+    response = await http.post(
+        "/v1/jobs", json=payload, headers=harness.headers(harness.acme, "alice")
+    )
     error = assert_error(response, 422, "validation_error")
     assert any(d["loc"][:2] == ["body", field] for d in error["details"]), error
 
 
 @pytest.mark.parametrize("raw", [b"", b"{not json", b"[1,2]", b"null", b"\xff\xfe"])
-async def test_non_json_bodies_are_422(http: httpx.AsyncClient, harness: Harness,
-                                       raw: bytes) -> None:
-    response = await http.post("/v1/jobs", content=raw,
-                               headers=harness.headers(harness.acme, "alice"))
+async def test_non_json_bodies_are_422(
+    http: httpx.AsyncClient, harness: Harness, raw: bytes
+) -> None:
+    response = await http.post(
+        "/v1/jobs", content=raw, headers=harness.headers(harness.acme, "alice")
+    )
     assert_error(response, 422, "validation_error")
 
 
-async def test_unknown_node_type_is_400_naming_it(http: httpx.AsyncClient,
-                                                  harness: Harness) -> None:
+async def test_unknown_node_type_is_400_naming_it(
+    http: httpx.AsyncClient, harness: Harness
+) -> None:
     workflow = {**WORKFLOW, "3": {"class_type": "NoSuchNode", "inputs": {}}}
     response = await submit(http, harness, workflow=workflow)
     error = assert_error(response, 400, "invalid_workflow")
@@ -185,20 +204,29 @@ async def test_ui_format_workflow_is_400(http: httpx.AsyncClient, harness: Harne
     assert_error(response, 400, "invalid_workflow")
 
 
-async def test_body_user_id_must_match_the_header(http: httpx.AsyncClient,
-                                                  harness: Harness) -> None:
+async def test_body_user_id_must_match_the_header(
+    http: httpx.AsyncClient, harness: Harness
+) -> None:
     assert_error(await submit(http, harness, user_id="bob"), 403, "user_mismatch")
     assert (await submit(http, harness, user_id="alice")).status_code == 202
 
 
 @pytest.mark.parametrize("where", ["input", "webhook"])
-@pytest.mark.parametrize("url", ["http://127.0.0.1/a.png", "https://169.254.169.254/x",
-                                 "file:///etc/passwd", "https://user@example.com/a.png"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1/a.png",
+        "https://169.254.169.254/x",
+        "file:///etc/passwd",
+        "https://user@example.com/a.png",
+    ],
+)
 async def test_refused_urls_are_422_saying_why(
     http: httpx.AsyncClient, harness: Harness, where: str, url: str
 ) -> None:
-    extra = ({"inputs": [{"name": "a.png", "url": url}]} if where == "input"
-             else {"webhook_url": url})
+    extra = (
+        {"inputs": [{"name": "a.png", "url": url}]} if where == "input" else {"webhook_url": url}
+    )
     error = assert_error(await submit(http, harness, **extra), 422, "url_refused")
     assert len(error["message"]) > 10
 
@@ -223,8 +251,9 @@ async def test_body_over_the_limit_is_413_without_content_length(
             sent += 1
             yield b"x" * 10_000
 
-    response = await http.post("/v1/jobs", content=chunks(),
-                               headers=harness.headers(harness.acme, "alice"))
+    response = await http.post(
+        "/v1/jobs", content=chunks(), headers=harness.headers(harness.acme, "alice")
+    )
     assert "content-length" not in response.request.headers
     assert_error(response, 413, "request_too_large")
 
@@ -238,8 +267,10 @@ async def test_too_many_nodes_is_refused(http: httpx.AsyncClient, harness: Harne
 
 # ---- idempotency -----------------------------------------------------------------------------
 
-async def test_idempotency_key_replays_and_conflicts(http: httpx.AsyncClient,
-                                                     harness: Harness) -> None:
+
+async def test_idempotency_key_replays_and_conflicts(
+    http: httpx.AsyncClient, harness: Harness
+) -> None:
     headers = {**harness.headers(harness.acme, "alice"), "Idempotency-Key": "order-1"}
     first = await http.post("/v1/jobs", json=body(), headers=headers)
     again = await http.post("/v1/jobs", json=body(), headers=headers)
@@ -252,18 +283,22 @@ async def test_idempotency_key_replays_and_conflicts(http: httpx.AsyncClient,
     assert (await http.post("/v1/jobs", json=body(), headers=beta)).status_code == 202
 
 
-async def test_idempotency_key_over_255_chars_is_422(http: httpx.AsyncClient,
-                                                     harness: Harness) -> None:
+async def test_idempotency_key_over_255_chars_is_422(
+    http: httpx.AsyncClient, harness: Harness
+) -> None:
     headers = {**harness.headers(harness.acme, "alice"), "Idempotency-Key": "k" * 256}
-    error = assert_error(await http.post("/v1/jobs", json=body(), headers=headers),
-                         422, "validation_error")
+    error = assert_error(
+        await http.post("/v1/jobs", json=body(), headers=headers), 422, "validation_error"
+    )
     assert ["header", "Idempotency-Key"] in [d["loc"] for d in error["details"]]
 
 
 # ---- limits ----------------------------------------------------------------------------------
 
-async def test_user_cap_is_429_with_rate_limit_headers(http: httpx.AsyncClient,
-                                                       harness: Harness) -> None:
+
+async def test_user_cap_is_429_with_rate_limit_headers(
+    http: httpx.AsyncClient, harness: Harness
+) -> None:
     for _ in range(5):
         assert (await submit(http, harness)).status_code == 202
     response = await submit(http, harness)
@@ -287,8 +322,9 @@ async def test_rate_limit_is_429_with_window(settings_factory) -> None:
     harness = make_harness(settings_factory(public_url="http://testserver"), beta_rate=2)
     transport = httpx.ASGITransport(app=create_app(harness.deps))
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-        codes = [(await submit(http, harness, tenant="beta", user=f"u{i}")).status_code
-                 for i in range(2)]
+        codes = [
+            (await submit(http, harness, tenant="beta", user=f"u{i}")).status_code for i in range(2)
+        ]
         response = await submit(http, harness, tenant="beta", user="u9")
     assert codes == [202, 202]
     assert_error(response, 429, "rate_limited")
@@ -298,8 +334,10 @@ async def test_rate_limit_is_429_with_window(settings_factory) -> None:
 
 # ---- reading, cancelling, listing across tenants and users -----------------------------------
 
-async def test_reads_are_scoped_to_tenant_and_user(http: httpx.AsyncClient,
-                                                   harness: Harness) -> None:
+
+async def test_reads_are_scoped_to_tenant_and_user(
+    http: httpx.AsyncClient, harness: Harness
+) -> None:
     job_id = (await submit(http, harness)).json()["id"]
     own = await http.get(f"/v1/jobs/{job_id}", headers=harness.headers(harness.acme, "alice"))
     assert own.status_code == 200 and own.json()["id"] == job_id
@@ -324,8 +362,9 @@ async def test_cancel_then_cancel_again(http: httpx.AsyncClient, harness: Harnes
     assert response.status_code == 200
     assert response.json()["status"] == "cancelled"
     assert response.json()["error"]["code"] == "cancelled"
-    error = assert_error(await http.delete(f"/v1/jobs/{job_id}", headers=headers),
-                         409, "already_terminal")
+    error = assert_error(
+        await http.delete(f"/v1/jobs/{job_id}", headers=headers), 409, "already_terminal"
+    )
     assert error["status"] == "cancelled"
 
 
@@ -350,23 +389,33 @@ async def test_list_is_newest_first_paginated_and_filtered(
         if cursor is None:
             break
     assert seen == ids[::-1]
-    cancelled = (await http.get("/v1/jobs", params={"status": "cancelled"},
-                                headers=headers)).json()
+    cancelled = (await http.get("/v1/jobs", params={"status": "cancelled"}, headers=headers)).json()
     assert [job["id"] for job in cancelled["jobs"]] == [ids[1]]
 
 
-@pytest.mark.parametrize("params", [
-    {"limit": 0}, {"limit": 101}, {"limit": "x"}, {"cursor": "abc"}, {"cursor": "-1"},
-    {"cursor": "9" * 13}, {"status": "bogus"},
-])
-async def test_bad_list_parameters_are_422(http: httpx.AsyncClient, harness: Harness,
-                                           params: dict[str, Any]) -> None:
-    response = await http.get("/v1/jobs", params=params,
-                              headers=harness.headers(harness.acme, "alice"))
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"limit": 0},
+        {"limit": 101},
+        {"limit": "x"},
+        {"cursor": "abc"},
+        {"cursor": "-1"},
+        {"cursor": "9" * 13},
+        {"status": "bogus"},
+    ],
+)
+async def test_bad_list_parameters_are_422(
+    http: httpx.AsyncClient, harness: Harness, params: dict[str, Any]
+) -> None:
+    response = await http.get(
+        "/v1/jobs", params=params, headers=harness.headers(harness.acme, "alice")
+    )
     assert_error(response, 422, "validation_error")
 
 
 # ---- outputs: fresh signed URLs, served by /files -------------------------------------------
+
 
 def _path_of(url: str) -> str:
     parts = urlsplit(url)
@@ -401,8 +450,9 @@ async def test_output_urls_are_fresh_on_every_read_and_all_work(
     assert listed["jobs"][0]["outputs"][0]["url"].startswith("http://testserver/files/")
 
 
-async def test_bad_and_expired_file_links_are_refused(http: httpx.AsyncClient,
-                                                      harness: Harness) -> None:
+async def test_bad_and_expired_file_links_are_refused(
+    http: httpx.AsyncClient, harness: Harness
+) -> None:
     headers = harness.headers(harness.acme, "alice")
     job_id = (await submit(http, harness)).json()["id"]
     refs = harness.complete(job_id, {"out.png": b"png"})
@@ -427,8 +477,12 @@ async def test_bad_and_expired_file_links_are_refused(http: httpx.AsyncClient,
 
 
 async def test_file_links_cannot_escape_the_store(http: httpx.AsyncClient) -> None:
-    for path in ("/files/../state.sqlite3", "/files/%2e%2e/signing.key", "/files/.tmp/x",
-                 "/files/outputs//x"):
+    for path in (
+        "/files/../state.sqlite3",
+        "/files/%2e%2e/signing.key",
+        "/files/.tmp/x",
+        "/files/outputs//x",
+    ):
         response = await http.get(path, params={"expires": "1", "sig": "0" * 64})
         assert response.status_code in (403, 404)
         assert "error" in response.json()

@@ -25,9 +25,15 @@ schema = schemathesis.pytest.from_fixture("fuzz_schema")
 
 
 @schema.parametrize()
-@settings(max_examples=40, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                 HealthCheck.filter_too_much])
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.filter_too_much,
+    ],
+)
 @pytest.mark.timeout(60)
 def test_no_server_errors(case, fuzz_harness: Harness) -> None:
     # Authenticated as a real tenant, so the fuzzing gets past the 401 into the routes.
@@ -39,9 +45,15 @@ def test_no_server_errors(case, fuzz_harness: Harness) -> None:
 
 
 @schema.parametrize()
-@settings(max_examples=10, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                 HealthCheck.filter_too_much])
+@settings(
+    max_examples=10,
+    deadline=None,
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.filter_too_much,
+    ],
+)
 @pytest.mark.timeout(60)
 def test_no_server_errors_without_a_key(case) -> None:
     response = case.call()

@@ -64,8 +64,9 @@ def test_chunked_body_over_the_limit_is_413_on_a_real_server(served) -> None:
             yield b"x" * 10_000
 
     with httpx.Client(base_url=base_url, timeout=30, trust_env=False) as client:
-        response = client.post("/v1/jobs", content=chunks(),
-                               headers=harness.headers(harness.acme, "alice"))
+        response = client.post(
+            "/v1/jobs", content=chunks(), headers=harness.headers(harness.acme, "alice")
+        )
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "request_too_large"
 

@@ -68,16 +68,18 @@ def assert_failed(result: Result, *fragments: str) -> None:
 
 # ---- tenants -----------------------------------------------------------------------------
 
+
 def test_tenant_create_list_keys_and_revoke(served) -> None:
     harness, _ = served
     # Given a new tenant made on the command line
-    made = run("tenant", "create", "gamma", "--max-active-jobs-per-user", "2",
-               "--rate-per-minute", "30")
+    made = run(
+        "tenant", "create", "gamma", "--max-active-jobs-per-user", "2", "--rate-per-minute", "30"
+    )
     assert made.exit_code == 0, made.output
-    key = next(line.split()[-1] for line in made.stdout.splitlines()
-               if line.startswith("api key:"))
-    secret = next(line.split()[-1] for line in made.stdout.splitlines()
-                  if line.startswith("webhook secret:"))
+    key = next(line.split()[-1] for line in made.stdout.splitlines() if line.startswith("api key:"))
+    secret = next(
+        line.split()[-1] for line in made.stdout.splitlines() if line.startswith("webhook secret:")
+    )
     assert secret.startswith("whsec_")
     # Then its key authenticates, and it is listed with its limits
     tenant = harness.deps.tenants.authenticate(key)
@@ -113,18 +115,22 @@ def test_tenant_update_and_rotate_secret(served) -> None:
     assert run("tenant", "update", "acme").exit_code == 2
 
 
-@pytest.mark.parametrize(("args", "fragment"), [
-    (("tenant", "create", "acme"), "already exists"),
-    (("tenant", "create", "Bad Name"), "tenant name"),
-    (("tenant", "key", "add", "nobody"), "no tenant"),
-    (("tenant", "key", "revoke", "acme", "zzzzzzzz"), "has no key"),
-    (("tenant", "update", "nobody", "--rate-per-minute", "1"), "no tenant"),
-])
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (("tenant", "create", "acme"), "already exists"),
+        (("tenant", "create", "Bad Name"), "tenant name"),
+        (("tenant", "key", "add", "nobody"), "no tenant"),
+        (("tenant", "key", "revoke", "acme", "zzzzzzzz"), "has no key"),
+        (("tenant", "update", "nobody", "--rate-per-minute", "1"), "no tenant"),
+    ],
+)
 def test_tenant_errors_are_one_line(served, args: tuple[str, ...], fragment: str) -> None:
     assert_failed(run(*args), fragment)
 
 
 # ---- jobs over HTTP --------------------------------------------------------------------------
+
 
 def test_submit_status_jobs_cancel(served, workflow_file: Path) -> None:
     harness, _ = served
@@ -154,26 +160,50 @@ def _play_pipeline(harness: Harness, done: threading.Event) -> None:
         if raw is None:
             continue
         job = harness.deps.jobs.get(json.loads(raw)["job_id"])
-        harness.deps.jobs.save(job.model_copy(update={
-            "status": JobStatus.RUNNING, "stage": Stage.RENDER, "progress": 0.5,
-            "progress_detail": {"node_id": "1", "node_type": "EmptyImage", "value": 3, "max": 6,
-                                "nodes_done": 0, "nodes_total": 2},
-        }))
+        harness.deps.jobs.save(
+            job.model_copy(
+                update={
+                    "status": JobStatus.RUNNING,
+                    "stage": Stage.RENDER,
+                    "progress": 0.5,
+                    "progress_detail": {
+                        "node_id": "1",
+                        "node_type": "EmptyImage",
+                        "value": 3,
+                        "max": 6,
+                        "nodes_done": 0,
+                        "nodes_total": 2,
+                    },
+                }
+            )
+        )
         time.sleep(0.6)
         harness.complete(job.id, {"image.png": b"PNGDATA"})
         return
 
 
-def test_submit_wait_shows_progress_and_downloads(served, workflow_file: Path,
-                                                  tmp_path: Path) -> None:
+def test_submit_wait_shows_progress_and_downloads(
+    served, workflow_file: Path, tmp_path: Path
+) -> None:
     harness, _ = served
     done = threading.Event()
     player = threading.Thread(target=_play_pipeline, args=(harness, done), daemon=True)
     player.start()
     out = tmp_path / "out"
     try:
-        result = run("submit", str(workflow_file), "--user", "alice", "--wait",
-                     "--out", str(out), "--poll", "0.1", "--timeout", "20")
+        result = run(
+            "submit",
+            str(workflow_file),
+            "--user",
+            "alice",
+            "--wait",
+            "--out",
+            str(out),
+            "--poll",
+            "0.1",
+            "--timeout",
+            "20",
+        )
     finally:
         done.set()
         player.join(5)
@@ -194,18 +224,22 @@ def test_submit_refused_workflow_is_one_line(served, tmp_path: Path) -> None:
 
 
 def test_submit_with_inputs_and_webhook_reaches_the_url_policy(served, workflow_file) -> None:
-    assert_failed(run("submit", str(workflow_file), "--input", "a.png=http://127.0.0.1/a.png"),
-                  "url_refused")
+    assert_failed(
+        run("submit", str(workflow_file), "--input", "a.png=http://127.0.0.1/a.png"), "url_refused"
+    )
     assert_failed(run("submit", str(workflow_file), "--input", "no-equals-sign"), "NAME=URL")
 
 
 def test_wait_timeout_fails_cleanly(served, workflow_file: Path) -> None:
-    assert_failed(run("submit", str(workflow_file), "--wait", "--timeout", "1", "--poll", "0.2"),
-                  "did not end")
+    assert_failed(
+        run("submit", str(workflow_file), "--wait", "--timeout", "1", "--poll", "0.2"),
+        "did not end",
+    )
 
 
-def test_without_key_or_server_the_cli_says_so(served, workflow_file: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_key_or_server_the_cli_says_so(
+    served, workflow_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert_failed(run("status", "job_x", "--api-key", "csk_wrong"), "unauthorized")
     closed = free_socket()
     port = closed.getsockname()[1]

@@ -110,8 +110,9 @@ def test_wait_returns_the_final_view_or_times_out(harness: Harness) -> None:
     timer.start()
     try:
         seen: list[JobStatus] = []
-        view = alice.wait(job_id, timeout_s=10, poll_s=0.05,
-                          on_update=lambda v: seen.append(v.status))
+        view = alice.wait(
+            job_id, timeout_s=10, poll_s=0.05, on_update=lambda v: seen.append(v.status)
+        )
     finally:
         timer.join()
     assert view.status is JobStatus.COMPLETED and seen[-1] is JobStatus.COMPLETED

@@ -85,8 +85,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 def _config(stack: Stack, user: str) -> SmokeConfig:
     return SmokeConfig(
-        api_key=stack.acme_key, user_id=user, other_api_key=stack.beta_key,
-        input_url=stack.site.url("/in.png"), job_timeout_s=30.0, poll_interval_s=0.1,
+        api_key=stack.acme_key,
+        user_id=user,
+        other_api_key=stack.beta_key,
+        input_url=stack.site.url("/in.png"),
+        job_timeout_s=30.0,
+        poll_interval_s=0.1,
     )
 
 
@@ -115,15 +119,16 @@ def test_every_smoke_check_passes_against_the_real_stack(stack: Stack) -> None:
     assert checks["e2e"]["data"]["output_bytes"] == [o.size for o in e2e.outputs]
     assert jobs.get(checks["cancel"]["data"]["job_id"]).status is JobStatus.CANCELLED
     assert checks["ownership_404"]["data"] == {
-        "owner_get": 200, "other_user_get": 404, "other_user_delete": 404,
-        "other_tenant_get": 404, "listed": False,
+        "owner_get": 200,
+        "other_user_get": 404,
+        "other_user_delete": 404,
+        "other_tenant_get": 404,
+        "listed": False,
     }
     burst = checks["burst_quota"]["data"]
     assert burst["codes"] == [202] * 5 + [429] * 3
     retry_after = str(stack.deps.settings.cap_retry_after_s)
-    assert burst["refusals"] == [
-        {"code": "user_concurrency_limit", "retry_after": retry_after}
-    ] * 3
+    assert burst["refusals"] == [{"code": "user_concurrency_limit", "retry_after": retry_after}] * 3
     assert burst["cancels"] == [200] * 5
     burst_jobs = jobs.list_for_user(e2e.tenant_id, burst["user_id"], limit=20).jobs
     assert sorted(job.status for job in burst_jobs) == [JobStatus.CANCELLED] * 5
@@ -140,11 +145,26 @@ def test_every_smoke_check_passes_against_the_real_stack(stack: Stack) -> None:
 def test_the_script_passes_against_the_real_stack(stack: Stack) -> None:
     # The documented command line, as an operator would run it (key from the environment)
     done = subprocess.run(
-        [sys.executable, "scripts/smoke.py", "--url", stack.url, "--user", "bob",
-         "--other-api-key", stack.beta_key, "--job-timeout-s", "30",
-         "--poll-interval-s", "0.1"],
-        cwd=ROOT, env={"PATH": "/usr/bin:/bin", "COMFYUI_SAAS_API_KEY": stack.acme_key},
-        capture_output=True, text=True, timeout=60, check=False,
+        [
+            sys.executable,
+            "scripts/smoke.py",
+            "--url",
+            stack.url,
+            "--user",
+            "bob",
+            "--other-api-key",
+            stack.beta_key,
+            "--job-timeout-s",
+            "30",
+            "--poll-interval-s",
+            "0.1",
+        ],
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", "COMFYUI_SAAS_API_KEY": stack.acme_key},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     summary: dict[str, Any] = json.loads(done.stdout)

@@ -41,23 +41,28 @@ def invert_workflow(image_name: str, prefix: str = "e2e") -> dict[str, object]:
     return {
         "1": {"class_type": "LoadImage", "inputs": {"image": image_name}},
         "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
-        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0],
-                                                    "filename_prefix": prefix}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": prefix}},
     }
 
 
 def slow_workflow(seed: int) -> dict[str, object]:
     graph: dict[str, object] = {
-        "1": {"class_type": "EmptyImage", "inputs": {"width": 1024, "height": 1024,
-                                                     "batch_size": 1, "color": seed}},
+        "1": {
+            "class_type": "EmptyImage",
+            "inputs": {"width": 1024, "height": 1024, "batch_size": 1, "color": seed},
+        },
     }
     previous = "1"
     for node in ("10", "11", "12", "13", "14", "15"):
-        graph[node] = {"class_type": "ImageBlur", "inputs": {
-            "image": [previous, 0], "blur_radius": 31, "sigma": 1.0}}
+        graph[node] = {
+            "class_type": "ImageBlur",
+            "inputs": {"image": [previous, 0], "blur_radius": 31, "sigma": 1.0},
+        }
         previous = node
-    graph["20"] = {"class_type": "SaveImage", "inputs": {"images": [previous, 0],
-                                                         "filename_prefix": "slow"}}
+    graph["20"] = {
+        "class_type": "SaveImage",
+        "inputs": {"images": [previous, 0], "filename_prefix": "slow"},
+    }
     return graph
 
 
@@ -183,15 +188,24 @@ def test_a_runtime_error_fails_the_job_with_node_details(pipeline: Deps) -> None
     deps = pipeline
     tenant = deps.tenants.create("acme").tenant
     graph = {
-        "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8,
-                                                     "batch_size": 2, "color": 1}},
-        "2": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8,
-                                                     "batch_size": 3, "color": 2}},
-        "3": {"class_type": "ImageBlend", "inputs": {"image1": ["1", 0], "image2": ["2", 0],
-                                                     "blend_factor": 0.5,
-                                                     "blend_mode": "normal"}},
-        "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0],
-                                                    "filename_prefix": "err"}},
+        "1": {
+            "class_type": "EmptyImage",
+            "inputs": {"width": 8, "height": 8, "batch_size": 2, "color": 1},
+        },
+        "2": {
+            "class_type": "EmptyImage",
+            "inputs": {"width": 8, "height": 8, "batch_size": 3, "color": 2},
+        },
+        "3": {
+            "class_type": "ImageBlend",
+            "inputs": {
+                "image1": ["1", 0],
+                "image2": ["2", 0],
+                "blend_factor": 0.5,
+                "blend_mode": "normal",
+            },
+        },
+        "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "err"}},
     }
     job = admit(deps, tenant, "u", JobRequest(workflow=graph)).job
     wait_for(deps, job.id, TERMINAL)
@@ -199,7 +213,10 @@ def test_a_runtime_error_fails_the_job_with_node_details(pipeline: Deps) -> None
     assert failed.status is JobStatus.FAILED
     assert failed.error is not None
     assert (failed.error.code, failed.error.node_id, failed.error.node_type) == (
-        "render_failed", "3", "ImageBlend")
+        "render_failed",
+        "3",
+        "ImageBlend",
+    )
     assert "Traceback" not in failed.error.message
 
 
@@ -208,8 +225,7 @@ def test_cancel_during_render_interrupts_comfyui(pipeline: Deps) -> None:
 
     deps = pipeline
     tenant = deps.tenants.create("acme").tenant
-    job = admit(deps, tenant, "u",
-                JobRequest(workflow=slow_workflow(time.time_ns() % 1000))).job
+    job = admit(deps, tenant, "u", JobRequest(workflow=slow_workflow(time.time_ns() % 1000))).job
     end = time.monotonic() + WAIT_S
     while deps.jobs.get(job.id).progress_detail.get("node_type") != "ImageBlur":
         assert time.monotonic() < end, "render never started"
@@ -233,11 +249,15 @@ def test_cancel_during_render_interrupts_comfyui(pipeline: Deps) -> None:
 
 def invert_workflow_empty() -> dict[str, object]:
     return {
-        "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1,
-                                                     "color": time.time_ns() % 99999}},
+        "1": {
+            "class_type": "EmptyImage",
+            "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": time.time_ns() % 99999},
+        },
         "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
-        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0],
-                                                    "filename_prefix": "after"}},
+        "3": {
+            "class_type": "SaveImage",
+            "inputs": {"images": ["2", 0], "filename_prefix": "after"},
+        },
     }
 
 
@@ -253,9 +273,14 @@ def test_outputs_go_to_s3_and_every_read_presigns_afresh(
     double = ComfyDouble(tmp_path / "comfy")
     double.start()
     settings = Settings(
-        data_dir=tmp_path / "data", comfyui_url=double.url, storage="s3",
-        s3_endpoint_url=s3_server.endpoint_url, s3_region=REGION, s3_bucket="e2e-outputs",
-        s3_access_key_id=ACCESS_KEY_ID, s3_secret_access_key=SECRET_ACCESS_KEY,
+        data_dir=tmp_path / "data",
+        comfyui_url=double.url,
+        storage="s3",
+        s3_endpoint_url=s3_server.endpoint_url,
+        s3_region=REGION,
+        s3_bucket="e2e-outputs",
+        s3_access_key_id=ACCESS_KEY_ID,
+        s3_secret_access_key=SECRET_ACCESS_KEY,
     )
     s3_server.gate.clock_offset_s = 0.0
     S3Store.from_settings(settings).client.create_bucket(Bucket="e2e-outputs")
@@ -265,11 +290,13 @@ def test_outputs_go_to_s3_and_every_read_presigns_afresh(
     try:
         new = deps.tenants.create("acme")
         headers = {"Authorization": f"Bearer {new.api_key}", "X-User-ID": "ann"}
-        with serve_in_thread(create_app(deps), free_socket()) as base, httpx.Client(
-            base_url=base
-        ) as api:
-            posted = api.post("/v1/jobs", headers=headers,
-                              json={"workflow": invert_workflow_empty()})
+        with (
+            serve_in_thread(create_app(deps), free_socket()) as base,
+            httpx.Client(base_url=base) as api,
+        ):
+            posted = api.post(
+                "/v1/jobs", headers=headers, json={"workflow": invert_workflow_empty()}
+            )
             assert posted.status_code == 202, posted.text
             job_id = posted.json()["id"]
             wait_for(deps, job_id, TERMINAL)

@@ -28,8 +28,9 @@ def _store(db: Path) -> JobStore:
     return JobStore(SqliteBackend(db), lambda: 1_700_000_000.0)
 
 
-def _burst_worker(db: Path, barrier: Any, worker: int, count: int, users: list[str],
-                  limits: Limits, results: Any) -> None:
+def _burst_worker(
+    db: Path, barrier: Any, worker: int, count: int, users: list[str], limits: Limits, results: Any
+) -> None:
     store = _store(db)
     barrier.wait()
     admitted = rejected = 0
@@ -43,14 +44,16 @@ def _burst_worker(db: Path, barrier: Any, worker: int, count: int, users: list[s
     results.put((admitted, rejected))
 
 
-def _run_burst(db: Path, processes: int, per_process: int, users: list[str],
-               limits: Limits) -> tuple[int, int]:
+def _run_burst(
+    db: Path, processes: int, per_process: int, users: list[str], limits: Limits
+) -> tuple[int, int]:
     SqliteBackend(db).close()  # create the schema once, before the race
     barrier = CTX.Barrier(processes)
     results = CTX.Queue()
     procs = [
-        CTX.Process(target=_burst_worker,
-                    args=(db, barrier, w, per_process, users, limits, results))
+        CTX.Process(
+            target=_burst_worker, args=(db, barrier, w, per_process, users, limits, results)
+        )
         for w in range(processes)
     ]
     for p in procs:
@@ -115,8 +118,10 @@ def test_cancel_racing_completion_200_times_ends_in_one_terminal_state(tmp_path:
     rounds = 200
     barrier = CTX.Barrier(3)
     results = CTX.Queue()
-    procs = [CTX.Process(target=_racer, args=(db, action, rounds, barrier, results))
-             for action in ("cancel", "complete")]
+    procs = [
+        CTX.Process(target=_racer, args=(db, action, rounds, barrier, results))
+        for action in ("cancel", "complete")
+    ]
     for p in procs:
         p.start()
     for i in range(rounds):

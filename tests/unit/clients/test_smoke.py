@@ -87,11 +87,27 @@ def fake_api(flags: Flags) -> FastAPI:
         return job
 
     def view(job: dict[str, Any]) -> dict[str, Any]:
-        outputs = [OutputView(filename="a.png", content_type="image/png",
-                              size=len(flags.output), url=f"/files/{job['id']}.png")
-                   ] if job["status"] is JobStatus.COMPLETED else []
-        return JobView(id=job["id"], status=job["status"], stage=Stage.RENDER, progress=0.0,
-                       created_at=0.0, timings=Timings(), outputs=outputs).model_dump(mode="json")
+        outputs = (
+            [
+                OutputView(
+                    filename="a.png",
+                    content_type="image/png",
+                    size=len(flags.output),
+                    url=f"/files/{job['id']}.png",
+                )
+            ]
+            if job["status"] is JobStatus.COMPLETED
+            else []
+        )
+        return JobView(
+            id=job["id"],
+            status=job["status"],
+            stage=Stage.RENDER,
+            progress=0.0,
+            created_at=0.0,
+            timings=Timings(),
+            outputs=outputs,
+        ).model_dump(mode="json")
 
     @api.get("/health")
     def health() -> dict[str, str]:
@@ -104,8 +120,9 @@ def fake_api(flags: Flags) -> FastAPI:
             return who
         active = [j for j in jobs.values() if j["owner"] == who and j["status"] in ACTIVE]
         if len(active) >= flags.cap:
-            return _error(429, "user_concurrency_limit",
-                          {"Retry-After": "5"} if flags.retry_after else {})
+            return _error(
+                429, "user_concurrency_limit", {"Retry-After": "5"} if flags.retry_after else {}
+            )
         job_id = f"job_{next(ids)}"
         jobs[job_id] = {"id": job_id, "owner": who, "status": JobStatus.QUEUED, "polls": 0}
         return JSONResponse(view(jobs[job_id]), 202)
@@ -184,9 +201,14 @@ def run_against(flags: Flags, config: SmokeConfig) -> dict[str, Any]:
 
 
 def _config(**overrides: Any) -> SmokeConfig:
-    values: dict[str, Any] = {"api_key": "key-acme", "user_id": "alice",
-                              "other_api_key": "key-beta", "input_url": "https://x.test/a.png",
-                              "job_timeout_s": 5.0, "poll_interval_s": 0.0}
+    values: dict[str, Any] = {
+        "api_key": "key-acme",
+        "user_id": "alice",
+        "other_api_key": "key-beta",
+        "input_url": "https://x.test/a.png",
+        "job_timeout_s": 5.0,
+        "poll_interval_s": 0.0,
+    }
     values.update(overrides)
     return SmokeConfig(**values)
 
@@ -300,16 +322,22 @@ def test_workflow_values_stay_within_comfyui_ranges() -> None:
 def _script(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "scripts/smoke.py", "--poll-interval-s", "0", *args],
-        cwd=ROOT, env={"PATH": "/usr/bin:/bin", **env}, capture_output=True, text=True,
-        timeout=120, check=False,
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 
 def test_script_prints_the_summary_and_exits_by_it() -> None:
     # The key comes from the environment (through Settings), the URL from the arguments.
     with serve(fake_api(Flags())) as url:
-        good = _script(["--url", url, "--user", "carol", "--other-api-key", "key-beta"],
-                       {"COMFYUI_SAAS_API_KEY": "key-acme"})
+        good = _script(
+            ["--url", url, "--user", "carol", "--other-api-key", "key-beta"],
+            {"COMFYUI_SAAS_API_KEY": "key-acme"},
+        )
     assert good.returncode == 0, good.stderr
     assert (json.loads(good.stdout)["passed"], json.loads(good.stdout)["skipped"]) == (6, 1)
     with serve(fake_api(Flags(cap=100))) as url:

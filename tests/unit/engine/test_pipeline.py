@@ -93,8 +93,11 @@ def test_permanent_error_fails_the_job_with_its_code_and_node(deps: Deps) -> Non
     job = deps.jobs.get("j1")
     assert job.status is JobStatus.FAILED
     assert job.error is not None
-    assert (job.error.code, job.error.node_id, job.error.node_type) == ("render_failed", "3",
-                                                                      "ImageBlend")
+    assert (job.error.code, job.error.node_id, job.error.node_type) == (
+        "render_failed",
+        "3",
+        "ImageBlend",
+    )
     assert deps.queue(Stage.UPLOAD).len() == 0
     assert deps.queue(Stage.NOTIFY).len() == 1
 
@@ -156,8 +159,7 @@ def test_messages_for_ended_jobs_are_dropped(deps: Deps) -> None:
 
 def test_malformed_and_unknown_messages_are_dropped(deps: Deps) -> None:
     process_message("not json", deps, ALL_OK)
-    process_message(StageMessage(job_id="nope", stage=Stage.FETCH).model_dump_json(), deps,
-                    ALL_OK)
+    process_message(StageMessage(job_id="nope", stage=Stage.FETCH).model_dump_json(), deps, ALL_OK)
 
 
 def test_fail_stale_takes_back_a_job_whose_worker_died(deps: Deps) -> None:

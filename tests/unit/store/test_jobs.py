@@ -147,7 +147,8 @@ def test_idempotent_replay_returns_the_first_job() -> None:
     assert store.find("j2") is None
     with pytest.raises(IdempotencyConflict) as info:
         store.create(
-            new_job(idempotency_key="key-1", body_hash=body_fingerprint({"x": 2})), "j3",
+            new_job(idempotency_key="key-1", body_hash=body_fingerprint({"x": 2})),
+            "j3",
             Limits(),
         )
     assert info.value.job_id == "j1"
@@ -156,8 +157,9 @@ def test_idempotent_replay_returns_the_first_job() -> None:
 def test_idempotency_keys_are_per_tenant() -> None:
     store, _, _ = memory_store()
     store.create(new_job(tenant="a", idempotency_key="k", body_hash="h"), "ja", Limits())
-    admission = store.create(new_job(tenant="b", idempotency_key="k", body_hash="h"), "jb",
-                             Limits())
+    admission = store.create(
+        new_job(tenant="b", idempotency_key="k", body_hash="h"), "jb", Limits()
+    )
     assert not admission.replayed
 
 

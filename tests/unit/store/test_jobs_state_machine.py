@@ -50,9 +50,15 @@ class JobLifecycle(RuleBasedStateMachine):
         if job is None:
             return
         # A stage writes its (possibly stale) snapshot, as a racing worker would.
-        self.store.save(job.model_copy(update={
-            "status": JobStatus.RUNNING, "stage": Stage.RENDER, "progress": progress,
-        }))
+        self.store.save(
+            job.model_copy(
+                update={
+                    "status": JobStatus.RUNNING,
+                    "stage": Stage.RENDER,
+                    "progress": progress,
+                }
+            )
+        )
 
     @rule(jid=jobs, status=st.sampled_from([JobStatus.COMPLETED, JobStatus.FAILED]))
     def finish(self, jid: str, status: JobStatus) -> None:

@@ -498,7 +498,6 @@ def test_client_errors_are_permanent(servers: Servers, tmp_path: Path, code: int
     assert not info.value.retryable
 
 
-
 def test_retry_after_accepts_only_ascii_delta_seconds() -> None:
     assert parse_retry_after("120") == 120.0
     assert parse_retry_after("\u00b2") is None  # a superscript digit: isdigit() would say yes

@@ -24,8 +24,10 @@ from app.engine.deps import build_deps
 from tests.comfy_double import ComfyDouble
 
 WORKFLOW = {
-    "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1,
-                                                 "color": 123}},
+    "1": {
+        "class_type": "EmptyImage",
+        "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 123},
+    },
     "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
     "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "dev"}},
 }
@@ -44,13 +46,26 @@ class Dev:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("COMFYUI_SAAS_")}
-        env.update({"COMFYUI_SAAS_DATA_DIR": str(data_dir),
-                    "COMFYUI_SAAS_COMFYUI_URL": comfy_url, "PYTHONUNBUFFERED": "1"})
+        env.update(
+            {
+                "COMFYUI_SAAS_DATA_DIR": str(data_dir),
+                "COMFYUI_SAAS_COMFYUI_URL": comfy_url,
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         self.log = log.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-c", "from app.cli.main import main; main()", "dev",
-             "--port", str(self.port)],
-            env=env, stdout=self.log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-c",
+                "from app.cli.main import main; main()",
+                "dev",
+                "--port",
+                str(self.port),
+            ],
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
         end = time.monotonic() + 60
         while time.monotonic() < end:
@@ -106,8 +121,10 @@ def test_ctrl_c_keeps_queued_jobs_for_the_next_start(tmp_path: Path, dev_factory
     _wait(lambda: deps.jobs.get(job1.json()["id"]).status is JobStatus.COMPLETED)
     # When ComfyUI goes away, a second job waits in the render queue
     first_comfy.stop()
-    workflow2 = {**WORKFLOW, "1": {**WORKFLOW["1"], "inputs": {**WORKFLOW["1"]["inputs"],
-                                                                "color": 7}}}
+    workflow2 = {
+        **WORKFLOW,
+        "1": {**WORKFLOW["1"], "inputs": {**WORKFLOW["1"]["inputs"], "color": 7}},
+    }
     job2 = httpx.post(f"{dev.url}/v1/jobs", json={"workflow": workflow2}, headers=headers)
     assert job2.status_code == 202, job2.text
     job2_id = job2.json()["id"]

@@ -74,8 +74,13 @@ print(json.dumps({"name": m.app.name, "heavy": heavy, "snap": nl["enable_memory_
     "render": [a.min_containers, a.max_containers, a.buffer_containers, a.scaledown_window]}))
 """
     done = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
-        timeout=60, check=False,
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
     # The shipped defaults: snapshots on, GPU snapshots opt-in, one L4 at most, none idle.
@@ -244,8 +249,7 @@ def test_render_image_pins_comfyui_torch_and_installs_the_snapshot_helper() -> N
     text = "\n".join(commands)
     assert f"fetch -q --depth 1 origin {MANIFEST.comfyui.commit}" in text
     assert (
-        f'test "$(git -C /root/comfy/ComfyUI rev-parse HEAD)" = "{MANIFEST.comfyui.commit}"'
-        in text
+        f'test "$(git -C /root/comfy/ComfyUI rev-parse HEAD)" = "{MANIFEST.comfyui.commit}"' in text
     )
     for package in MANIFEST.torch:
         assert package.requirement in text
@@ -293,8 +297,13 @@ print(json.dumps({"snap": nl["enable_memory_snapshot"], "opts": nl["experimental
     "gpus": fn.info().gpus, "max": nl["autoscaler_settings"].max_containers}))
 """
     done = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
-        timeout=60, check=False,
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {  # and snapshots are on by default, GPU ones opt-in
@@ -385,8 +394,9 @@ def test_render_runs_one_job_per_call_after_a_health_check(monkeypatch: pytest.M
         kwargs["before_each"]()
         return 1
 
-    monkeypatch.setattr(modal_app, "_interface", lambda name: types.SimpleNamespace(
-        drain_stage=drain_stage))
+    monkeypatch.setattr(
+        modal_app, "_interface", lambda name: types.SimpleNamespace(drain_stage=drain_stage)
+    )
     monkeypatch.setattr("app.deploy.modal.comfy_process.is_healthy", lambda url, **_: True)
     assert _render_instance(healthy=True).run() == 1
     assert seen["stage"] is Stage.RENDER and seen["max_items"] == 1

@@ -51,8 +51,15 @@ def _free_port() -> int:
 def test_command_listens_on_loopback_with_the_model_paths(tmp_path: Path) -> None:
     launch = ComfyLaunch(tmp_path, port=8188, extra_model_paths=tmp_path / "x.yaml", python="py")
     assert comfy_server.command(launch) == [
-        "py", "main.py", "--listen", "127.0.0.1", "--port", "8188", "--disable-auto-launch",
-        "--extra-model-paths-config", str(tmp_path / "x.yaml"),
+        "py",
+        "main.py",
+        "--listen",
+        "127.0.0.1",
+        "--port",
+        "8188",
+        "--disable-auto-launch",
+        "--extra-model-paths-config",
+        str(tmp_path / "x.yaml"),
     ]
     assert launch.url == "http://127.0.0.1:8188"
 

@@ -148,10 +148,13 @@ def test_verify_install_reports_version_commit_models_and_nodes(tmp_path: Path) 
     assert summary["comfyui_version"] == "0.3.64"
     assert summary["comfyui_commit"] == SHA_A
     assert summary["models"] == [
-        {"path": "checkpoints/m.safetensors", "present": True, "size_bytes": 10,
-         "in_manifest": True},
-        {"path": "loras/extra.safetensors", "present": True, "size_bytes": 3,
-         "in_manifest": False},
+        {
+            "path": "checkpoints/m.safetensors",
+            "present": True,
+            "size_bytes": 10,
+            "in_manifest": True,
+        },
+        {"path": "loras/extra.safetensors", "present": True, "size_bytes": 3, "in_manifest": False},
     ]
     assert [n["name"] for n in summary["custom_nodes"]] == ["snapshot_helper", "example-node"]
 

@@ -101,7 +101,7 @@ def test_container_env_carries_settings_but_never_secret_values() -> None:
         "/root/comfy/ComfyUI"
     )
     # What a container reads back is a valid Settings with the deployer's values.
-    rebuilt = Settings(**{k[len(ENV_PREFIX):].lower(): v for k, v in env.items()})
+    rebuilt = Settings(**{k[len(ENV_PREFIX) :].lower(): v for k, v in env.items()})
     assert rebuilt.max_active_jobs_per_user == 7 and rebuilt.backend == "modal"
 
 
