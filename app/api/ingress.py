@@ -22,11 +22,11 @@ from pydantic import BaseModel, ValidationError
 
 from app.api.files import files_router
 from app.api.http_errors import ApiError, BodyLimit, ErrorResponse, install_error_handlers
-from app.api.views import JobList, owned_job, present
 from app.core.models import JobStatus
 from app.core.schemas import USER_ID_PATTERN, JobRequest, JobView
 from app.engine.deps import Deps
 from app.engine.pipeline import cancel_job
+from app.engine.views import JobList, owned_job, present
 from app.stages.intake import admit
 from app.store.tenants import Tenant
 

@@ -17,9 +17,9 @@ from urllib.parse import quote
 import httpx
 from pydantic import ValidationError
 
-from app.api.views import JobList
 from app.core.models import TERMINAL_STATUSES, JobStatus
 from app.core.schemas import JobView
+from app.engine.views import JobList
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 DOWNLOAD_CHUNK_BYTES = 1024 * 1024

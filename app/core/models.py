@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -135,3 +135,21 @@ class StageMessage(Record):
     #: Notify retries carry their attempt number; other stages leave it 0.
     attempt: int = 0
     not_before: float = 0.0
+
+
+#: How one webhook attempt ended: delivered, to be retried, or given up (dead-lettered).
+Outcome = Literal["delivered", "retry", "dead"]
+
+
+class DeliveryAttempt(Record):
+    """One attempt in a job's webhook delivery log (no URL, no secret, no body)."""
+
+    attempt: int
+    #: Unix seconds when the attempt started; also its signed `webhook-timestamp`.
+    at: float
+    status_code: int | None = None
+    error: str | None = None
+    duration_s: float
+    outcome: Outcome
+    next_attempt_at: float | None = None
+    reason: str = ""

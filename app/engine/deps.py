@@ -60,6 +60,9 @@ class Deps:
     scratch_reload: Callable[[], None] = _nothing
     #: Modal: the FunctionCall id of the running render, so cancel can stop it.
     current_call_id: Callable[[], str | None] = _no_call_id
+    #: The node set the catalog must come from: on Modal the deploy's pinned version, so a
+    #: catalog published by another deploy is never trusted; locally "" (ComfyUI may change).
+    catalog_version: str = ""
     _queues: dict[Stage, Queue] = field(default_factory=dict)
 
     @cached_property

@@ -19,6 +19,7 @@ from app.core.logs import get_logger
 from app.core.models import Job, JobError, JobStatus, Stage, StageTimes
 from app.engine.deps import Deps
 from app.engine.pipeline import DELAYED_DICT, PENDING_DICT, enqueue, fail_job, release_due
+from app.store.deliveries import load_delivery
 from app.store.jobs import ADMISSION_DICT, RATE_WINDOW_S, REQUEUE_AFTER_S
 
 #: Work stages a job can be waiting for; notify runs after the terminal decision.
@@ -116,14 +117,12 @@ def _reap(
 
 def _resend_lost_deliveries(deps: Deps, now: float, parked: set[str]) -> int:
     """Re-send notify messages lost with a crashed worker (the delivery stays pending)."""
-    from app.stages.notify import load_delivery
-
     if deps.queue(Stage.NOTIFY).len():
         return 0  # a backlog: the message is likely still queued
     pending = deps.backend.kv(PENDING_DICT)
     resent = 0
     for job_id in list(pending.keys()):
-        delivery = load_delivery(deps, job_id)
+        delivery = load_delivery(deps.backend, job_id)
         if delivery is not None and delivery.state != "pending":
             pending.pop(job_id)
             continue

@@ -2,40 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 from app.core.errors import ComfyUnavailable
 from app.core.logs import get_logger
 from app.core.models import Stage
 from app.engine.deps import Deps, build_deps
-from app.engine.pipeline import StageFn, process_message
 
-__all__ = ["Deps", "build_deps", "drain_stage", "stage_functions"]
+__all__ = ["Deps", "MessageHandler", "build_deps", "drain_stage"]
 
-
-def stage_functions() -> Mapping[Stage, StageFn]:
-    """The work stages, imported on demand so a CPU container never loads render's deps."""
-    from app.stages import fetch, render, upload
-
-    return {Stage.FETCH: fetch.run, Stage.RENDER: render.run, Stage.UPLOAD: upload.run}
-
-
-def _handler(stage: Stage, deps: Deps) -> Callable[[str], None]:
-    if stage is Stage.INTAKE:
-        from app.stages.intake import process_intake_message
-
-        return lambda raw: process_intake_message(raw, deps)
-    if stage is Stage.NOTIFY:
-        from app.stages.notify import process_notify_message
-
-        return lambda raw: process_notify_message(raw, deps)
-    functions = stage_functions()
-    return lambda raw: process_message(raw, deps, functions)
+#: Handles one raw message of a stage (the stages layer supplies it: `app.stages.handler`).
+MessageHandler = Callable[[str], None]
 
 
 def drain_stage(
     stage: Stage,
     deps: Deps,
+    handle: MessageHandler,
     *,
     max_items: int = 100,
     wait_s: float = 0.0,
@@ -47,7 +30,6 @@ def drain_stage(
     raises `ComfyUnavailable` the message goes back on the queue, untouched, and the error
     propagates so the container can stop taking work.
     """
-    handle = _handler(stage, deps)
     queue = deps.queue(stage)
     done = 0
     while done < max_items:

@@ -61,7 +61,7 @@ def node_catalog(deps: Deps) -> NodeCatalog | None:
     """
     kv = deps.backend.kv(node_catalogs.CATALOG_DICT)
     now = deps.clock()
-    catalog = node_catalogs.load(kv, deps.settings.object_info_ttl_s, now, catalog_version(deps))
+    catalog = node_catalogs.load(kv, deps.settings.object_info_ttl_s, now, deps.catalog_version)
     if catalog is not None or deps.settings.backend != "local":
         return catalog
     try:
@@ -70,15 +70,6 @@ def node_catalog(deps: Deps) -> NodeCatalog | None:
         get_logger().warning("node_catalog_unavailable")
         return None
     return node_catalogs.publish(kv, object_info, now)
-
-
-def catalog_version(deps: Deps) -> str:
-    """On Modal, the deploy's pinned node set; locally ComfyUI may change at any time."""
-    if deps.settings.backend != "modal":
-        return ""
-    from app.deploy.modal.manifest import node_set_version
-
-    return node_set_version()
 
 
 def check_request(request: JobRequest, deps: Deps) -> None:

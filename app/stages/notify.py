@@ -9,64 +9,16 @@ on the queue when due), never a sleeping worker. The delivery log lives in the
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Literal
 
-from pydantic import Field, ValidationError
+from pydantic import ValidationError
 
-from app.adapters.webhooks.delivery import DeliveryAttempt, deliver_once
+from app.adapters.webhooks.delivery import deliver_once
 from app.adapters.webhooks.signing import event_payload, event_type_for, new_message_id
 from app.core.logs import get_logger
-from app.core.models import Job, Record, Stage, StageMessage
-from app.core.schemas import WebhookAttemptView, WebhookView
+from app.core.models import Job, Stage, StageMessage
 from app.engine.deps import Deps
 from app.engine.pipeline import PENDING_DICT, enqueue
-
-DELIVERIES_DICT = "deliveries"
-
-DeliveryState = Literal["pending", "delivered", "dead"]
-
-
-class Delivery(Record):
-    """A job's webhook delivery and its log (no URL secrets, no signatures)."""
-
-    job_id: str
-    msg_id: str
-    event_type: str
-    body: str  #: the exact bytes signed and sent on every attempt
-    state: DeliveryState = "pending"
-    attempts: list[DeliveryAttempt] = Field(default_factory=list)
-    next_attempt_at: float | None = None
-    #: Raised by fail_stale when it re-sends a lost message (a fencing token).
-    epoch: int = 0
-
-
-def load_delivery(deps: Deps, job_id: str) -> Delivery | None:
-    """A job's delivery record, if a delivery was started."""
-    raw = deps.backend.kv(DELIVERIES_DICT).get(job_id)
-    return None if raw is None else Delivery.model_validate_json(raw)
-
-
-def webhook_view(deps: Deps, job: Job) -> WebhookView | None:
-    """The delivery log as clients see it (no URL, no signatures)."""
-    if not job.webhook_url:
-        return None
-    delivery = load_delivery(deps, job.id)
-    if delivery is None:
-        return WebhookView(state="pending")
-    return WebhookView(
-        state=delivery.state,
-        next_attempt_at=delivery.next_attempt_at if delivery.state == "pending" else None,
-        attempts=[
-            WebhookAttemptView(
-                attempt=a.attempt,
-                at=a.at,
-                status_code=a.status_code,
-                outcome=a.outcome,
-                reason=a.reason,
-            )
-            for a in delivery.attempts
-        ],
-    )
+from app.store.deliveries import DELIVERIES_DICT, Delivery, DeliveryState, load_delivery
 
 
 def _open_delivery(deps: Deps, job: Job) -> Delivery:
@@ -88,7 +40,7 @@ def _open_delivery(deps: Deps, job: Job) -> Delivery:
     )
     # Two racing first messages agree on one msg_id: the first write wins.
     deps.backend.kv(DELIVERIES_DICT).put_if_absent(job.id, fresh.model_dump_json())
-    existing = load_delivery(deps, job.id)
+    existing = load_delivery(deps.backend, job.id)
     return existing or fresh
 
 

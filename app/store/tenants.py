@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 from pydantic import Field
 
-from app.adapters.webhooks.signing import new_webhook_secret
 from app.core.config import Settings
 from app.core.models import Record
+from app.core.webhook_secret import new_webhook_secret
 from app.store.backends.base import KV, Backend
 from app.store.jobs import Limits
 

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
-from app.adapters.webhooks.signing import Outcome, decide, signed_headers
+from app.adapters.webhooks.signing import decide, signed_headers
 from app.core.errors import PipelineError, UrlRefused
 from app.core.logs import get_logger
-from app.core.models import Record
+from app.core.models import DeliveryAttempt
 
 #: Longest error text kept in the delivery log.
 MAX_ERROR_CHARS = 300
@@ -51,20 +51,6 @@ class PostResponse:
 
     status_code: int
     retry_after_s: float | None = None
-
-
-class DeliveryAttempt(Record):
-    """One attempt in a job's webhook delivery log (no URL, no secret, no body)."""
-
-    attempt: int
-    #: Unix seconds when the attempt started; also its signed `webhook-timestamp`.
-    at: float
-    status_code: int | None = None
-    error: str | None = None
-    duration_s: float
-    outcome: Outcome
-    next_attempt_at: float | None = None
-    reason: str = ""
 
 
 def deliver_once(

@@ -10,7 +10,6 @@ it stays the same on every retry of one event while `webhook-timestamp` changes.
 
 from __future__ import annotations
 
-import base64
 import json
 import math
 import random
@@ -20,21 +19,18 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any
 
 from standardwebhooks import Webhook
 
-SECRET_PREFIX = "whsec_"
-#: Random bytes in a generated secret (the spec asks for 24 to 64).
-SECRET_BYTES = 32
+from app.core.models import Outcome
+
 USER_AGENT = "comfyui-saas-webhooks/1"
 #: The longest wait a `Retry-After` may impose; longer values are cut to this.
 RETRY_AFTER_CAP_S = 86_400.0
 #: Each scheduled delay is spread by up to this fraction either way.
 JITTER_FRACTION = 0.10
 _MSG_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
-
-Outcome = Literal["delivered", "retry", "dead"]
 
 
 class EventType(StrEnum):
@@ -58,11 +54,6 @@ def event_type_for(status: str) -> EventType:
         return _EVENT_FOR_STATUS[status]
     except KeyError:
         raise ValueError(f"no webhook event for status {status!r}") from None
-
-
-def new_webhook_secret() -> str:
-    """A new endpoint secret: `whsec_` and the base64 of 32 random bytes."""
-    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(SECRET_BYTES)).decode()
 
 
 def new_message_id() -> str:

@@ -75,12 +75,12 @@ def run_worker(settings: Settings, spec: WorkerSpec, stop: Event) -> None:
     deps = build_deps(settings)
     log = get_logger(stage=spec.stage.value, worker=spec.index, pid=os.getpid())
     log.info("worker_started")
-    from app.engine.worker import drain_stage
+    from app.stages import drain
 
     before_each = deps.comfy.health if spec.stage is Stage.RENDER else None
     while not stop.is_set():
         try:
-            drain_stage(
+            drain(
                 spec.stage,
                 deps,
                 max_items=1,

@@ -176,14 +176,15 @@ def container_deps(comfy_url: str | None = None) -> Any:
     with _deps_lock:
         if "deps" not in _deps:
             configure_logging(settings.log_level, json_lines=settings.log_json)
-            worker = _interface("app.engine.worker")
             hooks = _interface("app.deploy.modal.hooks")
-            deps = worker.build_deps(
+            manifest = _interface("app.deploy.modal.manifest")
+            deps = _interface("app.engine.deps").build_deps(
                 settings, waker=wake, comfy_url=comfy_url, on_cancel=_cancel_render
             )
             deps.scratch_commit = scratch_volume.commit
             deps.scratch_reload = scratch_volume.reload
             deps.current_call_id = hooks.current_call_id
+            deps.catalog_version = manifest.node_set_version()
             _deps["deps"] = deps
         return _deps["deps"]
 
@@ -209,9 +210,9 @@ def wake(stage: Stage) -> None:
 
 
 def _drain(stage: Stage) -> int:
-    worker = _interface("app.engine.worker")
+    stages = _interface("app.stages")
     limit = settings.modal_drain_max_items
-    count = int(worker.drain_stage(stage, container_deps(), max_items=limit))
+    count = int(stages.drain(stage, container_deps(), max_items=limit))
     if count >= limit:
         wake(stage)  # the queue may hold more: hand over to a fresh call
     return count
@@ -323,10 +324,8 @@ class Render:
     @modal.method()
     def run(self) -> int:
         """Render exactly one queued job, so cancelling this call cancels only that job."""
-        worker = _interface("app.engine.worker")
-        return int(
-            worker.drain_stage(Stage.RENDER, self.deps, max_items=1, before_each=self.health_gate)
-        )
+        stages = _interface("app.stages")
+        return int(stages.drain(Stage.RENDER, self.deps, max_items=1, before_each=self.health_gate))
 
     @modal.exit()
     def stop_comfy(self) -> None:

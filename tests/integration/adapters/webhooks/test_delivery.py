@@ -16,8 +16,9 @@ from standardwebhooks import Webhook
 
 from app.adapters.net.safe_client import parse_retry_after
 from app.adapters.webhooks.delivery import DeliveryAttempt, PostResponse, deliver_once
-from app.adapters.webhooks.signing import event_payload, new_message_id, new_webhook_secret
+from app.adapters.webhooks.signing import event_payload, new_message_id
 from app.core.errors import FetchFailed, UrlRefused
+from app.core.webhook_secret import new_webhook_secret
 
 SCHEDULE = [5, 300, 1800]
 

@@ -17,9 +17,9 @@ from app.adapters.webhooks.signing import (
     event_payload,
     event_type_for,
     new_message_id,
-    new_webhook_secret,
     signed_headers,
 )
+from app.core.webhook_secret import new_webhook_secret
 
 SCHEDULE = [5, 300, 1800]
 SIGNATURE = re.compile(r"v1,[A-Za-z0-9+/]{43}=")

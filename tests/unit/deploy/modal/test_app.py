@@ -355,7 +355,7 @@ def test_a_full_drain_hands_over_to_a_fresh_call(monkeypatch: pytest.MonkeyPatch
         calls.append((stage, max_items))
         return max_items if len(calls) == 1 else 3
 
-    fake_worker = types.SimpleNamespace(drain_stage=drain_stage)
+    fake_worker = types.SimpleNamespace(drain=drain_stage)
     woken: list[Stage] = []
     monkeypatch.setattr(modal_app, "_interface", lambda name: fake_worker)
     monkeypatch.setattr(modal_app, "container_deps", lambda comfy_url=None: object())
@@ -395,7 +395,7 @@ def test_render_runs_one_job_per_call_after_a_health_check(monkeypatch: pytest.M
         return 1
 
     monkeypatch.setattr(
-        modal_app, "_interface", lambda name: types.SimpleNamespace(drain_stage=drain_stage)
+        modal_app, "_interface", lambda name: types.SimpleNamespace(drain=drain_stage)
     )
     monkeypatch.setattr("app.deploy.modal.comfy_process.is_healthy", lambda url, **_: True)
     assert _render_instance(healthy=True).run() == 1

@@ -11,9 +11,9 @@ import re
 from pydantic import BaseModel, Field
 
 from app.core.models import Job
-from app.core.schemas import JobView, job_view
+from app.core.schemas import JobView, WebhookAttemptView, WebhookView, job_view
 from app.engine.deps import Deps
-from app.stages.notify import webhook_view
+from app.store.deliveries import load_delivery
 
 #: Job ids are ours (`job_` + hex) or a client's queued id; anything else is nobody's job.
 JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -48,3 +48,26 @@ def owned_job(deps: Deps, tenant_id: str, user_id: str, job_id: str) -> Job | No
     if job is None or job.tenant_id != tenant_id or job.user_id != user_id:
         return None
     return job
+
+
+def webhook_view(deps: Deps, job: Job) -> WebhookView | None:
+    """The delivery log as clients see it (no URL, no signatures)."""
+    if not job.webhook_url:
+        return None
+    delivery = load_delivery(deps.backend, job.id)
+    if delivery is None:
+        return WebhookView(state="pending")
+    return WebhookView(
+        state=delivery.state,
+        next_attempt_at=delivery.next_attempt_at if delivery.state == "pending" else None,
+        attempts=[
+            WebhookAttemptView(
+                attempt=a.attempt,
+                at=a.at,
+                status_code=a.status_code,
+                outcome=a.outcome,
+                reason=a.reason,
+            )
+            for a in delivery.attempts
+        ],
+    )
