@@ -1,0 +1,1 @@
+"""comfyui-saas: ComfyUI workflows as a multi-tenant rendering service."""

@@ -1,1 +1,1 @@
-"""app.adapters"""
+"""Adapters: ComfyUI, outbound URLs, object storage, webhooks and media checks."""

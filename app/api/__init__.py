@@ -1,1 +1,1 @@
-"""app.api"""
+"""The HTTP ingress: routes, the one HTTP error shape, signed file links."""

@@ -1,1 +1,1 @@
-"""app.cli"""
+"""The `comfyui-saas` command line: dev, submit/wait, tenants and maintenance."""

@@ -1,1 +1,1 @@
-"""app.clients"""
+"""Clients: the Python queue client, the HTTP API client and the smoke checks."""

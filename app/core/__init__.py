@@ -1,1 +1,1 @@
-"""app.core"""
+"""Core: settings, models, request/response schemas, the error tree and logging; no I/O."""

@@ -1,1 +1,1 @@
-"""app.store"""
+"""The store: backends, the state core, and the only code that knows stored key formats."""

@@ -1,1 +1,1 @@
-"""app.adapters.webhooks"""
+"""Webhooks: Standard Webhooks signing and one delivery attempt over an injected post."""

@@ -1,1 +1,1 @@
-"""app.deploy.local"""
+"""The local deployment: `comfyui-saas dev` runs the stages, maintenance and the ingress."""

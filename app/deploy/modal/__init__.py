@@ -1,1 +1,1 @@
-"""app.deploy.modal"""
+"""The Modal deployment: app, options, container hooks, ComfyUI process, image manifest."""
