@@ -17,6 +17,12 @@ from urllib.parse import quote
 import httpx
 from pydantic import ValidationError
 
+from app.core.errors import (
+    ApiClientError,
+    ApiUnreachable,
+    HttpApiError,
+    WaitTimedOut,
+)
 from app.core.models import TERMINAL_STATUSES, JobStatus
 from app.core.schemas import JobView
 from app.engine.views import JobList
@@ -24,29 +30,6 @@ from app.engine.views import JobList
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 DOWNLOAD_CHUNK_BYTES = 1024 * 1024
 _M = TypeVar("_M", JobView, JobList)
-
-
-class ApiClientError(Exception):
-    """A call to the API did not succeed."""
-
-
-class ApiUnreachable(ApiClientError):
-    """The API could not be reached or did not answer in time."""
-
-
-class HttpApiError(ApiClientError):
-    """The API answered with an error."""
-
-    def __init__(self, status: int, code: str, message: str, body: Mapping[str, Any]) -> None:
-        super().__init__(f"{code}: {message} (HTTP {status})")
-        self.status = status
-        self.code = code
-        self.message = message
-        self.body = body
-
-
-class WaitTimedOut(ApiClientError, TimeoutError):
-    """The job did not end within the time allowed."""
 
 
 class ApiClient:

@@ -23,43 +23,22 @@ from typing import Any
 from pydantic import ValidationError
 
 from app.core.config import Settings, get_settings
-from app.core.errors import InvalidRequest
+from app.core.errors import (
+    AlreadyTerminal,
+    ClientError,
+    InvalidRequest,
+    JobAlreadyEnded,
+    Unauthorized,
+    UnknownJob,
+    WaitTimeout,
+)
 from app.core.models import TERMINAL_STATUSES, Stage
 from app.core.schemas import USER_ID, JobRequest, JobView
 from app.engine.deps import Deps, Waker, build_deps
 from app.engine.pipeline import cancel_job
 from app.engine.views import owned_job, present
 from app.stages.intake import IntakeMessage, new_job_id
-from app.store.jobs import AlreadyTerminal
 from app.store.tenants import Tenant
-
-
-class ClientError(Exception):
-    """The client could not do what was asked."""
-
-
-class Unauthorized(ClientError):
-    """The API key is missing, invalid or revoked."""
-
-
-class JobNotFound(ClientError):
-    """No such job for this tenant and user (or intake has not admitted it yet)."""
-
-
-class JobAlreadyEnded(ClientError):
-    """The job had already ended, so it cannot be cancelled."""
-
-    def __init__(self, view: JobView) -> None:
-        super().__init__(f"job {view.id} is already {view.status.value}")
-        self.view = view
-
-
-class WaitTimeout(ClientError, TimeoutError):
-    """The job did not end within the time allowed."""
-
-    def __init__(self, job_id: str, timeout_s: float, last: JobView | None) -> None:
-        super().__init__(f"job {job_id} did not end within {timeout_s:g} s")
-        self.last = last
 
 
 class Client:
@@ -125,11 +104,11 @@ class Client:
         return job_id
 
     def get(self, job_id: str) -> JobView:
-        """The job's view with fresh output URLs; raises `JobNotFound` for others' jobs."""
+        """The job's view with fresh output URLs; raises `UnknownJob` for others' jobs."""
         tenant = self.tenant()
         job = owned_job(self.deps, tenant.id, self.user_id, job_id)
         if job is None:
-            raise JobNotFound(f"no job {job_id!r}")
+            raise UnknownJob(f"no job {job_id!r}")
         return present(self.deps, job)
 
     def wait(
@@ -149,7 +128,7 @@ class Client:
         while True:
             try:
                 last = self.get(job_id)
-            except JobNotFound:
+            except UnknownJob:
                 pass
             else:
                 if on_update is not None:
@@ -162,7 +141,7 @@ class Client:
             time.sleep(min(poll_s, remaining))
 
     def cancel(self, job_id: str) -> JobView:
-        """Cancel the job; raises `JobNotFound` or `JobAlreadyEnded`."""
+        """Cancel the job; raises `UnknownJob` or `JobAlreadyEnded`."""
         self.get(job_id)  # ownership
         try:
             job = cancel_job(self.deps, job_id)
