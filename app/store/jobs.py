@@ -44,7 +44,7 @@ from app.core.models import (
     SlotRef,
     Stage,
     StageTimes,
-    Terminal,
+    TerminalDecision,
 )
 from app.store.backends.base import KV, Backend
 from app.store.claims import (
@@ -265,10 +265,10 @@ class JobStore:
             raise JobNotFound(job_id)
         return job
 
-    def terminal(self, job_id: str) -> Terminal | None:
+    def terminal(self, job_id: str) -> TerminalDecision | None:
         """The terminal decision, if one was made."""
         raw = self.jobs.get(f"terminal:{job_id}")
-        return None if raw is None else Terminal.model_validate_json(raw)
+        return None if raw is None else TerminalDecision.model_validate_json(raw)
 
     def workflow(self, job_id: str) -> dict[str, object]:
         """The job's workflow graph as submitted."""
@@ -313,7 +313,7 @@ class JobStore:
         """Decide the terminal state once; True if this call decided it (and freed the slots)."""
         if status not in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED):
             raise ValueError(f"{status} is not a terminal status")
-        decision = Terminal(
+        decision = TerminalDecision(
             status=status, decided_at=self.clock(), error=error, outputs=outputs or []
         )
         if not self.jobs.put_if_absent(f"terminal:{job_id}", _dump(decision)):
