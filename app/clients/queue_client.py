@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 from pydantic import ValidationError
 
@@ -33,6 +33,7 @@ from app.core.errors import (
     WaitTimeout,
 )
 from app.core.models import TERMINAL_STATUSES, Stage
+from app.core.polling import poll_until
 from app.core.schemas import USER_ID, JobRequest, JobView
 from app.engine.deps import Deps, Waker, build_deps
 from app.engine.pipeline import cancel_job
@@ -50,6 +51,9 @@ class Client:
         self.deps = deps
         self.api_key = api_key
         self.user_id = user_id
+        #: What `wait` reads and sleeps with; tests hand in a fake clock.
+        self.clock: Callable[[], float] = time.monotonic
+        self.sleep: Callable[[float], None] = time.sleep
 
     @classmethod
     def from_settings(
@@ -123,22 +127,28 @@ class Client:
         A job not yet admitted by intake counts as pending, so call this right after
         `enqueue`; an id that never appears times out.
         """
-        deadline = time.monotonic() + timeout_s
-        last: JobView | None = None
-        while True:
+
+        def fetch() -> JobView | None:
             try:
-                last = self.get(job_id)
+                view = self.get(job_id)
             except UnknownJob:
-                pass
-            else:
-                if on_update is not None:
-                    on_update(last)
-                if last.status in TERMINAL_STATUSES:
-                    return last
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise WaitTimeout(job_id, timeout_s, last)
-            time.sleep(min(poll_s, remaining))
+                return None
+            if on_update is not None:
+                on_update(view)
+            return view
+
+        def timed_out(last: JobView | None) -> NoReturn:
+            raise WaitTimeout(job_id, timeout_s, last)
+
+        return poll_until(
+            fetch,
+            lambda view: view.status in TERMINAL_STATUSES,
+            timeout_s=timeout_s,
+            poll_s=poll_s,
+            on_timeout=timed_out,
+            clock=self.clock,
+            sleep=self.sleep,
+        )
 
     def cancel(self, job_id: str) -> JobView:
         """Cancel the job; raises `UnknownJob` or `JobAlreadyEnded`."""

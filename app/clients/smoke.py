@@ -31,6 +31,7 @@ from typing import Any
 import httpx
 from pydantic import ValidationError
 
+from app.core.polling import poll_until
 from app.core.schemas import JobView
 
 HEALTH_PATH = "/health"
@@ -188,19 +189,31 @@ def send_cancel(client: httpx.Client, key: str, user_id: str, job_id: str) -> ht
 
 
 def wait_terminal(
-    client: httpx.Client, cfg: SmokeConfig, job_id: str, sleep: Callable[[float], None] = time.sleep
+    client: httpx.Client,
+    cfg: SmokeConfig,
+    job_id: str,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
 ) -> dict[str, Any]:
     """Poll a job until it ends or the timeout passes; the last body seen."""
-    deadline = time.monotonic() + cfg.job_timeout_s
-    while True:
+
+    def fetch() -> dict[str, Any]:
         response = client.get(job_path(job_id), headers=headers(cfg.api_key, cfg.user_id))
         found = _json(response)
         body = found if isinstance(found, dict) else {}
         if response.status_code != 200:
             body = {"http_status": response.status_code, "error": body.get("error")}
-        if body.get("status") in TERMINAL or time.monotonic() >= deadline:
-            return body
-        sleep(cfg.poll_interval_s)
+        return body
+
+    return poll_until(
+        fetch,
+        lambda body: body.get("status") in TERMINAL,
+        timeout_s=cfg.job_timeout_s,
+        poll_s=cfg.poll_interval_s,
+        on_timeout=lambda last: last or {},
+        clock=clock,
+        sleep=sleep,
+    )
 
 
 # ---- verdicts (pure) -------------------------------------------------------------------
