@@ -6,12 +6,9 @@ this module is the stable name the rest of the code and the tests import it by.
 
 from __future__ import annotations
 
+from app.core.errors import AdmissionRejected, AlreadyTerminal, IdempotencyConflict, JobNotFound
 from app.store.jobs import (
     Admission,
-    AdmissionRejected,
-    AlreadyTerminal,
-    IdempotencyConflict,
-    JobNotFound,
     JobStore,
     Limits,
     NewJob,

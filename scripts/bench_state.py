@@ -21,10 +21,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from app.core.errors import AdmissionRejected
 from app.core.models import JobStatus
 from app.store.backends.memory import MemoryBackend
 from app.store.backends.sqlite import SqliteBackend
-from app.store.jobs import AdmissionRejected, JobStore, Limits, NewJob
+from app.store.jobs import JobStore, Limits, NewJob
 
 WORKFLOW: dict[str, object] = {
     "1": {

@@ -13,7 +13,8 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse
 
 from app.adapters.storage import LocalStore, content_disposition
-from app.api.http_errors import ApiError, ErrorResponse
+from app.api.http_errors import ErrorResponse
+from app.core.errors import ApiError
 from app.engine.deps import Deps
 
 files_router = APIRouter()

@@ -22,10 +22,17 @@ from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.core.errors import InvalidRequest, PipelineError
+from app.core.errors import (
+    AdmissionRejected,
+    AlreadyTerminal,
+    ApiError,
+    BackendError,
+    IdempotencyConflict,
+    InvalidRequest,
+    JobNotFound,
+    PipelineError,
+)
 from app.core.logs import get_logger
-from app.store.backends.base import BackendError
-from app.store.jobs import AdmissionRejected, AlreadyTerminal, IdempotencyConflict, JobNotFound
 
 #: Statuses of `InvalidRequest` subclasses, by code; any other code is a 400.
 INVALID_REQUEST_STATUS: Mapping[str, int] = {
@@ -71,27 +78,6 @@ class ErrorResponse(BaseModel):
     """Every non-2xx response body."""
 
     error: ErrorDetail
-
-
-class ApiError(Exception):
-    """An HTTP error a route raises on purpose; rendered in the common shape."""
-
-    def __init__(
-        self,
-        http_status: int,
-        code: str,
-        message: str,
-        /,
-        *,
-        headers: Mapping[str, str] | None = None,
-        **extra: object,
-    ) -> None:
-        super().__init__(message)
-        self.status = http_status
-        self.code = code
-        self.message = message
-        self.headers = dict(headers or {})
-        self.extra = extra
 
 
 def error_response(

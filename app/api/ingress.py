@@ -21,7 +21,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ValidationError
 
 from app.api.files import files_router
-from app.api.http_errors import ApiError, BodyLimit, ErrorResponse, install_error_handlers
+from app.api.http_errors import BodyLimit, ErrorResponse, install_error_handlers
+from app.core.errors import ApiError
 from app.core.models import JobStatus
 from app.core.schemas import USER_ID_PATTERN, JobRequest, JobView
 from app.engine.deps import Deps

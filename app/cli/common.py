@@ -10,13 +10,9 @@ from typing import NoReturn
 import typer
 from pydantic import ValidationError
 
-from app.clients.http_client import ApiClientError, HttpApiError
 from app.core.config import Settings, get_settings
-from app.core.errors import PipelineError
-from app.deploy.local.runner import RunnerError
+from app.core.errors import BackendError, ComfySaasError, HttpApiError, PipelineError
 from app.engine.deps import Deps, build_deps
-from app.store.backends.base import BackendError
-from app.store.tenants import TenantError
 
 
 def fail(message: str, exit_code: int = 1) -> NoReturn:
@@ -34,12 +30,12 @@ def friendly_errors() -> Iterator[None]:
         raise
     except HttpApiError as exc:
         fail(f"{exc.message} ({exc.code}, HTTP {exc.status})")
-    except (ApiClientError, TenantError, RunnerError) as exc:
-        fail(str(exc))
     except PipelineError as exc:
         fail(exc.message)
     except BackendError as exc:
         fail(f"state backend: {exc}")
+    except ComfySaasError as exc:  # the rest of the tree: its message is the whole story
+        fail(str(exc))
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or exc.title

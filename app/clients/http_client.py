@@ -11,42 +11,26 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import Any, NoReturn, Self, TypeVar
 from urllib.parse import quote
 
 import httpx
 from pydantic import ValidationError
 
+from app.core.errors import (
+    ApiClientError,
+    ApiUnreachable,
+    HttpApiError,
+    WaitTimedOut,
+)
 from app.core.models import TERMINAL_STATUSES, JobStatus
+from app.core.polling import poll_until
 from app.core.schemas import JobView
 from app.engine.views import JobList
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 DOWNLOAD_CHUNK_BYTES = 1024 * 1024
 _M = TypeVar("_M", JobView, JobList)
-
-
-class ApiClientError(Exception):
-    """A call to the API did not succeed."""
-
-
-class ApiUnreachable(ApiClientError):
-    """The API could not be reached or did not answer in time."""
-
-
-class HttpApiError(ApiClientError):
-    """The API answered with an error."""
-
-    def __init__(self, status: int, code: str, message: str, body: Mapping[str, Any]) -> None:
-        super().__init__(f"{code}: {message} (HTTP {status})")
-        self.status = status
-        self.code = code
-        self.message = message
-        self.body = body
-
-
-class WaitTimedOut(ApiClientError, TimeoutError):
-    """The job did not end within the time allowed."""
 
 
 class ApiClient:
@@ -71,6 +55,9 @@ class ApiClient:
             trust_env=False,
         )
         self._plain = httpx.Client(timeout=timeout_s, transport=transport, trust_env=False)
+        #: What `wait` reads and sleeps with; tests hand in a fake clock.
+        self.clock: Callable[[], float] = time.monotonic
+        self.sleep: Callable[[float], None] = time.sleep
 
     def close(self) -> None:
         """Close the connections."""
@@ -132,17 +119,25 @@ class ApiClient:
         on_update: Callable[[JobView], None] | None = None,
     ) -> JobView:
         """Poll until the job ends; raises `WaitTimedOut`."""
-        deadline = time.monotonic() + timeout_s
-        while True:
+
+        def fetch() -> JobView:
             view = self.get(job_id)
             if on_update is not None:
                 on_update(view)
-            if view.status in TERMINAL_STATUSES:
-                return view
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise WaitTimedOut(f"job {job_id} did not end within {timeout_s:g} s")
-            time.sleep(min(poll_s, remaining))
+            return view
+
+        def timed_out(last: JobView | None) -> NoReturn:
+            raise WaitTimedOut(f"job {job_id} did not end within {timeout_s:g} s")
+
+        return poll_until(
+            fetch,
+            lambda view: view.status in TERMINAL_STATUSES,
+            timeout_s=timeout_s,
+            poll_s=poll_s,
+            on_timeout=timed_out,
+            clock=self.clock,
+            sleep=self.sleep,
+        )
 
     def download_outputs(self, view: JobView, out_dir: Path) -> list[Path]:
         """Save every output of a job under `out_dir`; returns the files written."""

@@ -18,48 +18,28 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 from pydantic import ValidationError
 
 from app.core.config import Settings, get_settings
-from app.core.errors import InvalidRequest
+from app.core.errors import (
+    AlreadyTerminal,
+    ClientError,
+    InvalidRequest,
+    JobAlreadyEnded,
+    Unauthorized,
+    UnknownJob,
+    WaitTimeout,
+)
 from app.core.models import TERMINAL_STATUSES, Stage
+from app.core.polling import poll_until
 from app.core.schemas import USER_ID, JobRequest, JobView
 from app.engine.deps import Deps, Waker, build_deps
 from app.engine.pipeline import cancel_job
 from app.engine.views import owned_job, present
 from app.stages.intake import IntakeMessage, new_job_id
-from app.store.jobs import AlreadyTerminal
 from app.store.tenants import Tenant
-
-
-class ClientError(Exception):
-    """The client could not do what was asked."""
-
-
-class Unauthorized(ClientError):
-    """The API key is missing, invalid or revoked."""
-
-
-class JobNotFound(ClientError):
-    """No such job for this tenant and user (or intake has not admitted it yet)."""
-
-
-class JobAlreadyEnded(ClientError):
-    """The job had already ended, so it cannot be cancelled."""
-
-    def __init__(self, view: JobView) -> None:
-        super().__init__(f"job {view.id} is already {view.status.value}")
-        self.view = view
-
-
-class WaitTimeout(ClientError, TimeoutError):
-    """The job did not end within the time allowed."""
-
-    def __init__(self, job_id: str, timeout_s: float, last: JobView | None) -> None:
-        super().__init__(f"job {job_id} did not end within {timeout_s:g} s")
-        self.last = last
 
 
 class Client:
@@ -71,6 +51,9 @@ class Client:
         self.deps = deps
         self.api_key = api_key
         self.user_id = user_id
+        #: What `wait` reads and sleeps with; tests hand in a fake clock.
+        self.clock: Callable[[], float] = time.monotonic
+        self.sleep: Callable[[float], None] = time.sleep
 
     @classmethod
     def from_settings(
@@ -125,11 +108,11 @@ class Client:
         return job_id
 
     def get(self, job_id: str) -> JobView:
-        """The job's view with fresh output URLs; raises `JobNotFound` for others' jobs."""
+        """The job's view with fresh output URLs; raises `UnknownJob` for others' jobs."""
         tenant = self.tenant()
         job = owned_job(self.deps, tenant.id, self.user_id, job_id)
         if job is None:
-            raise JobNotFound(f"no job {job_id!r}")
+            raise UnknownJob(f"no job {job_id!r}")
         return present(self.deps, job)
 
     def wait(
@@ -144,25 +127,31 @@ class Client:
         A job not yet admitted by intake counts as pending, so call this right after
         `enqueue`; an id that never appears times out.
         """
-        deadline = time.monotonic() + timeout_s
-        last: JobView | None = None
-        while True:
+
+        def fetch() -> JobView | None:
             try:
-                last = self.get(job_id)
-            except JobNotFound:
-                pass
-            else:
-                if on_update is not None:
-                    on_update(last)
-                if last.status in TERMINAL_STATUSES:
-                    return last
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise WaitTimeout(job_id, timeout_s, last)
-            time.sleep(min(poll_s, remaining))
+                view = self.get(job_id)
+            except UnknownJob:
+                return None
+            if on_update is not None:
+                on_update(view)
+            return view
+
+        def timed_out(last: JobView | None) -> NoReturn:
+            raise WaitTimeout(job_id, timeout_s, last)
+
+        return poll_until(
+            fetch,
+            lambda view: view.status in TERMINAL_STATUSES,
+            timeout_s=timeout_s,
+            poll_s=poll_s,
+            on_timeout=timed_out,
+            clock=self.clock,
+            sleep=self.sleep,
+        )
 
     def cancel(self, job_id: str) -> JobView:
-        """Cancel the job; raises `JobNotFound` or `JobAlreadyEnded`."""
+        """Cancel the job; raises `UnknownJob` or `JobAlreadyEnded`."""
         self.get(job_id)  # ownership
         try:
             job = cancel_job(self.deps, job_id)

@@ -31,6 +31,7 @@ from typing import Any
 import httpx
 from pydantic import ValidationError
 
+from app.core.polling import poll_until
 from app.core.schemas import JobView
 
 HEALTH_PATH = "/health"
@@ -168,39 +169,51 @@ def parse_view(response: httpx.Response) -> tuple[JobView | None, str]:
         return None, f"not a job view ({where}: {first['msg']})"
 
 
-def error_code(response: httpx.Response) -> str | None:
+def response_error_code(response: httpx.Response) -> str | None:
     """`error.code` of an error response, if it has the common shape."""
     body = _json(response)
     error = body.get("error") if isinstance(body, dict) else None
     return str(error.get("code")) if isinstance(error, dict) else None
 
 
-def submit(
+def send_job(
     client: httpx.Client, key: str | None, user_id: str, body: dict[str, Any]
 ) -> httpx.Response:
     """POST one job request."""
     return client.post(JOBS_PATH, json=body, headers=headers(key, user_id))
 
 
-def cancel(client: httpx.Client, key: str, user_id: str, job_id: str) -> httpx.Response:
+def send_cancel(client: httpx.Client, key: str, user_id: str, job_id: str) -> httpx.Response:
     """DELETE a job: 200 with it cancelled, 409 if it had already ended."""
     return client.delete(job_path(job_id), headers=headers(key, user_id))
 
 
 def wait_terminal(
-    client: httpx.Client, cfg: SmokeConfig, job_id: str, sleep: Callable[[float], None] = time.sleep
+    client: httpx.Client,
+    cfg: SmokeConfig,
+    job_id: str,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
 ) -> dict[str, Any]:
     """Poll a job until it ends or the timeout passes; the last body seen."""
-    deadline = time.monotonic() + cfg.job_timeout_s
-    while True:
+
+    def fetch() -> dict[str, Any]:
         response = client.get(job_path(job_id), headers=headers(cfg.api_key, cfg.user_id))
         found = _json(response)
         body = found if isinstance(found, dict) else {}
         if response.status_code != 200:
             body = {"http_status": response.status_code, "error": body.get("error")}
-        if body.get("status") in TERMINAL or time.monotonic() >= deadline:
-            return body
-        sleep(cfg.poll_interval_s)
+        return body
+
+    return poll_until(
+        fetch,
+        lambda body: body.get("status") in TERMINAL,
+        timeout_s=cfg.job_timeout_s,
+        poll_s=cfg.poll_interval_s,
+        on_timeout=lambda last: last or {},
+        clock=clock,
+        sleep=sleep,
+    )
 
 
 # ---- verdicts (pure) -------------------------------------------------------------------
@@ -217,7 +230,7 @@ def burst_verdict(codes: Sequence[int], posts: int, accepted: int) -> tuple[bool
     return ok, f"{detail} (want {accepted} x 202, then {posts - accepted} x 429)"
 
 
-def summarize(url: str, results: Sequence[CheckResult]) -> dict[str, Any]:
+def smoke_report(url: str, results: Sequence[CheckResult]) -> dict[str, Any]:
     """The JSON summary: overall ok only if no check failed and something passed."""
     passed = sum(1 for r in results if r.ok is True)
     failed = sum(1 for r in results if r.ok is False)
@@ -259,8 +272,8 @@ def check_auth(client: httpx.Client, cfg: SmokeConfig) -> CheckResult:
     """A submission without a key, and one with an unknown key, are refused with 401."""
     body = {"workflow": tiny_workflow(1)}
     codes = {
-        "no_key": submit(client, None, cfg.user_id, body).status_code,
-        "bad_key": submit(client, BAD_KEY, cfg.user_id, body).status_code,
+        "no_key": send_job(client, None, cfg.user_id, body).status_code,
+        "bad_key": send_job(client, BAD_KEY, cfg.user_id, body).status_code,
     }
     ok = all(code == 401 for code in codes.values())
     detail = ", ".join(f"{name}: HTTP {code}" for name, code in codes.items())
@@ -271,14 +284,14 @@ def _run_job(
     client: httpx.Client, cfg: SmokeConfig, name: str, request: dict[str, Any]
 ) -> CheckResult:
     """Submit, wait for completion, download every output without the API key."""
-    response = submit(client, cfg.api_key, cfg.user_id, request)
+    response = send_job(client, cfg.api_key, cfg.user_id, request)
     view, problem = parse_view(response)
     if response.status_code != 202 or view is None:
         return CheckResult(
             name,
             False,
             f"submit answered HTTP {response.status_code} {problem}",
-            data={"error": error_code(response)},
+            data={"error": response_error_code(response)},
         )
     data: dict[str, Any] = {"job_id": view.id}
     body = wait_terminal(client, cfg, view.id)
@@ -340,7 +353,7 @@ def check_ownership(client: httpx.Client, cfg: SmokeConfig, job_id: str | None) 
         "other_user_get": client.get(
             job_path(job_id), headers=headers(cfg.api_key, other)
         ).status_code,
-        "other_user_delete": cancel(client, cfg.api_key, other, job_id).status_code,
+        "other_user_delete": send_cancel(client, cfg.api_key, other, job_id).status_code,
     }
     listed = client.get(JOBS_PATH, params={"limit": 100}, headers=headers(cfg.api_key, other))
     body = _json(listed)
@@ -365,17 +378,19 @@ def check_ownership(client: httpx.Client, cfg: SmokeConfig, job_id: str | None) 
 
 def check_cancel(client: httpx.Client, cfg: SmokeConfig) -> CheckResult:
     """A slow job cancelled right after submission is `cancelled`, and stays so."""
-    response = submit(client, cfg.api_key, cfg.user_id, {"workflow": slow_workflow(time.time_ns())})
+    response = send_job(
+        client, cfg.api_key, cfg.user_id, {"workflow": slow_workflow(time.time_ns())}
+    )
     view, problem = parse_view(response)
     if response.status_code != 202 or view is None:
         return CheckResult(
             "cancel",
             False,
             f"submit answered HTTP {response.status_code} {problem}",
-            data={"error": error_code(response)},
+            data={"error": response_error_code(response)},
         )
     data: dict[str, Any] = {"job_id": view.id}
-    answer = cancel(client, cfg.api_key, cfg.user_id, view.id)
+    answer = send_cancel(client, cfg.api_key, cfg.user_id, view.id)
     cancelled, _ = parse_view(answer)
     data["delete"] = answer.status_code
     if answer.status_code != 200 or cancelled is None or cancelled.status != "cancelled":
@@ -387,7 +402,9 @@ def check_cancel(client: httpx.Client, cfg: SmokeConfig) -> CheckResult:
             data=data,
         )
     data["final"] = final = wait_terminal(client, cfg, view.id).get("status")
-    data["second_delete"] = again = cancel(client, cfg.api_key, cfg.user_id, view.id).status_code
+    data["second_delete"] = again = send_cancel(
+        client, cfg.api_key, cfg.user_id, view.id
+    ).status_code
     ok = final == "cancelled" and again == 409
     return CheckResult(
         "cancel", ok, f"job ended {final!r}, a second cancel answered HTTP {again}", data=data
@@ -402,7 +419,7 @@ def check_burst(client: httpx.Client, cfg: SmokeConfig) -> CheckResult:
     admitted: list[str] = []
     for index in range(cfg.burst_posts):
         request = {"workflow": slow_workflow(time.time_ns() + index)}
-        response = submit(client, cfg.api_key, user, request)
+        response = send_job(client, cfg.api_key, user, request)
         codes.append(response.status_code)
         if response.status_code == 202:
             view, _ = parse_view(response)
@@ -410,10 +427,13 @@ def check_burst(client: httpx.Client, cfg: SmokeConfig) -> CheckResult:
                 admitted.append(view.id)
         elif response.status_code == 429:
             refusals.append(
-                {"code": error_code(response), "retry_after": response.headers.get("Retry-After")}
+                {
+                    "code": response_error_code(response),
+                    "retry_after": response.headers.get("Retry-After"),
+                }
             )
     # The admitted jobs are cleanup: 409 only means one already ended on its own.
-    cancels = [cancel(client, cfg.api_key, user, job_id).status_code for job_id in admitted]
+    cancels = [send_cancel(client, cfg.api_key, user, job_id).status_code for job_id in admitted]
     ok, detail = burst_verdict(codes, cfg.burst_posts, cfg.burst_accepted)
     bad_refusals = [
         r for r in refusals if r["code"] != CAP_CODE or not str(r["retry_after"] or "").isdigit()
@@ -441,7 +461,7 @@ def run_all(client: httpx.Client, cfg: SmokeConfig, url: str) -> dict[str, Any]:
     results.append(_timed("ownership_404", lambda: check_ownership(client, cfg, job_id)))
     results.append(_timed("cancel", lambda: check_cancel(client, cfg)))
     results.append(_timed("burst_quota", lambda: check_burst(client, cfg)))
-    return summarize(url, results)
+    return smoke_report(url, results)
 
 
 def run_smoke(

@@ -1,32 +1,65 @@
-"""The pipeline's error tree. An exception's docstring is its default message.
+"""Every error the service raises on purpose, in one tree. A docstring is the default message.
 
-    PipelineError                 permanent: the job fails with `code`
-    ├── TransientError            retryable: the stage is tried again
-    │   ├── ComfyUnavailable      ComfyUI did not answer
-    │   ├── StorageUnavailable    object storage failed transiently
-    │   └── DeliveryFailed        a webhook endpoint could not be reached
-    ├── InvalidRequest            the client's request is wrong (a 4xx)
-    │   ├── InvalidWorkflow
-    │   ├── UrlRefused            the URL policy refused an input or webhook URL
-    │   ├── SignedUrlInvalid      a signed download URL does not verify
-    │   │   └── SignedUrlExpired  ... or verifies but has expired
-    │   └── ObjectNotFound        a signed URL names an object that is not stored
-    ├── FetchFailed               an input could not be downloaded or is not valid media
-    ├── RenderFailed              ComfyUI reported an error while running the graph
-    ├── RenderTimeout             the job's deadline passed during render
-    ├── RenderCancelled           the client cancelled the job during render
-    └── UploadFailed              storage refused the outputs for good
+    ComfySaasError                    the root: anything below is expected, never a bug
+    ├── PipelineError                 permanent: the job fails with `code`
+    │   ├── TransientError            retryable: the stage is tried again
+    │   │   ├── ComfyUnavailable      ComfyUI did not answer
+    │   │   ├── FetchUnavailable      an input's server failed for now
+    │   │   ├── StorageUnavailable    object storage failed transiently
+    │   │   └── DeliveryFailed        a webhook endpoint could not be reached
+    │   ├── InvalidRequest            the client's request is wrong (a 4xx)
+    │   │   ├── InvalidWorkflow
+    │   │   ├── UrlRefused            the URL policy refused an input or webhook URL
+    │   │   ├── SignedUrlInvalid      a signed download URL does not verify
+    │   │   │   └── SignedUrlExpired  ... or verifies but has expired
+    │   │   └── ObjectNotFound        a signed URL names an object that is not stored
+    │   ├── FetchFailed               an input could not be downloaded or is not valid media
+    │   ├── RenderFailed              ComfyUI reported an error while running the graph
+    │   ├── RenderTimeout             the job's deadline passed during render
+    │   ├── RenderCancelled           the client cancelled the job during render
+    │   └── UploadFailed              storage refused the outputs for good
+    ├── BackendError                  the queue/dict backend failed (HTTP 503)
+    │   └── QueueItemTooLarge         a queue item is over 1 MiB (also a ValueError)
+    ├── JobStateError                 the job state core refused an operation
+    │   ├── AdmissionRejected         a cap or rate limit refused a new job (HTTP 429)
+    │   ├── IdempotencyConflict       an idempotency key reused with another body (HTTP 409)
+    │   ├── AlreadyTerminal           the job had already ended (HTTP 409)
+    │   └── JobNotFound               no such job (HTTP 404; also a KeyError)
+    ├── TenantError                   a tenant operation was refused
+    ├── ApiError                      an HTTP error a route raises on purpose
+    ├── ClientError                   the Python queue client could not do what was asked
+    │   ├── Unauthorized              the API key is missing, invalid or revoked
+    │   ├── UnknownJob                no such job for this tenant and user
+    │   ├── JobAlreadyEnded           cancel of a job that had already ended
+    │   └── WaitTimeout               the job did not end in time (also a TimeoutError)
+    ├── ApiClientError                a call through the HTTP client did not succeed
+    │   ├── ApiUnreachable            the API could not be reached or did not answer in time
+    │   ├── HttpApiError              the API answered with an error
+    │   └── WaitTimedOut              the job did not end in time (also a TimeoutError)
+    └── RunnerError                   the local pipeline cannot start
 
 Library errors are translated at the boundary (`raise FetchFailed(...) from exc`), so no
-library exception, and no traceback, reaches a client.
+library exception, and no traceback, reaches a client. The HTTP status of each branch is
+decided in `app.api.http_errors`; the command line prints any `ComfySaasError` as one line.
+Every class is defined here and imported from here (`app.state` re-exports the job state
+core's four), so there is one place to read what can go wrong and how it is handled.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from app.core.models import Job
+    from app.core.schemas import JobView
 
 
-class PipelineError(Exception):
+class ComfySaasError(Exception):
+    """The root of every error the service raises on purpose."""
+
+
+class PipelineError(ComfySaasError):
     """Unexpected pipeline error."""
 
     retryable: ClassVar[bool] = False
@@ -144,3 +177,138 @@ class UploadFailed(PipelineError):
     """The outputs could not be stored."""
 
     code = "upload_failed"
+
+
+# ---- the state backend and the job state core ------------------------------------------
+
+
+class BackendError(ComfySaasError):
+    """The queue/dict backend failed."""
+
+
+class QueueItemTooLarge(BackendError, ValueError):
+    """A queue item is over the 1 MiB limit; put ids in messages, not payloads."""
+
+
+class JobStateError(ComfySaasError):
+    """The job state core refused an operation."""
+
+
+class AdmissionRejected(JobStateError):
+    """The request was not admitted; `code` says which limit, `retry_after_s` when to retry."""
+
+    def __init__(self, code: str, message: str, retry_after_s: int, limit: int) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.retry_after_s = retry_after_s
+        self.limit = limit
+
+
+class IdempotencyConflict(JobStateError):
+    """The idempotency key was used with a different body, or its first use is in flight."""
+
+    def __init__(self, message: str, job_id: str | None) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+
+
+class AlreadyTerminal(JobStateError):
+    """The job had already ended; its terminal state cannot change."""
+
+    def __init__(self, job: Job) -> None:
+        super().__init__(f"job {job.id} is already {job.status}")
+        self.job = job
+
+
+class JobNotFound(JobStateError, KeyError):
+    """No such job."""
+
+
+class TenantError(ComfySaasError):
+    """A tenant operation was refused; the message says why."""
+
+
+# ---- the HTTP layer ------------------------------------------------------------------------
+
+
+class ApiError(ComfySaasError):
+    """An HTTP error a route raises on purpose; rendered in the common shape."""
+
+    def __init__(
+        self,
+        http_status: int,
+        code: str,
+        message: str,
+        /,
+        *,
+        headers: Mapping[str, str] | None = None,
+        **extra: object,
+    ) -> None:
+        super().__init__(message)
+        self.status = http_status
+        self.code = code
+        self.message = message
+        self.headers = dict(headers or {})
+        self.extra = extra
+
+
+# ---- the clients ---------------------------------------------------------------------------
+
+
+class ClientError(ComfySaasError):
+    """The client could not do what was asked."""
+
+
+class Unauthorized(ClientError):
+    """The API key is missing, invalid or revoked."""
+
+
+class UnknownJob(ClientError):
+    """No such job for this tenant and user (or intake has not admitted it yet)."""
+
+
+class JobAlreadyEnded(ClientError):
+    """The job had already ended, so it cannot be cancelled."""
+
+    def __init__(self, view: JobView) -> None:
+        super().__init__(f"job {view.id} is already {view.status.value}")
+        self.view = view
+
+
+class WaitTimeout(ClientError, TimeoutError):
+    """The job did not end within the time allowed."""
+
+    def __init__(self, job_id: str, timeout_s: float, last: JobView | None) -> None:
+        super().__init__(f"job {job_id} did not end within {timeout_s:g} s")
+        self.last = last
+
+
+class ApiClientError(ComfySaasError):
+    """A call to the API did not succeed."""
+
+
+class ApiUnreachable(ApiClientError):
+    """The API could not be reached or did not answer in time."""
+
+
+class HttpApiError(ApiClientError):
+    """The API answered with an error."""
+
+    def __init__(self, status: int, code: str, message: str, body: Mapping[str, Any]) -> None:
+        super().__init__(f"{code}: {message} (HTTP {status})")
+        self.status = status
+        self.code = code
+        self.message = message
+        self.body = body
+
+
+class WaitTimedOut(ApiClientError, TimeoutError):
+    """The job did not end within the time allowed."""
+
+
+# ---- the local runner ----------------------------------------------------------------------
+
+
+class RunnerError(ComfySaasError):
+    """The local pipeline cannot start; the message says why and what to do."""

@@ -117,7 +117,7 @@ class Job(Record):
         return self.created_at + self.timeout_s
 
 
-class Terminal(Record):
+class TerminalDecision(Record):
     """The one terminal decision of a job, written once by put-if-absent."""
 
     status: JobStatus

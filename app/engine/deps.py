@@ -43,6 +43,11 @@ def _no_call_id() -> str | None:
     return None
 
 
+def _none_waiting(stage: Stage) -> int:
+    """Local workers are always running: no consumer call is ever waiting to start."""
+    return 0
+
+
 @dataclass
 class Deps:
     """Shared clients and stores; cheap to build, heavy parts built on first use."""
@@ -63,6 +68,10 @@ class Deps:
     #: The node set the catalog must come from: on Modal the deploy's pinned version, so a
     #: catalog published by another deploy is never trusted; locally "" (ComfyUI may change).
     catalog_version: str = ""
+    #: Modal: consumer calls of a stage already waiting to start (the sweep wakes fewer).
+    waiting_calls: Callable[[Stage], int] = _none_waiting
+    #: Modal: renders that can run at once (the sweep wakes render up to this many times).
+    render_parallel: int = 1
     _queues: dict[Stage, Queue] = field(default_factory=dict)
 
     @cached_property

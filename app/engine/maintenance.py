@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 from app.core.logs import get_logger
@@ -41,14 +42,56 @@ class StaleReport:
 
 
 def sweep(deps: Deps) -> dict[str, int]:
-    """Release due parked messages and wake every stage with work waiting."""
+    """Release due parked messages, then wake every stage with work waiting.
+
+    The same code runs every few seconds locally and every minute on Modal; `deps` says
+    how many consumer calls are already waiting to start and how many renders can run at
+    once (`waiting_calls`, `render_parallel`), which decides how many wake-ups each stage
+    gets (`wake_plan`).
+    """
     report = {"released": release_due(deps)}
-    for stage in Stage:
-        waiting = deps.queue(stage).len()
-        if waiting:
+    lengths = {stage: deps.queue(stage).len() for stage in Stage}
+    waiting = {stage: deps.waiting_calls(stage) for stage, length in lengths.items() if length}
+    plan = wake_plan(lengths, waiting, deps.render_parallel)
+    for stage, count in plan.items():
+        for _ in range(count):
             deps.waker(stage)
-        report[stage.value] = waiting
+    report.update({stage.value: length for stage, length in lengths.items()})
+    report["woken"] = sum(plan.values())
+    get_logger().info(
+        "sweep_done",
+        released=report["released"],
+        queued={stage.value: n for stage, n in lengths.items() if n},
+        woken={stage.value: n for stage, n in plan.items()},
+    )
     return report
+
+
+def wake_plan(
+    queue_lengths: Mapping[Stage, int],
+    waiting_calls: Mapping[Stage, int],
+    render_parallel: int,
+) -> dict[Stage, int]:
+    """How many times the sweep wakes each stage's consumer.
+
+    A CPU consumer drains its queue until empty, so one wake-up is enough, and none while
+    a consumer call is already waiting to start. A render call takes exactly one message
+    (on Modal), so render gets one wake-up per message not yet covered by a waiting call,
+    at most as many as can run at once (the next sweep tops up the rest). Locally no call
+    is ever waiting and `render_parallel` is 1: one wake-up per stage with work.
+    """
+    plan: dict[Stage, int] = {}
+    for stage, length in queue_lengths.items():
+        waiting = waiting_calls.get(stage, 0)
+        if length <= 0:
+            continue
+        if stage is Stage.RENDER:
+            count = min(length - waiting, render_parallel)
+        else:
+            count = 0 if waiting > 0 else 1
+        if count > 0:
+            plan[stage] = count
+    return plan
 
 
 def fail_stale(deps: Deps) -> dict[str, int]:

@@ -19,19 +19,19 @@ from app.adapters.comfy import catalog as node_catalogs
 from app.adapters.comfy.catalog import NodeCatalog
 from app.adapters.comfy.workflow import check_workflow
 from app.adapters.net.policy import UrlPolicy, parse_url
-from app.core.errors import ComfyUnavailable, InvalidRequest, PipelineError
+from app.core.errors import (
+    AdmissionRejected,
+    ComfyUnavailable,
+    IdempotencyConflict,
+    InvalidRequest,
+    PipelineError,
+)
 from app.core.logs import get_logger
 from app.core.models import JobError, Stage
 from app.core.schemas import USER_ID, JobRequest
 from app.engine.deps import Deps
 from app.engine.pipeline import enqueue
-from app.store.jobs import (
-    Admission,
-    AdmissionRejected,
-    IdempotencyConflict,
-    NewJob,
-    body_fingerprint,
-)
+from app.store.jobs import Admission, NewJob, body_fingerprint
 from app.store.tenants import Tenant
 
 

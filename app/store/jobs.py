@@ -29,6 +29,12 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel
 
+from app.core.errors import (
+    AdmissionRejected,
+    AlreadyTerminal,
+    IdempotencyConflict,
+    JobNotFound,
+)
 from app.core.models import (
     InputSpec,
     Job,
@@ -38,7 +44,7 @@ from app.core.models import (
     SlotRef,
     Stage,
     StageTimes,
-    Terminal,
+    TerminalDecision,
 )
 from app.store.backends.base import KV, Backend
 from app.store.claims import (
@@ -62,37 +68,6 @@ ABANDONED_SLOT_GRACE_S = 600
 #: fail_stale re-sends a queued message that nobody picked up for this long; a duplicate
 #: is harmless (the claim key drops it), a lost one would strand the job.
 REQUEUE_AFTER_S = 300
-
-
-class AdmissionRejected(Exception):
-    """The request was not admitted; `code` says which limit, `retry_after_s` when to retry."""
-
-    def __init__(self, code: str, message: str, retry_after_s: int, limit: int) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.retry_after_s = retry_after_s
-        self.limit = limit
-
-
-class IdempotencyConflict(Exception):
-    """The idempotency key was used with a different body, or its first use is in flight."""
-
-    def __init__(self, message: str, job_id: str | None) -> None:
-        super().__init__(message)
-        self.job_id = job_id
-
-
-class AlreadyTerminal(Exception):
-    """The job had already ended; its terminal state cannot change."""
-
-    def __init__(self, job: Job) -> None:
-        super().__init__(f"job {job.id} is already {job.status}")
-        self.job = job
-
-
-class JobNotFound(KeyError):
-    """No such job."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,10 +265,10 @@ class JobStore:
             raise JobNotFound(job_id)
         return job
 
-    def terminal(self, job_id: str) -> Terminal | None:
+    def terminal(self, job_id: str) -> TerminalDecision | None:
         """The terminal decision, if one was made."""
         raw = self.jobs.get(f"terminal:{job_id}")
-        return None if raw is None else Terminal.model_validate_json(raw)
+        return None if raw is None else TerminalDecision.model_validate_json(raw)
 
     def workflow(self, job_id: str) -> dict[str, object]:
         """The job's workflow graph as submitted."""
@@ -338,7 +313,7 @@ class JobStore:
         """Decide the terminal state once; True if this call decided it (and freed the slots)."""
         if status not in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED):
             raise ValueError(f"{status} is not a terminal status")
-        decision = Terminal(
+        decision = TerminalDecision(
             status=status, decided_at=self.clock(), error=error, outputs=outputs or []
         )
         if not self.jobs.put_if_absent(f"terminal:{job_id}", _dump(decision)):

@@ -19,6 +19,9 @@ from dataclasses import dataclass
 from pydantic import Field
 
 from app.core.config import Settings
+from app.core.errors import (
+    TenantError,
+)
 from app.core.models import Record
 from app.core.webhook_secret import new_webhook_secret
 from app.store.backends.base import KV, Backend
@@ -28,10 +31,6 @@ TENANTS_DICT = "tenants"
 KEY_PREFIX = "csk_"
 _KEY_SHAPE = re.compile(r"^csk_([a-z0-9]{8})_([A-Za-z0-9_-]{32})$")
 TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-
-
-class TenantError(Exception):
-    """A tenant operation was refused; the message says why."""
 
 
 class Tenant(Record):

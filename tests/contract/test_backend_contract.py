@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from app.store.backends.base import MAX_QUEUE_ITEM_BYTES, Backend, QueueItemTooLarge
+from app.core.errors import QueueItemTooLarge
+from app.store.backends.base import MAX_QUEUE_ITEM_BYTES, Backend
 from app.store.backends.memory import MemoryBackend
 from app.store.backends.modal import ModalBackend
 from app.store.backends.sqlite import SqliteBackend
@@ -220,7 +221,7 @@ def test_modal_fake_rejects_a_parameter_modal_does_not_have() -> None:
 
 
 def test_modal_adapter_wraps_sdk_errors() -> None:
-    from app.store.backends.base import BackendError
+    from app.core.errors import BackendError
 
     def broken(name: str, **kwargs: object) -> object:
         class Handle:

@@ -21,7 +21,7 @@ import structlog
 from websockets.exceptions import ConnectionClosed, WebSocketException
 from websockets.sync.client import ClientConnection, connect
 
-from app.adapters.comfy.messages import HistoryEntry, Terminal
+from app.adapters.comfy.messages import HistoryEntry, PromptEnding
 from app.adapters.comfy.tracker import RenderProgress, RunTracker
 from app.core.errors import ComfyUnavailable, RenderCancelled, RenderTimeout
 
@@ -131,7 +131,7 @@ class Follower:
         on_progress: Callable[[RenderProgress], None],
         poll_interval_s: float,
         progress_interval_s: float,
-    ) -> tuple[Terminal, HistoryEntry | None]:
+    ) -> tuple[PromptEnding, HistoryEntry | None]:
         """Wait for the terminal event; raise on cancel, deadline or a vanished server."""
         next_cancel_check = 0.0
         while True:

@@ -36,7 +36,7 @@ class ComfyOutput:
 
 
 @dataclass(frozen=True, slots=True)
-class Terminal:
+class PromptEnding:
     """How a prompt ended, with the data of the message that said so."""
 
     kind: TerminalKind
@@ -119,7 +119,7 @@ def validation_message(body: object) -> str:
     return _cut(message, _MAX_MESSAGE)
 
 
-def failure(terminal: Terminal) -> RenderFailed:
+def failure(terminal: PromptEnding) -> RenderFailed:
     """The `RenderFailed` for an `execution_error` or an interruption we did not ask for."""
     data = terminal.data
     node_id = _text(data.get("node_id")) or None
@@ -141,7 +141,7 @@ def failure(terminal: Terminal) -> RenderFailed:
 class HistoryEntry:
     """A finished prompt as `GET /history/{id}` reports it."""
 
-    terminal: Terminal
+    terminal: PromptEnding
     outputs: list[ComfyOutput]
     cached_nodes: frozenset[str]
 
@@ -167,7 +167,7 @@ def read_history(body: object, prompt_id: str) -> HistoryEntry | None:
         raw_messages = status.get("messages")
         messages = raw_messages if isinstance(raw_messages, list) else []
     cached: set[str] = set()
-    ending: Terminal | None = None
+    ending: PromptEnding | None = None
     for message in messages:
         if not (isinstance(message, list) and len(message) == 2):
             continue
@@ -177,13 +177,13 @@ def read_history(body: object, prompt_id: str) -> HistoryEntry | None:
         if kind == "execution_cached" and isinstance(data.get("nodes"), list):
             cached.update(str(n) for n in data["nodes"])
         elif kind == "execution_error":
-            ending = Terminal("error", data)
+            ending = PromptEnding("error", data)
         elif kind == "execution_interrupted":
-            ending = Terminal("interrupted", data)
+            ending = PromptEnding("interrupted", data)
     if status_str == "success":
-        ending = Terminal("success", {"prompt_id": prompt_id})
+        ending = PromptEnding("success", {"prompt_id": prompt_id})
     elif ending is None:
-        ending = Terminal("error", {"prompt_id": prompt_id, "exception_message": status_str})
+        ending = PromptEnding("error", {"prompt_id": prompt_id, "exception_message": status_str})
     return HistoryEntry(terminal=ending, outputs=outputs, cached_nodes=frozenset(cached))
 
 

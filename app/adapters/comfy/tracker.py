@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from app.adapters.comfy.messages import ComfyOutput, Terminal, TerminalKind, outputs_from
+from app.adapters.comfy.messages import ComfyOutput, PromptEnding, TerminalKind, outputs_from
 
 #: Until the terminal message, progress stays below 1.0: the last node may still fail.
 _MAX_RUNNING_FRACTION = 0.99
@@ -56,7 +56,7 @@ class RunTracker:
         }
         self.cached_nodes: set[str] = set()
         self.executed: dict[str, Any] = {}
-        self.terminal: Terminal | None = None
+        self.terminal: PromptEnding | None = None
         self._done: set[str] = set()
         self._current: str | None = None
         self._value = 0.0
@@ -72,7 +72,7 @@ class RunTracker:
         if not isinstance(data, Mapping) or data.get("prompt_id") != self.prompt_id:
             return
         if kind in _TERMINAL_TYPES:
-            self.terminal = Terminal(_TERMINAL_TYPES[kind], data)
+            self.terminal = PromptEnding(_TERMINAL_TYPES[kind], data)
             if kind == "execution_success":
                 self._fraction = 1.0
         elif kind == "execution_cached":

@@ -23,7 +23,7 @@ from app.core.models import DeliveryAttempt
 MAX_ERROR_CHARS = 300
 
 
-class PostResult(Protocol):
+class ReceiverAnswer(Protocol):
     """What a post function returns: the status and a parsed `Retry-After`."""
 
     @property
@@ -42,12 +42,12 @@ class PostFn(Protocol):
 
     def __call__(
         self, url: str, body: bytes, headers: Mapping[str, str], *, timeout_s: float
-    ) -> PostResult: ...
+    ) -> ReceiverAnswer: ...
 
 
 @dataclass(frozen=True, slots=True)
 class PostResponse:
-    """A plain `PostResult` for post functions to return."""
+    """A plain `ReceiverAnswer` for post functions to return."""
 
     status_code: int
     retry_after_s: float | None = None

@@ -21,7 +21,10 @@ from multiprocessing.synchronize import Event
 from pathlib import Path
 
 from app.core.config import Settings
-from app.core.errors import ComfyUnavailable
+from app.core.errors import (
+    ComfyUnavailable,
+    RunnerError,
+)
 from app.core.logs import configure_logging, get_logger
 from app.core.models import Stage
 from app.engine.deps import Deps, build_deps
@@ -33,10 +36,6 @@ FAIL_STALE_INTERVAL_S = 30.0
 CLEANUP_INTERVAL_S = 3600.0
 #: While ComfyUI is down the render worker leaves messages queued and checks again.
 COMFY_RETRY_S = 5.0
-
-
-class RunnerError(Exception):
-    """The local pipeline cannot start; the message says why and what to do."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,8 +11,9 @@ Layout (names are settings; docs/deploy-modal.md has the runbook):
   container, inside the memory snapshot when enabled, and stays warm. Each `run` call
   takes exactly one job, after a health check; an unhealthy ComfyUI puts the job back on
   the queue and the container stops taking inputs.
-* `sweep` (every minute) wakes consumers for anything a wake-up missed, so a raw
-  `modal.Queue.put` is always picked up within about a minute.
+* `sweep` (every minute) runs `app.engine.maintenance.sweep`, as the local runner does:
+  parked retries whose time has come go back on their queues, and consumers are woken for
+  anything a wake-up missed, so a raw `modal.Queue.put` is picked up within about a minute.
 * `fail_stale`, `cleanup`, `verify_setup` (scheduled), `download_models` (run by hand),
   and `api`, the ingress as an ASGI app that scales to zero.
 
@@ -185,6 +186,8 @@ def container_deps(comfy_url: str | None = None) -> Any:
             deps.scratch_reload = scratch_volume.reload
             deps.current_call_id = hooks.current_call_id
             deps.catalog_version = manifest.node_set_version()
+            deps.waiting_calls = _waiting_calls
+            deps.render_parallel = RENDER_SCALING.max_containers * RENDER_SCALING.max_inputs
             _deps["deps"] = deps
         return _deps["deps"]
 
@@ -347,18 +350,9 @@ def _waiting_calls(stage: Stage) -> int:
 
 @app.function(schedule=modal.Cron("* * * * *"), **CPU_OPTIONS)
 def sweep() -> dict[str, int]:
-    """Every minute: wake consumers for queued messages that no wake-up reached."""
-    deps = container_deps()
-    lengths = {stage: int(deps.backend.queue(stage.value).len()) for stage in Stage}
-    waiting = {stage: _waiting_calls(stage) for stage, length in lengths.items() if length}
-    parallel = RENDER_SCALING.max_containers * RENDER_SCALING.max_inputs
-    plan = opts.sweep_plan(lengths, waiting, parallel)
-    for stage, count in plan.items():
-        for _ in range(count):
-            wake(stage)
-    spawned = {stage.value: count for stage, count in plan.items()}
-    log.info("sweep_done", queued={s.value: n for s, n in lengths.items()}, spawned=spawned)
-    return spawned
+    """Every minute: release due parked retries, wake consumers no wake-up reached."""
+    result: dict[str, int] = _interface("app.engine.maintenance").sweep(container_deps())
+    return result
 
 
 @app.function(schedule=modal.Period(seconds=settings.modal_fail_stale_every_s), **CPU_OPTIONS)

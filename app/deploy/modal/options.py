@@ -6,7 +6,6 @@ they are computed from `Settings` alone and tested without the SDK or a network.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -168,29 +167,3 @@ def container_env(settings: Settings, role: Role) -> dict[str, str]:
     env[_env_name("comfyui_url")] = f"http://127.0.0.1:{COMFY_PORT}"
     env[_env_name("comfyui_base_dir")] = COMFY_DIR if role == "render" else ""
     return env
-
-
-def sweep_plan(
-    queue_lengths: Mapping[Stage, int],
-    waiting_calls: Mapping[Stage, int],
-    render_parallel: int,
-) -> dict[Stage, int]:
-    """How many consumer calls the minutely sweep spawns per stage.
-
-    A CPU consumer drains its queue until empty, so one call is enough, and none while
-    one is already waiting to start. A render call takes exactly one message, so render
-    gets one call per message not yet covered by a waiting call, at most as many as can
-    run at once (the next sweep tops up the rest).
-    """
-    plan: dict[Stage, int] = {}
-    for stage, length in queue_lengths.items():
-        waiting = waiting_calls.get(stage, 0)
-        if length <= 0:
-            continue
-        if stage is Stage.RENDER:
-            count = min(length - waiting, render_parallel)
-        else:
-            count = 0 if waiting > 0 else 1
-        if count > 0:
-            plan[stage] = count
-    return plan

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from app.core.config import Settings
-from app.store.backends.base import KV, Backend, BackendError, Queue, QueueItemTooLarge
+from app.core.errors import BackendError, QueueItemTooLarge
+from app.store.backends.base import KV, Backend, Queue
 
 __all__ = ["KV", "Backend", "BackendError", "Queue", "QueueItemTooLarge", "open_backend"]
 

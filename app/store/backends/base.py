@@ -15,17 +15,13 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Protocol
 
+from app.core.errors import (
+    QueueItemTooLarge,
+)
+
 #: Modal refuses queue items over 1 MiB; every backend refuses them too, so a message
 #: that works locally also works in production.
 MAX_QUEUE_ITEM_BYTES = 1024 * 1024
-
-
-class BackendError(Exception):
-    """The queue/dict backend failed."""
-
-
-class QueueItemTooLarge(BackendError, ValueError):
-    """A queue item is over the 1 MiB limit; put ids in messages, not payloads."""
 
 
 class Queue(Protocol):

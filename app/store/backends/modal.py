@@ -15,7 +15,8 @@ import queue as stdlib_queue
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from app.store.backends.base import BackendError, check_queue_item
+from app.core.errors import BackendError
+from app.store.backends.base import check_queue_item
 
 Factory = Callable[..., Any]
 

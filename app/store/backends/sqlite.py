@@ -17,7 +17,8 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from app.store.backends.base import BackendError, check_queue_item
+from app.core.errors import BackendError
+from app.store.backends.base import check_queue_item
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (

@@ -7,15 +7,15 @@ import threading
 import pytest
 from pydantic import SecretStr
 
-from app.clients.queue_client import (
-    Client,
+from app.clients.queue_client import Client
+from app.core.errors import (
     ClientError,
+    InvalidRequest,
     JobAlreadyEnded,
-    JobNotFound,
     Unauthorized,
+    UnknownJob,
     WaitTimeout,
 )
-from app.core.errors import InvalidRequest
 from app.core.models import JobStatus, Stage
 from app.stages import drain as drain_stage
 from app.stages.intake import IntakeMessage
@@ -54,7 +54,7 @@ def test_enqueued_job_is_admitted_by_intake_and_readable_by_its_owner_only(
     # Given a job enqueued by alice and not yet taken by intake
     alice = client(harness)
     job_id = alice.enqueue({"workflow": WORKFLOW, "metadata": {"n": 1}})
-    with pytest.raises(JobNotFound):
+    with pytest.raises(UnknownJob):
         alice.get(job_id)
     # When intake runs
     assert drain_stage(Stage.INTAKE, harness.deps) == 1
@@ -63,9 +63,9 @@ def test_enqueued_job_is_admitted_by_intake_and_readable_by_its_owner_only(
     assert view.status is JobStatus.QUEUED and view.metadata == {"n": 1}
     assert harness.deps.queue(Stage.FETCH).len() == 1
     for other in (client(harness, "bob"), client(harness, tenant="beta")):
-        with pytest.raises(JobNotFound):
+        with pytest.raises(UnknownJob):
             other.get(job_id)
-        with pytest.raises(JobNotFound):
+        with pytest.raises(UnknownJob):
             other.cancel(job_id)
 
 

@@ -33,7 +33,7 @@ from app.clients.smoke import (
     input_workflow,
     run_smoke,
     slow_workflow,
-    summarize,
+    smoke_report,
     tiny_workflow,
 )
 from app.core.models import JobStatus, Stage
@@ -297,10 +297,12 @@ def test_burst_verdict(codes: list[int], ok: bool) -> None:
 
 
 def test_summary_needs_at_least_one_pass_and_no_failure() -> None:
-    assert summarize("u", [])["ok"] is False
-    assert summarize("u", [CheckResult("a", None, "skipped")])["ok"] is False
-    assert summarize("u", [CheckResult("a", True, ""), CheckResult("b", False, "")])["ok"] is False
-    assert summarize("u", [CheckResult("a", True, "")])["ok"] is True
+    assert smoke_report("u", [])["ok"] is False
+    assert smoke_report("u", [CheckResult("a", None, "skipped")])["ok"] is False
+    assert (
+        smoke_report("u", [CheckResult("a", True, ""), CheckResult("b", False, "")])["ok"] is False
+    )
+    assert smoke_report("u", [CheckResult("a", True, "")])["ok"] is True
 
 
 def test_workflows_are_model_free_and_vary_by_seed() -> None:

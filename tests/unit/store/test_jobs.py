@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from app.core.errors import AdmissionRejected, AlreadyTerminal, IdempotencyConflict
 from app.core.models import JobError, JobStatus, OutputRef
 from app.store.claims import SlotHolder, active_count, claim_slot, release_slot
 from app.store.jobs import (
     ABANDONED_SLOT_GRACE_S,
-    AdmissionRejected,
-    AlreadyTerminal,
-    IdempotencyConflict,
     JobStore,
     Limits,
     body_fingerprint,

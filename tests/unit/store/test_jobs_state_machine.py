@@ -13,9 +13,10 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 
+from app.core.errors import AdmissionRejected, AlreadyTerminal
 from app.core.models import JobError, JobStatus, Stage
 from app.store.claims import held_slots
-from app.store.jobs import AdmissionRejected, AlreadyTerminal, JobStore, Limits
+from app.store.jobs import JobStore, Limits
 from tests.state_helpers import FakeClock, memory_store, new_job
 
 USER_CAP = 3

@@ -8,7 +8,7 @@ import pytest
 
 from app.adapters.comfy.messages import (
     ComfyOutput,
-    Terminal,
+    PromptEnding,
     failure,
     outputs_from,
     read_history,
@@ -65,7 +65,7 @@ def test_execution_error_becomes_render_failed_without_traceback():
         if m["type"] == "execution_error"
     ]
 
-    error = failure(Terminal("error", data))
+    error = failure(PromptEnding("error", data))
 
     assert (error.node_id, error.node_type, error.code) == ("3", "ImageBlend", "render_failed")
     assert error.message == (
@@ -76,7 +76,7 @@ def test_execution_error_becomes_render_failed_without_traceback():
 
 def test_unrequested_interrupt_becomes_render_failed():
     error = failure(
-        Terminal("interrupted", fixture("run_interrupted.json")["terminal_msg"]["data"])
+        PromptEnding("interrupted", fixture("run_interrupted.json")["terminal_msg"]["data"])
     )
 
     assert error.message == "ComfyUI interrupted the workflow at node 11 (ImageBlur)"
@@ -91,7 +91,7 @@ def test_long_exception_text_is_cut():
         "exception_message": "x" * 5000,
     }
 
-    assert len(failure(Terminal("error", data)).message) < 400
+    assert len(failure(PromptEnding("error", data)).message) < 400
 
 
 def test_outputs_of_every_kind():

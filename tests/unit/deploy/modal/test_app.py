@@ -19,11 +19,17 @@ from typing import Any
 
 import pytest
 
+from app.core.config import Settings
 from app.core.errors import ComfyUnavailable
-from app.core.models import Stage
+from app.core.models import Stage, StageMessage
 from app.deploy.modal import app as modal_app
 from app.deploy.modal.manifest import MANIFEST, MODELS_DIR
+from app.engine.deps import Deps
+from app.engine.pipeline import DELAYED_DICT, enqueue
+from app.store.backends.modal import ModalBackend
+from tests.modal_fake import FakeModal
 from tests.paths import REPO_ROOT
+from tests.state_helpers import FakeClock
 
 ROOT = REPO_ROOT
 #: What the app was built from (the defaults, unless the shell running pytest overrides them;
@@ -317,34 +323,51 @@ print(json.dumps({"snap": nl["enable_memory_snapshot"], "opts": nl["experimental
 # ---- the bodies, run locally with fakes for the pipeline interfaces -------------------
 
 
-class FakeQueue:
-    def __init__(self, length: int) -> None:
-        self.length = length
-
-    def len(self) -> int:
-        return self.length
-
-
-class FakeBackend:
-    def __init__(self, lengths: dict[str, int]) -> None:
-        self.lengths = lengths
-
-    def queue(self, name: str) -> FakeQueue:
-        return FakeQueue(self.lengths.get(name, 0))
-
-
-def test_sweep_wakes_consumers_for_waiting_messages(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Given: messages wait on fetch (3) and render (2), and no wake-up reached them
-    deps = types.SimpleNamespace(backend=FakeBackend({"fetch": 3, "render": 2}))
-    woken: list[Stage] = []
+@pytest.fixture
+def modal_deps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Deps:
+    """Deps on the Modal backend over the SDK-checked fake; the app's bodies use them."""
+    fake = FakeModal()
+    backend = ModalBackend(
+        "test", "dev", queue_factory=fake.queue_from_name, dict_factory=fake.dict_from_name
+    )
+    deps = Deps(settings=Settings(data_dir=tmp_path / "data"), backend=backend, clock=FakeClock())
     monkeypatch.setattr(modal_app, "container_deps", lambda comfy_url=None: deps)
-    monkeypatch.setattr(modal_app, "wake", woken.append)
-    monkeypatch.setattr(modal_app, "_waiting_calls", lambda stage: 0)
+    return deps
+
+
+def test_sweep_wakes_consumers_for_waiting_messages(modal_deps: Deps) -> None:
+    # Given: messages wait on fetch (3) and render (2), and no wake-up reached them
+    for stage, count in ((Stage.FETCH, 3), (Stage.RENDER, 2)):
+        for n in range(count):
+            modal_deps.queue(stage).put(f"m{n}")
+    woken: list[Stage] = []
+    modal_deps.waker = woken.append
     # When: the minutely sweep runs
-    spawned = modal_app.sweep.local()
+    report = modal_app.sweep.local()
     # Then: one drainer for fetch, one render call per message up to the render capacity
-    assert spawned == {"fetch": 1, "render": 1}
     assert woken == [Stage.FETCH, Stage.RENDER]
+    assert (report["fetch"], report["render"], report["woken"]) == (3, 2, 2)
+
+
+def test_sweep_moves_a_due_parked_retry_back_to_its_queue(modal_deps: Deps) -> None:
+    # Given: a render retry parked in the `delayed` modal.Dict until 5 s from now
+    clock: FakeClock = modal_deps.clock  # type: ignore[assignment]
+    enqueue(modal_deps, "j1", Stage.RENDER, attempt=1, not_before=clock.now + 5)
+    assert modal_deps.queue(Stage.RENDER).len() == 0
+    modal_app.sweep.local()
+    assert modal_deps.queue(Stage.RENDER).len() == 0  # not due yet: still parked
+    # When: its time has come and the Modal sweep runs
+    clock.advance(5)
+    woken: list[Stage] = []
+    modal_deps.waker = woken.append
+    report = modal_app.sweep.local()
+    # Then: the retry is back on the render queue (once), and render was woken for it
+    assert list(modal_deps.backend.kv(DELAYED_DICT).keys()) == []
+    raw = modal_deps.queue(Stage.RENDER).get()
+    assert raw is not None and StageMessage.model_validate_json(raw).attempt == 1
+    assert Stage.RENDER in woken
+    assert report["released"] == 1
+    assert modal_app.sweep.local()["released"] == 0
 
 
 def test_a_full_drain_hands_over_to_a_fresh_call(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,7 +6,6 @@ import pytest
 from pydantic import SecretStr
 
 from app.core.config import ENV_PREFIX, Settings, env_value
-from app.core.models import Stage
 from app.deploy.modal import options as opts
 from tests.paths import REPO_ROOT
 
@@ -103,33 +102,6 @@ def test_container_env_carries_settings_but_never_secret_values() -> None:
     # What a container reads back is a valid Settings with the deployer's values.
     rebuilt = Settings(**{k[len(ENV_PREFIX) :].lower(): v for k, v in env.items()})
     assert rebuilt.max_active_jobs_per_user == 7 and rebuilt.backend == "modal"
-
-
-@pytest.mark.parametrize(
-    "lengths, waiting, parallel, expected",
-    [
-        ({Stage.FETCH: 0, Stage.RENDER: 0}, {}, 1, {}),
-        ({Stage.FETCH: 40}, {}, 1, {Stage.FETCH: 1}),
-        ({Stage.FETCH: 40}, {Stage.FETCH: 1}, 1, {}),  # a drainer is already on its way
-        ({Stage.RENDER: 3}, {}, 1, {Stage.RENDER: 1}),  # no more than can run at once
-        ({Stage.RENDER: 3}, {}, 8, {Stage.RENDER: 3}),
-        ({Stage.RENDER: 3}, {Stage.RENDER: 2}, 8, {Stage.RENDER: 1}),
-        ({Stage.RENDER: 2}, {Stage.RENDER: 5}, 8, {}),
-        (
-            {Stage.INTAKE: 1, Stage.NOTIFY: 2, Stage.UPLOAD: 0},
-            {},
-            1,
-            {Stage.INTAKE: 1, Stage.NOTIFY: 1},
-        ),
-    ],
-)
-def test_sweep_plan(
-    lengths: dict[Stage, int],
-    waiting: dict[Stage, int],
-    parallel: int,
-    expected: dict[Stage, int],
-) -> None:
-    assert opts.sweep_plan(lengths, waiting, parallel) == expected
 
 
 def test_env_example_lists_every_modal_knob_with_its_default() -> None:
