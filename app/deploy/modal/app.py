@@ -185,6 +185,7 @@ def container_deps(comfy_url: str | None = None) -> Any:
             deps.scratch_reload = scratch_volume.reload
             deps.current_call_id = hooks.current_call_id
             deps.catalog_version = manifest.node_set_version()
+            deps.catalog_from_comfy = False  # render containers publish the catalog
             _deps["deps"] = deps
         return _deps["deps"]
 
