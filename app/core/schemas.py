@@ -66,6 +66,18 @@ class JobRequest(BaseModel):
         return [InputSpec(name=i.name, url=i.url) for i in self.inputs]
 
 
+class IntakeMessage(BaseModel):
+    """A job request put on the intake queue by a Python client."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job_id: str = Field(min_length=1, max_length=64)
+    api_key: str
+    user_id: str
+    request: JobRequest
+    idempotency_key: str | None = Field(default=None, max_length=255)
+
+
 class OutputView(BaseModel):
     filename: str
     content_type: str

@@ -15,10 +15,12 @@ from typing import TYPE_CHECKING
 from app.core.config import Settings
 from app.core.models import Job, Stage
 from app.store.backends import KV, Backend, Queue, open_backend
+from app.store.deliveries import DeliveryStore
 from app.store.jobs import JobStore
 from app.store.tenants import TenantRegistry
 
 if TYPE_CHECKING:
+    from app.adapters.comfy.catalog import CatalogStore
     from app.adapters.comfy.client import ComfyClient
     from app.adapters.net.safe_client import SafeHttpClient
     from app.adapters.storage.base import ObjectStore
@@ -72,6 +74,9 @@ class Deps:
     waiting_calls: Callable[[Stage], int] = _none_waiting
     #: Modal: renders that can run at once (the sweep wakes render up to this many times).
     render_parallel: int = 1
+    #: Whether intake may ask ComfyUI for the node catalog when none is published. Locally
+    #: no render container publishes it, so intake does; the Modal wiring turns this off.
+    catalog_from_comfy: bool = True
     _queues: dict[Stage, Queue] = field(default_factory=dict)
 
     @cached_property
@@ -81,6 +86,16 @@ class Deps:
     @cached_property
     def tenants(self) -> TenantRegistry:
         return TenantRegistry(self.backend, self.clock)
+
+    @cached_property
+    def deliveries(self) -> DeliveryStore:
+        return DeliveryStore(self.backend)
+
+    @cached_property
+    def catalog(self) -> CatalogStore:
+        from app.adapters.comfy.catalog import CATALOG_DICT, CatalogStore
+
+        return CatalogStore(self.backend.kv(CATALOG_DICT))
 
     @cached_property
     def objects(self) -> ObjectStore:

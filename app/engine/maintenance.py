@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass
 from app.core.logs import get_logger
 from app.core.models import Job, JobError, JobStatus, Stage, StageTimes
 from app.engine.deps import Deps
-from app.engine.pipeline import DELAYED_DICT, PENDING_DICT, enqueue, fail_job, release_due
-from app.store.deliveries import load_delivery
+from app.engine.pipeline import DELAYED_DICT, enqueue, fail_job, release_due
+from app.store.deliveries import PENDING_DICT, load_delivery
 from app.store.jobs import ADMISSION_DICT, RATE_WINDOW_S, REQUEUE_AFTER_S
 
 #: Work stages a job can be waiting for; notify runs after the terminal decision.

@@ -1,30 +1,61 @@
-"""Runs one stage message: claim it, record the transition, call the stage, hand off.
+"""Runs stage messages: parse, claim, call the stage, hand off, decide terminal states.
 
-This is the only place that moves a job between stages and the only place (besides
-cancel and fail_stale) that decides a terminal state, so stages stay plain functions of
-`(job, deps) -> job`. Messages may arrive twice (a re-sent message, a sweep); the claim
-key makes the second one a no-op. A message lost with a crashed worker is recovered by
-`fail_stale` from the job's lease.
+Every stage is a plain function of its subject and the deps. Fetch, render, upload and
+notify are given the job (`StageFn`); intake is given an authenticated request
+(`IntakeFn`). A stage returns the job when its work is done, or `Later(at)` to be run
+again at `at` (a webhook back-off), and raises a `PipelineError` when it cannot go on.
+Everything else happens here: parsing the message, dropping messages for unknown or
+ended jobs, claiming it (messages may arrive twice: a re-sent message, a sweep), fencing
+a stale holder, retrying transient errors, handing the job to the next stage and
+deciding `completed` or `failed` (a refused queued request too). Besides cancel and
+`fail_stale` this is the only place that decides a terminal state. A message lost with
+a crashed worker is recovered by `fail_stale` from the job's lease.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from pydantic import ValidationError
 
-from app.core.errors import PipelineError
+from app.core.errors import AdmissionRejected, IdempotencyConflict, PipelineError
 from app.core.logs import get_logger
 from app.core.models import Job, JobError, JobStatus, Stage, StageMessage, StageTimes
+from app.core.schemas import IntakeMessage, JobRequest
 from app.engine.deps import Deps
 from app.engine.scratch import job_folder
+from app.store.tenants import Tenant
 
-StageFn = Callable[[Job, Deps], Job]
+
+@dataclass(frozen=True, slots=True)
+class Later:
+    """A stage's answer "not now": its message is parked and the stage runs again at `at`."""
+
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """A job request of an authenticated tenant: what the intake stage is given."""
+
+    tenant: Tenant
+    user_id: str
+    request: JobRequest
+    idempotency_key: str | None = None
+    #: The id a queued request was given by its client (None: intake picks one).
+    job_id: str | None = None
+
+
+#: Fetch, render, upload and notify: the job in, the job (or `Later`) out.
+StageFn = Callable[[Job, Deps], Job | Later]
+#: Intake: a request in, the admitted job out (it raises if the request is refused).
+IntakeFn = Callable[[Submission, Deps], Job]
 
 DELAYED_DICT = "delayed"
-#: Jobs whose webhook delivery is not finished (shared with the notify stage).
-PENDING_DICT = "deliveries_pending"
 NEXT_STAGE: Mapping[Stage, Stage | None] = {
     Stage.FETCH: Stage.RENDER,
     Stage.RENDER: Stage.UPLOAD,
@@ -79,7 +110,7 @@ def after_terminal(deps: Deps, job: Job) -> None:
     shutil.rmtree(job_folder(deps, job.id), ignore_errors=True)
     if job.webhook_url:
         # Marked before the message goes out, so a lost message is found and re-sent.
-        deps.backend.kv(PENDING_DICT).put(job.id, str(deps.clock()))
+        deps.deliveries.mark_pending(job.id, deps.clock())
         enqueue(deps, job.id, Stage.NOTIFY)
 
 
@@ -137,12 +168,20 @@ def _finish_stage(deps: Deps, job: Job, stage: Stage) -> Job:
 
 
 def process_message(raw: str, deps: Deps, stages: Mapping[Stage, StageFn]) -> None:
-    """Run one message of a work stage (fetch, render, upload)."""
+    """Run one stage message (fetch, render, upload or notify) with `stages[message.stage]`."""
     try:
         message = StageMessage.model_validate_json(raw)
     except ValidationError:
         get_logger().error("message_malformed", raw=raw[:200])
         return
+    if message.stage is Stage.NOTIFY:
+        _notify(deps, message, stages)
+    else:
+        _work(deps, message, stages)
+
+
+def _work(deps: Deps, message: StageMessage, stages: Mapping[Stage, StageFn]) -> None:
+    """A work stage: the job must be running; its result goes to the next stage."""
     log = get_logger(job_id=message.job_id, stage=message.stage.value, epoch=message.epoch)
     job = deps.jobs.find(message.job_id)
     if job is None:
@@ -159,7 +198,7 @@ def process_message(raw: str, deps: Deps, stages: Mapping[Stage, StageFn]) -> No
     job = _start(deps, job, message.stage, message.epoch)
     log.info("stage_started", attempt=message.attempt)
     try:
-        job = stages[message.stage](job, deps)
+        result = stages[message.stage](job, deps)
     except PipelineError as exc:
         _on_stage_error(deps, job, message, exc)
         return
@@ -171,7 +210,11 @@ def process_message(raw: str, deps: Deps, stages: Mapping[Stage, StageFn]) -> No
     if not deps.jobs.is_current(job.id, message.epoch):
         log.warning("stage_result_from_stale_holder_dropped")
         return
-    job = _finish_stage(deps, job, message.stage)
+    if isinstance(result, Later):
+        log.info("stage_parked", not_before=result.at)
+        _run_again(deps, job, message, result.at)
+        return
+    job = _finish_stage(deps, result, message.stage)
     deps.jobs.save(job)
     following = NEXT_STAGE[message.stage]
     log.info("stage_finished", next=following.value if following else None)
@@ -187,6 +230,97 @@ def process_message(raw: str, deps: Deps, stages: Mapping[Stage, StageFn]) -> No
         after_terminal(deps, job)
 
 
+def _run_again(deps: Deps, job: Job, message: StageMessage, at: float) -> None:
+    """Release the job and park its next attempt at this stage until `at`."""
+    deps.jobs.save(job.model_copy(update={"lease_until": None}))
+    enqueue(
+        deps,
+        job.id,
+        message.stage,
+        epoch=message.epoch,
+        attempt=message.attempt + 1,
+        not_before=at,
+    )
+
+
+def _notify(deps: Deps, message: StageMessage, stages: Mapping[Stage, StageFn]) -> None:
+    """Notify: the job must have ended with a webhook and a delivery still pending.
+
+    The stage sees the job with `epoch` set to the message's (the notify lane's fencing
+    token, which `fail_stale` raises when it re-sends a lost message).
+    """
+    log = get_logger(job_id=message.job_id, stage=Stage.NOTIFY.value)
+    job = deps.jobs.find(message.job_id)
+    if job is None or not job.is_terminal or not job.webhook_url:
+        log.warning("notify_without_terminal_job")
+        return
+    delivery = deps.deliveries.get(job.id)
+    if delivery is not None and (delivery.state != "pending" or message.epoch < delivery.epoch):
+        log.info("notify_message_dropped", state=delivery.state)
+        return
+    if not deps.jobs.claim_stage(job.id, Stage.NOTIFY, message.epoch, message.attempt):
+        log.info("message_duplicate_dropped")
+        return
+    try:
+        result = stages[Stage.NOTIFY](job.model_copy(update={"epoch": message.epoch}), deps)
+    except PipelineError as exc:
+        # Left pending: the sweep re-sends the message once it is overdue.
+        log.error("notify_failed", tenant_id=job.tenant_id, code=exc.code, error=exc.message)
+        return
+    if isinstance(result, Later):
+        enqueue(
+            deps,
+            job.id,
+            Stage.NOTIFY,
+            epoch=message.epoch,
+            attempt=message.attempt + 1,
+            not_before=result.at,
+        )
+        return
+    deps.deliveries.settle(job.id)
+
+
+def process_intake_message(raw: str, deps: Deps, intake: IntakeFn) -> None:
+    """Admit one queued request; a refusal is recorded as a failed job under its id."""
+    try:
+        message = IntakeMessage.model_validate_json(raw)
+    except ValidationError as exc:
+        get_logger(stage=Stage.INTAKE.value).warning(
+            "intake_message_invalid", errors=exc.error_count(), job_id=_job_id_of(raw)
+        )
+        return
+    log = get_logger(job_id=message.job_id, stage=Stage.INTAKE.value)
+    tenant = deps.tenants.authenticate(message.api_key)
+    if tenant is None:
+        log.warning("intake_unauthenticated")  # no tenant to record a failure under
+        return
+    submission = Submission(
+        tenant=tenant,
+        user_id=message.user_id,
+        request=message.request,
+        idempotency_key=message.idempotency_key,
+        job_id=message.job_id,
+    )
+    try:
+        intake(submission, deps)
+        return
+    except AdmissionRejected as exc:
+        error = JobError(code=exc.code, message=exc.message)
+    except IdempotencyConflict as exc:
+        error = JobError(code="idempotency_conflict", message=str(exc))
+    except PipelineError as exc:
+        error = JobError(code=exc.code, message=exc.message)
+    deps.jobs.reject(message.job_id, tenant.id, message.user_id, error)
+    log.bind(tenant_id=tenant.id).warning("job_rejected", code=error.code, error=error.message)
+
+
+def _job_id_of(raw: str) -> Any:
+    try:
+        return json.loads(raw).get("job_id")
+    except (ValueError, AttributeError):
+        return None
+
+
 def _on_stage_error(deps: Deps, job: Job, message: StageMessage, exc: PipelineError) -> None:
     logger = get_logger(job_id=job.id, stage=message.stage.value, tenant_id=job.tenant_id)
     attempts_left = message.attempt + 1 < deps.settings.stage_max_attempts
@@ -199,15 +333,7 @@ def _on_stage_error(deps: Deps, job: Job, message: StageMessage, exc: PipelineEr
             attempt=message.attempt + 1,
             delay_s=delay,
         )
-        deps.jobs.save(job.model_copy(update={"lease_until": None}))
-        enqueue(
-            deps,
-            job.id,
-            message.stage,
-            epoch=message.epoch,
-            attempt=message.attempt + 1,
-            not_before=deps.clock() + delay,
-        )
+        _run_again(deps, job, message, deps.clock() + delay)
         return
     error = JobError(
         code=exc.code,

@@ -13,7 +13,6 @@ from pydantic import BaseModel, Field
 from app.core.models import Job
 from app.core.schemas import JobView, WebhookAttemptView, WebhookView, job_view
 from app.engine.deps import Deps
-from app.store.deliveries import load_delivery
 
 #: Job ids are ours (`job_` + hex) or a client's queued id; anything else is nobody's job.
 JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -54,7 +53,7 @@ def webhook_view(deps: Deps, job: Job) -> WebhookView | None:
     """The delivery log as clients see it (no URL, no signatures)."""
     if not job.webhook_url:
         return None
-    delivery = load_delivery(deps.backend, job.id)
+    delivery = deps.deliveries.get(job.id)
     if delivery is None:
         return WebhookView(state="pending")
     return WebhookView(

@@ -1,7 +1,11 @@
-"""The five stages, and the one place that maps a stage to the code handling its messages.
+"""The five stages, and the one place that maps a stage to its function.
 
-The engine's worker loop is given a handler (`drain_stage(stage, deps, handler(...))`), so
-the engine never imports a stage; `drain` is that call for the wiring and the tests.
+Every stage is a plain function of its subject and the deps (`app.engine.pipeline`):
+`fetch.run`, `render.run`, `upload.run` and `notify.run` take the job, `intake.run` an
+authenticated request. The engine parses, claims, hands off and decides terminal states
+for all of them; its worker loop is given a handler (`drain_stage(stage, deps,
+handler(...))`), so the engine never imports a stage. `drain` is that call for the
+wiring and the tests.
 """
 
 from __future__ import annotations
@@ -11,27 +15,28 @@ from typing import Any
 
 from app.core.models import Stage
 from app.engine.deps import Deps
-from app.engine.pipeline import StageFn, process_message
+from app.engine.pipeline import StageFn, process_intake_message, process_message
 from app.engine.worker import MessageHandler, drain_stage
 
 
 def stage_functions() -> Mapping[Stage, StageFn]:
-    """The work stages, imported on demand so a CPU container never loads render's deps."""
-    from app.stages import fetch, render, upload
+    """The stages fed by stage messages, imported on demand (only the worker needs them)."""
+    from app.stages import fetch, notify, render, upload
 
-    return {Stage.FETCH: fetch.run, Stage.RENDER: render.run, Stage.UPLOAD: upload.run}
+    return {
+        Stage.FETCH: fetch.run,
+        Stage.RENDER: render.run,
+        Stage.UPLOAD: upload.run,
+        Stage.NOTIFY: notify.run,
+    }
 
 
 def handler(stage: Stage, deps: Deps) -> MessageHandler:
     """The function that handles one raw message of `stage`."""
     if stage is Stage.INTAKE:
-        from app.stages.intake import process_intake_message
+        from app.stages import intake
 
-        return lambda raw: process_intake_message(raw, deps)
-    if stage is Stage.NOTIFY:
-        from app.stages.notify import process_notify_message
-
-        return lambda raw: process_notify_message(raw, deps)
+        return lambda raw: process_intake_message(raw, deps, intake.run)
     functions = stage_functions()
     return lambda raw: process_message(raw, deps, functions)
 

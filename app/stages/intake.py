@@ -2,7 +2,8 @@
 
 Two ways in, one code path: the HTTP ingress calls `admit` directly (so it can answer 202
 or 429 at once); a Python client puts an `IntakeMessage` on the intake queue, and the
-intake worker authenticates its API key and calls the same `admit`. Everything that can
+engine (`process_intake_message`) authenticates its API key and calls `run`, which is
+the same `admit`; the engine records a refusal. Everything that can
 be checked before any GPU time is checked here: the workflow against ComfyUI's node
 catalog, the URLs against the URL policy, sizes and timeouts against the settings.
 """
@@ -11,40 +12,18 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
-from app.adapters.comfy import catalog as node_catalogs
 from app.adapters.comfy.catalog import NodeCatalog
 from app.adapters.comfy.workflow import check_workflow
 from app.adapters.net.policy import UrlPolicy, parse_url
-from app.core.errors import (
-    AdmissionRejected,
-    ComfyUnavailable,
-    IdempotencyConflict,
-    InvalidRequest,
-    PipelineError,
-)
+from app.core.errors import ComfyUnavailable, InvalidRequest
 from app.core.logs import get_logger
-from app.core.models import JobError, Stage
+from app.core.models import Job, Stage
 from app.core.schemas import USER_ID, JobRequest
 from app.engine.deps import Deps
-from app.engine.pipeline import enqueue
+from app.engine.pipeline import Submission, enqueue
 from app.store.jobs import Admission, NewJob, body_fingerprint
 from app.store.tenants import Tenant
-
-
-class IntakeMessage(BaseModel):
-    """A job request put on the intake queue by a Python client."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    job_id: str = Field(min_length=1, max_length=64)
-    api_key: str
-    user_id: str
-    request: JobRequest
-    idempotency_key: str | None = Field(default=None, max_length=255)
 
 
 def new_job_id() -> str:
@@ -56,20 +35,19 @@ def node_catalog(deps: Deps) -> NodeCatalog | None:
     """ComfyUI's node catalog as the render side published it; None if unknown.
 
     Locally there is no render container to publish it, so intake asks ComfyUI once and
-    publishes it for everyone; if ComfyUI is down, only structural checks run (ComfyUI
-    validates again before any work).
+    publishes it for everyone (`deps.catalog_from_comfy`); if ComfyUI is down, only
+    structural checks run (ComfyUI validates again before any work).
     """
-    kv = deps.backend.kv(node_catalogs.CATALOG_DICT)
     now = deps.clock()
-    catalog = node_catalogs.load(kv, deps.settings.object_info_ttl_s, now, deps.catalog_version)
-    if catalog is not None or deps.settings.backend != "local":
+    catalog = deps.catalog.load(deps.settings.object_info_ttl_s, now, deps.catalog_version)
+    if catalog is not None or not deps.catalog_from_comfy:
         return catalog
     try:
         object_info = deps.comfy.object_info()
     except ComfyUnavailable:
         get_logger().warning("node_catalog_unavailable")
         return None
-    return node_catalogs.publish(kv, object_info, now)
+    return deps.catalog.publish(object_info, now)
 
 
 def check_request(request: JobRequest, deps: Deps) -> None:
@@ -138,46 +116,13 @@ def admit(
     return admission
 
 
-def process_intake_message(raw: str, deps: Deps) -> None:
-    """Admit one queued request; a refusal is recorded as a failed job under its id."""
-    try:
-        message = IntakeMessage.model_validate_json(raw)
-    except ValidationError as exc:
-        get_logger(stage=Stage.INTAKE.value).warning(
-            "intake_message_invalid", errors=exc.error_count(), job_id=_job_id_of(raw)
-        )
-        return
-    log = get_logger(job_id=message.job_id, stage=Stage.INTAKE.value)
-    tenant = deps.tenants.authenticate(message.api_key)
-    if tenant is None:
-        log.warning("intake_unauthenticated")  # no tenant to record a failure under
-        return
-    try:
-        admit(
-            deps,
-            tenant,
-            message.user_id,
-            message.request,
-            idempotency_key=message.idempotency_key,
-            job_id=message.job_id,
-        )
-    except AdmissionRejected as exc:
-        _reject(deps, message, tenant, JobError(code=exc.code, message=exc.message))
-    except IdempotencyConflict as exc:
-        _reject(deps, message, tenant, JobError(code="idempotency_conflict", message=str(exc)))
-    except PipelineError as exc:
-        _reject(deps, message, tenant, JobError(code=exc.code, message=exc.message))
-
-
-def _reject(deps: Deps, message: IntakeMessage, tenant: Tenant, error: JobError) -> None:
-    deps.jobs.reject(message.job_id, tenant.id, message.user_id, error)
-    get_logger(job_id=message.job_id, tenant_id=tenant.id, stage=Stage.INTAKE.value).warning(
-        "job_rejected", code=error.code, error=error.message
-    )
-
-
-def _job_id_of(raw: str) -> Any:
-    try:
-        return json.loads(raw).get("job_id")
-    except (ValueError, AttributeError):
-        return None
+def run(submission: Submission, deps: Deps) -> Job:
+    """The intake stage: admit a queued request (raises as `admit` when it is refused)."""
+    return admit(
+        deps,
+        submission.tenant,
+        submission.user_id,
+        submission.request,
+        idempotency_key=submission.idempotency_key,
+        job_id=submission.job_id,
+    ).job

@@ -1,4 +1,9 @@
-"""A job's webhook delivery record and its attempt log, stored in the `deliveries` dict."""
+"""Webhook deliveries: each job's delivery record and attempt log, and the pending set.
+
+A job with a webhook is marked pending when it ends (before its notify message goes out,
+so a lost message is found and re-sent) and settled when its delivery ends `delivered`
+or `dead`.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,11 @@ from typing import Literal
 from pydantic import Field
 
 from app.core.models import DeliveryAttempt, Record
-from app.store.backends.base import Backend
+from app.store.backends.base import KV, Backend
 
 DELIVERIES_DICT = "deliveries"
+#: Jobs whose webhook delivery is not finished: job id -> when it was marked.
+PENDING_DICT = "deliveries_pending"
 
 DeliveryState = Literal["pending", "delivered", "dead"]
 
@@ -30,5 +37,33 @@ class Delivery(Record):
 
 def load_delivery(backend: Backend, job_id: str) -> Delivery | None:
     """A job's delivery record, if a delivery was started."""
-    raw = backend.kv(DELIVERIES_DICT).get(job_id)
-    return None if raw is None else Delivery.model_validate_json(raw)
+    return DeliveryStore(backend).get(job_id)
+
+
+class DeliveryStore:
+    """Delivery records (`deliveries`) and the jobs whose delivery is pending."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.records: KV = backend.kv(DELIVERIES_DICT)
+        self.pending: KV = backend.kv(PENDING_DICT)
+
+    def get(self, job_id: str) -> Delivery | None:
+        """The job's delivery record, if a delivery was started."""
+        raw = self.records.get(job_id)
+        return None if raw is None else Delivery.model_validate_json(raw)
+
+    def open(self, fresh: Delivery) -> Delivery:
+        """The job's record, storing `fresh` first if it has none (the first write wins)."""
+        self.records.put_if_absent(fresh.job_id, fresh.model_dump_json())
+        return self.get(fresh.job_id) or fresh
+
+    def save(self, delivery: Delivery) -> None:
+        self.records.put(delivery.job_id, delivery.model_dump_json())
+
+    def mark_pending(self, job_id: str, since: float) -> None:
+        """Note that `job_id` has a delivery to make (found by the sweep if its message is lost)."""
+        self.pending.put(job_id, str(since))
+
+    def settle(self, job_id: str) -> None:
+        """The delivery has ended (`delivered` or `dead`): nothing is pending any more."""
+        self.pending.pop(job_id)

@@ -157,3 +157,18 @@ def load(kv: KV, max_age_s: float, now: float, version: str = "") -> NodeCatalog
     if now - published_at > max_age_s and not same_node_set:
         return None
     return NodeCatalog.from_record(nodes)
+
+
+class CatalogStore:
+    """The published node catalog, kept in the `catalog` dict of the state backend."""
+
+    def __init__(self, kv: KV) -> None:
+        self.kv = kv
+
+    def load(self, max_age_s: float, now: float, version: str = "") -> NodeCatalog | None:
+        """The published catalog if still valid (see `load`), else None."""
+        return load(self.kv, max_age_s, now, version)
+
+    def publish(self, object_info: Mapping[str, Any], now: float, version: str = "") -> NodeCatalog:
+        """Publish the catalog of `object_info` (see `publish`)."""
+        return publish(self.kv, object_info, now, version)

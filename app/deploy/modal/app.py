@@ -188,6 +188,7 @@ def container_deps(comfy_url: str | None = None) -> Any:
             deps.catalog_version = manifest.node_set_version()
             deps.waiting_calls = _waiting_calls
             deps.render_parallel = RENDER_SCALING.max_containers * RENDER_SCALING.max_inputs
+            deps.catalog_from_comfy = False  # render containers publish the catalog
             _deps["deps"] = deps
         return _deps["deps"]
 

@@ -17,8 +17,8 @@ from app.core.errors import (
     WaitTimeout,
 )
 from app.core.models import JobStatus, Stage
+from app.core.schemas import IntakeMessage
 from app.stages import drain as drain_stage
-from app.stages.intake import IntakeMessage
 from tests.integration.ingress_harness import WORKFLOW, Harness, make_harness
 
 

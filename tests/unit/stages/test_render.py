@@ -1,0 +1,150 @@
+"""The render stage in process, against a fake ComfyUI behind `ComfyClient`'s calls."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.adapters.comfy.messages import ComfyOutput
+from app.core.errors import ComfyUnavailable, RenderFailed
+from app.core.models import JobStatus, Stage
+from app.engine.pipeline import cancel_job, release_due
+from app.engine.scratch import outputs_folder
+from app.stages import render
+from tests.unit.stages.fakes import World, make_world, png_bytes
+from tests.unit.stages.helpers import HOOK_URL, fetched, parked
+
+IMAGE = png_bytes(5, 5)
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> World:
+    world = make_world(tmp_path, comfyui_base_dir=str(tmp_path / "comfy"))
+    world.comfy.outputs = [
+        ComfyOutput(node_id="2", filename="j1/abc-t_00001_.png", subfolder="j1", type="output")
+    ]
+    world.comfy.files = {"j1/abc-t_00001_.png": IMAGE}
+    return world
+
+
+def test_inputs_go_up_the_graph_is_scoped_and_outputs_are_staged(world: World) -> None:
+    fetched(world)
+    world.step(Stage.RENDER)
+    assert [(name, sub) for name, sub, _ in world.comfy.uploads] == [("face.png", "j1")]
+    (call,) = world.comfy.runs
+    assert call.graph["1"]["inputs"]["image"] == "j1/face.png"
+    prefix = call.graph["2"]["inputs"]["filename_prefix"]
+    assert prefix == f"j1/{call.prompt_id[:8]}-t"  # the client's "../" is gone
+    job = world.job("j1")
+    assert job.status is JobStatus.RUNNING and job.stage is Stage.UPLOAD
+    assert job.progress == 1.0
+    assert [(o.filename, o.size, o.key) for o in job.outputs] == [
+        ("abc-t_00001_.png", len(IMAGE), "scratch:outputs/00-abc-t_00001_.png")
+    ]
+    assert (outputs_folder(world.deps, "j1") / "00-abc-t_00001_.png").read_bytes() == IMAGE
+    assert world.queued(Stage.UPLOAD) == 1
+
+
+def test_progress_is_written_to_the_job_with_a_renewed_lease(world: World) -> None:
+    fetched(world)
+    seen: list[tuple[float | None, float | None]] = []
+
+    def look() -> None:
+        job = world.job("j1")
+        seen.append((job.progress, job.lease_until))
+
+    world.comfy.during_run = look
+    world.clock.advance(30)
+    world.step(Stage.RENDER)
+    assert seen == [(0.5, world.clock.now + 100)]
+
+
+def test_the_comfy_side_folders_are_wiped(world: World, tmp_path: Path) -> None:
+    fetched(world)
+    for kind in ("input", "output", "temp"):
+        (tmp_path / "comfy" / kind / "j1").mkdir(parents=True)
+    world.step(Stage.RENDER)
+    assert not any(
+        (tmp_path / "comfy" / kind / "j1").exists() for kind in ("input", "output", "temp")
+    )
+
+
+def test_comfy_down_parks_a_retry(world: World) -> None:
+    fetched(world)
+    world.comfy.error = ComfyUnavailable()
+    world.step(Stage.RENDER)
+    job = world.job("j1")
+    assert job.status is JobStatus.RUNNING and job.lease_until is None
+    assert [key.split(":", 1)[1] for key in parked(world)] == ["j1:render:0:1"]
+    world.comfy.error = None
+    world.clock.advance(2)
+    assert release_due(world.deps) == 1
+    world.step(Stage.RENDER)
+    assert world.queued(Stage.UPLOAD) == 1
+    assert len(world.comfy.runs) == 2
+    first, second = world.comfy.runs
+    assert first.prompt_id != second.prompt_id  # a fresh run token each attempt
+
+
+def test_a_failing_node_fails_the_job_naming_it(world: World) -> None:
+    fetched(world, webhook_url=HOOK_URL)
+    world.comfy.error = RenderFailed(
+        "ImageBlend: sizes differ", node_id="3", node_type="ImageBlend"
+    )
+    world.step(Stage.RENDER)
+    job = world.job("j1")
+    assert job.status is JobStatus.FAILED and job.error is not None
+    assert (job.error.code, job.error.node_id, job.error.node_type) == (
+        "render_failed",
+        "3",
+        "ImageBlend",
+    )
+    assert parked(world) == []
+    assert world.queued(Stage.UPLOAD) == 0
+    assert world.queued(Stage.NOTIFY) == 1
+
+
+def test_a_cancel_during_the_run_is_noticed_and_stops_the_job(world: World) -> None:
+    fetched(world)
+    world.comfy.during_run = lambda: cancel_job(world.deps, "j1")
+    world.step(Stage.RENDER)
+    job = world.job("j1")
+    assert job.status is JobStatus.CANCELLED
+    assert world.queued(Stage.UPLOAD) == 0
+    assert parked(world) == []
+
+
+def test_a_stopped_worker_abandons_the_prompt(world: World) -> None:
+    job = fetched(world)
+    world.comfy.error = KeyboardInterrupt()
+    with pytest.raises(KeyboardInterrupt):
+        render.run(job, world.deps)
+    prompt_id = world.comfy.runs[0].prompt_id
+    assert world.comfy.abandoned == [f"delete:{prompt_id}", f"interrupt:{prompt_id}"]
+
+
+def test_scope_outputs_puts_every_prefix_under_the_job() -> None:
+    graph: dict[str, Any] = {
+        "a": {"class_type": "SaveImage", "inputs": {"filename_prefix": "..\\x/../y"}},
+        "b": {"class_type": "SaveImage", "inputs": {"filename_prefix": ".."}},
+        "c": {"class_type": "Note", "inputs": {"text": "keep"}},
+    }
+    scoped = render.scope_outputs(graph, "j9", "tok")
+    assert scoped["a"]["inputs"]["filename_prefix"] == "j9/tok-y"
+    assert scoped["b"]["inputs"]["filename_prefix"] == "j9/tok-_"
+    assert scoped["c"] == graph["c"]
+    assert graph["a"]["inputs"]["filename_prefix"] == "..\\x/../y"  # the input is untouched
+
+
+def test_abandoning_is_best_effort(world: World) -> None:
+    job = fetched(world)
+    world.comfy.error = KeyboardInterrupt()
+
+    def unreachable(prompt_id: str) -> None:
+        raise ComfyUnavailable()
+
+    world.comfy.delete_pending = unreachable  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):  # the stop goes on; the failed clean-up is logged
+        render.run(job, world.deps)

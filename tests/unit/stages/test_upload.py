@@ -1,0 +1,102 @@
+"""The upload stage in process, into the in-memory object store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.adapters.comfy.messages import ComfyOutput
+from app.adapters.storage.base import output_key
+from app.core.errors import StorageUnavailable
+from app.core.models import JobStatus, OutputRef, Stage
+from app.engine.pipeline import release_due
+from app.engine.scratch import job_folder, outputs_folder
+from app.stages import upload
+from tests.unit.stages.fakes import World, make_world, png_bytes
+from tests.unit.stages.helpers import HOOK_URL, fetched, parked
+
+IMAGE = png_bytes(6, 6)
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> World:
+    world = make_world(tmp_path)
+    world.comfy.outputs = [
+        ComfyOutput(node_id="2", filename="j1/r-t-1.png", subfolder="j1", type="output"),
+        ComfyOutput(node_id="2", filename="j1/r-t-2.bin", subfolder="j1", type="output"),
+    ]
+    world.comfy.files = {"j1/r-t-1.png": IMAGE, "j1/r-t-2.bin": b"\x00\x01raw"}
+    return world
+
+
+def rendered(world: World, **overrides: Any) -> None:
+    fetched(world, **overrides)
+    world.step(Stage.RENDER)
+    assert world.queued(Stage.UPLOAD) == 1
+
+
+def test_outputs_are_stored_under_tenant_user_job_keys_and_the_job_completes(world: World) -> None:
+    rendered(world, webhook_url=HOOK_URL)
+    world.step(Stage.UPLOAD)
+    job = world.job("j1")
+    assert job.status is JobStatus.COMPLETED
+    first = output_key("t1", "u1", "j1", 0, "r-t-1.png")
+    second = output_key("t1", "u1", "j1", 1, "r-t-2.bin")
+    assert first == "outputs/t1/u1/j1/00-r-t-1.png"
+    assert [(o.key, o.content_type, o.size) for o in job.outputs] == [
+        (first, "image/png", len(IMAGE)),
+        (second, "application/octet-stream", 5),
+    ]
+    assert world.objects.objects[first].data == IMAGE
+    assert world.objects.objects[first].content_type == "image/png"
+    assert world.objects.objects[second].data == b"\x00\x01raw"
+    assert not job_folder(world.deps, "j1").exists()  # scratch gone once the job ended
+    assert world.queued(Stage.NOTIFY) == 1
+    assert world.deps.deliveries.pending.contains("j1")
+
+
+def test_outputs_stored_by_an_earlier_attempt_are_kept(world: World) -> None:
+    rendered(world)
+    job = world.job("j1")
+    done = OutputRef(filename="r-t-1.png", content_type="image/png", size=1, key="outputs/x")
+    job = job.model_copy(update={"outputs": [done, job.outputs[1]]})
+    result = upload.run(job, world.deps)
+    assert result.outputs[0] == done
+    assert result.outputs[1].key == output_key("t1", "u1", "j1", 1, "r-t-2.bin")
+    assert "outputs/x" not in world.objects.objects
+
+
+def test_a_missing_staged_file_fails_the_job(world: World) -> None:
+    rendered(world)
+    (outputs_folder(world.deps, "j1") / "00-r-t-1.png").unlink()
+    world.step(Stage.UPLOAD)
+    job = world.job("j1")
+    assert job.status is JobStatus.FAILED and job.error is not None
+    assert job.error.code == "upload_failed"
+    assert world.objects.objects == {}
+
+
+def test_storage_down_parks_a_retry_that_then_stores_everything(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rendered(world)
+    real = world.objects.put_file
+    failures = [StorageUnavailable("S3 answered 503")]
+
+    def flaky(key: str, path: Path, content_type: str) -> int:
+        if failures:
+            raise failures.pop()
+        return real(key, path, content_type)
+
+    monkeypatch.setattr(world.objects, "put_file", flaky)
+    world.step(Stage.UPLOAD)
+    assert world.job("j1").status is JobStatus.RUNNING
+    assert [key.split(":", 1)[1] for key in parked(world)] == ["j1:upload:0:1"]
+    world.clock.advance(2)
+    release_due(world.deps)
+    world.step(Stage.UPLOAD)
+    job = world.job("j1")
+    assert job.status is JobStatus.COMPLETED
+    assert sorted(world.objects.objects) == sorted(o.key for o in job.outputs)
