@@ -96,7 +96,7 @@ def make_harness(settings: Settings, *, acme_cap: int = 5, beta_rate: int = 0) -
     clock = FakeClock(time.time())
     deps = Deps(settings=settings, backend=SqliteBackend(settings.state_db_path), clock=clock)
     # Links signed with the test's clock, so tests can move time past their expiry.
-    deps.objects = LocalStore(  # type: ignore[misc]
+    deps.objects = LocalStore(
         settings.local_store_dir,
         settings.public_url,
         load_signing_key(settings.signing_key, settings.data_dir),

@@ -27,6 +27,7 @@ from app.engine.deps import Deps, build_deps
 from app.stages.intake import admit
 from tests.comfy_double import ComfyDouble
 from tests.support.http_servers import Site, serve
+from tests.support.s3_server import S3Server
 
 WAIT_S = 60.0
 
@@ -143,7 +144,7 @@ def test_job_runs_end_to_end_with_a_signed_webhook(pipeline: Deps, site: Site) -
     site.fail_first = 1
     request = JobRequest(
         workflow=invert_workflow("face.png", prefix=f"e2e{time.time_ns()}"),
-        inputs=[{"name": "face.png", "url": site.url("/in.png")}],  # type: ignore[list-item]
+        inputs=[{"name": "face.png", "url": site.url("/in.png")}],
         webhook_url=site.url("/hook"),
         metadata={"order": 42},
     )
@@ -262,7 +263,7 @@ def invert_workflow_empty() -> dict[str, object]:
 
 
 def test_outputs_go_to_s3_and_every_read_presigns_afresh(
-    tmp_path: Path, site: Site, s3_server
+    tmp_path: Path, site: Site, s3_server: S3Server
 ) -> None:
     """The production storage path: upload to an S3 API server, presigned GETs over HTTP."""
     from app.adapters.storage.s3 import S3Store
