@@ -19,7 +19,7 @@ class WaitTimeout(AssertionError):
 
 
 def wait_until(
-    condition: Callable[[], T],
+    condition: Callable[[], T | None],
     *,
     timeout_s: float = 30.0,
     interval_s: float = 0.05,
@@ -34,7 +34,7 @@ def wait_until(
     while True:
         value = condition()
         if value:
-            return value
+            return value  # truthy, so not None
         if time.monotonic() >= deadline:
             raise WaitTimeout(f"{what}: not met within {timeout_s:g} s")
         time.sleep(interval_s)

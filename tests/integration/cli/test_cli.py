@@ -16,7 +16,7 @@ from typer.testing import CliRunner, Result
 from app.api.ingress import create_app
 from app.cli.main import cli
 from app.core.config import get_settings
-from app.core.models import JobStatus, Stage
+from app.core.models import Job, JobStatus, Stage
 from tests.integration.ingress_harness import (
     WORKFLOW,
     Harness,
@@ -161,6 +161,17 @@ def test_submit_status_jobs_cancel(served: Served, workflow_file: Path) -> None:
 
 def _play_pipeline(harness: Harness, done: threading.Event) -> None:
     """Stand in for the stage workers: run the first queued job, report progress, finish."""
+    # Note when a status read (the CLI's poll) finds the job running.
+    seen_running = threading.Event()
+    find = harness.deps.jobs.find
+
+    def noting_find(job_id: str) -> Job | None:
+        found = find(job_id)
+        if found is not None and found.status is JobStatus.RUNNING:
+            seen_running.set()
+        return found
+
+    harness.deps.jobs.find = noting_find  # type: ignore[method-assign]
     deadline = time.monotonic() + 20
     while not done.is_set() and time.monotonic() < deadline:
         raw = harness.deps.queue(Stage.FETCH).get(timeout_s=0.05)
@@ -184,7 +195,7 @@ def _play_pipeline(harness: Harness, done: threading.Event) -> None:
                 }
             )
         )
-        time.sleep(0.6)
+        seen_running.wait(10)  # the CLI has read the running job before it completes
         harness.complete(job.id, {"image.png": b"PNGDATA"})
         return
 

@@ -28,6 +28,7 @@ from app.stages.intake import admit
 from tests.comfy_double import ComfyDouble
 from tests.support.http_servers import Site, serve
 from tests.support.s3_server import S3Server
+from tests.support.waiting import WaitTimeout, wait_until
 
 WAIT_S = 60.0
 
@@ -118,18 +119,19 @@ def pipeline(tmp_path: Path, comfy: tuple[str, str], site: Site) -> Iterator[Dep
 
 
 def wait_for(deps: Deps, job_id: str, done: set[JobStatus]) -> None:
-    end = time.monotonic() + WAIT_S
-    while time.monotonic() < end:
-        if deps.jobs.get(job_id).status in done:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} still {deps.jobs.get(job_id)} after {WAIT_S} s")
+    try:
+        wait_until(lambda: deps.jobs.get(job_id).status in done, timeout_s=WAIT_S, interval_s=0.1)
+    except WaitTimeout:
+        raise WaitTimeout(f"job {job_id} still {deps.jobs.get(job_id)} after {WAIT_S} s") from None
 
 
 def wait_posts(site: Site, count: int) -> None:
-    end = time.monotonic() + WAIT_S
-    while len(site.posts()) < count and time.monotonic() < end:
-        time.sleep(0.1)
+    wait_until(
+        lambda: len(site.posts()) >= count,
+        timeout_s=WAIT_S,
+        interval_s=0.1,
+        what=f"{count} webhook posts",
+    )
 
 
 TERMINAL = {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED}
@@ -227,10 +229,11 @@ def test_cancel_during_render_interrupts_comfyui(pipeline: Deps) -> None:
     deps = pipeline
     tenant = deps.tenants.create("acme").tenant
     job = admit(deps, tenant, "u", JobRequest(workflow=slow_workflow(time.time_ns() % 1000))).job
-    end = time.monotonic() + WAIT_S
-    while deps.jobs.get(job.id).progress_detail.get("node_type") != "ImageBlur":
-        assert time.monotonic() < end, "render never started"
-        time.sleep(0.05)
+    wait_until(
+        lambda: deps.jobs.get(job.id).progress_detail.get("node_type") == "ImageBlur",
+        timeout_s=WAIT_S,
+        what="render started",
+    )
     cancelled_at = time.monotonic()
     cancel_job(deps, job.id)
     assert deps.jobs.get(job.id).status is JobStatus.CANCELLED

@@ -14,6 +14,7 @@ from app.adapters.comfy import ComfyClient, RenderProgress, RenderResult
 from app.core.errors import ComfyUnavailable
 from tests.comfy_double import ComfyDouble
 from tests.integration.comfy_target import invert_workflow, new_id, slow_workflow
+from tests.support.waiting import wait_until
 
 
 def never() -> bool:
@@ -90,7 +91,11 @@ def test_prompt_deleted_by_someone_else_is_noticed(comfy_double: ComfyDouble) ->
     client = ComfyClient(comfy_double.url, history_check_s=0.2)
 
     def delete_ours() -> None:
-        time.sleep(0.3)
+        wait_until(
+            lambda: any(item.prompt_id == prompt_id for item in comfy_double.pending),
+            timeout_s=10,
+            what="our prompt queued",
+        )
         httpx.post(f"{comfy_double.url}/queue", json={"delete": [prompt_id]})
 
     threading.Thread(target=delete_ours, daemon=True).start()
@@ -108,9 +113,16 @@ def test_other_clients_broadcasts_are_ignored(comfy_double: ComfyDouble) -> None
     foreign_ids = set(foreign)
     posted = httpx.post(f"{comfy_double.url}/prompt", json={"prompt": foreign})
     assert posted.status_code == 200
+    foreign_id = posted.json()["prompt_id"]
+
+    def foreign_running_with_ours_queued() -> bool:
+        running = comfy_double.running
+        return (
+            running is not None and running.prompt_id == foreign_id and bool(comfy_double.pending)
+        )
 
     def interrupt_foreign() -> None:
-        time.sleep(0.2)
+        wait_until(foreign_running_with_ours_queued, timeout_s=10, what="ours queued behind it")
         httpx.post(f"{comfy_double.url}/interrupt")
 
     threading.Thread(target=interrupt_foreign, daemon=True).start()
@@ -162,9 +174,7 @@ def test_failing_progress_callback_gives_the_prompt_up(comfy_double: ComfyDouble
             on_progress=explode,
         )
 
-    deadline = time.monotonic() + 5
-    while prompt_id not in comfy_double.history and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: prompt_id in comfy_double.history, timeout_s=5, what="history entry")
     assert comfy_double.history[prompt_id]["status"]["messages"][-1][0] == "execution_interrupted"
 
 
