@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from app.core.config import ENV_PREFIX, Settings
+from tests.support.settings import SettingsFactory
 
 #: Shared fixtures that live in their own modules (a real S3 server for storage tests).
 pytest_plugins = ["tests.support.s3_server"]
@@ -24,11 +26,11 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 @pytest.fixture
-def settings_factory(tmp_path: Path):
+def settings_factory(tmp_path: Path) -> SettingsFactory:
     """Build Settings rooted in a temporary data folder."""
 
-    def make(**overrides: object) -> Settings:
-        values: dict[str, object] = {"data_dir": tmp_path / "data"}
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {"data_dir": tmp_path / "data"}
         values.update(overrides)
         return Settings(**values)
 

@@ -90,6 +90,7 @@ class Execution:
         await self.add_message(
             "execution_cached", {"nodes": cached, "prompt_id": self.prompt_id}, False
         )
+        data: dict[str, Any]
         outcome, data = "success", {"prompt_id": self.prompt_id}
         try:
             for output in self.item.outputs:

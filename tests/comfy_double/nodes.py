@@ -44,23 +44,27 @@ class NodeResult:
     ui: dict[str, Any] | None = None
 
 
-def _empty_image(ctx: NodeContext, width: int, height: int, batch_size: int, color: int):
+def _empty_image(
+    ctx: NodeContext, width: int, height: int, batch_size: int, color: int
+) -> NodeResult:
     rgb = ((color >> 16) & 0xFF, (color >> 8) & 0xFF, color & 0xFF)
     return NodeResult(([Image.new("RGB", (width, height), rgb) for _ in range(batch_size)],))
 
 
-def _load_image(ctx: NodeContext, image: str):
+def _load_image(ctx: NodeContext, image: str) -> NodeResult:
     with Image.open(ctx.input_dir / image) as img:
         rgb = img.convert("RGB")
     mask = Image.new("L", rgb.size, 0)
     return NodeResult(([rgb], [mask]))
 
 
-def _invert(ctx: NodeContext, image: Batch):
+def _invert(ctx: NodeContext, image: Batch) -> NodeResult:
     return NodeResult(([ImageChops.invert(img) for img in image],))
 
 
-def _scale(ctx: NodeContext, image: Batch, upscale_method: str, width: int, height: int, crop: str):
+def _scale(
+    ctx: NodeContext, image: Batch, upscale_method: str, width: int, height: int, crop: str
+) -> NodeResult:
     def size(img: Image.Image) -> tuple[int, int]:
         w, h = width, height
         if w == 0 and h == 0:
@@ -81,11 +85,13 @@ def _scale(ctx: NodeContext, image: Batch, upscale_method: str, width: int, heig
     return NodeResult(([img.resize(size(img), resample) for img in image],))
 
 
-def _blur(ctx: NodeContext, image: Batch, blur_radius: int, sigma: float):
+def _blur(ctx: NodeContext, image: Batch, blur_radius: int, sigma: float) -> NodeResult:
     return NodeResult(([img.filter(ImageFilter.GaussianBlur(sigma)) for img in image],))
 
 
-def _blend(ctx: NodeContext, image1: Batch, image2: Batch, blend_factor: float, blend_mode: str):
+def _blend(
+    ctx: NodeContext, image1: Batch, image2: Batch, blend_factor: float, blend_mode: str
+) -> NodeResult:
     if len(image1) != len(image2) and 1 not in (len(image1), len(image2)):
         # What torch says when ComfyUI's ImageBlend meets two batch sizes.
         raise RuntimeError(
@@ -101,19 +107,21 @@ def _blend(ctx: NodeContext, image1: Batch, image2: Batch, blend_factor: float, 
     return NodeResult((out,))
 
 
-def _image_size(ctx: NodeContext, image: Batch):
+def _image_size(ctx: NodeContext, image: Batch) -> NodeResult:
     return NodeResult((image[0].width, image[0].height, len(image)))
 
 
-def _primitive_int(ctx: NodeContext, value: int):
+def _primitive_int(ctx: NodeContext, value: int) -> NodeResult:
     return NodeResult((value,))
 
 
-def _batch(ctx: NodeContext, image1: Batch, image2: Batch):
+def _batch(ctx: NodeContext, image1: Batch, image2: Batch) -> NodeResult:
     return NodeResult(([*image1, *(img.resize(image1[0].size) for img in image2)],))
 
 
-def _save(folder: Path, prefix: str, images: Batch, ctx: NodeContext, kind: str) -> list[dict]:
+def _save(
+    folder: Path, prefix: str, images: Batch, ctx: NodeContext, kind: str
+) -> list[dict[str, Any]]:
     subfolder, _, name = prefix.rpartition("/")
     target = folder / subfolder
     target.mkdir(parents=True, exist_ok=True)
@@ -131,17 +139,17 @@ def _save(folder: Path, prefix: str, images: Batch, ctx: NodeContext, kind: str)
     return saved
 
 
-def _save_image(ctx: NodeContext, images: Batch, filename_prefix: str = "ComfyUI"):
+def _save_image(ctx: NodeContext, images: Batch, filename_prefix: str = "ComfyUI") -> NodeResult:
     return NodeResult((), {"images": _save(ctx.output_dir, filename_prefix, images, ctx, "output")})
 
 
-def _preview_image(ctx: NodeContext, images: Batch):
+def _preview_image(ctx: NodeContext, images: Batch) -> NodeResult:
     suffix = "".join(random.choice(string.ascii_lowercase) for _ in range(5))
     prefix = f"ComfyUI_temp_{suffix}"
     return NodeResult((), {"images": _save(ctx.temp_dir, prefix, images, ctx, "temp")})
 
 
-def _save_websocket(ctx: NodeContext, images: Batch):
+def _save_websocket(ctx: NodeContext, images: Batch) -> NodeResult:
     for i, img in enumerate(images):
         buffer = io.BytesIO()
         img.save(buffer, format="PNG")
@@ -152,7 +160,7 @@ def _save_websocket(ctx: NodeContext, images: Batch):
     return NodeResult((), None)
 
 
-def _preview_any(ctx: NodeContext, source: Any):
+def _preview_any(ctx: NodeContext, source: Any) -> NodeResult:
     return NodeResult((), {"text": [str(source)]})
 
 
@@ -184,7 +192,9 @@ def is_changed(class_type: str, inputs: dict[str, Any], input_dir: Path) -> str:
     return ""
 
 
-def validate_custom(class_type: str, inputs: dict[str, Any], input_dir: Path) -> list[dict]:
+def validate_custom(
+    class_type: str, inputs: dict[str, Any], input_dir: Path
+) -> list[dict[str, Any]]:
     """Upstream's VALIDATE_INPUTS for the nodes that have one (LoadImage)."""
     if class_type != "LoadImage":
         return []

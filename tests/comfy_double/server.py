@@ -139,7 +139,7 @@ class ComfyDouble:
     async def _crash(self) -> None:
         """Stop answering at once: sockets and kept-alive connections dropped, port closed."""
         for ws in list(self.sockets.values()):
-            transport = ws._writer.transport if ws._writer else None  # type: ignore[attr-defined]
+            transport = ws._writer.transport if ws._writer else None
             if transport is not None:
                 transport.abort()
         self.sockets.clear()
@@ -198,7 +198,7 @@ class ComfyDouble:
         number = float(body["number"]) if "number" in body else self._number
         self._number += 1
         if "prompt" not in body:
-            error = {
+            error: dict[str, Any] | None = {
                 "type": "no_prompt",
                 "message": "No prompt provided",
                 "details": "No prompt provided",
@@ -285,7 +285,7 @@ class ComfyDouble:
     async def _upload(self, request: web.Request) -> web.Response:
         form = await request.post()
         image = form.get("image")
-        if image is None or isinstance(image, str):
+        if not isinstance(image, web.FileField):
             return web.Response(status=400)
         kind = str(form.get("type") or "input")
         subfolder = str(form.get("subfolder") or "")

@@ -165,7 +165,9 @@ def _validate_node(
     return result
 
 
-def _check_value(name: str, value: Any, input_type: Any, extra: dict) -> dict[str, Any] | None:
+def _check_value(
+    name: str, value: Any, input_type: Any, extra: dict[str, Any]
+) -> dict[str, Any] | None:
     try:
         if input_type == "INT":
             value = int(value)

@@ -12,7 +12,7 @@ from app.core.errors import PipelineError, UploadFailed
 
 
 @pytest.fixture(params=["memory", "local", "s3"])
-def store(request, tmp_path: Path) -> ObjectStore:
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
     if request.param == "memory":
         return MemoryStore()
     if request.param == "local":
@@ -21,7 +21,7 @@ def store(request, tmp_path: Path) -> ObjectStore:
     return s3_store
 
 
-def test_put_bytes_then_exists(store: ObjectStore):
+def test_put_bytes_then_exists(store: ObjectStore) -> None:
     key = output_key("t", "u", "j", 0, "a.png")
     assert not store.exists(key)
 
@@ -30,14 +30,14 @@ def test_put_bytes_then_exists(store: ObjectStore):
     assert store.exists(key)
 
 
-def test_put_file_returns_its_size(store: ObjectStore, tmp_path: Path):
+def test_put_file_returns_its_size(store: ObjectStore, tmp_path: Path) -> None:
     source = tmp_path / "in.bin"
     source.write_bytes(bytes(range(256)) * 40)
 
     assert store.put_file(output_key("t", "u", "j", 1, "in.bin"), source, "application/x") == 10240
 
 
-def test_put_is_idempotent(store: ObjectStore):
+def test_put_is_idempotent(store: ObjectStore) -> None:
     key = output_key("t", "u", "j", 0, "a.png")
     store.put_bytes(key, b"one", "image/png")
     store.put_bytes(key, b"three", "image/png")
@@ -45,7 +45,7 @@ def test_put_is_idempotent(store: ObjectStore):
     assert store.list_older_than(job_prefix("t", "u", "j"), time.time() + 60) == [key]
 
 
-def test_delete_prefix_is_scoped_to_one_job(store: ObjectStore):
+def test_delete_prefix_is_scoped_to_one_job(store: ObjectStore) -> None:
     mine = [output_key("t", "u", "job1", i, "a.png") for i in range(3)]
     theirs = output_key("t", "u", "job10", 0, "a.png")
     for key in [*mine, theirs]:
@@ -57,12 +57,12 @@ def test_delete_prefix_is_scoped_to_one_job(store: ObjectStore):
     assert store.exists(theirs)
 
 
-def test_delete_prefix_refuses_an_empty_prefix(store: ObjectStore):
+def test_delete_prefix_refuses_an_empty_prefix(store: ObjectStore) -> None:
     with pytest.raises(ValueError):
         store.delete_prefix("")
 
 
-def test_delete_keys_skips_missing_ones(store: ObjectStore):
+def test_delete_keys_skips_missing_ones(store: ObjectStore) -> None:
     key = output_key("t", "u", "j", 0, "a.png")
     store.put_bytes(key, b"x", "image/png")
 
@@ -70,7 +70,7 @@ def test_delete_keys_skips_missing_ones(store: ObjectStore):
     assert not store.exists(key)
 
 
-def test_list_older_than(store: ObjectStore):
+def test_list_older_than(store: ObjectStore) -> None:
     keys = sorted(output_key("t", "u", "j", i, "a.png") for i in range(2))
     for key in keys:
         store.put_bytes(key, b"x", "image/png")
@@ -81,7 +81,7 @@ def test_list_older_than(store: ObjectStore):
 
 
 @pytest.mark.parametrize("key", ["../outside.png", "/abs.png", "a\\b.png", "a//b.png"])
-def test_unsafe_keys_are_refused_as_upload_failed(store: ObjectStore, key: str):
+def test_unsafe_keys_are_refused_as_upload_failed(store: ObjectStore, key: str) -> None:
     with pytest.raises(UploadFailed):
         store.put_bytes(key, b"x", "image/png")
     with pytest.raises(UploadFailed):
@@ -92,7 +92,7 @@ def test_unsafe_keys_are_refused_as_upload_failed(store: ObjectStore, key: str):
         store.delete_keys([key])
 
 
-def test_url_is_signed_fresh_and_names_the_key(store: ObjectStore):
+def test_url_is_signed_fresh_and_names_the_key(store: ObjectStore) -> None:
     key = output_key("t", "u", "j", 0, "a.png")
     store.put_bytes(key, b"x", "image/png")
 
@@ -102,6 +102,6 @@ def test_url_is_signed_fresh_and_names_the_key(store: ObjectStore):
     assert "expires" in url.lower()
 
 
-def test_errors_are_pipeline_errors(store: ObjectStore, tmp_path: Path):
+def test_errors_are_pipeline_errors(store: ObjectStore, tmp_path: Path) -> None:
     with pytest.raises(PipelineError):
         store.put_file(output_key("t", "u", "j", 0, "a.png"), tmp_path / "missing", "image/png")

@@ -8,7 +8,6 @@ per call so ComfyUI's cache never turns a test's render into a no-op.
 from __future__ import annotations
 
 import random
-import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import httpx
 
 from tests.comfy_double import ComfyDouble
+from tests.support.waiting import wait_until
 
 
 @dataclass
@@ -36,23 +36,23 @@ class Target:
 
     def wait_history(self, prompt_id: str, timeout_s: float = 60.0) -> dict[str, Any]:
         """The prompt's history entry, once ComfyUI has written it."""
-        end = time.monotonic() + timeout_s
-        while time.monotonic() < end:
+
+        def entry() -> dict[str, Any] | None:
             body = httpx.get(f"{self.url}/history/{prompt_id}", timeout=5).json()
-            if prompt_id in body:
-                return dict(body[prompt_id])
-            time.sleep(0.1)
-        raise AssertionError(f"prompt {prompt_id} never reached the history")
+            return dict(body[prompt_id]) if prompt_id in body else None
+
+        return wait_until(
+            entry, timeout_s=timeout_s, interval_s=0.1, what=f"prompt {prompt_id} in the history"
+        )
 
     def idle(self, timeout_s: float = 60.0) -> None:
         """Wait until nothing is queued or running (a real server is shared by tests)."""
-        end = time.monotonic() + timeout_s
-        while time.monotonic() < end:
+
+        def idle() -> bool:
             queue = httpx.get(f"{self.url}/queue", timeout=5).json()
-            if not queue["queue_running"] and not queue["queue_pending"]:
-                return
-            time.sleep(0.1)
-        raise AssertionError("ComfyUI stayed busy")
+            return not queue["queue_running"] and not queue["queue_pending"]
+
+        wait_until(idle, timeout_s=timeout_s, interval_s=0.1, what="ComfyUI idle")
 
 
 def new_id() -> str:

@@ -21,6 +21,7 @@ from app.core.models import JobStatus, OutputRef
 from app.engine.deps import Deps
 from app.store.backends.sqlite import SqliteBackend
 from tests.state_helpers import FakeClock
+from tests.support.waiting import wait_until
 
 #: Just enough of ComfyUI's /object_info for the test workflows.
 OBJECT_INFO: dict[str, Any] = {
@@ -96,7 +97,7 @@ def make_harness(settings: Settings, *, acme_cap: int = 5, beta_rate: int = 0) -
     clock = FakeClock(time.time())
     deps = Deps(settings=settings, backend=SqliteBackend(settings.state_db_path), clock=clock)
     # Links signed with the test's clock, so tests can move time past their expiry.
-    deps.objects = LocalStore(  # type: ignore[misc]
+    deps.objects = LocalStore(
         settings.local_store_dir,
         settings.public_url,
         load_signing_key(settings.signing_key, settings.data_dir),
@@ -129,11 +130,13 @@ def serve_in_thread(app: Any, sock: socket.socket, timeout_s: float = 10.0) -> I
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    deadline = time.monotonic() + timeout_s
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
+
+    def started() -> bool:
+        if not thread.is_alive():
             raise RuntimeError("uvicorn did not start")
-        time.sleep(0.01)
+        return bool(server.started)
+
+    wait_until(started, timeout_s=timeout_s, interval_s=0.01, what="uvicorn started")
     host, port = sock.getsockname()[:2]
     try:
         yield f"http://{host}:{port}"

@@ -21,10 +21,14 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
 import pytest
+
+if TYPE_CHECKING:
+    from app.adapters.storage.s3 import S3Store
+    from app.core.config import Settings
 
 ACCESS_KEY_ID = "test-access-key"
 SECRET_ACCESS_KEY = "test-secret-key-not-real"
@@ -200,7 +204,7 @@ def s3_server() -> Iterator[S3Server]:
 
 
 @pytest.fixture
-def s3_settings(s3_server: S3Server, settings_factory: Callable[..., Any]) -> Any:
+def s3_settings(s3_server: S3Server, settings_factory: Callable[..., Settings]) -> Settings:
     """Settings for the S3 store on the test server, with a bucket of its own."""
     s3_server.gate.clock_offset_s = 0.0
     return settings_factory(
@@ -215,7 +219,7 @@ def s3_settings(s3_server: S3Server, settings_factory: Callable[..., Any]) -> An
 
 
 @pytest.fixture
-def s3_store(s3_settings: Any) -> Any:
+def s3_store(s3_settings: Settings) -> S3Store:
     """An `S3Store` built by `from_settings`, its bucket created, no real sleeping."""
     from app.adapters.storage.s3 import S3Store
 

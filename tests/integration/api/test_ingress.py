@@ -13,6 +13,7 @@ import pytest
 from app.api.ingress import create_app
 from app.core.models import JobStatus, Stage
 from tests.integration.ingress_harness import WORKFLOW, Harness, make_harness
+from tests.support.settings import SettingsFactory
 
 pytestmark = pytest.mark.anyio
 
@@ -23,7 +24,7 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture
-def harness(settings_factory) -> Harness:
+def harness(settings_factory: SettingsFactory) -> Harness:
     return make_harness(settings_factory(public_url="http://testserver", max_request_bytes=64_000))
 
 
@@ -129,9 +130,9 @@ async def test_disabled_tenant_is_refused(http: httpx.AsyncClient, harness: Harn
 async def test_missing_or_bad_user_header_is_422(
     http: httpx.AsyncClient, harness: Harness, user: str | bytes | None
 ) -> None:
-    headers: dict[str, str | bytes] = {"Authorization": f"Bearer {harness.acme.api_key}"}
+    headers: dict[bytes, bytes] = {b"Authorization": f"Bearer {harness.acme.api_key}".encode()}
     if user is not None:
-        headers["X-User-ID"] = user
+        headers[b"X-User-ID"] = user.encode() if isinstance(user, str) else user
     for response in (
         await http.post("/v1/jobs", json=body(), headers=headers),
         await http.get("/v1/jobs", headers=headers),
@@ -318,7 +319,7 @@ async def test_cancelling_frees_a_slot(http: httpx.AsyncClient, harness: Harness
     assert (await submit(http, harness)).status_code == 202
 
 
-async def test_rate_limit_is_429_with_window(settings_factory) -> None:
+async def test_rate_limit_is_429_with_window(settings_factory: SettingsFactory) -> None:
     harness = make_harness(settings_factory(public_url="http://testserver"), beta_rate=2)
     transport = httpx.ASGITransport(app=create_app(harness.deps))
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:

@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
+from schemathesis import Case
+from schemathesis.specs.openapi.schemas import OpenApiSchema
 
 from app.api.ingress import create_app
 from tests.integration.ingress_harness import Harness, make_harness
+from tests.support.settings import SettingsFactory
 
 
 @pytest.fixture
-def fuzz_harness(settings_factory) -> Harness:
+def fuzz_harness(settings_factory: SettingsFactory) -> Harness:
     # A high cap so fuzzed submissions keep reaching intake instead of stopping at 429.
     return make_harness(settings_factory(public_url="http://testserver"), acme_cap=10_000)
 
 
 @pytest.fixture
-def fuzz_schema(fuzz_harness: Harness):
+def fuzz_schema(fuzz_harness: Harness) -> OpenApiSchema:
     return schemathesis.openapi.from_asgi("/openapi.json", create_app(fuzz_harness.deps))
 
 
@@ -35,7 +40,7 @@ schema = schemathesis.pytest.from_fixture("fuzz_schema")
     ],
 )
 @pytest.mark.timeout(60)
-def test_no_server_errors(case, fuzz_harness: Harness) -> None:
+def test_no_server_errors(case: Case[Any], fuzz_harness: Harness) -> None:
     # Authenticated as a real tenant, so the fuzzing gets past the 401 into the routes.
     response = case.call(headers={"Authorization": f"Bearer {fuzz_harness.acme.api_key}"})
     assert response.status_code < 500, (case.method, case.path, response.text[:500])
@@ -55,7 +60,7 @@ def test_no_server_errors(case, fuzz_harness: Harness) -> None:
     ],
 )
 @pytest.mark.timeout(60)
-def test_no_server_errors_without_a_key(case) -> None:
+def test_no_server_errors_without_a_key(case: Case[Any]) -> None:
     response = case.call()
     assert response.status_code < 500, (case.method, case.path, response.text[:500])
     if case.path.startswith("/v1/"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -18,10 +19,11 @@ from tests.integration.ingress_harness import (
     make_harness,
     serve_in_thread,
 )
+from tests.support.settings import SettingsFactory
 
 
 @pytest.fixture
-def served(settings_factory):
+def served(settings_factory: SettingsFactory) -> Iterator[tuple[Harness, str]]:
     sock = free_socket()
     port = sock.getsockname()[1]
     settings = settings_factory(public_url=f"http://127.0.0.1:{port}", max_request_bytes=64_000)
@@ -30,7 +32,9 @@ def served(settings_factory):
         yield harness, base_url
 
 
-def test_burst_of_8_for_one_user_with_cap_5_gives_5_accepted_and_3_429(served) -> None:
+def test_burst_of_8_for_one_user_with_cap_5_gives_5_accepted_and_3_429(
+    served: tuple[Harness, str],
+) -> None:
     harness, base_url = served
     headers = harness.headers(harness.acme, "alice")
     start = threading.Barrier(8)
@@ -54,10 +58,10 @@ def test_burst_of_8_for_one_user_with_cap_5_gives_5_accepted_and_3_429(served) -
     assert harness.deps.queue(Stage.FETCH).len() == 5
 
 
-def test_chunked_body_over_the_limit_is_413_on_a_real_server(served) -> None:
+def test_chunked_body_over_the_limit_is_413_on_a_real_server(served: tuple[Harness, str]) -> None:
     harness, base_url = served
 
-    def chunks():
+    def chunks() -> Iterator[bytes]:
         # Over the 64 kB limit, yet small enough for socket buffers to take it whole,
         # so the client reads the answer instead of failing on a closed connection.
         for _ in range(20):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from typer.testing import CliRunner, Result
 from app.api.ingress import create_app
 from app.cli.main import cli
 from app.core.config import get_settings
-from app.core.models import JobStatus, Stage
+from app.core.models import Job, JobStatus, Stage
 from tests.integration.ingress_harness import (
     WORKFLOW,
     Harness,
@@ -23,10 +24,16 @@ from tests.integration.ingress_harness import (
     make_harness,
     serve_in_thread,
 )
+from tests.support.settings import SettingsFactory
+
+#: The harness behind a live server, and the server's base URL.
+Served = tuple[Harness, str]
 
 
 @pytest.fixture
-def served(settings_factory, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+def served(
+    settings_factory: SettingsFactory, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> Iterator[Served]:
     sock = free_socket()
     port = sock.getsockname()[1]
     settings = settings_factory(public_url=f"http://127.0.0.1:{port}")
@@ -69,7 +76,7 @@ def assert_failed(result: Result, *fragments: str) -> None:
 # ---- tenants -----------------------------------------------------------------------------
 
 
-def test_tenant_create_list_keys_and_revoke(served) -> None:
+def test_tenant_create_list_keys_and_revoke(served: Served) -> None:
     harness, _ = served
     # Given a new tenant made on the command line
     made = run(
@@ -103,7 +110,7 @@ def test_tenant_create_list_keys_and_revoke(served) -> None:
     assert key.split("_")[1] in keys and "-" in keys
 
 
-def test_tenant_update_and_rotate_secret(served) -> None:
+def test_tenant_update_and_rotate_secret(served: Served) -> None:
     harness, _ = served
     updated = run("tenant", "update", "acme", "--max-active-jobs", "9", "--disable")
     assert updated.exit_code == 0, updated.output
@@ -125,14 +132,14 @@ def test_tenant_update_and_rotate_secret(served) -> None:
         (("tenant", "update", "nobody", "--rate-per-minute", "1"), "no tenant"),
     ],
 )
-def test_tenant_errors_are_one_line(served, args: tuple[str, ...], fragment: str) -> None:
+def test_tenant_errors_are_one_line(served: Served, args: tuple[str, ...], fragment: str) -> None:
     assert_failed(run(*args), fragment)
 
 
 # ---- jobs over HTTP --------------------------------------------------------------------------
 
 
-def test_submit_status_jobs_cancel(served, workflow_file: Path) -> None:
+def test_submit_status_jobs_cancel(served: Served, workflow_file: Path) -> None:
     harness, _ = served
     submitted = run("submit", str(workflow_file), "--user", "alice", "--json")
     assert submitted.exit_code == 0, submitted.output
@@ -154,6 +161,17 @@ def test_submit_status_jobs_cancel(served, workflow_file: Path) -> None:
 
 def _play_pipeline(harness: Harness, done: threading.Event) -> None:
     """Stand in for the stage workers: run the first queued job, report progress, finish."""
+    # Note when a status read (the CLI's poll) finds the job running.
+    seen_running = threading.Event()
+    find = harness.deps.jobs.find
+
+    def noting_find(job_id: str) -> Job | None:
+        found = find(job_id)
+        if found is not None and found.status is JobStatus.RUNNING:
+            seen_running.set()
+        return found
+
+    harness.deps.jobs.find = noting_find  # type: ignore[method-assign]
     deadline = time.monotonic() + 20
     while not done.is_set() and time.monotonic() < deadline:
         raw = harness.deps.queue(Stage.FETCH).get(timeout_s=0.05)
@@ -177,13 +195,13 @@ def _play_pipeline(harness: Harness, done: threading.Event) -> None:
                 }
             )
         )
-        time.sleep(0.6)
+        seen_running.wait(10)  # the CLI has read the running job before it completes
         harness.complete(job.id, {"image.png": b"PNGDATA"})
         return
 
 
 def test_submit_wait_shows_progress_and_downloads(
-    served, workflow_file: Path, tmp_path: Path
+    served: Served, workflow_file: Path, tmp_path: Path
 ) -> None:
     harness, _ = served
     done = threading.Event()
@@ -213,7 +231,7 @@ def test_submit_wait_shows_progress_and_downloads(
     assert (out / "image.png").read_bytes() == b"PNGDATA"
 
 
-def test_submit_refused_workflow_is_one_line(served, tmp_path: Path) -> None:
+def test_submit_refused_workflow_is_one_line(served: Served, tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"1": {"class_type": "Nope", "inputs": {}}}))
     assert_failed(run("submit", str(bad)), "invalid_workflow", "Nope")
@@ -223,14 +241,16 @@ def test_submit_refused_workflow_is_one_line(served, tmp_path: Path) -> None:
     assert_failed(run("submit", str(bad)))
 
 
-def test_submit_with_inputs_and_webhook_reaches_the_url_policy(served, workflow_file) -> None:
+def test_submit_with_inputs_and_webhook_reaches_the_url_policy(
+    served: Served, workflow_file: Path
+) -> None:
     assert_failed(
         run("submit", str(workflow_file), "--input", "a.png=http://127.0.0.1/a.png"), "url_refused"
     )
     assert_failed(run("submit", str(workflow_file), "--input", "no-equals-sign"), "NAME=URL")
 
 
-def test_wait_timeout_fails_cleanly(served, workflow_file: Path) -> None:
+def test_wait_timeout_fails_cleanly(served: Served, workflow_file: Path) -> None:
     assert_failed(
         run("submit", str(workflow_file), "--wait", "--timeout", "1", "--poll", "0.2"),
         "did not end",
@@ -238,7 +258,7 @@ def test_wait_timeout_fails_cleanly(served, workflow_file: Path) -> None:
 
 
 def test_without_key_or_server_the_cli_says_so(
-    served, workflow_file: Path, monkeypatch: pytest.MonkeyPatch
+    served: Served, workflow_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert_failed(run("status", "job_x", "--api-key", "csk_wrong"), "unauthorized")
     closed = free_socket()
@@ -250,7 +270,7 @@ def test_without_key_or_server_the_cli_says_so(
     assert_failed(run("submit", str(workflow_file)), "no API key")
 
 
-def test_maintenance_commands_print_their_report(served, workflow_file: Path) -> None:
+def test_maintenance_commands_print_their_report(served: Served, workflow_file: Path) -> None:
     for command in ("fail-stale", "cleanup"):
         result = run(command)
         assert result.exit_code == 0, result.output

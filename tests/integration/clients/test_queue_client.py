@@ -20,10 +20,11 @@ from app.core.models import JobStatus, Stage
 from app.core.schemas import IntakeMessage
 from app.stages import drain as drain_stage
 from tests.integration.ingress_harness import WORKFLOW, Harness, make_harness
+from tests.support.settings import SettingsFactory
 
 
 @pytest.fixture
-def harness(settings_factory) -> Harness:
+def harness(settings_factory: SettingsFactory) -> Harness:
     return make_harness(settings_factory(public_url="http://testserver"), acme_cap=2)
 
 

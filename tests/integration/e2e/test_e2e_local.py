@@ -27,6 +27,8 @@ from app.engine.deps import Deps, build_deps
 from app.stages.intake import admit
 from tests.comfy_double import ComfyDouble
 from tests.support.http_servers import Site, serve
+from tests.support.s3_server import S3Server
+from tests.support.waiting import WaitTimeout, wait_until
 
 WAIT_S = 60.0
 
@@ -117,18 +119,19 @@ def pipeline(tmp_path: Path, comfy: tuple[str, str], site: Site) -> Iterator[Dep
 
 
 def wait_for(deps: Deps, job_id: str, done: set[JobStatus]) -> None:
-    end = time.monotonic() + WAIT_S
-    while time.monotonic() < end:
-        if deps.jobs.get(job_id).status in done:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} still {deps.jobs.get(job_id)} after {WAIT_S} s")
+    try:
+        wait_until(lambda: deps.jobs.get(job_id).status in done, timeout_s=WAIT_S, interval_s=0.1)
+    except WaitTimeout:
+        raise WaitTimeout(f"job {job_id} still {deps.jobs.get(job_id)} after {WAIT_S} s") from None
 
 
 def wait_posts(site: Site, count: int) -> None:
-    end = time.monotonic() + WAIT_S
-    while len(site.posts()) < count and time.monotonic() < end:
-        time.sleep(0.1)
+    wait_until(
+        lambda: len(site.posts()) >= count,
+        timeout_s=WAIT_S,
+        interval_s=0.1,
+        what=f"{count} webhook posts",
+    )
 
 
 TERMINAL = {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED}
@@ -143,7 +146,7 @@ def test_job_runs_end_to_end_with_a_signed_webhook(pipeline: Deps, site: Site) -
     site.fail_first = 1
     request = JobRequest(
         workflow=invert_workflow("face.png", prefix=f"e2e{time.time_ns()}"),
-        inputs=[{"name": "face.png", "url": site.url("/in.png")}],  # type: ignore[list-item]
+        inputs=[{"name": "face.png", "url": site.url("/in.png")}],
         webhook_url=site.url("/hook"),
         metadata={"order": 42},
     )
@@ -226,10 +229,11 @@ def test_cancel_during_render_interrupts_comfyui(pipeline: Deps) -> None:
     deps = pipeline
     tenant = deps.tenants.create("acme").tenant
     job = admit(deps, tenant, "u", JobRequest(workflow=slow_workflow(time.time_ns() % 1000))).job
-    end = time.monotonic() + WAIT_S
-    while deps.jobs.get(job.id).progress_detail.get("node_type") != "ImageBlur":
-        assert time.monotonic() < end, "render never started"
-        time.sleep(0.05)
+    wait_until(
+        lambda: deps.jobs.get(job.id).progress_detail.get("node_type") == "ImageBlur",
+        timeout_s=WAIT_S,
+        what="render started",
+    )
     cancelled_at = time.monotonic()
     cancel_job(deps, job.id)
     assert deps.jobs.get(job.id).status is JobStatus.CANCELLED
@@ -262,7 +266,7 @@ def invert_workflow_empty() -> dict[str, object]:
 
 
 def test_outputs_go_to_s3_and_every_read_presigns_afresh(
-    tmp_path: Path, site: Site, s3_server
+    tmp_path: Path, site: Site, s3_server: S3Server
 ) -> None:
     """The production storage path: upload to an S3 API server, presigned GETs over HTTP."""
     from app.adapters.storage.s3 import S3Store

@@ -39,6 +39,7 @@ from app.clients.smoke import (
 from app.core.models import JobStatus, Stage
 from app.core.schemas import JobView, OutputView, Timings
 from tests.paths import REPO_ROOT
+from tests.support.waiting import wait_until
 
 ROOT = REPO_ROOT
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 16
@@ -183,11 +184,7 @@ def serve(api: FastAPI) -> Iterator[str]:
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if time.monotonic() > deadline:
-            raise RuntimeError("test API did not start")
-        time.sleep(0.01)
+    wait_until(lambda: server.started, timeout_s=10, interval_s=0.01, what="test API started")
     try:
         yield f"http://127.0.0.1:{port}"
     finally:

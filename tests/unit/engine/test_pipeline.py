@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,7 +26,7 @@ def deps(tmp_path: Path) -> Deps:
     return Deps(settings=settings, backend=MemoryBackend(), clock=FakeClock())
 
 
-def admit(deps: Deps, job_id: str = "j1", **overrides: object) -> Job:
+def admit(deps: Deps, job_id: str = "j1", **overrides: Any) -> Job:
     job = deps.jobs.create(new_job(**overrides), job_id, Limits()).job
     enqueue(deps, job_id, Stage.FETCH)
     return job
@@ -43,7 +44,11 @@ def run_queue(deps: Deps, stage: Stage, fns: dict[Stage, Callable[[Job, Deps], J
     return done
 
 
-ALL_OK = {Stage.FETCH: ok, Stage.RENDER: ok, Stage.UPLOAD: ok}
+ALL_OK: dict[Stage, Callable[[Job, Deps], Job]] = {
+    Stage.FETCH: ok,
+    Stage.RENDER: ok,
+    Stage.UPLOAD: ok,
+}
 
 
 def test_a_job_walks_fetch_render_upload_and_completes(deps: Deps) -> None:
@@ -86,7 +91,7 @@ def test_permanent_error_fails_the_job_with_its_code_and_node(deps: Deps) -> Non
 
     def boom(job: Job, deps: Deps) -> Job:
         exc = RenderFailed("ImageBlend: RuntimeError: sizes differ")
-        exc.node_id, exc.node_type = "3", "ImageBlend"  # type: ignore[attr-defined]
+        exc.node_id, exc.node_type = "3", "ImageBlend"
         raise exc
 
     run_queue(deps, Stage.FETCH, ALL_OK)

@@ -55,9 +55,12 @@ class FakeCuda:
         return 0
 
 
-def _model_management(torch: Any, args: Any) -> types.ModuleType:
-    """What comfy/model_management.py computes at import, reduced to the device parts."""
-    mm = types.ModuleType("comfy.model_management")
+def _model_management(torch: Any, args: Any) -> Any:
+    """What comfy/model_management.py computes at import, reduced to the device parts.
+
+    A stub module filled in attribute by attribute (and patched by tests), hence Any.
+    """
+    mm: Any = types.ModuleType("comfy.model_management")
     mm.CPUState = CPUState
     mm.VRAMState = VRAMState
     mm.lowvram_available = True
@@ -100,7 +103,7 @@ def comfy_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[types.SimpleNamespace
         gpu_only=False,
     )
     comfy = types.ModuleType("comfy")
-    comfy.__path__ = []  # type: ignore[attr-defined]
+    comfy.__path__ = []
     cli_args = types.ModuleType("comfy.cli_args")
     cli_args.args = args  # type: ignore[attr-defined]
     comfy.cli_args = cli_args  # type: ignore[attr-defined]
@@ -131,7 +134,7 @@ def _run_prestartup() -> None:
     spec.loader.exec_module(importlib.util.module_from_spec(spec))
 
 
-def _import_comfy_core(env: types.SimpleNamespace) -> types.ModuleType:
+def _import_comfy_core(env: types.SimpleNamespace) -> Any:
     mm = _model_management(env.torch, env.args)
     sys.modules["comfy.model_management"] = mm
     env.comfy.model_management = mm

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from app.core.errors import AdmissionRejected, AlreadyTerminal, IdempotencyConflict
@@ -295,7 +297,7 @@ def test_many_jobs_reuse_slot_places() -> None:
         store.create(new_job(), job_id(), Limits(max_active_per_user=2))
 
 
-def test_job_store_works_over_sqlite(tmp_path) -> None:
+def test_job_store_works_over_sqlite(tmp_path: Path) -> None:
     from app.store.backends.sqlite import SqliteBackend
 
     store = JobStore(SqliteBackend(tmp_path / "s.db"), lambda: 1000.0)

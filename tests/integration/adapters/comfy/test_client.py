@@ -5,12 +5,14 @@ from __future__ import annotations
 import io
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
 
-from app.adapters.comfy import ComfyClient, RenderProgress
+from app.adapters.comfy import ComfyClient, RenderProgress, RenderResult
 from app.core.errors import (
     ComfyUnavailable,
     InvalidWorkflow,
@@ -32,9 +34,11 @@ def never() -> bool:
     return False
 
 
-def run(client: ComfyClient, workflow, *, timeout_s: float = 60.0, **kwargs):
+def run(
+    client: ComfyClient, workflow: dict[str, Any], *, timeout_s: float = 60.0, **kwargs: Any
+) -> tuple[RenderResult, list[RenderProgress]]:
     reports: list[RenderProgress] = []
-    options = {
+    options: dict[str, Any] = {
         "prompt_id": new_id(),
         "deadline_s": time.time() + timeout_s,
         "should_cancel": never,
@@ -46,12 +50,12 @@ def run(client: ComfyClient, workflow, *, timeout_s: float = 60.0, **kwargs):
 
 
 @pytest.fixture
-def client(comfy_target: Target):
+def client(comfy_target: Target) -> Iterator[ComfyClient]:
     with ComfyClient(comfy_target.url, unavailable_grace_s=1.0) as client:
         yield client
 
 
-def test_health_and_object_info(client: ComfyClient):
+def test_health_and_object_info(client: ComfyClient) -> None:
     stats = client.health()
     info = client.object_info()
 
@@ -62,7 +66,7 @@ def test_health_and_object_info(client: ComfyClient):
 
 def test_success_reports_progress_and_downloads_outputs(
     client: ComfyClient, comfy_target: Target, tmp_path: Path
-):
+) -> None:
     # Given a 3-node graph with a colour no earlier run used
     rgb = color()
     workflow = invert_workflow(rgb, size=40)
@@ -77,7 +81,9 @@ def test_success_reports_progress_and_downloads_outputs(
     assert size == (tmp_path / "out.png").stat().st_size > 0
     with Image.open(tmp_path / "out.png") as img:
         assert img.size == (40, 40)
-        r, g, b = img.convert("RGB").getpixel((0, 0))
+        pixel = img.convert("RGB").getpixel((0, 0))
+        assert isinstance(pixel, tuple)
+        r, g, b = pixel
     expected = (255 - (rgb >> 16), 255 - ((rgb >> 8) & 0xFF), 255 - (rgb & 0xFF))
     # Upstream goes through float32 and truncates back to bytes: allow one step.
     assert all(abs(got - want) <= 1 for got, want in zip((r, g, b), expected, strict=True))
@@ -89,7 +95,7 @@ def test_success_reports_progress_and_downloads_outputs(
     assert reports[-1].nodes_done == reports[-1].nodes_total == 3
 
 
-def test_identical_rerun_is_reported_cached(client: ComfyClient):
+def test_identical_rerun_is_reported_cached(client: ComfyClient) -> None:
     workflow = invert_workflow(color())
     first, _ = run(client, workflow)
 
@@ -99,7 +105,7 @@ def test_identical_rerun_is_reported_cached(client: ComfyClient):
     assert again.outputs == first.outputs
 
 
-def test_upload_then_load_image(client: ComfyClient, tmp_path: Path):
+def test_upload_then_load_image(client: ComfyClient, tmp_path: Path) -> None:
     # Given an input uploaded into a per-job subfolder
     job = f"t-{new_id()[:8]}"
     buffer = io.BytesIO()
@@ -135,7 +141,7 @@ def test_upload_then_load_image(client: ComfyClient, tmp_path: Path):
         assert img.size == (40, 30)
 
 
-def test_preview_only_workflow_delivers_temp_files(client: ComfyClient, tmp_path: Path):
+def test_preview_only_workflow_delivers_temp_files(client: ComfyClient, tmp_path: Path) -> None:
     workflow = invert_workflow(color())
     workflow["3"] = {"class_type": "PreviewImage", "inputs": {"images": ["2", 0]}}
 
@@ -145,7 +151,7 @@ def test_preview_only_workflow_delivers_temp_files(client: ComfyClient, tmp_path
     assert client.download(result.outputs[0], tmp_path / "preview.png") > 0
 
 
-def test_websocket_image_frames_are_ignored(client: ComfyClient):
+def test_websocket_image_frames_are_ignored(client: ComfyClient) -> None:
     # SaveImageWebsocket sends its images as binary frames and saves no file.
     workflow = invert_workflow(color())
     workflow["3"] = {"class_type": "SaveImageWebsocket", "inputs": {"images": ["2", 0]}}
@@ -156,7 +162,7 @@ def test_websocket_image_frames_are_ignored(client: ComfyClient):
     assert reports[-1].fraction == 1.0
 
 
-def test_validation_error_names_node_type_and_problem(client: ComfyClient):
+def test_validation_error_names_node_type_and_problem(client: ComfyClient) -> None:
     workflow = invert_workflow(color())
     del workflow["1"]["inputs"]["height"]
 
@@ -169,7 +175,7 @@ def test_validation_error_names_node_type_and_problem(client: ComfyClient):
     assert "Traceback" not in message
 
 
-def test_unknown_node_class_is_invalid(client: ComfyClient):
+def test_unknown_node_class_is_invalid(client: ComfyClient) -> None:
     workflow = invert_workflow(color())
     workflow["2"]["class_type"] = "NoSuchNode"
 
@@ -177,7 +183,7 @@ def test_unknown_node_class_is_invalid(client: ComfyClient):
         run(client, workflow)
 
 
-def test_link_to_missing_node_is_invalid_without_traceback(client: ComfyClient):
+def test_link_to_missing_node_is_invalid_without_traceback(client: ComfyClient) -> None:
     workflow = invert_workflow(color())
     workflow["3"]["inputs"]["images"] = ["99", 0]
 
@@ -188,7 +194,7 @@ def test_link_to_missing_node_is_invalid_without_traceback(client: ComfyClient):
     assert 'File "' not in caught.value.message
 
 
-def test_partly_invalid_workflow_is_refused(client: ComfyClient, comfy_target: Target):
+def test_partly_invalid_workflow_is_refused(client: ComfyClient, comfy_target: Target) -> None:
     # ComfyUI answers 200 and runs only the valid outputs; we refuse the whole thing.
     workflow = invert_workflow(color())
     workflow["4"] = {
@@ -209,7 +215,7 @@ def test_partly_invalid_workflow_is_refused(client: ComfyClient, comfy_target: T
     comfy_target.idle()
 
 
-def test_runtime_error_carries_node_id_and_type(client: ComfyClient):
+def test_runtime_error_carries_node_id_and_type(client: ComfyClient) -> None:
     with pytest.raises(RenderFailed) as caught:
         run(client, blend_error_workflow(color()))
 
@@ -220,7 +226,7 @@ def test_runtime_error_carries_node_id_and_type(client: ComfyClient):
     assert 'File "' not in error.message
 
 
-def test_cancel_interrupts_the_prompt(client: ComfyClient, comfy_target: Target):
+def test_cancel_interrupts_the_prompt(client: ComfyClient, comfy_target: Target) -> None:
     # Given a slow graph, and a job cancelled once its first blur is running
     comfy_target.make_slow()
     cancelled = threading.Event()
@@ -251,7 +257,7 @@ def test_cancel_interrupts_the_prompt(client: ComfyClient, comfy_target: Target)
     assert entry["outputs"] == {}
 
 
-def test_deadline_interrupts_and_raises_timeout(client: ComfyClient, comfy_target: Target):
+def test_deadline_interrupts_and_raises_timeout(client: ComfyClient, comfy_target: Target) -> None:
     comfy_target.make_slow()
     prompt_id = new_id()
     started = time.monotonic()
@@ -264,13 +270,13 @@ def test_deadline_interrupts_and_raises_timeout(client: ComfyClient, comfy_targe
     assert entry["status"]["messages"][-1][0] == "execution_interrupted"
 
 
-def test_cancel_before_start_submits_nothing(client: ComfyClient, comfy_target: Target):
+def test_cancel_before_start_submits_nothing(client: ComfyClient, comfy_target: Target) -> None:
     prompt_id = new_id()
 
     with pytest.raises(RenderCancelled):
         run(client, invert_workflow(color()), prompt_id=prompt_id, should_cancel=lambda: True)
 
-    time.sleep(0.2)
+    # run() is synchronous: anything it submitted has reached the double by now.
     if comfy_target.double is not None:
         assert comfy_target.double.received == []
 

@@ -4,24 +4,28 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import httpx
 import pytest
 from websockets.sync.client import connect
 
-from app.adapters.comfy import ComfyClient, RenderProgress
+from app.adapters.comfy import ComfyClient, RenderProgress, RenderResult
 from app.core.errors import ComfyUnavailable
 from tests.comfy_double import ComfyDouble
 from tests.integration.comfy_target import invert_workflow, new_id, slow_workflow
+from tests.support.waiting import wait_until
 
 
 def never() -> bool:
     return False
 
 
-def run(client: ComfyClient, workflow, **kwargs):
+def run(
+    client: ComfyClient, workflow: dict[str, Any], **kwargs: Any
+) -> tuple[RenderResult, list[RenderProgress]]:
     reports: list[RenderProgress] = []
-    options = {
+    options: dict[str, Any] = {
         "prompt_id": new_id(),
         "deadline_s": time.time() + 30,
         "should_cancel": never,
@@ -33,7 +37,7 @@ def run(client: ComfyClient, workflow, **kwargs):
     return client.run(workflow, **options), reports
 
 
-def test_websocket_drop_falls_back_to_history(comfy_double: ComfyDouble):
+def test_websocket_drop_falls_back_to_history(comfy_double: ComfyDouble) -> None:
     # Given a server that drops every websocket when node 2 starts and refuses new ones
     comfy_double.drop_ws_at_node = "2"
     comfy_double.refuse_ws = True
@@ -49,7 +53,7 @@ def test_websocket_drop_falls_back_to_history(comfy_double: ComfyDouble):
     assert not comfy_double.sockets
 
 
-def test_websocket_drop_then_reconnect(comfy_double: ComfyDouble):
+def test_websocket_drop_then_reconnect(comfy_double: ComfyDouble) -> None:
     # Given a dropped websocket that may reconnect while a slow node still runs
     comfy_double.drop_ws_at_node = "10"
     comfy_double.node_delay_s = {"ImageBlur": 0.8}
@@ -64,7 +68,7 @@ def test_websocket_drop_then_reconnect(comfy_double: ComfyDouble):
     assert fractions == sorted(fractions)
 
 
-def test_crash_mid_run_is_unavailable(comfy_double: ComfyDouble):
+def test_crash_mid_run_is_unavailable(comfy_double: ComfyDouble) -> None:
     comfy_double.crash_at_node = "2"
     client = ComfyClient(comfy_double.url, unavailable_grace_s=0.5, connect_timeout_s=1.0)
     started = time.monotonic()
@@ -76,7 +80,7 @@ def test_crash_mid_run_is_unavailable(comfy_double: ComfyDouble):
     assert time.monotonic() - started < 5
 
 
-def test_prompt_deleted_by_someone_else_is_noticed(comfy_double: ComfyDouble):
+def test_prompt_deleted_by_someone_else_is_noticed(comfy_double: ComfyDouble) -> None:
     # Given our prompt waiting behind a slow one
     comfy_double.node_delay_s = {"ImageBlur": 1.0}
     blocker = httpx.post(
@@ -87,7 +91,11 @@ def test_prompt_deleted_by_someone_else_is_noticed(comfy_double: ComfyDouble):
     client = ComfyClient(comfy_double.url, history_check_s=0.2)
 
     def delete_ours() -> None:
-        time.sleep(0.3)
+        wait_until(
+            lambda: any(item.prompt_id == prompt_id for item in comfy_double.pending),
+            timeout_s=10,
+            what="our prompt queued",
+        )
         httpx.post(f"{comfy_double.url}/queue", json={"delete": [prompt_id]})
 
     threading.Thread(target=delete_ours, daemon=True).start()
@@ -97,7 +105,7 @@ def test_prompt_deleted_by_someone_else_is_noticed(comfy_double: ComfyDouble):
         run(client, invert_workflow(4), prompt_id=prompt_id)
 
 
-def test_other_clients_broadcasts_are_ignored(comfy_double: ComfyDouble):
+def test_other_clients_broadcasts_are_ignored(comfy_double: ComfyDouble) -> None:
     # Given a prompt without client id ahead of ours: its progress_state and its
     # interruption are broadcast to every socket, ours included
     comfy_double.node_delay_s = {"ImageBlur": 0.3}
@@ -105,9 +113,16 @@ def test_other_clients_broadcasts_are_ignored(comfy_double: ComfyDouble):
     foreign_ids = set(foreign)
     posted = httpx.post(f"{comfy_double.url}/prompt", json={"prompt": foreign})
     assert posted.status_code == 200
+    foreign_id = posted.json()["prompt_id"]
+
+    def foreign_running_with_ours_queued() -> bool:
+        running = comfy_double.running
+        return (
+            running is not None and running.prompt_id == foreign_id and bool(comfy_double.pending)
+        )
 
     def interrupt_foreign() -> None:
-        time.sleep(0.2)
+        wait_until(foreign_running_with_ours_queued, timeout_s=10, what="ours queued behind it")
         httpx.post(f"{comfy_double.url}/interrupt")
 
     threading.Thread(target=interrupt_foreign, daemon=True).start()
@@ -126,7 +141,7 @@ def test_other_clients_broadcasts_are_ignored(comfy_double: ComfyDouble):
     assert foreign_entry["status"]["messages"][-1][0] == "execution_interrupted"
 
 
-def test_progress_is_throttled(comfy_double: ComfyDouble):
+def test_progress_is_throttled(comfy_double: ComfyDouble) -> None:
     comfy_double.node_delay_s = {"ImageBlur": 0.15}
     started = time.monotonic()
 
@@ -143,7 +158,7 @@ def test_progress_is_throttled(comfy_double: ComfyDouble):
     assert reports[-1].fraction == 1.0
 
 
-def test_failing_progress_callback_gives_the_prompt_up(comfy_double: ComfyDouble):
+def test_failing_progress_callback_gives_the_prompt_up(comfy_double: ComfyDouble) -> None:
     comfy_double.node_delay_s = {"ImageBlur": 0.3}
     prompt_id = new_id()
 
@@ -159,13 +174,11 @@ def test_failing_progress_callback_gives_the_prompt_up(comfy_double: ComfyDouble
             on_progress=explode,
         )
 
-    deadline = time.monotonic() + 5
-    while prompt_id not in comfy_double.history and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: prompt_id in comfy_double.history, timeout_s=5, what="history entry")
     assert comfy_double.history[prompt_id]["status"]["messages"][-1][0] == "execution_interrupted"
 
 
-def test_double_speaks_first_status_and_feature_flags(comfy_double: ComfyDouble):
+def test_double_speaks_first_status_and_feature_flags(comfy_double: ComfyDouble) -> None:
     ws_url = comfy_double.url.replace("http", "ws") + "/ws?clientId=probe"
     with connect(ws_url) as ws:
         first = ws.recv(timeout=5)
@@ -176,7 +189,7 @@ def test_double_speaks_first_status_and_feature_flags(comfy_double: ComfyDouble)
     assert '"max_upload_size": 104857600' in flags
 
 
-def test_double_view_refuses_traversal_and_missing(comfy_double: ComfyDouble):
+def test_double_view_refuses_traversal_and_missing(comfy_double: ComfyDouble) -> None:
     view = f"{comfy_double.url}/view"
     traversal = httpx.get(view, params={"filename": "../x.png", "type": "output"})
     missing = httpx.get(view, params={"filename": "nope.png", "type": "output"})

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import botocore.auth
 import httpx
 import pytest
-from botocore.awsrequest import AWSResponse
+from botocore.awsrequest import AWSPreparedRequest, AWSResponse, HTTPHeaders
 from structlog.testing import capture_logs
 
 from app.adapters.storage import content_disposition, open_store, output_key
 from app.adapters.storage.s3 import S3Store, backoff_s
+from app.core.config import Settings
 from app.core.errors import StorageUnavailable, UploadFailed
-from tests.support.s3_server import SECRET_ACCESS_KEY
+from tests.support.s3_server import SECRET_ACCESS_KEY, S3Server
 
 
 class _RawBody:
@@ -24,7 +27,7 @@ class _RawBody:
     def __init__(self, body: bytes) -> None:
         self._body = body
 
-    def stream(self, **_kwargs: object):
+    def stream(self, **_kwargs: object) -> Iterator[bytes]:
         yield self._body
 
 
@@ -38,10 +41,12 @@ def _fail_first(store: S3Store, operation: str, times: int, status: int = 503) -
         else b"<Error><Code>InternalError</Code><Message>boom</Message></Error>"
     )
 
-    def before_send(request, **_kwargs):
+    # Returns an AWSResponse (which stands in for the send) or None; botocore's stubs type
+    # every event handler as returning None, hence Any.
+    def before_send(request: AWSPreparedRequest, **_kwargs: Any) -> Any:
         calls.append(1)
         if len(calls) <= times:
-            return AWSResponse(request.url, status, {}, _RawBody(body))
+            return AWSResponse(request.url, status, HTTPHeaders(), _RawBody(body))
         return None
 
     store.client.meta.events.register(f"before-send.s3.{operation}", before_send)
@@ -54,17 +59,20 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_open_store_builds_an_s3_store(s3_settings):
+def test_open_store_builds_an_s3_store(s3_settings: Settings) -> None:
     store = open_store(s3_settings)
 
     assert isinstance(store, S3Store)
     assert store.bucket == s3_settings.s3_bucket
     assert store.max_attempts == s3_settings.upload_max_attempts
-    assert store.client.meta.config.s3 == {"addressing_style": "path"}
-    assert store.client.meta.config.signature_version == "s3v4"
+    # botocore's Config sets its options as attributes at run time; its stubs do not list them.
+    assert store.client.meta.config.s3 == {"addressing_style": "path"}  # type: ignore[attr-defined]
+    assert store.client.meta.config.signature_version == "s3v4"  # type: ignore[attr-defined]
 
 
-def test_put_file_and_bytes_store_objects_with_their_type(s3_store, tmp_path: Path):
+def test_put_file_and_bytes_store_objects_with_their_type(
+    s3_store: S3Store, tmp_path: Path
+) -> None:
     # Given a file and some bytes
     source = tmp_path / "render.png"
     source.write_bytes(b"\x89PNG fake image" * 100)
@@ -87,7 +95,7 @@ def test_put_file_and_bytes_store_objects_with_their_type(s3_store, tmp_path: Pa
     assert not s3_store.exists(output_key("t1", "u1", "job1", 2, "other.png"))
 
 
-def test_presigned_get_downloads_with_signed_type_and_disposition(s3_store):
+def test_presigned_get_downloads_with_signed_type_and_disposition(s3_store: S3Store) -> None:
     # Given an object stored with a generic type
     key = output_key("t1", "u1", "job2", 0, "out.png")
     s3_store.put_bytes(key, b"image bytes", "application/octet-stream")
@@ -108,7 +116,7 @@ def test_presigned_get_downloads_with_signed_type_and_disposition(s3_store):
     assert "X-Amz-Expires=300" in url
 
 
-def test_tampering_with_a_presigned_link_is_refused(s3_store, s3_server):
+def test_tampering_with_a_presigned_link_is_refused(s3_store: S3Store, s3_server: S3Server) -> None:
     key = output_key("t1", "u1", "job3", 0, "out.png")
     s3_store.put_bytes(key, b"secret bytes", "image/png")
     url = s3_store.url(key, filename="out.png", content_type="image/png", expires_s=300)
@@ -129,7 +137,7 @@ def test_tampering_with_a_presigned_link_is_refused(s3_store, s3_server):
     assert httpx.get(url, timeout=10).status_code == 200
 
 
-def test_expired_presigned_link_is_refused(s3_store, s3_server):
+def test_expired_presigned_link_is_refused(s3_store: S3Store, s3_server: S3Server) -> None:
     # Given a link valid for 60 s
     key = output_key("t1", "u1", "job4", 0, "out.png")
     s3_store.put_bytes(key, b"bytes", "image/png")
@@ -146,7 +154,9 @@ def test_expired_presigned_link_is_refused(s3_store, s3_server):
     assert b"Request has expired" in response.content
 
 
-def test_each_url_call_signs_a_new_link_and_both_work(s3_store, monkeypatch):
+def test_each_url_call_signs_a_new_link_and_both_work(
+    s3_store: S3Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
     key = output_key("t1", "u1", "job5", 0, "out.png")
     s3_store.put_bytes(key, b"bytes", "image/png")
     signing_time = [datetime.now(UTC).replace(tzinfo=None) - timedelta(seconds=30)]
@@ -164,7 +174,7 @@ def test_each_url_call_signs_a_new_link_and_both_work(s3_store, monkeypatch):
         assert response.content == b"bytes"
 
 
-def test_missing_bucket_is_a_permanent_upload_failure(s3_store):
+def test_missing_bucket_is_a_permanent_upload_failure(s3_store: S3Store) -> None:
     store = S3Store(s3_store.client, "no-such-bucket-here", max_attempts=3, sleep=_no_sleep)
 
     with pytest.raises(UploadFailed, match="NoSuchBucket") as raised:
@@ -173,7 +183,7 @@ def test_missing_bucket_is_a_permanent_upload_failure(s3_store):
     assert not raised.value.retryable
 
 
-def test_transient_errors_are_retried_with_backoff(s3_store):
+def test_transient_errors_are_retried_with_backoff(s3_store: S3Store) -> None:
     # Given a store whose next two PUTs get 503 SlowDown
     sleeps: list[float] = []
     store = S3Store(
@@ -200,7 +210,9 @@ def test_transient_errors_are_retried_with_backoff(s3_store):
     assert [(r["attempt"], r["error"]) for r in retries] == [(1, "SlowDown"), (2, "SlowDown")]
 
 
-def test_transient_errors_exhaust_into_storage_unavailable(s3_store, tmp_path: Path):
+def test_transient_errors_exhaust_into_storage_unavailable(
+    s3_store: S3Store, tmp_path: Path
+) -> None:
     sleeps: list[float] = []
     store = S3Store(
         s3_store.client, s3_store.bucket, max_attempts=3, sleep=sleeps.append, rand=lambda: 0.0
@@ -217,7 +229,7 @@ def test_transient_errors_exhaust_into_storage_unavailable(s3_store, tmp_path: P
     assert sleeps == [0.25, 0.5]  # base 0.5 s doubled, jitter at its lowest (x0.5)
 
 
-def test_connection_errors_are_transient(s3_store):
+def test_connection_errors_are_transient(s3_store: S3Store) -> None:
     # Given a client pointed at a port where nothing listens
     from app.core.config import Settings
 
@@ -242,7 +254,7 @@ def test_connection_errors_are_transient(s3_store):
     assert logs[-1]["error"] == "EndpointConnectionError"
 
 
-def test_nothing_logged_carries_a_signature_or_secret(s3_store):
+def test_nothing_logged_carries_a_signature_or_secret(s3_store: S3Store) -> None:
     store = S3Store(s3_store.client, s3_store.bucket, max_attempts=2, sleep=_no_sleep)
     _fail_first(store, "PutObject", times=5)
     key = output_key("t1", "u1", "job8", 0, "a.png")
@@ -259,7 +271,7 @@ def test_nothing_logged_carries_a_signature_or_secret(s3_store):
     assert "http" not in text
 
 
-def test_retention_listing_and_prefix_delete(s3_store):
+def test_retention_listing_and_prefix_delete(s3_store: S3Store) -> None:
     # Given outputs of two jobs
     keys = [output_key("t1", "u1", job, i, "a.png") for job in ("jobA", "jobB") for i in range(3)]
     for key in keys:
@@ -277,7 +289,7 @@ def test_retention_listing_and_prefix_delete(s3_store):
     assert s3_store.list_older_than("outputs/", now + 3600) == sorted(keys[4:])
 
 
-def test_backoff_is_capped_exponential_with_jitter():
+def test_backoff_is_capped_exponential_with_jitter() -> None:
     assert backoff_s(1, 0.5, 8.0, rand=1.0) == 0.5
     assert backoff_s(3, 0.5, 8.0, rand=1.0) == 2.0
     assert backoff_s(10, 0.5, 8.0, rand=1.0) == 8.0

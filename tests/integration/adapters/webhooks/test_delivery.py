@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,9 +15,10 @@ import pytest
 from standardwebhooks import Webhook
 
 from app.adapters.net.safe_client import parse_retry_after
-from app.adapters.webhooks.delivery import DeliveryAttempt, PostResponse, deliver_once
+from app.adapters.webhooks.delivery import PostFn, PostResponse, deliver_once
 from app.adapters.webhooks.signing import event_payload, new_message_id
 from app.core.errors import FetchFailed, UrlRefused
+from app.core.models import DeliveryAttempt
 from app.core.webhook_secret import new_webhook_secret
 
 SCHEDULE = [5, 300, 1800]
@@ -81,7 +82,7 @@ def receiver() -> Iterator[Receiver]:
 
 
 @pytest.fixture
-def post() -> Iterator[object]:
+def post() -> Iterator[PostFn]:
     """A plain httpx post function (production uses the SSRF-safe client)."""
     client = httpx.Client(follow_redirects=False, trust_env=False)
 
@@ -109,7 +110,15 @@ class Clock:
         return time.time() + self.offset_s
 
 
-def _deliver(post, url: str, secret: str, msg_id: str, body: bytes, attempt: int, clock=None):
+def _deliver(
+    post: PostFn,
+    url: str,
+    secret: str,
+    msg_id: str,
+    body: bytes,
+    attempt: int,
+    clock: Callable[[], float] | None = None,
+) -> DeliveryAttempt:
     return deliver_once(
         post,
         url,
@@ -128,7 +137,7 @@ def _body(job_id: str = "job-1") -> bytes:
     return event_payload("job.completed", job_id, "completed", timestamp=datetime.now(UTC))
 
 
-def test_delivery_verifies_at_the_receiver(receiver: Receiver, post):
+def test_delivery_verifies_at_the_receiver(receiver: Receiver, post: PostFn) -> None:
     secret = new_webhook_secret()
     body = _body()
 
@@ -146,7 +155,7 @@ def test_delivery_verifies_at_the_receiver(receiver: Receiver, post):
     assert payload["data"] == {"job_id": "job-1", "status": "completed"}
 
 
-def test_retry_keeps_the_id_and_changes_the_timestamp(receiver: Receiver, post):
+def test_retry_keeps_the_id_and_changes_the_timestamp(receiver: Receiver, post: PostFn) -> None:
     # Given a receiver that fails once, then accepts
     receiver.script = [(500, {}), (200, {})]
     secret, msg_id, body, clock = new_webhook_secret(), new_message_id(), _body(), Clock()
@@ -174,7 +183,7 @@ def test_retry_keeps_the_id_and_changes_the_timestamp(receiver: Receiver, post):
     assert one.headers["webhook-signature"] != two.headers["webhook-signature"]
 
 
-def test_gone_endpoint_is_dead(receiver: Receiver, post):
+def test_gone_endpoint_is_dead(receiver: Receiver, post: PostFn) -> None:
     receiver.script = [(410, {})]
 
     attempt = _deliver(post, receiver.url, new_webhook_secret(), "msg_1", _body(), attempt=1)
@@ -182,7 +191,7 @@ def test_gone_endpoint_is_dead(receiver: Receiver, post):
     assert (attempt.outcome, attempt.status_code, attempt.next_attempt_at) == ("dead", 410, None)
 
 
-def test_429_retry_after_is_honoured(receiver: Receiver, post):
+def test_429_retry_after_is_honoured(receiver: Receiver, post: PostFn) -> None:
     receiver.script = [(429, {"Retry-After": "120"})]
 
     attempt = _deliver(post, receiver.url, new_webhook_secret(), "msg_1", _body(), attempt=1)
@@ -193,7 +202,7 @@ def test_429_retry_after_is_honoured(receiver: Receiver, post):
     assert "retry-after" in attempt.reason
 
 
-def test_exhausted_schedule_is_dead(receiver: Receiver, post):
+def test_exhausted_schedule_is_dead(receiver: Receiver, post: PostFn) -> None:
     receiver.script = [(503, {})]
     secret, msg_id, body = new_webhook_secret(), new_message_id(), _body()
 
@@ -206,7 +215,7 @@ def test_exhausted_schedule_is_dead(receiver: Receiver, post):
     assert len(receiver.received) == len(SCHEDULE) + 1
 
 
-def test_redirect_is_not_followed(receiver: Receiver, post):
+def test_redirect_is_not_followed(receiver: Receiver, post: PostFn) -> None:
     receiver.script = [(302, {"Location": "/elsewhere"}), (200, {})]
 
     attempt = _deliver(post, receiver.url, new_webhook_secret(), "msg_1", _body(), attempt=1)
@@ -239,7 +248,7 @@ def test_refused_url_is_dead_without_a_request():
     assert attempt.error == "url_refused: webhook host resolves to a private address"
 
 
-def test_attempt_record_round_trips_as_json(receiver: Receiver, post):
+def test_attempt_record_round_trips_as_json(receiver: Receiver, post: PostFn) -> None:
     attempt = _deliver(post, receiver.url, new_webhook_secret(), "msg_1", _body(), attempt=1)
 
     restored = DeliveryAttempt.model_validate_json(attempt.model_dump_json())

@@ -11,9 +11,9 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -22,8 +22,9 @@ from app.core.config import Settings
 from app.core.models import JobStatus, Stage
 from app.engine.deps import build_deps
 from tests.comfy_double import ComfyDouble
+from tests.support.waiting import wait_until
 
-WORKFLOW = {
+WORKFLOW: dict[str, Any] = {
     "1": {
         "class_type": "EmptyImage",
         "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 123},
@@ -53,6 +54,7 @@ class Dev:
                 "PYTHONUNBUFFERED": "1",
             }
         )
+        self.log_path = log
         self.log = log.open("ab")
         self.process = subprocess.Popen(
             [
@@ -66,16 +68,21 @@ class Dev:
             env=env,
             stdout=self.log,
             stderr=subprocess.STDOUT,
+            # Its own process group, so teardown can stop the workers it spawns as well.
+            start_new_session=True,
         )
-        end = time.monotonic() + 60
-        while time.monotonic() < end:
-            assert self.process.poll() is None, log.read_text()[-3000:]
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        raise AssertionError("dev did not come up")
+        try:
+            wait_until(self._healthy, timeout_s=60, interval_s=0.2, what="dev came up")
+        except BaseException:
+            self.kill()
+            raise
+
+    def _healthy(self) -> bool:
+        assert self.process.poll() is None, self.log_path.read_text()[-3000:]
+        try:
+            return httpx.get(f"{self.url}/health", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
 
     def ctrl_c(self) -> int:
         """Send Ctrl-C; the exit status (0, or 130 = 128 + SIGINT as shells report it)."""
@@ -86,14 +93,17 @@ class Dev:
             self.log.close()
 
     def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
+        """Stop the whole process group: a SIGKILLed dev would leave its workers running."""
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # the dev and all its workers have already exited
+        self.process.wait(10)
         self.log.close()
 
 
 @pytest.fixture
-def dev_factory(tmp_path: Path) -> Iterator[object]:
+def dev_factory(tmp_path: Path) -> Iterator[Callable[[str], Dev]]:
     started: list[Dev] = []
 
     def start(comfy_url: str) -> Dev:
@@ -101,13 +111,17 @@ def dev_factory(tmp_path: Path) -> Iterator[object]:
         started.append(dev)
         return dev
 
-    yield start
-    for dev in started:
-        dev.kill()
+    try:
+        yield start
+    finally:
+        for dev in started:
+            dev.kill()
 
 
 @pytest.mark.timeout(240)
-def test_ctrl_c_keeps_queued_jobs_for_the_next_start(tmp_path: Path, dev_factory) -> None:
+def test_ctrl_c_keeps_queued_jobs_for_the_next_start(
+    tmp_path: Path, dev_factory: Callable[[str], Dev]
+) -> None:
     settings = Settings(data_dir=tmp_path / "data")
     deps = build_deps(settings)
     key = deps.tenants.create("acme").api_key
@@ -129,7 +143,11 @@ def test_ctrl_c_keeps_queued_jobs_for_the_next_start(tmp_path: Path, dev_factory
     assert job2.status_code == 202, job2.text
     job2_id = job2.json()["id"]
     _wait(lambda: deps.jobs.get(job2_id).stage is Stage.RENDER)
-    time.sleep(1.0)  # the render worker has seen ComfyUI down and put the message back
+    # The render worker has seen ComfyUI down and put the message back
+    wait_until(
+        lambda: "message_returned_unhealthy_worker" in (tmp_path / "dev.log").read_text(),
+        what="render worker returned the message",
+    )
     # And the user presses Ctrl-C
     assert dev.ctrl_c() in (0, 130)
     log = (tmp_path / "dev.log").read_text()
@@ -148,7 +166,9 @@ def test_ctrl_c_keeps_queued_jobs_for_the_next_start(tmp_path: Path, dev_factory
         second_comfy.stop()
 
 
-def test_dev_says_clearly_when_comfyui_is_not_reachable(tmp_path: Path, dev_factory) -> None:
+def test_dev_says_clearly_when_comfyui_is_not_reachable(
+    tmp_path: Path, dev_factory: Callable[[str], Dev]
+) -> None:
     dev = dev_factory(f"http://127.0.0.1:{free_port()}")
     assert dev.ctrl_c() in (0, 130)
     log = (tmp_path / "dev.log").read_text()
@@ -157,10 +177,5 @@ def test_dev_says_clearly_when_comfyui_is_not_reachable(tmp_path: Path, dev_fact
     assert "Traceback" not in log
 
 
-def _wait(condition, timeout_s: float = 60.0) -> None:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
+def _wait(condition: Callable[[], object], timeout_s: float = 60.0) -> None:
+    wait_until(condition, timeout_s=timeout_s, interval_s=0.1)

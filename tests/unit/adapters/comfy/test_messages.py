@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -20,7 +21,7 @@ from tests.paths import FIXTURES
 VALIDATION = json.loads((FIXTURES / "validation_errors.json").read_text())
 
 
-def fixture(name: str):
+def fixture(name: str) -> Any:
     return json.loads((FIXTURES / name).read_text())
 
 

@@ -8,14 +8,14 @@ from app.adapters.comfy.tracker import RunTracker
 from tests.paths import FIXTURES
 
 
-def replay(name: str, prompt_id: str | None = None):
+def replay(name: str, prompt_id: str | None = None) -> tuple[RunTracker, list[float]]:
     capture = json.loads((FIXTURES / name).read_text())
     [history_id] = list(capture["history"])[:1]
     prompt_id = prompt_id or history_id
     entry = capture["history"][history_id]
     entry = entry.get(history_id, entry)
     tracker = RunTracker(prompt_id, entry["prompt"][2])
-    fractions = []
+    fractions: list[float] = []
     for message in capture["ws"]:
         tracker.handle(message)
         fractions.append(tracker.progress().fraction)

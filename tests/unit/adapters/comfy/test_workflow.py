@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
 from app.adapters.comfy.catalog import NodeCatalog
-from app.adapters.comfy.workflow import bind_inputs, check_workflow, referenced_inputs
+from app.adapters.comfy.workflow import Graph, bind_inputs, check_workflow, referenced_inputs
 from app.core.errors import InvalidWorkflow
 from tests.paths import FIXTURES
 
@@ -17,8 +18,8 @@ def catalog() -> NodeCatalog:
     return NodeCatalog.from_object_info(json.loads((FIXTURES / "object_info.json").read_text()))
 
 
-def graph(**overrides):
-    base = {
+def graph(**overrides: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
         "1": {
             "class_type": "EmptyImage",
             "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0},
@@ -30,7 +31,12 @@ def graph(**overrides):
     return base
 
 
-def check(value, catalog=None, max_nodes=100, max_bytes=100_000):
+def check(
+    value: object,
+    catalog: NodeCatalog | None = None,
+    max_nodes: int = 100,
+    max_bytes: int = 100_000,
+) -> Graph:
     return check_workflow(value, catalog, max_nodes=max_nodes, max_bytes=max_bytes)
 
 
@@ -175,7 +181,7 @@ def test_many_problems_are_capped():
 
 
 def test_bind_inputs_replaces_client_names_only():
-    workflow = {
+    workflow: dict[str, Any] = {
         "1": {"class_type": "LoadImage", "inputs": {"image": "face.png"}},
         "2": {"class_type": "LoadImage", "inputs": {"image": "other.png"}},
         "3": {"class_type": "X", "inputs": {"a": ["1", 0], "b": 3, "c": "face.png"}},

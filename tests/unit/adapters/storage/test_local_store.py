@@ -7,6 +7,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -22,6 +23,7 @@ from app.adapters.storage.signing import (
 )
 from app.core.errors import ObjectNotFound, SignedUrlExpired, SignedUrlInvalid, UploadFailed
 from tests.paths import REPO_ROOT
+from tests.support.settings import SettingsFactory
 
 KEY = b"k" * 32
 
@@ -53,13 +55,13 @@ def _link_parts(url: str) -> tuple[str, dict[str, str]]:
     return key, query
 
 
-def _open(store: LocalStore, key: str, query: dict[str, str]):
+def _open(store: LocalStore, key: str, query: dict[str, str]) -> tuple[Path, str, str]:
     return store.open_signed(
         key, query["expires"], query["sig"], query["filename"], query["content_type"]
     )
 
 
-def test_put_and_open_a_signed_link(store: LocalStore, tmp_path: Path):
+def test_put_and_open_a_signed_link(store: LocalStore, tmp_path: Path) -> None:
     # Given a stored file
     source = tmp_path / "render.png"
     source.write_bytes(b"png bytes")
@@ -93,7 +95,9 @@ def test_put_and_open_a_signed_link(store: LocalStore, tmp_path: Path):
         lambda key, q: (key, {**q, "content_type": "text/html"}),
     ],
 )
-def test_tampered_links_are_refused(store: LocalStore, tamper):
+def test_tampered_links_are_refused(
+    store: LocalStore, tamper: Callable[[str, dict[str, str]], tuple[str, dict[str, str]]]
+) -> None:
     key = output_key("t1", "u1", "job1", 0, "a.png")
     store.put_bytes(key, b"x", "image/png")
     other = output_key("t2", "u1", "job1", 0, "a.png")
@@ -109,7 +113,7 @@ def test_tampered_links_are_refused(store: LocalStore, tamper):
     assert not isinstance(raised.value, SignedUrlExpired)
 
 
-def test_expired_link_is_refused(store: LocalStore, clock: Clock):
+def test_expired_link_is_refused(store: LocalStore, clock: Clock) -> None:
     key = output_key("t1", "u1", "job1", 0, "a.png")
     store.put_bytes(key, b"x", "image/png")
     link_key, query = _link_parts(
@@ -123,7 +127,7 @@ def test_expired_link_is_refused(store: LocalStore, clock: Clock):
         _open(store, link_key, query)
 
 
-def test_signed_link_to_a_missing_file_is_not_found(store: LocalStore):
+def test_signed_link_to_a_missing_file_is_not_found(store: LocalStore) -> None:
     key = output_key("t1", "u1", "job1", 0, "gone.png")
     link_key, query = _link_parts(
         store.url(key, filename="a.png", content_type="image/png", expires_s=60)
@@ -135,7 +139,7 @@ def test_signed_link_to_a_missing_file_is_not_found(store: LocalStore):
 @pytest.mark.parametrize(
     "key", ["../escape.png", "outputs/../../escape.png", "/etc/passwd", "a\\b.png", "a/.tmp/x"]
 )
-def test_path_traversal_is_refused(store: LocalStore, key: str):
+def test_path_traversal_is_refused(store: LocalStore, key: str) -> None:
     with pytest.raises(UploadFailed):
         store.put_bytes(key, b"x", "image/png")
     with pytest.raises(UploadFailed):
@@ -147,7 +151,7 @@ def test_path_traversal_is_refused(store: LocalStore, key: str):
         store.open_signed(key, str(expires), sig, "a", "image/png")
 
 
-def test_symlink_out_of_the_root_is_refused(store: LocalStore, tmp_path: Path):
+def test_symlink_out_of_the_root_is_refused(store: LocalStore, tmp_path: Path) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "secret.txt").write_text("secret")
@@ -161,7 +165,7 @@ def test_symlink_out_of_the_root_is_refused(store: LocalStore, tmp_path: Path):
         store.open_signed(key, expires, sig, "s.txt", "text/plain")
 
 
-def test_put_replaces_whole_and_leaves_no_temp_files(store: LocalStore):
+def test_put_replaces_whole_and_leaves_no_temp_files(store: LocalStore) -> None:
     key = output_key("t1", "u1", "job1", 0, "a.png")
     store.put_bytes(key, b"first version", "image/png")
     store.put_bytes(key, b"second", "image/png")
@@ -170,13 +174,13 @@ def test_put_replaces_whole_and_leaves_no_temp_files(store: LocalStore):
     assert list((store.root / ".tmp").iterdir()) == []
 
 
-def test_put_file_of_a_missing_file_is_upload_failed(store: LocalStore, tmp_path: Path):
+def test_put_file_of_a_missing_file_is_upload_failed(store: LocalStore, tmp_path: Path) -> None:
     with pytest.raises(UploadFailed):
         store.put_file(output_key("t", "u", "j", 0, "a.png"), tmp_path / "nope.png", "image/png")
     assert not store.exists(output_key("t", "u", "j", 0, "a.png"))
 
 
-def test_retention_uses_file_times(store: LocalStore):
+def test_retention_uses_file_times(store: LocalStore) -> None:
     old = output_key("t1", "u1", "old", 0, "a.png")
     new = output_key("t1", "u1", "new", 0, "a.png")
     store.put_bytes(old, b"x", "image/png")
@@ -200,14 +204,14 @@ def test_verify_signature_is_pure():
     assert sign_path(KEY, "k", 1, "a", "b,c") != sign_path(KEY, "k", 1, "a,b", "c")
 
 
-def test_configured_signing_key_is_used(tmp_path: Path):
+def test_configured_signing_key_is_used(tmp_path: Path) -> None:
     assert load_signing_key(SecretStr("s" * 20), tmp_path) == b"s" * 20
     assert not (tmp_path / SIGNING_KEY_FILENAME).exists()
     with pytest.raises(ValueError):
         load_signing_key(SecretStr("short"), tmp_path)
 
 
-def test_generated_signing_key_is_kept_private_and_reused(tmp_path: Path):
+def test_generated_signing_key_is_kept_private_and_reused(tmp_path: Path) -> None:
     first = load_signing_key(SecretStr(""), tmp_path / "data")
     second = load_signing_key(SecretStr(""), tmp_path / "data")
 
@@ -217,7 +221,7 @@ def test_generated_signing_key_is_kept_private_and_reused(tmp_path: Path):
     assert [p.name for p in path.parent.iterdir()] == [SIGNING_KEY_FILENAME]
 
 
-def test_corrupt_signing_key_file_is_not_overwritten(tmp_path: Path):
+def test_corrupt_signing_key_file_is_not_overwritten(tmp_path: Path) -> None:
     path = tmp_path / SIGNING_KEY_FILENAME
     path.write_text("not hex")
     with pytest.raises(ValueError, match="remove it"):
@@ -225,7 +229,7 @@ def test_corrupt_signing_key_file_is_not_overwritten(tmp_path: Path):
     assert path.read_text() == "not hex"
 
 
-def test_processes_racing_to_create_the_key_agree(tmp_path: Path):
+def test_processes_racing_to_create_the_key_agree(tmp_path: Path) -> None:
     # Given several processes started together on an empty data folder
     script = textwrap.dedent(
         """
@@ -259,7 +263,7 @@ def test_processes_racing_to_create_the_key_agree(tmp_path: Path):
     assert keys == {on_disk}
 
 
-def test_open_store_builds_a_local_store_sharing_the_key(settings_factory):
+def test_open_store_builds_a_local_store_sharing_the_key(settings_factory: SettingsFactory) -> None:
     settings = settings_factory(public_url="http://example.test")
     first = open_store(settings)
     second = open_store(settings)

@@ -34,7 +34,7 @@ from app.adapters.storage import (
         ("evil\x00name.png", "evil_name.png"),
     ],
 )
-def test_safe_filename(given_name: str, expected: str):
+def test_safe_filename(given_name: str, expected: str) -> None:
     assert safe_filename(given_name) == expected
 
 
@@ -58,7 +58,7 @@ def test_job_prefix_does_not_match_a_longer_job_id():
 
 
 @pytest.mark.parametrize("ids", [("", "u", "j"), ("t", "", "j"), ("t", "u", "")])
-def test_output_key_rejects_empty_ids(ids: tuple[str, str, str]):
+def test_output_key_rejects_empty_ids(ids: tuple[str, str, str]) -> None:
     with pytest.raises(ValueError):
         output_key(*ids, 0, "a.png")
 
@@ -90,7 +90,7 @@ def test_every_output_key_is_safe(tenant, user, job, index, filename):
     "bad",
     ["", "/abs", "a/../b", "a/./b", "a//b", "..", "a\\b", "a/.hidden", "a/b\n", "a\x00b"],
 )
-def test_check_key_refuses_unsafe_keys(bad: str):
+def test_check_key_refuses_unsafe_keys(bad: str) -> None:
     with pytest.raises(ValueError):
         check_key(bad)
 
@@ -113,7 +113,7 @@ def test_check_key_refuses_unsafe_keys(bad: str):
         ("", 'attachment; filename="download"'),
     ],
 )
-def test_content_disposition_is_ascii_and_quoted(filename: str, expected: str):
+def test_content_disposition_is_ascii_and_quoted(filename: str, expected: str) -> None:
     value = content_disposition(filename)
 
     assert value == expected

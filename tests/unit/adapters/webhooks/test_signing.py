@@ -113,19 +113,19 @@ def test_rotation_signs_with_every_secret():
 
 
 @pytest.mark.parametrize("msg_id", ["", "has space", "a\r\nb", "x" * 129])
-def test_bad_message_ids_are_refused(msg_id: str):
+def test_bad_message_ids_are_refused(msg_id: str) -> None:
     with pytest.raises(ValueError):
         signed_headers(new_webhook_secret(), msg_id, b"{}", datetime.now(UTC))
 
 
 @pytest.mark.parametrize("status", [200, 201, 204, 299])
-def test_any_2xx_is_delivered(status: int):
+def test_any_2xx_is_delivered(status: int) -> None:
     decision = decide(1, status, None, SCHEDULE, now=1000.0, rand=_mid)
     assert (decision.outcome, decision.next_attempt_at) == ("delivered", None)
 
 
 @pytest.mark.parametrize("status", [None, 301, 302, 400, 401, 404, 500, 502])
-def test_failures_retry_on_schedule(status: int | None):
+def test_failures_retry_on_schedule(status: int | None) -> None:
     decision = decide(2, status, None, SCHEDULE, now=1000.0, rand=_mid)
 
     assert decision.outcome == "retry"
@@ -164,7 +164,7 @@ def test_schedule_exhaustion_is_dead():
 
 
 @pytest.mark.parametrize("status", [429, 503])
-def test_retry_after_is_honoured_but_not_below_the_schedule(status: int):
+def test_retry_after_is_honoured_but_not_below_the_schedule(status: int) -> None:
     longer = decide(1, status, 120.0, SCHEDULE, now=1000.0, rand=_mid)
     shorter = decide(1, status, 1.0, SCHEDULE, now=1000.0, rand=_mid)
     capped = decide(1, status, 10 * 86_400.0, SCHEDULE, now=1000.0, rand=_mid)
@@ -197,7 +197,7 @@ def test_attempts_count_from_one():
         ("²", None),
     ],
 )
-def test_parse_retry_after(header: str | None, expected: float | None):
+def test_parse_retry_after(header: str | None, expected: float | None) -> None:
     # Webhook posts parse Retry-After with the SSRF-safe client's parser.
     from app.adapters.net.safe_client import parse_retry_after
 

@@ -23,7 +23,8 @@ from app.core.config import Settings
 from app.core.errors import ComfyUnavailable
 from app.core.models import Stage, StageMessage
 from app.deploy.modal import app as modal_app
-from app.deploy.modal.manifest import MANIFEST, MODELS_DIR
+from app.deploy.modal import options as opts
+from app.deploy.modal.manifest import MANIFEST, MODELS_DIR, node_set_version
 from app.engine.deps import Deps
 from app.engine.pipeline import DELAYED_DICT, enqueue
 from app.store.backends.modal import ModalBackend
@@ -45,16 +46,12 @@ def _registered() -> dict[str, Any]:
 
 def _definition(fn: Any) -> dict[str, Any]:
     """The values the SDK captured for this function's deploy request."""
-    from modal._utils.async_utils import synchronizer
-
-    impl = synchronizer._translate_in(fn)
+    impl = synchronizer_in(fn)
     return dict(inspect.getclosurevars(impl._load).nonlocals)
 
 
 def _secret_spec(secret: Any) -> tuple[str, list[str]]:
-    from modal._utils.async_utils import synchronizer
-
-    found = inspect.getclosurevars(synchronizer._translate_in(secret)._load).nonlocals
+    found = inspect.getclosurevars(synchronizer_in(secret)._load).nonlocals
     return found["name"], list(found["required_keys"])
 
 
@@ -153,7 +150,8 @@ def test_render_is_a_gpu_class_with_snapshots_and_one_job_per_container() -> Non
 def test_render_enter_hooks_split_around_the_snapshot() -> None:
     from modal._partial_function import _find_partial_methods_for_user_cls, _PartialFunctionFlags
 
-    user_cls = modal_app.Render._get_user_cls()
+    # @app.cls makes Render a modal.Cls at run time; mypy sees the decorated class.
+    user_cls = modal_app.Render._get_user_cls()  # type: ignore[attr-defined]
     pre = _find_partial_methods_for_user_cls(user_cls, _PartialFunctionFlags.ENTER_PRE_SNAPSHOT)
     post = _find_partial_methods_for_user_cls(user_cls, _PartialFunctionFlags.ENTER_POST_SNAPSHOT)
     exits = _find_partial_methods_for_user_cls(user_cls, _PartialFunctionFlags.EXIT)
@@ -224,14 +222,12 @@ def test_secrets_are_named_with_required_keys_and_carry_no_values() -> None:
 
 def _image_layers(image: Any) -> tuple[list[str], list[Any]]:
     """Dockerfile commands and mounted local files of an image and all its bases."""
-    from modal._utils.async_utils import synchronizer
-
     commands: list[str] = []
     mounts: list[Any] = []
     seen: set[int] = set()
 
     def walk(img: Any) -> None:
-        impl = synchronizer._translate_in(img)
+        impl = synchronizer_in(img)
         if id(impl) in seen:
             return
         seen.add(id(impl))
@@ -271,9 +267,10 @@ def test_render_image_pins_comfyui_torch_and_installs_the_snapshot_helper() -> N
 
 
 def synchronizer_in(obj: Any) -> Any:
+    """The SDK's implementation object behind a public Modal object."""
     from modal._utils.async_utils import synchronizer
 
-    return synchronizer._translate_in(obj)
+    return synchronizer._translate_in(obj)  # type: ignore[no-untyped-call]  # synchronicity is untyped
 
 
 def test_cpu_image_has_the_pinned_downloader_and_no_torch() -> None:
@@ -400,7 +397,8 @@ def test_wake_failure_is_only_logged(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _render_instance(healthy: bool) -> Any:
-    user_cls = modal_app.Render._get_user_cls()
+    # @app.cls makes Render a modal.Cls at run time; mypy sees the decorated class.
+    user_cls = modal_app.Render._get_user_cls()  # type: ignore[attr-defined]
     obj = user_cls()
     obj.comfy = types.SimpleNamespace(
         launch=types.SimpleNamespace(url="http://127.0.0.1:9"), alive=lambda: healthy
@@ -429,10 +427,13 @@ def test_unhealthy_comfy_stops_the_container_and_raises_transient(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     stopped: list[bool] = []
+
+    def stop_fetching_inputs() -> bool:
+        stopped.append(True)
+        return True
+
     monkeypatch.setattr("app.deploy.modal.comfy_process.is_healthy", lambda url, **_: False)
-    monkeypatch.setattr(
-        "app.deploy.modal.hooks.stop_fetching_inputs", lambda: stopped.append(True) or True
-    )
+    monkeypatch.setattr("app.deploy.modal.hooks.stop_fetching_inputs", stop_fetching_inputs)
     with pytest.raises(ComfyUnavailable):
         _render_instance(healthy=False).health_gate()
     assert stopped == [True]
@@ -448,7 +449,7 @@ def test_catalog_is_published_through_the_catalog_module(monkeypatch: pytest.Mon
     monkeypatch.setattr(modal_app, "_interface", lambda name: catalog)
     modal_app._publish_catalog(deps, {"SaveImage": {}})
     # Published under the deploy's node set, so intake trusts it however old it gets.
-    version = modal_app.node_set_version(modal_app.MANIFEST)
+    version = node_set_version(MANIFEST)
     assert published == [("kv:nodes", {"SaveImage": {}}, version)]
     monkeypatch.setattr(modal_app, "_interface", lambda name: (_ for _ in ()).throw(ImportError()))
     modal_app._publish_catalog(deps, {})  # a missing catalog module is logged, not fatal
@@ -462,5 +463,5 @@ def test_stages_share_the_scratch_volume_at_the_data_dir() -> None:
         assert (volume.name, volume.read_only) == (f"{DEFAULTS.modal_app_name}-scratch", False)
     render_volume = modal_app.Render().run.info().volumes[modal_app.SCRATCH_DIR]
     assert render_volume.name == f"{DEFAULTS.modal_app_name}-scratch"
-    env = modal_app.opts.container_env(DEFAULTS, "cpu")
+    env = opts.container_env(DEFAULTS, "cpu")
     assert env["COMFYUI_SAAS_DATA_DIR"] == modal_app.SCRATCH_DIR

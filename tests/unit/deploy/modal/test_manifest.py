@@ -156,7 +156,9 @@ def test_verify_install_reports_version_commit_models_and_nodes(tmp_path: Path) 
         },
         {"path": "loras/extra.safetensors", "present": True, "size_bytes": 3, "in_manifest": False},
     ]
-    assert [n["name"] for n in summary["custom_nodes"]] == ["snapshot_helper", "example-node"]
+    custom_nodes = summary["custom_nodes"]
+    assert isinstance(custom_nodes, list)
+    assert [n["name"] for n in custom_nodes] == ["snapshot_helper", "example-node"]
 
 
 def test_verify_install_names_what_is_wrong(tmp_path: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from pydantic import SecretStr
 
@@ -100,7 +102,8 @@ def test_container_env_carries_settings_but_never_secret_values() -> None:
         "/root/comfy/ComfyUI"
     )
     # What a container reads back is a valid Settings with the deployer's values.
-    rebuilt = Settings(**{k[len(ENV_PREFIX) :].lower(): v for k, v in env.items()})
+    fields: dict[str, Any] = {k[len(ENV_PREFIX) :].lower(): v for k, v in env.items()}
+    rebuilt = Settings(**fields)
     assert rebuilt.max_active_jobs_per_user == 7 and rebuilt.backend == "modal"
 
 
