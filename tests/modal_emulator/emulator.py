@@ -28,6 +28,17 @@ from tests.modal_emulator.sdk import bind_static
 from tests.modal_emulator.volume import EmulatedVolume, VolumeStore
 
 
+def volume_name(vol: Any) -> tuple[str, bool]:
+    """The name and read-only flag of a real `modal.Volume` handle (lazy, offline)."""
+    from modal._utils.async_utils import synchronizer
+
+    impl = synchronizer._translate_in(vol)  # type: ignore[no-untyped-call]
+    name = getattr(impl, "_name", None)
+    if not name:
+        raise KeyError(f"cannot tell which volume {vol!r} is")
+    return str(name), bool(getattr(impl, "_read_only", False))
+
+
 def function_key(fn: Any) -> str:
     """The name a real `modal.Function` is registered under ("intake", "Render.run")."""
     from modal._utils.async_utils import synchronizer
@@ -153,12 +164,17 @@ class ModalEmulator:
         *,
         max_containers: int = 1,
         max_inputs: int = 1,
-        volumes: dict[str, EmulatedVolume] | None = None,
+        volumes: dict[str, Any] | None = None,
         schedule: modal.Period | modal.Cron | None = None,
         reschedule_on_stop: bool = True,
     ) -> EmulatedFunction:
-        """Deploy `impl` as function `name` with Modal's container and input limits."""
-        mounts = {mount: (vol.store(), vol._read_only) for mount, vol in (volumes or {}).items()}
+        """Deploy `impl` as function `name` with Modal's container and input limits.
+
+        `volumes` maps mount paths to emulated volumes or to the app's real `modal.Volume`
+        handles (matched by name), as in `@app.function(volumes=...)`.
+        """
+        emulated = {mount: self.as_emulated(vol) for mount, vol in (volumes or {}).items()}
+        mounts = {mount: (vol.store(), vol._read_only) for mount, vol in emulated.items()}
         fn = EmulatedFunction(
             self,
             name,
@@ -172,6 +188,15 @@ class ModalEmulator:
         fn.first_fire(self.deploy_time)
         self.functions[name] = fn
         return fn
+
+    def as_emulated(self, vol: Any) -> EmulatedVolume:
+        """An emulated volume for `vol` (already emulated, or a real handle by name)."""
+        if isinstance(vol, EmulatedVolume):
+            return vol
+        name, read_only = volume_name(vol)
+        return EmulatedVolume(
+            self, name, environment_name=None, create_if_missing=True, read_only=read_only
+        )
 
     def register_call(self, call: EmulatedFunctionCall) -> None:
         with self._lock:
@@ -229,7 +254,7 @@ class ModalEmulator:
 
     @contextmanager
     def container(
-        self, volumes: dict[str, EmulatedVolume] | None = None, *, name: str = "adhoc"
+        self, volumes: dict[str, Any] | None = None, *, name: str = "adhoc"
     ) -> Iterator[Container]:
         """Run the block as one input of a fresh container (its own volume views)."""
         fn = self.function(f"{name}-{len(self.functions)}", lambda: None, volumes=volumes)
@@ -266,10 +291,15 @@ class ModalEmulator:
     def install(self) -> Iterator[ModalEmulator]:
         """Patch the SDK entry points we use so they resolve to this emulator.
 
-        `modal.Dict/Queue/Volume.from_name`, `Function.spawn`, `Function.get_current_stats`,
-        `FunctionCall.from_id`, `modal.is_local`, `modal.current_function_call_id` and
-        `modal.experimental.stop_fetching_inputs`. A real `modal.Function` is routed by its
-        name (`function_key`) to the function registered here under that name.
+        `modal.Dict/Queue/Volume.from_name`, `Volume.commit/reload` (for handles built
+        before install, such as the app's module-level volumes), `Function.spawn`,
+        `Function.get_current_stats`, `FunctionCall.from_id`, `modal.is_local`,
+        `modal.current_function_call_id` and `modal.experimental.stop_fetching_inputs`. A real
+        `modal.Function` is routed by its name (`function_key`) to the function registered
+        here under that name.
+
+        Import the Modal app *before* installing: its decorators check that volumes are real
+        `modal.Volume` objects.
         """
         emu = self
 
@@ -289,7 +319,15 @@ class ModalEmulator:
             ctx = current_input()
             return None if ctx is None else ctx.call_id
 
+        def commit(vol: Any) -> None:
+            emu.as_emulated(vol).commit()
+
+        def reload(vol: Any) -> None:
+            emu.as_emulated(vol).reload()
+
         patches: list[Any] = [
+            mock.patch.object(modal.Volume, "commit", commit),
+            mock.patch.object(modal.Volume, "reload", reload),
             mock.patch.object(modal.Dict, "from_name", staticmethod(emu.dict_from_name)),
             mock.patch.object(modal.Queue, "from_name", staticmethod(emu.queue_from_name)),
             mock.patch.object(modal.Volume, "from_name", staticmethod(emu.volume_from_name)),
