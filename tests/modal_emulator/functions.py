@@ -367,6 +367,12 @@ def next_cron_time(cron: str, after: float) -> float:
     doms = _cron_field(dom, 1, 31)
     months = _cron_field(month, 1, 12)
     dows = {d % 7 for d in _cron_field(dow, 0, 7)}
+    both_restricted = dom != "*" and dow != "*"
+
+    def day_matches(dom_ok: bool, dow_ok: bool) -> bool:
+        # cron(5): when both day fields are restricted, either one matching is enough.
+        return (dom_ok or dow_ok) if both_restricted else (dom_ok and dow_ok)
+
     t = (int(after) // 60 + 1) * 60
     for _ in range(366 * 24 * 60):
         at = datetime.fromtimestamp(t, UTC)
@@ -374,8 +380,7 @@ def next_cron_time(cron: str, after: float) -> float:
             at.minute in minutes
             and at.hour in hours
             and at.month in months
-            and at.day in doms
-            and (at.isoweekday() % 7) in dows
+            and day_matches(at.day in doms, (at.isoweekday() % 7) in dows)
         ):
             return float(t)
         t += 60

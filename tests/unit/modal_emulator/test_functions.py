@@ -207,6 +207,11 @@ def test_cron_schedule_fires_each_matching_utc_minute(manual: ModalEmulator) -> 
     assert len(nightly) == 2
     at = next_cron_time("5 4 * * *", 1_767_225_600.0)  # 2026-01-01T00:00Z
     assert at == 1_767_225_600.0 + 4 * 3600 + 5 * 60
+    # schedule.py:46 `"0 9 * * 4"` "runs every Thursday at 9am UTC" (2026-01-01 is a Thursday)
+    assert next_cron_time("0 9 * * 4", 1_767_225_600.0) == 1_767_225_600.0 + 9 * 3600
+    assert next_cron_time("0 9 * * 4", 1_767_225_600.0 + 10 * 3600) == 1_767_225_600.0 + (
+        7 * 86400 + 9 * 3600
+    )
 
 
 def test_current_call_id_and_is_local_inside_an_input(manual: ModalEmulator) -> None:
