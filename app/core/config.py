@@ -70,7 +70,13 @@ class Settings(BaseSettings):
     fetch_max_bytes: int = Field(default=50 * 1024 * 1024, ge=1)
     fetch_timeout_s: float = Field(default=30.0, gt=0)
     fetch_max_redirects: int = Field(default=3, ge=0)
+    #: Largest frame or page of an image input, in pixels.
     max_image_pixels: int = Field(default=40_000_000, ge=1)
+    #: Pixels of all frames or pages of one image input together (ComfyUI decodes every
+    #: frame of a GIF, APNG or WebP into memory): by default one full-size image's worth.
+    max_total_pixels: int = Field(default=40_000_000, ge=1)
+    #: Frames or pages one image input may have.
+    max_frames: int = Field(default=300, ge=1)
 
     # --- render: the ComfyUI server ----------------------------------------------------
     comfyui_url: str = "http://127.0.0.1:8188"

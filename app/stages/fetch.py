@@ -26,7 +26,12 @@ def run(job: Job, deps: Deps) -> Job:
             timeout_s=settings.fetch_timeout_s,
             max_redirects=settings.fetch_max_redirects,
         )
-        info = check_media(dest, max_pixels=settings.max_image_pixels)
+        info = check_media(
+            dest,
+            max_pixels=settings.max_image_pixels,
+            max_frames=settings.max_frames,
+            max_total_pixels=settings.max_total_pixels,
+        )
         log.info("input_fetched", name=spec.name, size=result.size, content_type=info.content_type)
     deps.scratch_commit()
     return job
