@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from app.adapters.comfy import catalog as node_catalogs
 from app.adapters.comfy.catalog import NodeCatalog
+from app.adapters.comfy.file_policy import check_file_names
 from app.adapters.comfy.workflow import check_workflow
 from app.adapters.net.policy import UrlPolicy, parse_url
 from app.core.errors import ComfyUnavailable, InvalidRequest, PipelineError
@@ -91,12 +92,14 @@ def check_request(request: JobRequest, deps: Deps) -> None:
         parse_url(item.url, policy)  # raises UrlRefused naming the reason
     if request.webhook_url is not None:
         parse_url(request.webhook_url, policy)
+    catalog = node_catalog(deps)
     check_workflow(
         request.workflow,
-        node_catalog(deps),
+        catalog,
         max_nodes=settings.max_workflow_nodes,
         max_bytes=settings.max_workflow_bytes,
     )
+    check_file_names(request.workflow, catalog, [item.name for item in request.inputs])
 
 
 def admit(
