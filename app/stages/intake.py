@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from app.adapters.comfy import catalog as node_catalogs
 from app.adapters.comfy.catalog import NodeCatalog
 from app.adapters.comfy.file_policy import check_file_names
+from app.adapters.comfy.node_policy import NodePolicy, check_nodes
 from app.adapters.comfy.workflow import check_workflow
 from app.adapters.net.policy import UrlPolicy, parse_url
 from app.core.errors import ComfyUnavailable, InvalidRequest, PipelineError
@@ -100,6 +101,7 @@ def check_request(request: JobRequest, deps: Deps) -> None:
         max_bytes=settings.max_workflow_bytes,
     )
     check_file_names(request.workflow, catalog, [item.name for item in request.inputs])
+    check_nodes(request.workflow, NodePolicy.from_settings(settings), catalog)
 
 
 def admit(

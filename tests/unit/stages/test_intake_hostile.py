@@ -49,3 +49,12 @@ def test_a_workflow_naming_other_files_is_refused(deps: Deps, image: str) -> Non
     with pytest.raises(InvalidWorkflow, match=r"node 1 \(LoadImage\) input 'image'"):
         check_request(request(image=image), deps)
 
+
+def test_a_denied_node_is_refused_at_submit(deps: Deps) -> None:
+    body = request().model_dump()
+    body["workflow"]["3"] = {
+        "class_type": "RegexMatch",
+        "inputs": {"string": "aaaa!", "regex_pattern": "^(a+)+$"},
+    }
+    with pytest.raises(InvalidWorkflow, match=r"node 3 \(RegexMatch\) is not allowed"):
+        check_request(JobRequest.model_validate(body), deps)
