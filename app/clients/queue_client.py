@@ -24,12 +24,13 @@ from pydantic import ValidationError
 
 from app.core.config import Settings, get_settings
 from app.core.errors import InvalidRequest
+from app.core.ids import new_job_id
 from app.core.models import TERMINAL_STATUSES, Stage
 from app.core.schemas import USER_ID, JobRequest, JobView
 from app.engine.deps import Deps, Waker, build_deps
 from app.engine.pipeline import cancel_job
 from app.engine.views import owned_job, present
-from app.stages.intake import IntakeMessage, new_job_id
+from app.stages.intake import IntakeMessage
 from app.store.jobs import AlreadyTerminal
 from app.store.tenants import Tenant
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from app.adapters.media import check_media
+from app.core.ids import inside
 from app.core.logs import get_logger
 from app.core.models import Job
 from app.engine.deps import Deps
@@ -18,7 +19,7 @@ def run(job: Job, deps: Deps) -> Job:
     for spec in job.inputs:
         if deps.jobs.terminal(job.id) is not None:
             break  # cancelled: the pipeline notices and stops
-        dest = folder / spec.name
+        dest = inside(folder, spec.name)
         result = deps.http.download(
             spec.url,
             dest,

@@ -10,7 +10,6 @@ catalog, the URLs against the URL policy, sizes and timeouts against the setting
 from __future__ import annotations
 
 import json
-import uuid
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -22,6 +21,7 @@ from app.adapters.comfy.node_policy import NodePolicy, check_nodes
 from app.adapters.comfy.workflow import check_workflow
 from app.adapters.net.policy import UrlPolicy, parse_url
 from app.core.errors import ComfyUnavailable, InvalidRequest, PipelineError
+from app.core.ids import is_job_id, new_job_id
 from app.core.logs import get_logger
 from app.core.models import JobError, Stage
 from app.core.schemas import USER_ID, JobRequest
@@ -47,11 +47,6 @@ class IntakeMessage(BaseModel):
     user_id: str
     request: JobRequest
     idempotency_key: str | None = Field(default=None, max_length=255)
-
-
-def new_job_id() -> str:
-    """An unguessable job id."""
-    return "job_" + uuid.uuid4().hex
 
 
 def node_catalog(deps: Deps) -> NodeCatalog | None:
@@ -117,7 +112,7 @@ def admit(
 
     Raises InvalidRequest (and subclasses), AdmissionRejected or IdempotencyConflict.
     """
-    if not USER_ID.match(user_id):
+    if not USER_ID.fullmatch(user_id):
         raise InvalidRequest("user id must match ^[A-Za-z0-9._:@-]{1,128}$")
     if request.user_id is not None and request.user_id != user_id:
         raise InvalidRequest("user_id in the body does not match X-User-ID")
@@ -153,6 +148,9 @@ def process_intake_message(raw: str, deps: Deps) -> None:
         )
         return
     log = get_logger(job_id=message.job_id, stage=Stage.INTAKE.value)
+    if not is_job_id(message.job_id) or deps.jobs.find(message.job_id) is not None:
+        log.warning("intake_job_id_refused")  # not ours, or taken: nothing is written under it
+        return
     tenant = deps.tenants.authenticate(message.api_key)
     if tenant is None:
         log.warning("intake_unauthenticated")  # no tenant to record a failure under

@@ -50,7 +50,6 @@ PREFIX_INPUT = "filename_prefix"
 _UPLOAD = FileInput(upload=True)
 _MAX_PROBLEMS = 8
 _ANNOTATION = re.compile(r"\[[A-Za-z]*\]\s*\Z")
-_DRIVE = re.compile(r"[A-Za-z]:")
 _PREFIX_UNSAFE = re.compile(r"[^A-Za-z0-9 ._%-]+")
 
 
@@ -62,7 +61,9 @@ def file_name_problem(value: str) -> str | None:
         return "contains a control character"
     if "\\" in value:
         return "contains a backslash"
-    if value.startswith(("/", "~")) or _DRIVE.match(value):
+    if value.startswith(("/", "~")) or (
+        value[1:2] == ":" and value[:1].isascii() and value[:1].isalpha()
+    ):
         return "is an absolute path"
     if ".." in value.split("/"):
         return "contains '..'"
