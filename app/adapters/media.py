@@ -1,11 +1,16 @@
 """What a fetched file really is: magic-byte sniffing and image sanity checks.
 
 The server's Content-Type and the URL's extension are claims; the first bytes are evidence.
-Images are opened with Pillow restricted to the sniffed format, their header dimensions are
-checked against `max_pixels` *before* any pixel is decoded (decompression bombs), and then
-the first frame is decoded in full so a file that only starts like a PNG is refused here,
-not in the middle of a render. Audio and video are identified by their container's magic
-only; ComfyUI's loaders decode them.
+Images are opened with Pillow restricted to the sniffed format, and every frame's or page's
+dimensions are read *before* any pixel is decoded (decompression bombs): each one must fit
+`max_pixels`, there may be at most `max_frames` of them, and together they may decode to at
+most `max_total_pixels` (ComfyUI's loaders decode every frame of a GIF, APNG or WebP and
+every page of a TIFF into memory). GIF frames are counted by walking the file's blocks, so
+a frame that reaches past the logical screen is measured at the size Pillow would grow the
+canvas to; TIFF pages and MPO pictures are visited with `seek`, which reads their headers
+only. Then the first frame is decoded in full so a file that only starts like a PNG is
+refused here, not in the middle of a render. Audio and video are identified by their
+container's magic only; ComfyUI's loaders decode them.
 
 Pillow's own global ceiling (`Image.MAX_IMAGE_PIXELS`, about 89 M pixels, fatal at twice
 that) is left untouched, so this module changes no process-wide state; it is only a
@@ -27,6 +32,8 @@ __all__ = ["MAX_FRAMES", "SNIFF_BYTES", "MediaInfo", "check_media", "sniff_conte
 SNIFF_BYTES = 4096
 #: Animated images with more frames than this are refused (ComfyUI loads every frame).
 MAX_FRAMES = 1000
+#: Formats whose frames or pages may each have their own size: visited one by one.
+_PAGED = frozenset({"TIFF", "MPO"})
 
 # Pillow plugin allowed for each sniffed image type, and the formats it may report
 # (a phone's JPEG often opens as MPO, JPEG's multi-picture extension).
@@ -160,8 +167,18 @@ def _supported_images() -> dict[str, tuple[str, frozenset[str]]]:
     return {k: v for k, v in _IMAGE_FORMATS.items() if k != "image/avif"}
 
 
-def check_media(path: Path, *, max_pixels: int, max_frames: int = MAX_FRAMES) -> MediaInfo:
-    """Identify `path` from its bytes and check it; raise FetchFailed if it is not usable."""
+def check_media(
+    path: Path,
+    *,
+    max_pixels: int,
+    max_frames: int = MAX_FRAMES,
+    max_total_pixels: int | None = None,
+) -> MediaInfo:
+    """Identify `path` from its bytes and check it; raise FetchFailed if it is not usable.
+
+    `max_pixels` bounds each frame or page, `max_frames` their number and
+    `max_total_pixels` their sum (None: `max_pixels`, one full-size image's worth).
+    """
     size = path.stat().st_size
     if size == 0:
         raise FetchFailed("the downloaded file is empty")
@@ -172,39 +189,39 @@ def check_media(path: Path, *, max_pixels: int, max_frames: int = MAX_FRAMES) ->
         raise FetchFailed("the file is not an image, video or audio type this service accepts")
     images = _supported_images()
     if content_type in images:
+        limits = _Limits(
+            max_pixels=max_pixels,
+            max_frames=max_frames,
+            max_total_pixels=max_pixels if max_total_pixels is None else max_total_pixels,
+        )
         plugin, reported = images[content_type]
-        width, height = _check_image(path, content_type, plugin, reported, max_pixels, max_frames)
+        width, height = _check_image(path, content_type, plugin, reported, limits)
         return MediaInfo(content_type=content_type, size=size, width=width, height=height)
     if content_type in _AUDIO_VIDEO:
         return MediaInfo(content_type=content_type, size=size, width=None, height=None)
     raise FetchFailed(f"{content_type} files are not supported")
 
 
+@dataclass(frozen=True, slots=True)
+class _Limits:
+    max_pixels: int
+    max_frames: int
+    max_total_pixels: int
+
+
 def _check_image(
-    path: Path,
-    content_type: str,
-    plugin: str,
-    reported: frozenset[str],
-    max_pixels: int,
-    max_frames: int,
+    path: Path, content_type: str, plugin: str, reported: frozenset[str], limits: _Limits
 ) -> tuple[int, int]:
-    """Check header dimensions against the limits, then decode the first frame."""
+    """Check every frame's header dimensions against the limits, then decode the first."""
     try:
         # Only the sniffed format's plugin may claim the file: no format confusion.
         with Image.open(path, formats=[plugin]) as image:
             width, height = image.size
-            if width <= 0 or height <= 0:
-                raise FetchFailed(f"the image claims impossible dimensions {width}x{height}")
-            if width * height > max_pixels:
-                raise FetchFailed(
-                    f"the image is {width}x{height} = {width * height} pixels, "
-                    f"over the limit of {max_pixels}"
-                )
+            _check_frame_size(width, height, limits.max_pixels, "the image")
             if image.format not in reported:
                 raise FetchFailed(f"the file does not decode as {content_type}")
-            frames = int(getattr(image, "n_frames", 1))
-            if frames > max_frames:
-                raise FetchFailed(f"the image has {frames} frames, over the limit of {max_frames}")
+            _check_frames(path, image, limits)
+            image.seek(0)
             image.load()
     except FetchFailed:
         raise
@@ -215,3 +232,98 @@ def _check_image(
     except Exception as exc:  # Pillow raises many types on malformed input
         raise FetchFailed(f"the file does not decode as {content_type}") from exc
     return width, height
+
+
+def _check_frame_size(width: int, height: int, max_pixels: int, what: str) -> None:
+    if width <= 0 or height <= 0:
+        raise FetchFailed(f"{what} claims impossible dimensions {width}x{height}")
+    if width * height > max_pixels:
+        raise FetchFailed(
+            f"{what} is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}"
+        )
+
+
+def _check_frames(path: Path, image: Image.Image, limits: _Limits) -> None:
+    """Every frame's or page's size, their count and their sum, read from headers only."""
+    sizes = _frame_sizes(path, image, limits.max_frames)
+    if len(sizes) > limits.max_frames:
+        raise FetchFailed(
+            f"the image has more than {limits.max_frames} frames or pages "
+            f"(the limit is {limits.max_frames})"
+        )
+    total = 0
+    for index, (width, height) in enumerate(sizes):
+        _check_frame_size(width, height, limits.max_pixels, f"frame or page {index + 1}")
+        total += width * height
+    if total > limits.max_total_pixels:
+        raise FetchFailed(
+            f"the image's {len(sizes)} frames or pages decode to {total} pixels in all, "
+            f"over the limit of {limits.max_total_pixels}"
+        )
+
+
+def _frame_sizes(path: Path, image: Image.Image, max_frames: int) -> list[tuple[int, int]]:
+    """The decoded size of each frame, up to `max_frames + 1` of them (then stop counting)."""
+    if image.format == "GIF":
+        return _gif_frame_sizes(path, max_frames + 1)
+    if image.format in _PAGED:
+        sizes: list[tuple[int, int]] = []
+        for index in range(max_frames + 1):
+            try:
+                image.seek(index)
+            except EOFError:
+                break
+            sizes.append(image.size)
+        return sizes
+    # PNG (APNG), WebP, AVIF: every frame has the canvas size; the count is the header's.
+    frames = int(getattr(image, "n_frames", 1))
+    return [image.size] * min(frames, max_frames + 1)
+
+
+def _gif_frame_sizes(path: Path, cap: int) -> list[tuple[int, int]]:
+    """Walk a GIF's blocks: each image descriptor's extent, grown to at least the canvas.
+
+    Pillow (and so ComfyUI) grows the canvas when a frame reaches past it, and every frame
+    is decoded at the canvas size, so a frame costs max(canvas, its own extent).
+    """
+    data = path.read_bytes()
+    if len(data) < 13:
+        raise FetchFailed("the file does not decode as image/gif")
+    width = int.from_bytes(data[6:8], "little")
+    height = int.from_bytes(data[8:10], "little")
+    at = 13
+    if data[10] & 0x80:
+        at += 3 << ((data[10] & 0x07) + 1)
+    sizes: list[tuple[int, int]] = []
+    while at < len(data) and len(sizes) < cap:
+        block = data[at]
+        if block == 0x3B:  # trailer
+            break
+        if block == 0x21:  # extension: label, then sub-blocks
+            at = _skip_sub_blocks(data, at + 2)
+        elif block == 0x2C:  # image descriptor
+            if at + 10 > len(data):
+                break
+            left, top, w, h = (
+                int.from_bytes(data[at + i : at + i + 2], "little") for i in (1, 3, 5, 7)
+            )
+            width, height = max(width, left + w), max(height, top + h)
+            sizes.append((width, height))
+            flags = data[at + 9]
+            at += 10
+            if flags & 0x80:
+                at += 3 << ((flags & 0x07) + 1)
+            at = _skip_sub_blocks(data, at + 1)  # LZW minimum code size, then the data
+        else:
+            break  # not a GIF block: Pillow stops here too
+    return sizes
+
+
+def _skip_sub_blocks(data: bytes, at: int) -> int:
+    """The offset just past a chain of GIF data sub-blocks starting at `at`."""
+    while at < len(data):
+        length = data[at]
+        at += 1 + length
+        if length == 0:
+            break
+    return at

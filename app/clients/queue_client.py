@@ -32,13 +32,13 @@ from app.core.errors import (
     UnknownJob,
     WaitTimeout,
 )
+from app.core.ids import new_job_id
 from app.core.models import TERMINAL_STATUSES, Stage
 from app.core.polling import poll_until
 from app.core.schemas import USER_ID, IntakeMessage, JobRequest, JobView
 from app.engine.deps import Deps, Waker, build_deps
 from app.engine.pipeline import cancel_job
 from app.engine.views import owned_job, present
-from app.stages.intake import new_job_id
 from app.store.tenants import Tenant
 
 

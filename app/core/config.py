@@ -15,6 +15,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.core.node_policy import DENIED_BY_DEFAULT
+
 ENV_PREFIX = "COMFYUI_SAAS_"
 
 
@@ -70,7 +72,13 @@ class Settings(BaseSettings):
     fetch_max_bytes: int = Field(default=50 * 1024 * 1024, ge=1)
     fetch_timeout_s: float = Field(default=30.0, gt=0)
     fetch_max_redirects: int = Field(default=3, ge=0)
+    #: Largest frame or page of an image input, in pixels.
     max_image_pixels: int = Field(default=40_000_000, ge=1)
+    #: Pixels of all frames or pages of one image input together (ComfyUI decodes every
+    #: frame of a GIF, APNG or WebP into memory): by default one full-size image's worth.
+    max_total_pixels: int = Field(default=40_000_000, ge=1)
+    #: Frames or pages one image input may have.
+    max_frames: int = Field(default=300, ge=1)
 
     # --- render: the ComfyUI server ----------------------------------------------------
     comfyui_url: str = "http://127.0.0.1:8188"
@@ -81,6 +89,17 @@ class Settings(BaseSettings):
     #: Progress is written to the job at most this often.
     progress_interval_s: float = Field(default=0.5, gt=0)
     object_info_ttl_s: int = Field(default=3600, ge=1)
+
+    # --- node policy: which node classes a tenant's workflow may use --------------------
+    #: Refused at submit (nodes that read folders or arbitrary host paths, write outside
+    #: the job's outputs, or run caller code ComfyUI cannot interrupt; see docs/security.md).
+    node_denylist: CsvStrList = Field(default_factory=lambda: list(DENIED_BY_DEFAULT))
+    #: The operator's override: these classes are allowed even if node_denylist names them.
+    node_allowlist: CsvStrList = Field(default_factory=list)
+    #: Allow only the classes in node_allowlist (for deployments with custom nodes).
+    node_allowlist_only: bool = False
+    #: ComfyUI's API nodes call paid third-party services with the server's account.
+    allow_api_nodes: bool = False
 
     # --- stages and workers ------------------------------------------------------------
     #: How long a stage may hold a job before fail_stale takes it back.
@@ -180,7 +199,12 @@ class Settings(BaseSettings):
     job_retention_s: int = Field(default=7 * 86_400, ge=60)
 
     _split_lists = field_validator(
-        "fetch_allowed_ports", "fetch_allow_cidrs", "webhook_retry_schedule_s", mode="before"
+        "fetch_allowed_ports",
+        "fetch_allow_cidrs",
+        "webhook_retry_schedule_s",
+        "node_denylist",
+        "node_allowlist",
+        mode="before",
     )(_split_csv)
 
     @property

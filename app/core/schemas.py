@@ -25,7 +25,7 @@ class InputField(BaseModel):
     @field_validator("name")
     @classmethod
     def _safe_name(cls, value: str) -> str:
-        if not INPUT_NAME.match(value) or ".." in value:
+        if not INPUT_NAME.fullmatch(value) or ".." in value:
             raise ValueError(
                 "input name must be 1-128 letters, digits, '.', '_' or '-', "
                 "starting with a letter or digit"

@@ -23,6 +23,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from app.core.errors import AdmissionRejected, IdempotencyConflict, PipelineError
+from app.core.ids import is_job_id
 from app.core.logs import get_logger
 from app.core.models import Job, JobError, JobStatus, Stage, StageMessage, StageTimes
 from app.core.schemas import IntakeMessage, JobRequest
@@ -290,6 +291,9 @@ def process_intake_message(raw: str, deps: Deps, intake: IntakeFn) -> None:
         )
         return
     log = get_logger(job_id=message.job_id, stage=Stage.INTAKE.value)
+    if not is_job_id(message.job_id) or deps.jobs.find(message.job_id) is not None:
+        log.warning("intake_job_id_refused")  # not ours, or taken: nothing is written under it
+        return
     tenant = deps.tenants.authenticate(message.api_key)
     if tenant is None:
         log.warning("intake_unauthenticated")  # no tenant to record a failure under

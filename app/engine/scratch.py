@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from app.core.ids import inside
 from app.engine.deps import Deps
 
 INPUTS = "inputs"
@@ -19,7 +20,7 @@ SCRATCH_KEY_PREFIX = "scratch:"
 
 def job_folder(deps: Deps, job_id: str) -> Path:
     """The job's scratch folder (not created)."""
-    return deps.settings.work_dir / job_id
+    return inside(deps.settings.work_dir, job_id)
 
 
 def inputs_folder(deps: Deps, job_id: str) -> Path:

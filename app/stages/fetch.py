@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from app.adapters.media import check_media
+from app.core.ids import inside
 from app.core.logs import get_logger
 from app.core.models import Job
 from app.engine.deps import Deps
@@ -18,7 +19,7 @@ def run(job: Job, deps: Deps) -> Job:
     for spec in job.inputs:
         if deps.jobs.terminal(job.id) is not None:
             break  # cancelled: the pipeline notices and stops
-        dest = folder / spec.name
+        dest = inside(folder, spec.name)
         result = deps.http.download(
             spec.url,
             dest,
@@ -26,7 +27,12 @@ def run(job: Job, deps: Deps) -> Job:
             timeout_s=settings.fetch_timeout_s,
             max_redirects=settings.fetch_max_redirects,
         )
-        info = check_media(dest, max_pixels=settings.max_image_pixels)
+        info = check_media(
+            dest,
+            max_pixels=settings.max_image_pixels,
+            max_frames=settings.max_frames,
+            max_total_pixels=settings.max_total_pixels,
+        )
         log.info("input_fetched", name=spec.name, size=result.size, content_type=info.content_type)
     deps.scratch_commit()
     return job

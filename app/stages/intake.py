@@ -11,12 +11,14 @@ catalog, the URLs against the URL policy, sizes and timeouts against the setting
 from __future__ import annotations
 
 import json
-import uuid
 
 from app.adapters.comfy.catalog import NodeCatalog
+from app.adapters.comfy.file_policy import check_file_names
+from app.adapters.comfy.node_policy import NodePolicy, check_nodes
 from app.adapters.comfy.workflow import check_workflow
 from app.adapters.net.policy import UrlPolicy, parse_url
 from app.core.errors import ComfyUnavailable, InvalidRequest
+from app.core.ids import new_job_id
 from app.core.logs import get_logger
 from app.core.models import Job, Stage
 from app.core.schemas import USER_ID, JobRequest
@@ -24,11 +26,6 @@ from app.engine.deps import Deps
 from app.engine.pipeline import Submission, enqueue
 from app.store.jobs import Admission, NewJob, body_fingerprint
 from app.store.tenants import Tenant
-
-
-def new_job_id() -> str:
-    """An unguessable job id."""
-    return "job_" + uuid.uuid4().hex
 
 
 def node_catalog(deps: Deps) -> NodeCatalog | None:
@@ -69,12 +66,15 @@ def check_request(request: JobRequest, deps: Deps) -> None:
         parse_url(item.url, policy)  # raises UrlRefused naming the reason
     if request.webhook_url is not None:
         parse_url(request.webhook_url, policy)
+    catalog = node_catalog(deps)
     check_workflow(
         request.workflow,
-        node_catalog(deps),
+        catalog,
         max_nodes=settings.max_workflow_nodes,
         max_bytes=settings.max_workflow_bytes,
     )
+    check_file_names(request.workflow, catalog, [item.name for item in request.inputs])
+    check_nodes(request.workflow, NodePolicy.from_settings(settings), catalog)
 
 
 def admit(
@@ -90,7 +90,7 @@ def admit(
 
     Raises InvalidRequest (and subclasses), AdmissionRejected or IdempotencyConflict.
     """
-    if not USER_ID.match(user_id):
+    if not USER_ID.fullmatch(user_id):
         raise InvalidRequest("user id must match ^[A-Za-z0-9._:@-]{1,128}$")
     if request.user_id is not None and request.user_id != user_id:
         raise InvalidRequest("user_id in the body does not match X-User-ID")

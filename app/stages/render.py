@@ -9,7 +9,6 @@ another's files in a warm container.
 
 from __future__ import annotations
 
-import copy
 import shutil
 import time
 import uuid
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from app.adapters.comfy.client import ComfyClient
+from app.adapters.comfy.file_policy import scope_prefixes
 from app.adapters.comfy.tracker import RenderProgress
 from app.adapters.comfy.workflow import bind_inputs
 from app.core.logs import get_logger
@@ -35,14 +35,7 @@ def scope_outputs(graph: dict[str, Any], job_id: str, run_token: str) -> dict[st
     The run token differs on every attempt, so a retry never gets ComfyUI's cached answer
     naming files that the previous attempt's clean-up already removed.
     """
-    scoped = copy.deepcopy(graph)
-    for node in scoped.values():
-        inputs = node.get("inputs") if isinstance(node, dict) else None
-        if isinstance(inputs, dict) and isinstance(inputs.get("filename_prefix"), str):
-            prefix = inputs["filename_prefix"].replace("\\", "/").split("/")[-1]
-            prefix = prefix.replace("..", "_") or "output"
-            inputs["filename_prefix"] = f"{job_id}/{run_token}-{prefix}"
-    return scoped
+    return scope_prefixes(graph, job_id, run_token)  # literal or linked prefixes alike
 
 
 def cancel_checker(deps: Deps, job_id: str) -> Callable[[], bool]:

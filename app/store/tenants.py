@@ -116,7 +116,7 @@ class TenantRegistry:
         rate_per_minute: int | None = None,
     ) -> NewTenant:
         """Create a tenant with one API key and one webhook secret."""
-        if not TENANT_NAME.match(name):
+        if not TENANT_NAME.fullmatch(name):
             raise TenantError(
                 "tenant name must be 1-63 lowercase letters, digits or '-', "
                 "starting with a letter or digit"
@@ -210,7 +210,7 @@ class TenantRegistry:
 
     def authenticate(self, api_key: str) -> Tenant | None:
         """The tenant owning a valid, unrevoked key, or None."""
-        if not _KEY_SHAPE.match(api_key):
+        if not _KEY_SHAPE.fullmatch(api_key):
             return None
         digest = hash_key(api_key)
         raw = self.kv.get(f"key:{digest}")

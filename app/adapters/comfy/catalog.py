@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from app.store.backends.base import KV
@@ -24,7 +24,31 @@ from app.store.backends.base import KV
 CATALOG_DICT = "catalog"
 CATALOG_KEY = "comfy:catalog"
 #: Bumped when the stored layout changes; an older layout is ignored, not misread.
-_FORMAT = 1
+_FORMAT = 2
+#: Input options that make an input a file upload (the front end shows an upload button,
+#: and ComfyUI's loader accepts any existing file under its folder, not just the list).
+UPLOAD_FLAGS = frozenset(
+    {"image_upload", "audio_upload", "video_upload", "file_upload", "animated_image_upload"}
+)
+#: Option that names the folder an input lists (`LoadImageOutput`: "output").
+_FOLDER_FLAG = "image_folder"
+#: Endings of names in a list of files: a list of choices with one of them is a file list.
+FILE_SUFFIXES = (
+    ".safetensors", ".sft", ".ckpt", ".pt", ".pt2", ".pth", ".bin", ".pkl", ".gguf",
+    ".onnx", ".yaml", ".yml", ".json", ".latent", ".png", ".jpg", ".jpeg", ".webp",
+    ".gif", ".bmp", ".tif", ".tiff", ".mp4", ".webm", ".mov", ".mkv", ".wav", ".mp3",
+    ".flac", ".ogg", ".glb", ".gltf", ".obj", ".fbx", ".txt",
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class FileInput:
+    """An input of a node class that names a file on the ComfyUI host."""
+
+    #: An upload input: the caller's value must be one of the job's own inputs.
+    upload: bool
+    #: The names the server listed (models a deployment ships); empty if it listed none.
+    choices: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +60,10 @@ class NodeSpec:
     #: The type of each output slot, in order (`["IMAGE", "MASK"]`).
     outputs: tuple[str, ...]
     required_inputs: tuple[str, ...]
+    #: Inputs that name a file (uploads and lists of files), by input name.
+    file_inputs: Mapping[str, FileInput] = field(default_factory=dict)
+    #: A ComfyUI "API node": it calls a paid third-party service with the server's account.
+    api_node: bool = False
 
 
 class NodeCatalog:
@@ -54,11 +82,18 @@ class NodeCatalog:
             outputs = info.get("output")
             inputs = info.get("input")
             required = inputs.get("required") if isinstance(inputs, Mapping) else None
+            declared = _declared_inputs(inputs)
             nodes[name] = NodeSpec(
                 name=name,
                 output_node=info.get("output_node") is True,
                 outputs=tuple(str(o) for o in outputs) if isinstance(outputs, list) else (),
                 required_inputs=tuple(required) if isinstance(required, Mapping) else (),
+                file_inputs={
+                    key: found
+                    for key, spec in declared.items()
+                    if (found := file_input(spec)) is not None
+                },
+                api_node=info.get("api_node") is True,
             )
         return cls(nodes)
 
@@ -87,14 +122,7 @@ class NodeCatalog:
 
     def to_record(self) -> dict[str, Any]:
         """The compact JSON-able form stored in the state dict."""
-        return {
-            name: {
-                "o": spec.output_node,
-                "out": list(spec.outputs),
-                "req": list(spec.required_inputs),
-            }
-            for name, spec in sorted(self._nodes.items())
-        }
+        return {name: _spec_record(spec) for name, spec in sorted(self._nodes.items())}
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> NodeCatalog:
@@ -108,12 +136,77 @@ class NodeCatalog:
                 output_node=entry.get("o") is True,
                 outputs=_strings(entry.get("out")),
                 required_inputs=_strings(entry.get("req")),
+                file_inputs=_file_inputs(entry.get("f")),
+                api_node=entry.get("a") is True,
             )
         return cls(nodes)
 
 
+def _spec_record(spec: NodeSpec) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "o": spec.output_node,
+        "out": list(spec.outputs),
+        "req": list(spec.required_inputs),
+    }
+    if spec.api_node:
+        record["a"] = True
+    if spec.file_inputs:
+        record["f"] = {
+            key: {"u": f.upload, "c": list(f.choices)} for key, f in spec.file_inputs.items()
+        }
+    return record
+
+
 def _strings(value: object) -> tuple[str, ...]:
     return tuple(str(v) for v in value) if isinstance(value, list) else ()
+
+
+def _file_inputs(value: object) -> dict[str, FileInput]:
+    if not isinstance(value, Mapping):
+        return {}
+    return {
+        str(key): FileInput(upload=entry.get("u") is True, choices=_strings(entry.get("c")))
+        for key, entry in value.items()
+        if isinstance(entry, Mapping)
+    }
+
+
+def _declared_inputs(inputs: object) -> dict[str, object]:
+    """Every input spec of a class, required then optional (hidden ones are not the caller's)."""
+    declared: dict[str, object] = {}
+    if not isinstance(inputs, Mapping):
+        return declared
+    for section in ("required", "optional"):
+        specs = inputs.get(section)
+        if isinstance(specs, Mapping):
+            declared.update({str(k): v for k, v in specs.items()})
+    return declared
+
+
+def file_input(spec: object) -> FileInput | None:
+    """Whether an `/object_info` input spec names a file, and how; None if it does not.
+
+    An upload flag (or a listed folder) makes it an upload input. A list of choices (old
+    style `[[...], {...}]` or `["COMBO", {"options": [...]}]`) is a file list when it is
+    empty (a server lists no choices only for folders it found empty) or when any choice
+    ends like a file name or names a sub-folder.
+    """
+    if not isinstance(spec, list) or not spec:
+        return None
+    kind = spec[0]
+    options = spec[1] if len(spec) > 1 and isinstance(spec[1], Mapping) else {}
+    if any(options.get(flag) for flag in UPLOAD_FLAGS) or options.get(_FOLDER_FLAG):
+        return FileInput(upload=True)
+    if isinstance(kind, list):
+        choices = kind
+    elif kind == "COMBO" and isinstance(options.get("options"), list):
+        choices = options["options"]
+    else:
+        return None
+    names = tuple(str(c) for c in choices)
+    if not names or any(n.lower().endswith(FILE_SUFFIXES) or "/" in n for n in names):
+        return FileInput(upload=False, choices=names)
+    return None
 
 
 def publish(kv: KV, object_info: Mapping[str, Any], now: float, version: str = "") -> NodeCatalog:

@@ -154,7 +154,10 @@ class ComfyClient:
                         size += len(chunk)
         except httpx.HTTPError as exc:
             partial.unlink(missing_ok=True)
-            raise ComfyUnavailable(f"download of {output.filename!r} failed: {exc}") from exc
+            log.warning("comfy_download_failed", filename=output.filename, error=str(exc))
+            raise ComfyUnavailable(
+                f"download of {output.filename!r} failed ({type(exc).__name__})"
+            ) from exc
         except BaseException:
             partial.unlink(missing_ok=True)
             raise
@@ -211,6 +214,7 @@ class ComfyClient:
         finally:
             run.close()
         if terminal.kind != "success":
+            log.warning("comfy_prompt_failed", prompt_id=prompt_id, comfy=dict(terminal.data))
             raise failure(terminal)
         if entry is None:
             entry = self.history(prompt_id)
@@ -230,6 +234,7 @@ class ComfyClient:
         body = {"prompt": workflow, "client_id": client_id, "prompt_id": prompt_id}
         response = self._request("POST", "/prompt", json=body)
         if response.status_code == 400:
+            log.warning("comfy_rejected_prompt", prompt_id=prompt_id, comfy=_loads(response))
             raise InvalidWorkflow(validation_message(_loads(response)))
         if response.status_code != 200:
             raise ComfyUnavailable(f"ComfyUI answered HTTP {response.status_code} to /prompt")
@@ -237,6 +242,7 @@ class ComfyClient:
         if answer.get("node_errors"):
             # ComfyUI queued only the valid outputs; a partial result would be a surprise.
             self._give_up(prompt_id)
+            log.warning("comfy_rejected_prompt", prompt_id=prompt_id, comfy=answer)
             raise InvalidWorkflow(validation_message(answer))
 
     def _give_up(self, prompt_id: str) -> None:

@@ -1,13 +1,16 @@
 """Reading ComfyUI's answers: outputs, validation errors, failures and history (pure).
 
 Shapes are those of upstream ComfyUI's HTTP and websocket API (see `docs/comfyui.md`).
-Everything a client may see is built here, and none of it carries a traceback: ComfyUI
-sends Python tracebacks (with its file paths) in `execution_error` and validation
-errors, and those stay in ComfyUI's own log.
+Everything a client may see is built here, and none of it is ComfyUI's own text: its
+validation details and exception messages carry host paths, folder listings ("Value not
+in list" lists the files of a folder, other jobs' sub-folders included), other jobs' file
+names and tracebacks. A job error keeps what helps the caller, the node id, its type,
+the input and a reason in our words; the client logs ComfyUI's full answer.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -20,6 +23,33 @@ _MAX_TEXT = 300
 _MAX_MESSAGE = 1000
 
 TerminalKind = Literal["success", "error", "interrupted"]
+
+#: Our words for each kind of ComfyUI validation error (`node_errors[*].errors[*].type`).
+_NODE_REASONS: Mapping[str, str] = {
+    "required_input_missing": "a required input is missing",
+    "value_not_in_list": "the value is not one of the choices this server offers",
+    "value_smaller_than_min": "the value is below the minimum",
+    "value_bigger_than_max": "the value is above the maximum",
+    "invalid_input_type": "the value has the wrong type",
+    "return_type_mismatch": "the linked output has a type this input does not take",
+    "bad_linked_input": "the link is not a valid [node_id, output_index] pair",
+    "exception_during_validation": "could not be validated (does a link name a missing node?)",
+    "exception_during_inner_validation": "could not be validated",
+    "custom_validation_failed": (
+        "the node's own check refused the value (a file name must be one of this job's inputs)"
+    ),
+    "dependency_cycle": "the links form a cycle",
+}
+#: Our words for a refusal of the whole prompt (`error.type`), when no node is named.
+_PROMPT_REASONS: Mapping[str, str] = {
+    "invalid_prompt": "a node has no class_type or names a node type this server does not have",
+    "prompt_no_outputs": "the workflow has no output node",
+    "no_prompt": "no workflow was sent",
+    "prompt_outputs_failed_validation": "some nodes are invalid",
+}
+#: What may be echoed of a name ComfyUI sends back (a class, an input, a type).
+_IDENTIFIER = re.compile(r"[A-Za-z0-9_ .:+*,|-]{1,64}")
+_NODE_ID_IN_DETAILS = re.compile(r"Node ID '#?([A-Za-z0-9_:.-]{1,64})'")
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,17 +115,11 @@ def select_outputs(outputs: list[ComfyOutput]) -> list[ComfyOutput]:
 
 
 def validation_message(body: object) -> str:
-    """A short message for a `POST /prompt` 400: the error, then each bad node's problems."""
+    """A short message for a `POST /prompt` 400: what was refused, node by node, in our words."""
     if not isinstance(body, Mapping):
         return "ComfyUI rejected the workflow"
     error = body.get("error")
-    head = ""
-    details = ""
-    if isinstance(error, Mapping):
-        head = _text(error.get("message"))
-        details = _text(error.get("details"))
-    elif isinstance(error, str):
-        head = _text(error)
+    kind = _text(error.get("type")) if isinstance(error, Mapping) else ""
     parts: list[str] = []
     node_errors = body.get("node_errors")
     if isinstance(node_errors, Mapping):
@@ -103,38 +127,94 @@ def validation_message(body: object) -> str:
             entry = node_errors[node_id]
             if not isinstance(entry, Mapping):
                 continue
-            label = f"node {node_id}"
-            if entry.get("class_type"):
-                label += f" ({_text(entry.get('class_type'))})"
+            label = f"node {_name(node_id) or '?'}"
+            if _name(entry.get("class_type")):
+                label += f" ({_name(entry.get('class_type'))})"
             errors = entry.get("errors")
-            reasons = [_reason(e) for e in errors if isinstance(e, Mapping)] if errors else []
-            parts.append(f"{label}: {'; '.join(r for r in reasons if r) or 'invalid'}")
+            reasons = [_node_reason(e) for e in errors if isinstance(e, Mapping)] if errors else []
+            parts.append(f"{label}: {'; '.join(reasons) or 'invalid'}")
     message = "ComfyUI rejected the workflow"
-    if head:
-        message += f": {head}"
     if parts:
-        message += ": " + " | ".join(parts)
-    elif details:
-        message += f" ({details})"
-    return _cut(message, _MAX_MESSAGE)
+        return _cut(f"{message}: " + " | ".join(parts), _MAX_MESSAGE)
+    reason = _PROMPT_REASONS.get(kind, "the workflow is not valid")
+    said = str(error.get("message") or "") if isinstance(error, Mapping) else ""
+    if kind == "invalid_prompt" and "class_type" in said:
+        reason = "a node has no class_type"
+    elif kind == "invalid_prompt" and "does not exist" in said:
+        reason = "a node's type is not installed on this server"
+    details = error.get("details") if isinstance(error, Mapping) else None
+    found = _NODE_ID_IN_DETAILS.search(str(details or ""))
+    where = f" (node {found.group(1)})" if found else ""
+    return _cut(f"{message}: {reason}{where}", _MAX_MESSAGE)
+
+
+def _node_reason(error: Mapping[str, Any]) -> str:
+    """One validation error in our words, with the input it concerns."""
+    extra = error.get("extra_info")
+    extra = extra if isinstance(extra, Mapping) else {}
+    kind = _text(error.get("type"))
+    reason = _NODE_REASONS.get(kind, "the value is invalid")
+    config = extra.get("input_config")
+    options = config[1] if isinstance(config, list) and len(config) > 1 else None
+    received = extra.get("received_value")
+    if kind in ("value_smaller_than_min", "value_bigger_than_max") and _is_number(received):
+        bound = "min" if kind == "value_smaller_than_min" else "max"
+        limit = options.get(bound) if isinstance(options, Mapping) else None
+        if _is_number(limit):
+            reason = f"{received} is {reason.removeprefix('the value is ')} {limit}"
+    elif kind == "return_type_mismatch":
+        got = _name(extra.get("received_type"))
+        wanted = _name(config[0]) if isinstance(config, list) and config else ""
+        if got and wanted:
+            reason = f"the linked output is {got}, this input takes {wanted}"
+    input_name = _name(extra.get("input_name"))
+    return f"input '{input_name}': {reason}" if input_name else reason
 
 
 def failure(terminal: PromptEnding) -> RenderFailed:
-    """The `RenderFailed` for an `execution_error` or an interruption we did not ask for."""
+    """The `RenderFailed` for an `execution_error` or an interruption we did not ask for.
+
+    The exception's type is kept (a Python class name); its message only when it is plain
+    words and numbers, with no path, file name, list, quote or job id in it.
+    """
     data = terminal.data
-    node_id = _text(data.get("node_id")) or None
-    node_type = _text(data.get("node_type")) or None
+    node_id = _name(data.get("node_id")) or None
+    node_type = _name(data.get("node_type")) or None
     where = f"node {node_id}" if node_id else "a node"
     if node_type:
         where += f" ({node_type})"
     if terminal.kind == "interrupted":
         message = f"ComfyUI interrupted the workflow at {where}"
     else:
-        exc_type = _text(data.get("exception_type"))
+        exc_type = _name(data.get("exception_type"))
         exc_message = _text(data.get("exception_message"))
-        reason = ": ".join(p for p in (exc_type, exc_message) if p) or "unknown error"
+        said = exc_message if _plain(exc_message) else ""
+        reason = ": ".join(p for p in (exc_type, said) if p) or "unknown error"
+        if exc_message and not said:
+            reason += " (details are in the render log)"
         message = f"{where} failed: {reason}"
     return RenderFailed(_cut(message, _MAX_MESSAGE), node_id=node_id, node_type=node_type)
+
+
+#: An exception message that may be shown: words, numbers and light punctuation only.
+_PLAIN = re.compile(r"[A-Za-z0-9 ,.;:()=<>+*_-]*")
+_FILE_LIKE = re.compile(r"\w\.[A-Za-z][A-Za-z0-9]{1,5}\b|job_[0-9a-f]", re.IGNORECASE)
+
+
+def _plain(text: str) -> bool:
+    return bool(text) and bool(_PLAIN.fullmatch(text)) and not _FILE_LIKE.search(text)
+
+
+def _name(value: object) -> str:
+    """A name ComfyUI echoes (node id, class, input, type), or "" unless it is plain."""
+    if isinstance(value, list | tuple):
+        return ""
+    text = _text(value)
+    return text if _IDENTIFIER.fullmatch(text) else ""
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,12 +265,6 @@ def read_history(body: object, prompt_id: str) -> HistoryEntry | None:
     elif ending is None:
         ending = PromptEnding("error", {"prompt_id": prompt_id, "exception_message": status_str})
     return HistoryEntry(terminal=ending, outputs=outputs, cached_nodes=frozenset(cached))
-
-
-def _reason(error: Mapping[str, Any]) -> str:
-    message = _text(error.get("message"))
-    details = _text(error.get("details"))
-    return f"{message}: {details}" if message and details else message or details
 
 
 def _text(value: object) -> str:

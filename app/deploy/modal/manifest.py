@@ -150,7 +150,7 @@ def node_set_version(manifest: Manifest = MANIFEST) -> str:
 
 def is_full_sha(value: str) -> bool:
     """Whether `value` is a full, lower-case 40-hex git/Hugging Face commit id."""
-    return bool(_FULL_SHA.match(value))
+    return bool(_FULL_SHA.fullmatch(value))
 
 
 def manifest_problems(manifest: Manifest) -> list[str]:
@@ -163,7 +163,7 @@ def manifest_problems(manifest: Manifest) -> list[str]:
         if not pin.url.startswith("https://"):
             problems.append(f"{pin.name}: url {pin.url!r} is not https")
     for package in (*manifest.torch, manifest.downloader):
-        if not _EXACT_VERSION.match(package.spec):
+        if not _EXACT_VERSION.fullmatch(package.spec):
             problems.append(f"{package.name}: {package.spec!r} is not an exact ==X.Y.Z pin")
     names = [node.pin.name for node in manifest.custom_nodes]
     if SNAPSHOT_HELPER_NAME in names or len(set(names)) != len(names):

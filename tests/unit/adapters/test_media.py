@@ -11,6 +11,7 @@ import pytest
 from PIL import Image, features
 
 from app.adapters.media import MediaInfo, check_media, sniff_content_type
+from app.core.config import Settings
 from app.core.errors import FetchFailed
 
 
@@ -187,6 +188,129 @@ def test_too_many_frames_are_refused(tmp_path: Path) -> None:
     out = io.BytesIO()
     frames[0].save(out, format="GIF", save_all=True, append_images=frames[1:])
     path = write(tmp_path, "anim.gif", out.getvalue())
-    assert check_media(path, max_pixels=100, max_frames=12).content_type == "image/gif"
-    with pytest.raises(FetchFailed, match="12 frames, over the limit of 11"):
-        check_media(path, max_pixels=100, max_frames=11)
+    assert (
+        check_media(path, max_pixels=100, max_frames=12, max_total_pixels=10_000).content_type
+        == "image/gif"
+    )
+    with pytest.raises(FetchFailed, match="more than 11 frames or pages"):
+        check_media(path, max_pixels=100, max_frames=11, max_total_pixels=10_000)
+
+
+# --- bombs: every frame and page counts -----------------------------------------------------
+
+
+def crafted_gif(canvas: tuple[int, int], frames: int, extent: tuple[int, int] = (1, 1)) -> bytes:
+    """A tiny GIF: a `canvas` logical screen and `frames` one-pixel-data frames.
+
+    Each frame's descriptor claims `extent`; its LZW data is the classic single pixel, so
+    the file stays a few bytes a frame whatever it claims.
+    """
+    head = b"GIF89a" + struct.pack("<HH", *canvas) + b"\x80\x00\x00" + b"\x00\x00\x00\xff\xff\xff"
+    loop = b"\x21\xff\x0bNETSCAPE2.0\x03\x01\x00\x00\x00"
+    frame = (
+        b"\x21\xf9\x04\x00\x01\x00\x00\x00"  # graphic control: 10 ms
+        + b"\x2c"
+        + struct.pack("<HHHH", 0, 0, *extent)
+        + b"\x00\x02\x02\x44\x01\x00"
+    )
+    return head + loop + frame * frames + b"\x3b"
+
+
+def test_frame_bomb_gif_is_refused_with_the_default_settings(tmp_path: Path) -> None:
+    """The issue's 1.4 KB GIF: 60 frames of 1000x1000 made ComfyUI grow by ~1 GB."""
+    settings = Settings()
+    data = crafted_gif((1000, 1000), 60)
+    assert len(data) < 2000
+    path = write(tmp_path, "bomb.gif", data)
+    with pytest.raises(FetchFailed, match="60 frames or pages decode to 60000000 pixels"):
+        check_media(
+            path,
+            max_pixels=settings.max_image_pixels,
+            max_frames=settings.max_frames,
+            max_total_pixels=settings.max_total_pixels,
+        )
+
+
+def test_total_defaults_to_one_full_image(tmp_path: Path) -> None:
+    path = write(tmp_path, "bomb.gif", crafted_gif((1000, 1000), 60))
+    with pytest.raises(FetchFailed, match="over the limit of 40000000"):
+        check_media(path, max_pixels=40_000_000)
+
+
+def test_huge_canvas_with_many_frames_is_refused(tmp_path: Path) -> None:
+    """The issue's 23 KB GIF: a 6000x6000 canvas and 1,000 frames (OOM-killed ComfyUI)."""
+    path = write(tmp_path, "canvas.gif", crafted_gif((6000, 6000), 1000))
+    with pytest.raises(FetchFailed, match="more than 300 frames or pages"):
+        check_media(path, max_pixels=40_000_000, max_frames=300, max_total_pixels=10**12)
+    with pytest.raises(FetchFailed, match="decode to"):
+        check_media(path, max_pixels=40_000_000, max_frames=1000, max_total_pixels=40_000_000)
+
+
+def test_gif_frame_reaching_past_the_canvas_is_measured_at_its_extent(tmp_path: Path) -> None:
+    """Pillow grows the canvas to a frame that reaches past it, so that frame is the size."""
+    path = write(tmp_path, "grow.gif", crafted_gif((1, 1), 2, extent=(9000, 9000)))
+    with pytest.raises(FetchFailed, match="9000x9000 = 81000000 pixels"):
+        check_media(path, max_pixels=40_000_000)
+
+
+def test_tiff_whose_second_page_is_huge_is_refused(tmp_path: Path) -> None:
+    out = io.BytesIO()
+    small = Image.new("1", (100, 100))
+    huge = Image.new("1", (3000, 3000))
+    small.save(out, format="TIFF", save_all=True, append_images=[huge], compression="packbits")
+    path = write(tmp_path, "pages.tif", out.getvalue())
+    with pytest.raises(FetchFailed, match="frame or page 2 is 3000x3000 = 9000000 pixels"):
+        check_media(path, max_pixels=4_000_000, max_total_pixels=10**9)
+
+
+def test_tiff_pages_are_summed(tmp_path: Path) -> None:
+    out = io.BytesIO()
+    pages = [Image.new("1", (1000, 1000)) for _ in range(5)]
+    pages[0].save(out, format="TIFF", save_all=True, append_images=pages[1:])
+    path = write(tmp_path, "pages.tif", out.getvalue())
+    assert check_media(path, max_pixels=1_000_000, max_total_pixels=5_000_000).width == 1000
+    with pytest.raises(FetchFailed, match="5 frames or pages decode to 5000000 pixels"):
+        check_media(path, max_pixels=1_000_000, max_total_pixels=4_999_999)
+    with pytest.raises(FetchFailed, match="more than 4 frames"):
+        check_media(path, max_pixels=1_000_000, max_frames=4, max_total_pixels=10**9)
+
+
+def animation(fmt: str, size: tuple[int, int], frames: int) -> bytes:
+    out = io.BytesIO()
+    images = [Image.new("RGB", size, (i * 7 % 256, 0, 0)) for i in range(frames)]
+    images[0].save(out, format=fmt, save_all=True, append_images=images[1:], duration=10)
+    return out.getvalue()
+
+
+ANIMATED = [
+    ("PNG", "anim.png"),
+    ("GIF", "anim.gif"),
+    pytest.param(
+        "WEBP",
+        "anim.webp",
+        marks=pytest.mark.skipif(not features.check("webp"), reason="no WebP in Pillow"),
+    ),
+]
+
+
+@pytest.mark.parametrize(("fmt", "name"), ANIMATED)
+def test_animated_inputs_are_limited_over_all_frames(tmp_path: Path, fmt: str, name: str) -> None:
+    path = write(tmp_path, name, animation(fmt, (200, 100), 20))
+    assert check_media(path, max_pixels=20_000, max_total_pixels=400_000).width == 200
+    with pytest.raises(FetchFailed, match="20 frames or pages decode to 400000 pixels"):
+        check_media(path, max_pixels=20_000, max_total_pixels=399_999)
+    with pytest.raises(FetchFailed, match="more than 19 frames"):
+        check_media(path, max_pixels=20_000, max_frames=19, max_total_pixels=10**9)
+
+
+def test_single_frame_and_small_animations_pass_the_defaults(tmp_path: Path) -> None:
+    settings = Settings()
+    limits = {
+        "max_pixels": settings.max_image_pixels,
+        "max_frames": settings.max_frames,
+        "max_total_pixels": settings.max_total_pixels,
+    }
+    still = write(tmp_path, "still.png", image_bytes("PNG", (4000, 3000)))
+    assert check_media(still, **limits).width == 4000
+    small = write(tmp_path, "small.gif", animation("GIF", (320, 240), 48))
+    assert check_media(small, **limits).content_type == "image/gif"

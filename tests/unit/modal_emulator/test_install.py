@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import modal
 
@@ -14,7 +15,7 @@ with warnings.catch_warnings():
     from app.deploy.modal import app as modal_app
 
 
-def _app():
+def _app() -> Any:
     return modal_app
 
 

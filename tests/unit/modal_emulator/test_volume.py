@@ -138,4 +138,4 @@ def test_signatures_are_the_sdks(emu: ModalEmulator) -> None:
     """volume.py:889 `commit(self)`, 909 `reload(self)`: no arguments."""
     vol = _vol()
     with emu.container({"/scratch": vol}), pytest.raises(TypeError):
-        vol.reload(force=True)
+        vol.reload(force=True)  # type: ignore[call-arg]  # the SDK has no such parameter

@@ -110,8 +110,8 @@ def test_a_cancel_is_noticed_between_inputs(world: World, monkeypatch: pytest.Mo
     world.http.sites = {PHOTO_URL: png_bytes(), OTHER_URL: png_bytes()}
     real_check = check_media
 
-    def check_then_cancel(path: Path, *, max_pixels: int) -> MediaInfo:
-        info = real_check(path, max_pixels=max_pixels)
+    def check_then_cancel(path: Path, **limits: int) -> MediaInfo:
+        info = real_check(path, **limits)
         cancel_job(world.deps, "j1")  # the client cancels while the first input is checked
         return info
 

@@ -15,6 +15,10 @@ from app.stages import intake
 from tests.unit.stages.fakes import World, make_world
 from tests.unit.stages.helpers import PHOTO_URL, WORKFLOW
 
+#: Queued job ids as clients make them (`job_` and 32 hex digits); others are refused.
+Q1 = "job_" + "1" * 32
+Q2 = "job_" + "2" * 32
+
 OBJECT_INFO = {
     "LoadImage": {"input": {"required": {"image": []}}, "output": ["IMAGE", "MASK"]},
     "SaveImage": {"input": {"required": {"images": []}}, "output": [], "output_node": True},
@@ -40,7 +44,7 @@ def request(**overrides: object) -> JobRequest:
     return JobRequest.model_validate(values)
 
 
-def put(world: World, api_key: str, job_id: str = "q1", **fields: object) -> None:
+def put(world: World, api_key: str, job_id: str = Q1, **fields: object) -> None:
     values: dict[str, object] = {
         "job_id": job_id,
         "api_key": api_key,
@@ -57,7 +61,7 @@ def test_a_queued_request_is_admitted_under_its_id_and_fetch_is_next(
     world.comfy.object_info_answer = OBJECT_INFO
     put(world, api_key)
     assert world.step(Stage.INTAKE) == 1
-    job = world.job("q1")
+    job = world.job(Q1)
     assert job.status is JobStatus.QUEUED and job.user_id == "u1"
     assert [spec.url for spec in job.inputs] == [PHOTO_URL]
     assert world.queued(Stage.FETCH) == 1
@@ -67,8 +71,8 @@ def test_locally_intake_publishes_the_catalog_it_asked_comfy_for(
     world: World, api_key: str
 ) -> None:
     world.comfy.object_info_answer = OBJECT_INFO
-    put(world, api_key, "q1")
-    put(world, api_key, "q2", user_id="u2")
+    put(world, api_key, Q1)
+    put(world, api_key, Q2, user_id="u2")
     world.step(Stage.INTAKE)
     assert world.comfy.object_info_calls == 1  # the second request used the published one
     catalog = world.deps.catalog.load(3600, world.clock.now)
@@ -80,7 +84,7 @@ def test_an_unknown_node_is_refused_against_the_catalog(world: World, api_key: s
     workflow = {"1": {"class_type": "NoSuchNode", "inputs": {}}}
     put(world, api_key, request=request(workflow=workflow, inputs=[]))
     world.step(Stage.INTAKE)
-    job = world.job("q1")
+    job = world.job(Q1)
     assert job.status is JobStatus.FAILED and job.error is not None
     assert job.error.code == "invalid_workflow" and "NoSuchNode" in job.error.message
     assert world.queued(Stage.FETCH) == 0
@@ -106,15 +110,15 @@ def test_comfy_down_means_structural_checks_only(world: World, api_key: str) -> 
     world.comfy.object_info_answer = ComfyUnavailable()
     put(world, api_key)
     world.step(Stage.INTAKE)
-    assert world.job("q1").status is JobStatus.QUEUED
+    assert world.job(Q1).status is JobStatus.QUEUED
     assert world.deps.catalog.load(3600, world.clock.now) is None
 
 
 def test_a_request_over_the_users_limit_is_recorded_as_failed(world: World, api_key: str) -> None:
-    put(world, api_key, "q1")
-    put(world, api_key, "q2")
+    put(world, api_key, Q1)
+    put(world, api_key, Q2)
     world.step(Stage.INTAKE)
-    refused = world.job("q2")
+    refused = world.job(Q2)
     assert refused.status is JobStatus.FAILED and refused.error is not None
     assert refused.error.code == "user_concurrency_limit"
     assert world.queued(Stage.FETCH) == 1
@@ -123,10 +127,10 @@ def test_a_request_over_the_users_limit_is_recorded_as_failed(world: World, api_
 def test_an_idempotency_key_reused_with_another_body_is_a_conflict(
     world: World, api_key: str
 ) -> None:
-    put(world, api_key, "q1", idempotency_key="k")
-    put(world, api_key, "q2", idempotency_key="k", request=request(metadata={"other": 1}))
+    put(world, api_key, Q1, idempotency_key="k")
+    put(world, api_key, Q2, idempotency_key="k", request=request(metadata={"other": 1}))
     world.step(Stage.INTAKE)
-    conflicted = world.job("q2")
+    conflicted = world.job(Q2)
     assert conflicted.error is not None and conflicted.error.code == "idempotency_conflict"
 
 
@@ -137,16 +141,16 @@ def test_a_refused_url_is_recorded_with_its_reason(world: World, api_key: str) -
         request=request(inputs=[{"name": "face.png", "url": "http://plain.example"}]),
     )
     world.step(Stage.INTAKE)
-    job = world.job("q1")
+    job = world.job(Q1)
     assert job.error is not None and job.error.code == "url_refused"
 
 
 def test_an_unknown_key_or_a_malformed_message_leaves_no_job(world: World, api_key: str) -> None:
     put(world, "sk_not_a_key")
-    world.deps.queue(Stage.INTAKE).put(json.dumps({"job_id": "q2", "api_key": api_key}))
+    world.deps.queue(Stage.INTAKE).put(json.dumps({"job_id": Q2, "api_key": api_key}))
     world.deps.queue(Stage.INTAKE).put("not json")
     assert world.step(Stage.INTAKE) == 3
-    assert world.deps.jobs.find("q1") is None and world.deps.jobs.find("q2") is None
+    assert world.deps.jobs.find(Q1) is None and world.deps.jobs.find(Q2) is None
     assert world.queued(Stage.FETCH) == 0
 
 
@@ -176,7 +180,7 @@ def test_requests_over_the_limits_are_refused_before_admission(
 def test_a_bad_user_id_is_refused(world: World, api_key: str) -> None:
     put(world, api_key, user_id="no spaces allowed")
     world.step(Stage.INTAKE)
-    job = world.job("q1")
+    job = world.job(Q1)
     assert job.error is not None and job.error.code == "invalid_request"
 
 

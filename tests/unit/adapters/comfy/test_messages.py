@@ -28,22 +28,28 @@ def fixture(name: str) -> Any:
 @pytest.mark.parametrize(
     ("case", "expected"),
     [
-        ("missing_input", "node 1 (EmptyImage): Required input is missing: height"),
+        ("missing_input", "node 1 (EmptyImage): input 'height': a required input is missing"),
         (
             "bad_combo_value",
-            "node 2 (ImageScale): Value not in list: upscale_method: 'nope' not in",
+            (
+                "node 2 (ImageScale): input 'upscale_method': "
+                "the value is not one of the choices this server offers"
+            ),
         ),
-        ("value_out_of_range", "node 1 (EmptyImage): Value 0 smaller than min of 1: width"),
+        ("value_out_of_range", "node 1 (EmptyImage): input 'width': 0 is below the minimum 1"),
         (
             "type_mismatch_link",
-            "node 3 (SaveImage): Return type mismatch between linked nodes: images",
+            "node 3 (SaveImage): input 'images': the linked output is INT, this input takes IMAGE",
         ),
-        ("bad_link", "node 3 (SaveImage): Exception when validating node: '99'"),
-        ("loadimage_missing_file", "Invalid image file: does_not_exist.png"),
-        ("unknown_class", "Cannot execute because node NoSuchNode does not exist. (Node ID '#1')"),
-        ("missing_class_type", "missing the class_type property. (Node ID '#1')"),
-        ("no_output_node", "Prompt has no outputs"),
-        ("no_prompt_key", "No prompt provided"),
+        ("bad_link", "node 3 (SaveImage): could not be validated"),
+        (
+            "loadimage_missing_file",
+            "node 1 (LoadImage): input 'image': the node's own check refused the value",
+        ),
+        ("unknown_class", "a node's type is not installed on this server (node 1)"),
+        ("missing_class_type", "a node has no class_type (node 1)"),
+        ("no_output_node", "the workflow has no output node"),
+        ("no_prompt_key", "no workflow was sent"),
     ],
 )
 def test_validation_messages(case, expected):
@@ -54,9 +60,90 @@ def test_validation_messages(case, expected):
     assert "traceback" not in message.lower() and 'File "' not in message
 
 
+@pytest.mark.parametrize("case", sorted(VALIDATION))
+def test_no_validation_message_repeats_comfyuis_details(case):
+    message = validation_message(VALIDATION[case])
+    node_errors = VALIDATION[case].get("node_errors") or {}
+    for entry in node_errors.values():
+        for error in entry["errors"]:
+            if len(error["details"]) > 8:
+                assert error["details"] not in message
+    assert "[" not in message and "/" not in message
+
+
+def test_a_folder_listing_and_host_paths_never_reach_the_caller():
+    """The issue's leak: LoadImageSetFromFolderNode's "Value not in list" lists job folders."""
+    other_job = "job_0123456789abcdef0123456789abcdef"
+    body = {
+        "error": {
+            "type": "prompt_outputs_failed_validation",
+            "message": "Prompt outputs failed validation",
+            "details": f"/opt/ComfyUI/input/{other_job}",
+        },
+        "node_errors": {
+            "5": {
+                "class_type": "LoadImageSetFromFolderNode",
+                "errors": [
+                    {
+                        "type": "value_not_in_list",
+                        "message": "Value not in list",
+                        "details": f"folder: 'x' not in ['{other_job}', 'probe_sub']",
+                        "extra_info": {
+                            "input_name": "folder",
+                            "input_config": [[other_job, "probe_sub"], {}],
+                            "received_value": "x",
+                        },
+                    }
+                ],
+            },
+            "6": {
+                "class_type": "LoadImage",
+                "errors": [
+                    {
+                        "type": "custom_validation_failed",
+                        "message": "Custom validation failed for node",
+                        "details": "image - Invalid image file: /etc/passwd",
+                        "extra_info": {"input_name": "image"},
+                    }
+                ],
+            },
+            "7": {
+                "class_type": "Evil/../x",
+                "errors": [{"type": "x", "extra_info": {"input_name": ["not", "a", "name"]}}],
+            },
+        },
+    }
+    message = validation_message(body)
+    assert other_job not in message and "probe_sub" not in message
+    assert "/etc" not in message and "/opt" not in message and "/" not in message
+    assert "node 5 (LoadImageSetFromFolderNode): input 'folder': the value is not one of" in message
+    assert "node 6 (LoadImage): input 'image'" in message
+    assert "node 7: the value is invalid" in message
+
+
 def test_validation_message_of_garbage():
     assert validation_message("oops") == "ComfyUI rejected the workflow"
-    assert validation_message({"error": "bad"}) == "ComfyUI rejected the workflow: bad"
+    assert validation_message({"error": "bad"}) == (
+        "ComfyUI rejected the workflow: the workflow is not valid"
+    )
+
+
+@pytest.mark.parametrize(
+    "said",
+    [
+        "[Errno 2] No such file or directory: '/opt/ComfyUI/input/job_0123abcd/secret-a.png'",
+        "cannot identify image file '/work/data/signing.key'",
+        "Invalid image file: job_0123abcd/secret-a.png",
+        "'probe_sub'",
+        "C:\\ComfyUI\\models\\x.safetensors",
+        "file secret-a.png is missing",
+    ],
+)
+def test_execution_errors_keep_paths_and_names_out(said):
+    data = {"node_id": "4", "node_type": "LoadImage", "exception_type": "OSError"}
+    error = failure(PromptEnding("error", {**data, "exception_message": said}))
+    assert error.message == "node 4 (LoadImage) failed: OSError (details are in the render log)"
+    assert (error.node_id, error.node_type) == ("4", "LoadImage")
 
 
 def test_execution_error_becomes_render_failed_without_traceback():
