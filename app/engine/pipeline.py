@@ -19,12 +19,10 @@ from app.core.logs import get_logger
 from app.core.models import Job, JobError, JobStatus, Stage, StageMessage, StageTimes
 from app.engine.deps import Deps
 from app.engine.scratch import job_folder
+from app.store.keys import DELAYED_DICT, PENDING_DICT, parked_key, parse_parked_key, pending_key
 
 StageFn = Callable[[Job, Deps], Job]
 
-DELAYED_DICT = "delayed"
-#: Jobs whose webhook delivery is not finished (shared with the notify stage).
-PENDING_DICT = "deliveries_pending"
 NEXT_STAGE: Mapping[Stage, Stage | None] = {
     Stage.FETCH: Stage.RENDER,
     Stage.RENDER: Stage.UPLOAD,
@@ -49,7 +47,7 @@ def enqueue(
     )
     if not_before > deps.clock():
         # Queues have no delay: park it; the sweep moves it to the queue when due.
-        key = f"{not_before:017.3f}:{job_id}:{stage.value}:{epoch}:{attempt}"
+        key = parked_key(not_before, job_id, stage, epoch, attempt)
         deps.backend.kv(DELAYED_DICT).put(key, message.model_dump_json())
         return
     deps.queue(stage).put(message.model_dump_json())
@@ -62,7 +60,7 @@ def release_due(deps: Deps) -> int:
     now = deps.clock()
     moved = 0
     for key in sorted(parked.keys()):
-        if float(key.split(":", 1)[0]) > now:
+        if parse_parked_key(key).not_before > now:
             break
         raw = parked.pop(key)  # pop is atomic: two sweeps never move the same message
         if raw is None:
@@ -79,7 +77,7 @@ def after_terminal(deps: Deps, job: Job) -> None:
     shutil.rmtree(job_folder(deps, job.id), ignore_errors=True)
     if job.webhook_url:
         # Marked before the message goes out, so a lost message is found and re-sent.
-        deps.backend.kv(PENDING_DICT).put(job.id, str(deps.clock()))
+        deps.backend.kv(PENDING_DICT).put(pending_key(job.id), str(deps.clock()))
         enqueue(deps, job.id, Stage.NOTIFY)
 
 

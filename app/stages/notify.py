@@ -17,8 +17,9 @@ from app.adapters.webhooks.signing import event_payload, event_type_for, new_mes
 from app.core.logs import get_logger
 from app.core.models import Job, Stage, StageMessage
 from app.engine.deps import Deps
-from app.engine.pipeline import PENDING_DICT, enqueue
-from app.store.deliveries import DELIVERIES_DICT, Delivery, DeliveryState, load_delivery
+from app.engine.pipeline import enqueue
+from app.store.deliveries import Delivery, DeliveryState, load_delivery
+from app.store.keys import DELIVERIES_DICT, PENDING_DICT, delivery_key, pending_key
 
 
 def _open_delivery(deps: Deps, job: Job) -> Delivery:
@@ -39,7 +40,7 @@ def _open_delivery(deps: Deps, job: Job) -> Delivery:
         next_attempt_at=deps.clock(),
     )
     # Two racing first messages agree on one msg_id: the first write wins.
-    deps.backend.kv(DELIVERIES_DICT).put_if_absent(job.id, fresh.model_dump_json())
+    deps.backend.kv(DELIVERIES_DICT).put_if_absent(delivery_key(job.id), fresh.model_dump_json())
     existing = load_delivery(deps.backend, job.id)
     return existing or fresh
 
@@ -88,9 +89,9 @@ def process_notify_message(raw: str, deps: Deps) -> None:
             "epoch": message.epoch,
         }
     )
-    deps.backend.kv(DELIVERIES_DICT).put(job.id, updated.model_dump_json())
+    deps.backend.kv(DELIVERIES_DICT).put(delivery_key(job.id), updated.model_dump_json())
     if state != "pending":
-        deps.backend.kv(PENDING_DICT).pop(job.id)
+        deps.backend.kv(PENDING_DICT).pop(pending_key(job.id))
     log = log.bind(tenant_id=job.tenant_id, msg_id=delivery.msg_id)
     if attempt.outcome == "retry" and attempt.next_attempt_at is not None:
         enqueue(

@@ -25,14 +25,23 @@ from dataclasses import dataclass
 
 from app.core.models import SlotRef
 from app.store.backends.base import KV
+from app.store.keys import (
+    SLOT_PREFIX,
+    parse_slot_key,
+    released_key,
+    sequence_hint_key,
+    sequence_key,
+    slot_hints_key,
+    slot_key,
+)
 
 
 def claim_next(kv: KV, prefix: str, value: str, limit: int | None = None) -> int | None:
     """Claim the lowest free `prefix:{n}` (n < limit); None when all are taken."""
-    n = int(kv.get(f"{prefix}:hint") or 0)
+    n = int(kv.get(sequence_hint_key(prefix)) or 0)
     while limit is None or n < limit:
-        if kv.put_if_absent(f"{prefix}:{n}", value):
-            kv.put(f"{prefix}:hint", str(n + 1))
+        if kv.put_if_absent(sequence_key(prefix, n), value):
+            kv.put(sequence_hint_key(prefix), str(n + 1))
             return n
         n += 1
     return None
@@ -40,18 +49,10 @@ def claim_next(kv: KV, prefix: str, value: str, limit: int | None = None) -> int
 
 def sequence_end(kv: KV, prefix: str) -> int:
     """One past the highest claimed number of a sequence."""
-    n = int(kv.get(f"{prefix}:hint") or 0)
-    while kv.contains(f"{prefix}:{n}"):
+    n = int(kv.get(sequence_hint_key(prefix)) or 0)
+    while kv.contains(sequence_key(prefix, n)):
         n += 1
     return n
-
-
-def slot_key(scope: str, index: int, generation: int) -> str:
-    return f"slot:{scope}:{index}:{generation}"
-
-
-def released_key(scope: str, index: int, generation: int) -> str:
-    return f"released:{scope}:{index}:{generation}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,13 +71,9 @@ class SlotHolder:
         return cls(job_id=str(data["job_id"]), claimed_at=float(data["claimed_at"]))
 
 
-def _hints_key(scope: str) -> str:
-    return f"slothints:{scope}"
-
-
 def _read_hints(kv: KV, scope: str) -> tuple[dict[int, int], set[int]]:
     """Per place: the last generation seen, and which places were last seen held."""
-    raw = kv.get(_hints_key(scope))
+    raw = kv.get(slot_hints_key(scope))
     if raw is None:
         return {}, set()
     data = json.loads(raw)
@@ -85,7 +82,7 @@ def _read_hints(kv: KV, scope: str) -> tuple[dict[int, int], set[int]]:
 
 def _write_hints(kv: KV, scope: str, generations: dict[int, int], held: set[int]) -> None:
     payload = {"gen": {str(k): v for k, v in generations.items()}, "held": sorted(held)}
-    kv.put(_hints_key(scope), json.dumps(payload, separators=(",", ":")))
+    kv.put(slot_hints_key(scope), json.dumps(payload, separators=(",", ":")))
 
 
 def claim_slot(kv: KV, scope: str, cap: int, holder: SlotHolder) -> SlotRef | None:
@@ -130,9 +127,9 @@ def slot_holder(kv: KV, ref: SlotRef) -> SlotHolder | None:
 
 def held_slots(kv: KV, scope_prefix: str = "") -> Iterator[tuple[SlotRef, SlotHolder]]:
     """Every unreleased tenure whose scope starts with `scope_prefix` (a maintenance scan)."""
-    for key in kv.keys(f"slot:{scope_prefix}"):
-        scope, index, generation = key.removeprefix("slot:").rsplit(":", 2)
-        ref = SlotRef(scope=scope, index=int(index), generation=int(generation))
+    for key in kv.keys(SLOT_PREFIX + scope_prefix):
+        scope, index, generation = parse_slot_key(key)
+        ref = SlotRef(scope=scope, index=index, generation=generation)
         holder = slot_holder(kv, ref)
         if holder is not None:
             yield ref, holder

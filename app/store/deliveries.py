@@ -8,8 +8,7 @@ from pydantic import Field
 
 from app.core.models import DeliveryAttempt, Record
 from app.store.backends.base import Backend
-
-DELIVERIES_DICT = "deliveries"
+from app.store.keys import DELIVERIES_DICT, delivery_key
 
 DeliveryState = Literal["pending", "delivered", "dead"]
 
@@ -30,5 +29,5 @@ class Delivery(Record):
 
 def load_delivery(backend: Backend, job_id: str) -> Delivery | None:
     """A job's delivery record, if a delivery was started."""
-    raw = backend.kv(DELIVERIES_DICT).get(job_id)
+    raw = backend.kv(DELIVERIES_DICT).get(delivery_key(job_id))
     return None if raw is None else Delivery.model_validate_json(raw)

@@ -49,12 +49,24 @@ from app.store.claims import (
     release_slot,
     sequence_end,
 )
-
-# Dict names. Slots and the active set live apart so the reaper's scans stay small.
-JOBS_DICT = "jobs"
-ADMISSION_DICT = "admission"
-SLOTS_DICT = "slots"
-ACTIVE_DICT = "active"
+from app.store.keys import (
+    ACTIVE_DICT,
+    ADMISSION_DICT,
+    JOBS_DICT,
+    SLOTS_DICT,
+    active_key,
+    claim_key,
+    epoch_key,
+    idem_key,
+    index_prefix,
+    job_key,
+    rate_prefix,
+    request_key,
+    sequence_key,
+    tenant_scope,
+    terminal_key,
+    user_scope,
+)
 
 RATE_WINDOW_S = 60
 #: A slot whose job record never appeared (admission crashed half-way) is freed after this.
@@ -170,17 +182,17 @@ class JobStore:
     def create(self, new: NewJob, job_id: str, limits: Limits) -> Admission:
         """Admit a job strictly under the caps, or replay the job its idempotency key made."""
         now = self.clock()
-        idem_key = f"idem:{new.tenant_id}:{new.idempotency_key}" if new.idempotency_key else None
-        if idem_key is not None:
+        idem = idem_key(new.tenant_id, new.idempotency_key) if new.idempotency_key else None
+        if idem is not None:
             claim = json.dumps({"job_id": job_id, "body_hash": new.body_hash, "at": now})
-            if not self.admission.put_if_absent(idem_key, claim):
-                return self._replay(idem_key, new)
+            if not self.admission.put_if_absent(idem, claim):
+                return self._replay(idem, new)
         try:
             self._check_rate(new.tenant_id, limits, now)
             slots = self._claim_slots(new, job_id, limits, now)
         except AdmissionRejected:
-            if idem_key is not None:
-                self.admission.pop(idem_key)  # ours alone: let the client retry the key
+            if idem is not None:
+                self.admission.pop(idem)  # ours alone: let the client retry the key
             raise
         job = Job(
             id=job_id,
@@ -195,14 +207,14 @@ class JobStore:
             stage=Stage.FETCH,
             stage_times={Stage.FETCH: StageTimes(queued_at=now)},
         )
-        self.jobs.put(f"request:{job_id}", json.dumps(new.workflow))
-        self.jobs.put(f"job:{job_id}", _dump(job))
-        self.active.put(job_id, json.dumps({"at": now}))
-        claim_next(self.admission, _index_prefix(new.tenant_id, new.user_id), job_id)
+        self.jobs.put(request_key(job_id), json.dumps(new.workflow))
+        self.jobs.put(job_key(job_id), _dump(job))
+        self.active.put(active_key(job_id), json.dumps({"at": now}))
+        claim_next(self.admission, index_prefix(new.tenant_id, new.user_id), job_id)
         return Admission(job=job, replayed=False)
 
-    def _replay(self, idem_key: str, new: NewJob) -> Admission:
-        raw = self.admission.get(idem_key)
+    def _replay(self, idem: str, new: NewJob) -> Admission:
+        raw = self.admission.get(idem)
         if raw is None:  # released by a rejected first attempt just now
             raise IdempotencyConflict("request with this idempotency key is in flight", None)
         first = json.loads(raw)
@@ -222,7 +234,7 @@ class JobStore:
             return
         window = int(now // RATE_WINDOW_S)
         taken = claim_next(
-            self.admission, f"rate:{tenant_id}:{window}", "1", limit=limits.rate_per_minute
+            self.admission, rate_prefix(tenant_id, window), "1", limit=limits.rate_per_minute
         )
         if taken is None:
             retry = max(1, math.ceil((window + 1) * RATE_WINDOW_S - now))
@@ -264,7 +276,7 @@ class JobStore:
 
     def find(self, job_id: str) -> Job | None:
         """The job with its terminal decision merged in, or None."""
-        raw = self.jobs.get(f"job:{job_id}")
+        raw = self.jobs.get(job_key(job_id))
         if raw is None:
             return None
         job = Job.model_validate_json(raw)
@@ -292,12 +304,12 @@ class JobStore:
 
     def terminal(self, job_id: str) -> Terminal | None:
         """The terminal decision, if one was made."""
-        raw = self.jobs.get(f"terminal:{job_id}")
+        raw = self.jobs.get(terminal_key(job_id))
         return None if raw is None else Terminal.model_validate_json(raw)
 
     def workflow(self, job_id: str) -> dict[str, object]:
         """The job's workflow graph as submitted."""
-        raw = self.jobs.get(f"request:{job_id}")
+        raw = self.jobs.get(request_key(job_id))
         if raw is None:
             raise JobNotFound(job_id)
         value: dict[str, object] = json.loads(raw)
@@ -313,14 +325,14 @@ class JobStore:
         max_scan: int = 500,
     ) -> Page:
         """A user's jobs newest first; reads only the index entries it returns (or skips)."""
-        prefix = _index_prefix(tenant_id, user_id)
+        prefix = index_prefix(tenant_id, user_id)
         position = int(cursor) if cursor else sequence_end(self.admission, prefix)
         jobs: list[Job] = []
         scanned = 0
         while position > 0 and len(jobs) < limit and scanned < max_scan:
             position -= 1
             scanned += 1
-            job_id = self.admission.get(f"{prefix}:{position}")
+            job_id = self.admission.get(sequence_key(prefix, position))
             job = self.find(job_id) if job_id else None
             if job is not None and (status is None or job.status is status):
                 jobs.append(job)
@@ -341,7 +353,7 @@ class JobStore:
         decision = Terminal(
             status=status, decided_at=self.clock(), error=error, outputs=outputs or []
         )
-        if not self.jobs.put_if_absent(f"terminal:{job_id}", _dump(decision)):
+        if not self.jobs.put_if_absent(terminal_key(job_id), _dump(decision)):
             return False
         self._release(job_id)
         return True
@@ -360,9 +372,9 @@ class JobStore:
             timeout_s=0,
             stage=Stage.INTAKE,
         )
-        if not self.jobs.put_if_absent(f"job:{job_id}", _dump(record)):
+        if not self.jobs.put_if_absent(job_key(job_id), _dump(record)):
             return False
-        claim_next(self.admission, _index_prefix(tenant_id, user_id), job_id)
+        claim_next(self.admission, index_prefix(tenant_id, user_id), job_id)
         return self.finish(job_id, JobStatus.FAILED, error=error)
 
     def cancel(self, job_id: str) -> Job:
@@ -373,31 +385,29 @@ class JobStore:
         return self.get(job_id)
 
     def _release(self, job_id: str) -> int:
-        raw = self.jobs.get(f"job:{job_id}")
+        raw = self.jobs.get(job_key(job_id))
         freed = 0
         if raw is not None:
             for ref in Job.model_validate_json(raw).slots:
                 freed += release_slot(self.slots, ref)
-        self.active.pop(job_id)
+        self.active.pop(active_key(job_id))
         return freed
 
     # ---- stage hand-offs -------------------------------------------------------------
 
     def save(self, job: Job) -> None:
         """Write the record; only the job's current holder may call this."""
-        self.jobs.put(f"job:{job.id}", _dump(job))
+        self.jobs.put(job_key(job.id), _dump(job))
 
     def claim_stage(self, job_id: str, stage: Stage, epoch: int, attempt: int = 0) -> bool:
         """Take one stage message; False for a duplicate or a message of an older epoch."""
         if not self.is_current(job_id, epoch, _lane(stage)):
             return False
-        return self.jobs.put_if_absent(
-            f"claim:{job_id}:{stage}:{epoch}:{attempt}", str(self.clock())
-        )
+        return self.jobs.put_if_absent(claim_key(job_id, stage, epoch, attempt), str(self.clock()))
 
     def is_current(self, job_id: str, epoch: int, lane: str = "work") -> bool:
         """Whether a holder of `epoch` still holds the job (no newer epoch was handed out)."""
-        return not self.jobs.contains(f"epoch:{job_id}:{lane}:{epoch + 1}")
+        return not self.jobs.contains(epoch_key(job_id, lane, epoch + 1))
 
     def take_back(self, job_id: str, epoch: int, lane: str = "work") -> int | None:
         """Hand a job whose holder (of `epoch`) went silent to a new epoch.
@@ -405,7 +415,7 @@ class JobStore:
         None if another reaper already did. Work stages and webhook delivery have
         separate lanes, so re-sending a lost webhook never fences a work stage.
         """
-        if not self.jobs.put_if_absent(f"epoch:{job_id}:{lane}:{epoch + 1}", str(self.clock())):
+        if not self.jobs.put_if_absent(epoch_key(job_id, lane, epoch + 1), str(self.clock())):
             return None
         return epoch + 1
 
@@ -425,31 +435,17 @@ class JobStore:
         report = ReconcileReport()
         now = self.clock()
         for job_id in list(self.active.keys()):
-            if self.jobs.contains(f"terminal:{job_id}"):
+            if self.jobs.contains(terminal_key(job_id)):
                 report.slots_released += self._release(job_id)
                 report.active_removed += 1
         for ref, holder in list(held_slots(self.slots)):
-            if self.jobs.contains(f"terminal:{holder.job_id}") or (
+            if self.jobs.contains(terminal_key(holder.job_id)) or (
                 now - holder.claimed_at > ABANDONED_SLOT_GRACE_S
-                and not self.jobs.contains(f"job:{holder.job_id}")
+                and not self.jobs.contains(job_key(holder.job_id))
             ):
                 report.slots_released += release_slot(self.slots, ref)
         return report
 
 
-def user_scope(tenant_id: str, user_id: str) -> str:
-    """The slot scope of one user's concurrency cap."""
-    return f"user:{tenant_id}:{user_id}"
-
-
-def tenant_scope(tenant_id: str) -> str:
-    """The slot scope of one tenant's concurrency cap."""
-    return f"tenant:{tenant_id}"
-
-
 def _lane(stage: Stage) -> str:
     return "notify" if stage is Stage.NOTIFY else "work"
-
-
-def _index_prefix(tenant_id: str, user_id: str) -> str:
-    return f"index:{tenant_id}:{user_id}"

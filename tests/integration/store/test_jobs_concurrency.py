@@ -16,9 +16,8 @@ from app.store.jobs import (
     AlreadyTerminal,
     JobStore,
     Limits,
-    tenant_scope,
-    user_scope,
 )
+from app.store.keys import tenant_scope, user_scope
 from tests.state_helpers import new_job
 
 CTX = mp.get_context("fork")
