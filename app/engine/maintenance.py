@@ -23,20 +23,13 @@ from app.store.deliveries import load_delivery
 from app.store.jobs import RATE_WINDOW_S, REQUEUE_AFTER_S
 from app.store.keys import (
     ADMISSION_DICT,
-    CLAIM_PREFIX,
     DELAYED_DICT,
-    EPOCH_PREFIX,
     IDEM_PREFIX,
     PENDING_DICT,
     RATE_PREFIX,
-    TERMINAL_PREFIX,
-    job_key,
     parse_parked_key,
     parse_rate_window,
-    parse_terminal_key,
     pending_key,
-    request_key,
-    terminal_key,
 )
 
 #: Work stages a job can be waiting for; notify runs after the terminal decision.
@@ -195,18 +188,11 @@ def cleanup(deps: Deps) -> dict[str, int]:
     report = {"outputs_deleted": 0, "jobs_deleted": 0, "keys_deleted": 0, "scratch_removed": 0}
     old_outputs = deps.objects.list_older_than("outputs/", now - settings.output_retention_s)
     report["outputs_deleted"] = deps.objects.delete_keys(old_outputs)
-    jobs_kv = deps.jobs.jobs
-    for key in list(jobs_kv.keys(TERMINAL_PREFIX)):
-        job_id = parse_terminal_key(key)
+    for job_id in list(deps.jobs.ended_ids()):
         terminal = deps.jobs.terminal(job_id)
         if terminal is None or now - terminal.decided_at < settings.job_retention_s:
             continue
-        for prefix in (CLAIM_PREFIX, EPOCH_PREFIX):
-            for stale in list(jobs_kv.keys(f"{prefix}{job_id}:")):
-                jobs_kv.pop(stale)
-        for record in (request_key(job_id), job_key(job_id), "delivery:" + job_id):
-            jobs_kv.pop(record)
-        jobs_kv.pop(terminal_key(job_id))
+        deps.jobs.purge(job_id)
         report["jobs_deleted"] += 1
     admission = deps.backend.kv(ADMISSION_DICT)
     for key in list(admission.keys(IDEM_PREFIX)):

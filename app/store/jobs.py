@@ -52,14 +52,24 @@ from app.store.claims import (
 from app.store.keys import (
     ACTIVE_DICT,
     ADMISSION_DICT,
+    DELAYED_DICT,
+    DELIVERIES_DICT,
     JOBS_DICT,
+    PENDING_DICT,
     SLOTS_DICT,
+    TERMINAL_PREFIX,
     active_key,
     claim_key,
+    delivery_key,
     epoch_key,
     idem_key,
     index_prefix,
     job_key,
+    job_owned_prefixes,
+    parse_job_owned_key,
+    parse_parked_key,
+    parse_terminal_key,
+    pending_key,
     rate_prefix,
     request_key,
     sequence_key,
@@ -175,6 +185,9 @@ class JobStore:
         self.admission: KV = backend.kv(ADMISSION_DICT)
         self.slots: KV = backend.kv(SLOTS_DICT)
         self.active: KV = backend.kv(ACTIVE_DICT)
+        self.delayed: KV = backend.kv(DELAYED_DICT)
+        self.deliveries: KV = backend.kv(DELIVERIES_DICT)
+        self.pending: KV = backend.kv(PENDING_DICT)
         self.clock = clock
 
     # ---- admission -------------------------------------------------------------------
@@ -418,6 +431,38 @@ class JobStore:
         if not self.jobs.put_if_absent(epoch_key(job_id, lane, epoch + 1), str(self.clock())):
             return None
         return epoch + 1
+
+    # ---- retention -------------------------------------------------------------------
+
+    def ended_ids(self) -> Iterator[str]:
+        """Ids of jobs with a terminal decision (cleanup's working set)."""
+        return (parse_terminal_key(key) for key in self.jobs.keys(TERMINAL_PREFIX))
+
+    def purge(self, job_id: str) -> int:
+        """Remove every key the job owns, in every dict; returns how many were removed.
+
+        Only for an ended job past its retention (the caller checks). The terminal
+        decision goes last: it is how cleanup finds the job, so a purge cut short is
+        finished by the next one.
+        """
+        removed = 0
+        for prefix in job_owned_prefixes(job_id):
+            for key in list(self.jobs.keys(prefix)):
+                if parse_job_owned_key(key) == job_id:  # not a job whose id extends ours
+                    removed += self.jobs.pop(key) is not None
+        for key in list(self.delayed.keys()):
+            if parse_parked_key(key).job_id == job_id:
+                removed += self.delayed.pop(key) is not None
+        for kv, key in (
+            (self.deliveries, delivery_key(job_id)),
+            (self.pending, pending_key(job_id)),
+            (self.active, active_key(job_id)),
+            (self.jobs, request_key(job_id)),
+            (self.jobs, job_key(job_id)),
+            (self.jobs, terminal_key(job_id)),
+        ):
+            removed += kv.pop(key) is not None
+        return removed
 
     # ---- reconciliation ----------------------------------------------------------------
 
