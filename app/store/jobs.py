@@ -63,11 +63,13 @@ from app.store.keys import (
     delivery_key,
     epoch_key,
     idem_key,
+    idem_prefix,
     index_prefix,
     job_key,
     job_owned_prefixes,
     parse_job_owned_key,
     parse_parked_key,
+    parse_sequence_key,
     parse_terminal_key,
     pending_key,
     rate_prefix,
@@ -446,6 +448,9 @@ class JobStore:
         finished by the next one.
         """
         removed = 0
+        raw = self.jobs.get(job_key(job_id))
+        if raw is not None:
+            removed += self._purge_admission(Job.model_validate_json(raw))
         for prefix in job_owned_prefixes(job_id):
             for key in list(self.jobs.keys(prefix)):
                 if parse_job_owned_key(key) == job_id:  # not a job whose id extends ours
@@ -462,6 +467,20 @@ class JobStore:
             (self.jobs, terminal_key(job_id)),
         ):
             removed += kv.pop(key) is not None
+        return removed
+
+    def _purge_admission(self, job: Job) -> int:
+        """The job's entry in its user's index and the idempotency record naming it."""
+        removed = 0
+        prefix = index_prefix(job.tenant_id, job.user_id)
+        for key in list(self.admission.keys(f"{prefix}:")):
+            entry = parse_sequence_key(key)
+            if entry is not None and entry[0] == prefix and self.admission.get(key) == job.id:
+                removed += self.admission.pop(key) is not None
+        for key in list(self.admission.keys(idem_prefix(job.tenant_id))):
+            raw = self.admission.get(key)
+            if raw is not None and json.loads(raw).get("job_id") == job.id:
+                removed += self.admission.pop(key) is not None
         return removed
 
     # ---- reconciliation ----------------------------------------------------------------

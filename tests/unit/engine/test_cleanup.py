@@ -77,7 +77,13 @@ class _Receiver:
 
 @pytest.fixture(params=sorted(BACKENDS))
 def deps(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Deps]:
-    settings = Settings(data_dir=tmp_path / "data", stage_lease_s=100, stage_max_attempts=3)
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        stage_lease_s=100,
+        stage_max_attempts=3,
+        # Longer than the job retention, so only the purge of the job can remove its record.
+        idempotency_ttl_s=30 * 86_400,
+    )
     backend = BACKENDS[request.param](tmp_path)
     made = Deps(settings=settings, backend=backend, clock=FakeClock())
     made.__dict__["http"] = _Receiver(200)  # the cached_property's slot
@@ -173,3 +179,18 @@ def test_cleanup_removes_the_webhook_delivery_record(deps: Deps) -> None:
     past_retention(deps)
     assert cleanup(deps)["jobs_deleted"] == 1
     assert not deliveries.contains(keys.delivery_key("j1"))
+
+
+def test_cleanup_removes_the_user_index_entry_and_the_idempotency_record(deps: Deps) -> None:
+    owner = tenant(deps)
+    admit(deps, owner, "j1", webhook=False)
+    finish(deps, "j1", JobStatus.COMPLETED)
+    admission = deps.backend.kv(keys.ADMISSION_DICT)
+    index = keys.index_prefix(owner.id, "u1")
+    assert admission.get(keys.sequence_key(index, 0)) == "j1"
+    assert admission.contains(keys.idem_key(owner.id, "idem-j1"))
+    past_retention(deps)
+    cleanup(deps)
+    assert not admission.contains(keys.sequence_key(index, 0))
+    assert not admission.contains(keys.idem_key(owner.id, "idem-j1"))
+    assert deps.jobs.list_for_user(owner.id, "u1").jobs == []
