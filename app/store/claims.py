@@ -13,6 +13,14 @@ keys that can each be created exactly once:
   late after someone else holds the place, can never free the newer holder. That is what
   lets the reaper and a slow worker both release without coordination.
 
+Cleanup deletes a tenure's two keys long after its release (`purge_slot`). A deleted
+generation would look free to a claimer whose hint is older than the deletion, so the
+purge first raises the place's *floor* (`slotfloor:{scope}:{i}`) past it, and a claimer
+that wins a generation below the floor gives it back and moves on to the floor. The win
+comes after the deletion, the deletion after the floor was raised, so the claimer's
+read of the floor sees it: strict admission holds. Floors only rise while one cleanup
+runs at a time (the local runner's loop; one Modal cron), which is all that runs them.
+
 Hints (`...:hint`) are plain writes that only speed up the search; a stale hint costs a
 few extra probes and never a wrong answer, because every key below a hint was claimed.
 """
@@ -31,6 +39,7 @@ from app.store.keys import (
     released_key,
     sequence_hint_key,
     sequence_key,
+    slot_floor_key,
     slot_hints_key,
     slot_key,
 )
@@ -98,6 +107,11 @@ def claim_slot(kv: KV, scope: str, cap: int, holder: SlotHolder) -> SlotRef | No
         generation = generations.get(index, 0)
         while True:
             if kv.put_if_absent(slot_key(scope, index, generation), holder.dumps()):
+                floor = _floor(kv, scope, index)
+                if generation < floor:  # a purged tenure: not a free place
+                    kv.pop(slot_key(scope, index, generation))
+                    generation = floor
+                    continue
                 generations[index] = generation
                 _write_hints(kv, scope, generations, held | {index})
                 return SlotRef(scope=scope, index=index, generation=generation)
@@ -115,6 +129,27 @@ def release_slot(kv: KV, ref: SlotRef) -> bool:
     generations[ref.index] = max(generations.get(ref.index, 0), ref.generation + 1)
     _write_hints(kv, ref.scope, generations, held - {ref.index})
     return True
+
+
+def _floor(kv: KV, scope: str, index: int) -> int:
+    return int(kv.get(slot_floor_key(scope, index)) or 0)
+
+
+def purge_slot(kv: KV, ref: SlotRef) -> int:
+    """Delete a released tenure's keys (cleanup); returns how many keys went.
+
+    Never touches a tenure still held. Raises the place's floor first (see the module
+    docstring), so no claimer can take the deleted generation again.
+    """
+    if not kv.contains(released_key(ref.scope, ref.index, ref.generation)):
+        return 0
+    if _floor(kv, ref.scope, ref.index) <= ref.generation:
+        kv.put(slot_floor_key(ref.scope, ref.index), str(ref.generation + 1))
+    removed = 0
+    # The key first, the marker last: between the two the tenure reads as released.
+    for key in (slot_key, released_key):
+        removed += kv.pop(key(ref.scope, ref.index, ref.generation)) is not None
+    return removed
 
 
 def slot_holder(kv: KV, ref: SlotRef) -> SlotHolder | None:

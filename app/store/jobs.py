@@ -46,6 +46,7 @@ from app.store.claims import (
     claim_next,
     claim_slot,
     held_slots,
+    purge_slot,
     release_slot,
     sequence_end,
 )
@@ -450,7 +451,10 @@ class JobStore:
         removed = 0
         raw = self.jobs.get(job_key(job_id))
         if raw is not None:
-            removed += self._purge_admission(Job.model_validate_json(raw))
+            job = Job.model_validate_json(raw)
+            removed += self._purge_admission(job)
+            for ref in job.slots:
+                removed += purge_slot(self.slots, ref)
         for prefix in job_owned_prefixes(job_id):
             for key in list(self.jobs.keys(prefix)):
                 if parse_job_owned_key(key) == job_id:  # not a job whose id extends ours

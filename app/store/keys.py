@@ -22,7 +22,7 @@ dict                      key                                        owner
 ``slots``                 ``slot:{scope}:{i}:{g}``                   the job holding it
                           ``released:{scope}:{i}:{g}``               that same job
                           ``slothints:{scope}``                      the scope
-                          ``slotfloor:{scope}``                      the scope
+                          ``slotfloor:{scope}:{i}``                  the scope
 ``delayed``               ``{not_before}:{id}:{stage}:{epoch}:{n}``  the job
 ``deliveries``            ``{id}``                                   the job
 ``deliveries_pending``    ``{id}``                                   the job
@@ -222,8 +222,8 @@ def slot_hints_key(scope: str) -> str:
     return f"{SLOT_HINTS_PREFIX}{scope}"
 
 
-def slot_floor_key(scope: str) -> str:
-    return f"{SLOT_FLOOR_PREFIX}{scope}"
+def slot_floor_key(scope: str, index: int) -> str:
+    return f"{SLOT_FLOOR_PREFIX}{scope}:{index}"
 
 
 # ---- delayed dict (parked messages) --------------------------------------------------

@@ -103,7 +103,7 @@ def all_keys(deps: Deps) -> set[tuple[str, str]]:
 
 def shared(name: str, key: str) -> bool:
     """Keys owned by a user, a scope or a tenant, not by any one job."""
-    if name == keys.ADMISSION_DICT:
+    if name == keys.ADMISSION_DICT and key.startswith((keys.INDEX_PREFIX, keys.RATE_PREFIX)):
         return keys.parse_sequence_key(key) is None  # a sequence's search hint
     if name == keys.SLOTS_DICT:
         return key.startswith((keys.SLOT_HINTS_PREFIX, keys.SLOT_FLOOR_PREFIX))
@@ -132,11 +132,12 @@ def tenant(deps: Deps) -> Tenant:
     return deps.tenants.create("acme").tenant
 
 
-def admit(deps: Deps, owner: Tenant, job_id: str, webhook: bool, user: str = "u1") -> None:
+def admit(deps: Deps, owner: Tenant, job_id: str, webhook: bool, queue: bool = True) -> None:
     hook = {"webhook_url": HOOK} if webhook else {}
-    new = new_job(tenant=owner.id, user=user, idempotency_key=f"idem-{job_id}", **hook)
+    new = new_job(tenant=owner.id, user="u1", idempotency_key=f"idem-{job_id}", **hook)
     deps.jobs.create(new, job_id, Limits(max_active_per_tenant=10))
-    enqueue(deps, job_id, Stage.FETCH)
+    if queue:
+        enqueue(deps, job_id, Stage.FETCH)
 
 
 def _transient_then_permanent() -> Callable[[Job, Deps], Job]:
@@ -194,3 +195,43 @@ def test_cleanup_removes_the_user_index_entry_and_the_idempotency_record(deps: D
     assert not admission.contains(keys.sequence_key(index, 0))
     assert not admission.contains(keys.idem_key(owner.id, "idem-j1"))
     assert deps.jobs.list_for_user(owner.id, "u1").jobs == []
+
+
+CASES = [
+    (status, webhook)
+    for status in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
+    for webhook in (False, True)
+]
+
+
+@pytest.mark.parametrize(("status", "webhook"), CASES, ids=lambda v: str(v).lower())
+def test_cleanup_past_retention_leaves_none_of_an_ended_jobs_keys(
+    deps: Deps, status: JobStatus, webhook: bool
+) -> None:
+    owner = tenant(deps)
+    # The same user and tenant, admitted and never run.
+    admit(deps, owner, "live", webhook=True, queue=False)
+    live = {(n, k) for n, k in all_keys(deps) if n != keys.TENANTS_DICT and not shared(n, k)}
+    before = all_keys(deps)
+    if status is JobStatus.FAILED and webhook:
+        deps.__dict__["http"] = _Receiver(503)  # its delivery stays pending, a retry parked
+    admit(deps, owner, "j1", webhook=webhook)
+    finish(deps, "j1", status)
+    wrote = {(n, k) for n, k in all_keys(deps) - before if not shared(n, k)}
+    written_to = {name for name, _ in wrote}
+    assert {keys.JOBS_DICT, keys.ADMISSION_DICT, keys.SLOTS_DICT} <= written_to
+    assert (keys.DELIVERIES_DICT in written_to) is webhook
+    assert keys.TENANTS_DICT not in written_to
+
+    clock_of(deps).advance(deps.settings.job_retention_s - 3600)
+    assert cleanup(deps)["jobs_deleted"] == 0  # not yet past retention
+    assert wrote <= all_keys(deps)
+
+    clock_of(deps).advance(3600 + 1)
+    report = cleanup(deps)
+    assert report["jobs_deleted"] == 1
+    left = all_keys(deps)
+    assert not wrote & left, sorted(wrote & left)
+    assert live <= left, sorted(live - left)
+    assert deps.jobs.find("j1") is None
+    assert deps.jobs.find("live") is not None
