@@ -16,7 +16,9 @@ Who writes what (the single-writer rule; no record has two writers at once):
 * ``epoch:{id}:{lane}:{n}`` taken by fail_stale when it hands a job to a stage again; a zombie
                     worker of an older epoch sees it and stops (a fencing token).
 
-Clients never rewrite a record: cancel is a terminal decision, nothing more.
+Clients never rewrite a record: cancel is a terminal decision, nothing more. Key formats
+live in `app.store.keys`; `purge` removes every key a job owns once cleanup decides its
+retention is over.
 """
 
 from __future__ import annotations
