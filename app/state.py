@@ -15,9 +15,8 @@ from app.store.jobs import (
     Page,
     ReconcileReport,
     body_fingerprint,
-    tenant_scope,
-    user_scope,
 )
+from app.store.keys import tenant_scope, user_scope
 
 __all__ = [
     "Admission",

@@ -17,6 +17,7 @@ from app.core.models import Job, Stage
 from app.store.backends import KV, Backend, Queue, open_backend
 from app.store.deliveries import DeliveryStore
 from app.store.jobs import JobStore
+from app.store.keys import queue_name
 from app.store.tenants import TenantRegistry
 
 if TYPE_CHECKING:
@@ -122,7 +123,7 @@ class Deps:
     def queue(self, stage: Stage) -> Queue:
         """The queue feeding `stage`."""
         if stage not in self._queues:
-            self._queues[stage] = self.backend.queue(stage.value)
+            self._queues[stage] = self.backend.queue(queue_name(stage))
         return self._queues[stage]
 
     def kv(self, name: str) -> KV:

@@ -19,9 +19,19 @@ from dataclasses import asdict, dataclass
 from app.core.logs import get_logger
 from app.core.models import Job, JobError, JobStatus, Stage, StageTimes
 from app.engine.deps import Deps
-from app.engine.pipeline import DELAYED_DICT, enqueue, fail_job, release_due
-from app.store.deliveries import PENDING_DICT, load_delivery
-from app.store.jobs import ADMISSION_DICT, RATE_WINDOW_S, REQUEUE_AFTER_S
+from app.engine.pipeline import enqueue, fail_job, release_due
+from app.store.deliveries import load_delivery
+from app.store.jobs import RATE_WINDOW_S, REQUEUE_AFTER_S
+from app.store.keys import (
+    ADMISSION_DICT,
+    DELAYED_DICT,
+    IDEM_PREFIX,
+    PENDING_DICT,
+    RATE_PREFIX,
+    parse_parked_key,
+    parse_rate_window,
+    pending_key,
+)
 
 #: Work stages a job can be waiting for; notify runs after the terminal decision.
 WORK_STAGES = (Stage.FETCH, Stage.RENDER, Stage.UPLOAD)
@@ -167,9 +177,11 @@ def _resend_lost_deliveries(deps: Deps, now: float, parked: set[str]) -> int:
     for job_id in list(pending.keys()):
         delivery = load_delivery(deps.backend, job_id)
         if delivery is not None and delivery.state != "pending":
-            pending.pop(job_id)
+            pending.pop(pending_key(job_id))
             continue
-        due = delivery.next_attempt_at if delivery else float(pending.get(job_id) or now)
+        due = (
+            delivery.next_attempt_at if delivery else float(pending.get(pending_key(job_id)) or now)
+        )
         if due is None or now - due < REQUEUE_AFTER_S or job_id in parked:
             continue
         epoch = deps.jobs.take_back(job_id, delivery.epoch if delivery else 0, lane="notify")
@@ -194,7 +206,7 @@ def _hand_back(deps: Deps, job: Job, epoch: int) -> None:
 
 def parked_job_ids(deps: Deps) -> set[str]:
     """Jobs with a message parked for later (a retry or a webhook back-off)."""
-    return {key.split(":")[1] for key in deps.backend.kv(DELAYED_DICT).keys()}
+    return {parse_parked_key(key).job_id for key in deps.backend.kv(DELAYED_DICT).keys()}
 
 
 def recover_after_restart(deps: Deps) -> int:
@@ -219,27 +231,21 @@ def cleanup(deps: Deps) -> dict[str, int]:
     report = {"outputs_deleted": 0, "jobs_deleted": 0, "keys_deleted": 0, "scratch_removed": 0}
     old_outputs = deps.objects.list_older_than("outputs/", now - settings.output_retention_s)
     report["outputs_deleted"] = deps.objects.delete_keys(old_outputs)
-    jobs_kv = deps.jobs.jobs
-    for key in list(jobs_kv.keys("terminal:")):
-        job_id = key.removeprefix("terminal:")
+    for job_id in list(deps.jobs.ended_ids()):
         terminal = deps.jobs.terminal(job_id)
         if terminal is None or now - terminal.decided_at < settings.job_retention_s:
             continue
-        for prefix in ("claim:", "epoch:"):
-            for stale in list(jobs_kv.keys(f"{prefix}{job_id}:")):
-                jobs_kv.pop(stale)
-        for record in ("request", "job", "delivery", "terminal"):
-            jobs_kv.pop(f"{record}:{job_id}")
+        deps.jobs.purge(job_id)
         report["jobs_deleted"] += 1
     admission = deps.backend.kv(ADMISSION_DICT)
-    for key in list(admission.keys("idem:")):
+    for key in list(admission.keys(IDEM_PREFIX)):
         raw = admission.get(key)
         if raw is not None and now - float(json.loads(raw)["at"]) > settings.idempotency_ttl_s:
             admission.pop(key)
             report["keys_deleted"] += 1
     current_window = int(now // RATE_WINDOW_S)
-    for key in list(admission.keys("rate:")):
-        if int(key.split(":")[2]) < current_window - 1:
+    for key in list(admission.keys(RATE_PREFIX)):
+        if parse_rate_window(key) < current_window - 1:
             admission.pop(key)
             report["keys_deleted"] += 1
     report["scratch_removed"] = _remove_orphan_scratch(deps)

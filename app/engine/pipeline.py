@@ -29,6 +29,7 @@ from app.core.models import Job, JobError, JobStatus, Stage, StageMessage, Stage
 from app.core.schemas import IntakeMessage, JobRequest
 from app.engine.deps import Deps
 from app.engine.scratch import job_folder
+from app.store.keys import DELAYED_DICT, parked_key, parse_parked_key
 from app.store.tenants import Tenant
 
 
@@ -56,7 +57,6 @@ StageFn = Callable[[Job, Deps], Job | Later]
 #: Intake: a request in, the admitted job out (it raises if the request is refused).
 IntakeFn = Callable[[Submission, Deps], Job]
 
-DELAYED_DICT = "delayed"
 NEXT_STAGE: Mapping[Stage, Stage | None] = {
     Stage.FETCH: Stage.RENDER,
     Stage.RENDER: Stage.UPLOAD,
@@ -81,7 +81,7 @@ def enqueue(
     )
     if not_before > deps.clock():
         # Queues have no delay: park it; the sweep moves it to the queue when due.
-        key = f"{not_before:017.3f}:{job_id}:{stage.value}:{epoch}:{attempt}"
+        key = parked_key(not_before, job_id, stage, epoch, attempt)
         deps.backend.kv(DELAYED_DICT).put(key, message.model_dump_json())
         return
     deps.queue(stage).put(message.model_dump_json())
@@ -94,7 +94,7 @@ def release_due(deps: Deps) -> int:
     now = deps.clock()
     moved = 0
     for key in sorted(parked.keys()):
-        if float(key.split(":", 1)[0]) > now:
+        if parse_parked_key(key).not_before > now:
             break
         raw = parked.pop(key)  # pop is atomic: two sweeps never move the same message
         if raw is None:

@@ -13,6 +13,14 @@ keys that can each be created exactly once:
   late after someone else holds the place, can never free the newer holder. That is what
   lets the reaper and a slow worker both release without coordination.
 
+Cleanup deletes a tenure's two keys long after its release (`purge_slot`). A deleted
+generation would look free to a claimer whose hint is older than the deletion, so the
+purge first raises the place's *floor* (`slotfloor:{scope}:{i}`) past it, and a claimer
+that wins a generation below the floor gives it back and moves on to the floor. The win
+comes after the deletion, the deletion after the floor was raised, so the claimer's
+read of the floor sees it: strict admission holds. Floors only rise while one cleanup
+runs at a time (the local runner's loop; one Modal cron), which is all that runs them.
+
 Hints (`...:hint`) are plain writes that only speed up the search; a stale hint costs a
 few extra probes and never a wrong answer, because every key below a hint was claimed.
 """
@@ -25,14 +33,24 @@ from dataclasses import dataclass
 
 from app.core.models import SlotRef
 from app.store.backends.base import KV
+from app.store.keys import (
+    SLOT_PREFIX,
+    parse_slot_key,
+    released_key,
+    sequence_hint_key,
+    sequence_key,
+    slot_floor_key,
+    slot_hints_key,
+    slot_key,
+)
 
 
 def claim_next(kv: KV, prefix: str, value: str, limit: int | None = None) -> int | None:
     """Claim the lowest free `prefix:{n}` (n < limit); None when all are taken."""
-    n = int(kv.get(f"{prefix}:hint") or 0)
+    n = int(kv.get(sequence_hint_key(prefix)) or 0)
     while limit is None or n < limit:
-        if kv.put_if_absent(f"{prefix}:{n}", value):
-            kv.put(f"{prefix}:hint", str(n + 1))
+        if kv.put_if_absent(sequence_key(prefix, n), value):
+            kv.put(sequence_hint_key(prefix), str(n + 1))
             return n
         n += 1
     return None
@@ -40,18 +58,10 @@ def claim_next(kv: KV, prefix: str, value: str, limit: int | None = None) -> int
 
 def sequence_end(kv: KV, prefix: str) -> int:
     """One past the highest claimed number of a sequence."""
-    n = int(kv.get(f"{prefix}:hint") or 0)
-    while kv.contains(f"{prefix}:{n}"):
+    n = int(kv.get(sequence_hint_key(prefix)) or 0)
+    while kv.contains(sequence_key(prefix, n)):
         n += 1
     return n
-
-
-def slot_key(scope: str, index: int, generation: int) -> str:
-    return f"slot:{scope}:{index}:{generation}"
-
-
-def released_key(scope: str, index: int, generation: int) -> str:
-    return f"released:{scope}:{index}:{generation}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,13 +80,9 @@ class SlotHolder:
         return cls(job_id=str(data["job_id"]), claimed_at=float(data["claimed_at"]))
 
 
-def _hints_key(scope: str) -> str:
-    return f"slothints:{scope}"
-
-
 def _read_hints(kv: KV, scope: str) -> tuple[dict[int, int], set[int]]:
     """Per place: the last generation seen, and which places were last seen held."""
-    raw = kv.get(_hints_key(scope))
+    raw = kv.get(slot_hints_key(scope))
     if raw is None:
         return {}, set()
     data = json.loads(raw)
@@ -85,7 +91,7 @@ def _read_hints(kv: KV, scope: str) -> tuple[dict[int, int], set[int]]:
 
 def _write_hints(kv: KV, scope: str, generations: dict[int, int], held: set[int]) -> None:
     payload = {"gen": {str(k): v for k, v in generations.items()}, "held": sorted(held)}
-    kv.put(_hints_key(scope), json.dumps(payload, separators=(",", ":")))
+    kv.put(slot_hints_key(scope), json.dumps(payload, separators=(",", ":")))
 
 
 def claim_slot(kv: KV, scope: str, cap: int, holder: SlotHolder) -> SlotRef | None:
@@ -101,6 +107,11 @@ def claim_slot(kv: KV, scope: str, cap: int, holder: SlotHolder) -> SlotRef | No
         generation = generations.get(index, 0)
         while True:
             if kv.put_if_absent(slot_key(scope, index, generation), holder.dumps()):
+                floor = _floor(kv, scope, index)
+                if generation < floor:  # a purged tenure: not a free place
+                    kv.pop(slot_key(scope, index, generation))
+                    generation = floor
+                    continue
                 generations[index] = generation
                 _write_hints(kv, scope, generations, held | {index})
                 return SlotRef(scope=scope, index=index, generation=generation)
@@ -120,6 +131,27 @@ def release_slot(kv: KV, ref: SlotRef) -> bool:
     return True
 
 
+def _floor(kv: KV, scope: str, index: int) -> int:
+    return int(kv.get(slot_floor_key(scope, index)) or 0)
+
+
+def purge_slot(kv: KV, ref: SlotRef) -> int:
+    """Delete a released tenure's keys (cleanup); returns how many keys went.
+
+    Never touches a tenure still held. Raises the place's floor first (see the module
+    docstring), so no claimer can take the deleted generation again.
+    """
+    if not kv.contains(released_key(ref.scope, ref.index, ref.generation)):
+        return 0
+    if _floor(kv, ref.scope, ref.index) <= ref.generation:
+        kv.put(slot_floor_key(ref.scope, ref.index), str(ref.generation + 1))
+    removed = 0
+    # The key first, the marker last: between the two the tenure reads as released.
+    for key in (slot_key, released_key):
+        removed += kv.pop(key(ref.scope, ref.index, ref.generation)) is not None
+    return removed
+
+
 def slot_holder(kv: KV, ref: SlotRef) -> SlotHolder | None:
     """Who holds this tenure, if anyone still does."""
     if kv.contains(released_key(ref.scope, ref.index, ref.generation)):
@@ -130,9 +162,9 @@ def slot_holder(kv: KV, ref: SlotRef) -> SlotHolder | None:
 
 def held_slots(kv: KV, scope_prefix: str = "") -> Iterator[tuple[SlotRef, SlotHolder]]:
     """Every unreleased tenure whose scope starts with `scope_prefix` (a maintenance scan)."""
-    for key in kv.keys(f"slot:{scope_prefix}"):
-        scope, index, generation = key.removeprefix("slot:").rsplit(":", 2)
-        ref = SlotRef(scope=scope, index=int(index), generation=int(generation))
+    for key in kv.keys(SLOT_PREFIX + scope_prefix):
+        scope, index, generation = parse_slot_key(key)
+        ref = SlotRef(scope=scope, index=index, generation=generation)
         holder = slot_holder(kv, ref)
         if holder is not None:
             yield ref, holder

@@ -13,10 +13,7 @@ from pydantic import Field
 
 from app.core.models import DeliveryAttempt, Record
 from app.store.backends.base import KV, Backend
-
-DELIVERIES_DICT = "deliveries"
-#: Jobs whose webhook delivery is not finished: job id -> when it was marked.
-PENDING_DICT = "deliveries_pending"
+from app.store.keys import DELIVERIES_DICT, PENDING_DICT, delivery_key, pending_key
 
 DeliveryState = Literal["pending", "delivered", "dead"]
 
@@ -49,21 +46,21 @@ class DeliveryStore:
 
     def get(self, job_id: str) -> Delivery | None:
         """The job's delivery record, if a delivery was started."""
-        raw = self.records.get(job_id)
+        raw = self.records.get(delivery_key(job_id))
         return None if raw is None else Delivery.model_validate_json(raw)
 
     def open(self, fresh: Delivery) -> Delivery:
         """The job's record, storing `fresh` first if it has none (the first write wins)."""
-        self.records.put_if_absent(fresh.job_id, fresh.model_dump_json())
+        self.records.put_if_absent(delivery_key(fresh.job_id), fresh.model_dump_json())
         return self.get(fresh.job_id) or fresh
 
     def save(self, delivery: Delivery) -> None:
-        self.records.put(delivery.job_id, delivery.model_dump_json())
+        self.records.put(delivery_key(delivery.job_id), delivery.model_dump_json())
 
     def mark_pending(self, job_id: str, since: float) -> None:
         """Note that `job_id` has a delivery to make (found by the sweep if its message is lost)."""
-        self.pending.put(job_id, str(since))
+        self.pending.put(pending_key(job_id), str(since))
 
     def settle(self, job_id: str) -> None:
         """The delivery has ended (`delivered` or `dead`): nothing is pending any more."""
-        self.pending.pop(job_id)
+        self.pending.pop(pending_key(job_id))

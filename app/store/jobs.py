@@ -16,7 +16,9 @@ Who writes what (the single-writer rule; no record has two writers at once):
 * ``epoch:{id}:{lane}:{n}`` taken by fail_stale when it hands a job to a stage again; a zombie
                     worker of an older epoch sees it and stops (a fencing token).
 
-Clients never rewrite a record: cancel is a terminal decision, nothing more.
+Clients never rewrite a record: cancel is a terminal decision, nothing more. Key formats
+live in `app.store.keys`; `purge` removes every key a job owns once cleanup decides its
+retention is over.
 """
 
 from __future__ import annotations
@@ -52,15 +54,40 @@ from app.store.claims import (
     claim_next,
     claim_slot,
     held_slots,
+    purge_slot,
     release_slot,
     sequence_end,
 )
-
-# Dict names. Slots and the active set live apart so the reaper's scans stay small.
-JOBS_DICT = "jobs"
-ADMISSION_DICT = "admission"
-SLOTS_DICT = "slots"
-ACTIVE_DICT = "active"
+from app.store.keys import (
+    ACTIVE_DICT,
+    ADMISSION_DICT,
+    DELAYED_DICT,
+    DELIVERIES_DICT,
+    JOBS_DICT,
+    PENDING_DICT,
+    SLOTS_DICT,
+    TERMINAL_PREFIX,
+    active_key,
+    claim_key,
+    delivery_key,
+    epoch_key,
+    idem_key,
+    idem_prefix,
+    index_prefix,
+    job_key,
+    job_owned_prefixes,
+    parse_job_owned_key,
+    parse_parked_key,
+    parse_sequence_key,
+    parse_terminal_key,
+    pending_key,
+    rate_prefix,
+    request_key,
+    sequence_key,
+    tenant_scope,
+    terminal_key,
+    user_scope,
+)
 
 RATE_WINDOW_S = 60
 #: A slot whose job record never appeared (admission crashed half-way) is freed after this.
@@ -138,6 +165,9 @@ class JobStore:
         self.admission: KV = backend.kv(ADMISSION_DICT)
         self.slots: KV = backend.kv(SLOTS_DICT)
         self.active: KV = backend.kv(ACTIVE_DICT)
+        self.delayed: KV = backend.kv(DELAYED_DICT)
+        self.deliveries: KV = backend.kv(DELIVERIES_DICT)
+        self.pending: KV = backend.kv(PENDING_DICT)
         self.clock = clock
 
     # ---- admission -------------------------------------------------------------------
@@ -145,17 +175,17 @@ class JobStore:
     def create(self, new: NewJob, job_id: str, limits: Limits) -> Admission:
         """Admit a job strictly under the caps, or replay the job its idempotency key made."""
         now = self.clock()
-        idem_key = f"idem:{new.tenant_id}:{new.idempotency_key}" if new.idempotency_key else None
-        if idem_key is not None:
+        idem = idem_key(new.tenant_id, new.idempotency_key) if new.idempotency_key else None
+        if idem is not None:
             claim = json.dumps({"job_id": job_id, "body_hash": new.body_hash, "at": now})
-            if not self.admission.put_if_absent(idem_key, claim):
-                return self._replay(idem_key, new)
+            if not self.admission.put_if_absent(idem, claim):
+                return self._replay(idem, new)
         try:
             self._check_rate(new.tenant_id, limits, now)
             slots = self._claim_slots(new, job_id, limits, now)
         except AdmissionRejected:
-            if idem_key is not None:
-                self.admission.pop(idem_key)  # ours alone: let the client retry the key
+            if idem is not None:
+                self.admission.pop(idem)  # ours alone: let the client retry the key
             raise
         job = Job(
             id=job_id,
@@ -170,14 +200,14 @@ class JobStore:
             stage=Stage.FETCH,
             stage_times={Stage.FETCH: StageTimes(queued_at=now)},
         )
-        self.jobs.put(f"request:{job_id}", json.dumps(new.workflow))
-        self.jobs.put(f"job:{job_id}", _dump(job))
-        self.active.put(job_id, json.dumps({"at": now}))
-        claim_next(self.admission, _index_prefix(new.tenant_id, new.user_id), job_id)
+        self.jobs.put(request_key(job_id), json.dumps(new.workflow))
+        self.jobs.put(job_key(job_id), _dump(job))
+        self.active.put(active_key(job_id), json.dumps({"at": now}))
+        claim_next(self.admission, index_prefix(new.tenant_id, new.user_id), job_id)
         return Admission(job=job, replayed=False)
 
-    def _replay(self, idem_key: str, new: NewJob) -> Admission:
-        raw = self.admission.get(idem_key)
+    def _replay(self, idem: str, new: NewJob) -> Admission:
+        raw = self.admission.get(idem)
         if raw is None:  # released by a rejected first attempt just now
             raise IdempotencyConflict("request with this idempotency key is in flight", None)
         first = json.loads(raw)
@@ -197,7 +227,7 @@ class JobStore:
             return
         window = int(now // RATE_WINDOW_S)
         taken = claim_next(
-            self.admission, f"rate:{tenant_id}:{window}", "1", limit=limits.rate_per_minute
+            self.admission, rate_prefix(tenant_id, window), "1", limit=limits.rate_per_minute
         )
         if taken is None:
             retry = max(1, math.ceil((window + 1) * RATE_WINDOW_S - now))
@@ -239,7 +269,7 @@ class JobStore:
 
     def find(self, job_id: str) -> Job | None:
         """The job with its terminal decision merged in, or None."""
-        raw = self.jobs.get(f"job:{job_id}")
+        raw = self.jobs.get(job_key(job_id))
         if raw is None:
             return None
         job = Job.model_validate_json(raw)
@@ -267,12 +297,12 @@ class JobStore:
 
     def terminal(self, job_id: str) -> TerminalDecision | None:
         """The terminal decision, if one was made."""
-        raw = self.jobs.get(f"terminal:{job_id}")
+        raw = self.jobs.get(terminal_key(job_id))
         return None if raw is None else TerminalDecision.model_validate_json(raw)
 
     def workflow(self, job_id: str) -> dict[str, object]:
         """The job's workflow graph as submitted."""
-        raw = self.jobs.get(f"request:{job_id}")
+        raw = self.jobs.get(request_key(job_id))
         if raw is None:
             raise JobNotFound(job_id)
         value: dict[str, object] = json.loads(raw)
@@ -288,14 +318,14 @@ class JobStore:
         max_scan: int = 500,
     ) -> Page:
         """A user's jobs newest first; reads only the index entries it returns (or skips)."""
-        prefix = _index_prefix(tenant_id, user_id)
+        prefix = index_prefix(tenant_id, user_id)
         position = int(cursor) if cursor else sequence_end(self.admission, prefix)
         jobs: list[Job] = []
         scanned = 0
         while position > 0 and len(jobs) < limit and scanned < max_scan:
             position -= 1
             scanned += 1
-            job_id = self.admission.get(f"{prefix}:{position}")
+            job_id = self.admission.get(sequence_key(prefix, position))
             job = self.find(job_id) if job_id else None
             if job is not None and (status is None or job.status is status):
                 jobs.append(job)
@@ -316,7 +346,7 @@ class JobStore:
         decision = TerminalDecision(
             status=status, decided_at=self.clock(), error=error, outputs=outputs or []
         )
-        if not self.jobs.put_if_absent(f"terminal:{job_id}", _dump(decision)):
+        if not self.jobs.put_if_absent(terminal_key(job_id), _dump(decision)):
             return False
         self._release(job_id)
         return True
@@ -335,9 +365,9 @@ class JobStore:
             timeout_s=0,
             stage=Stage.INTAKE,
         )
-        if not self.jobs.put_if_absent(f"job:{job_id}", _dump(record)):
+        if not self.jobs.put_if_absent(job_key(job_id), _dump(record)):
             return False
-        claim_next(self.admission, _index_prefix(tenant_id, user_id), job_id)
+        claim_next(self.admission, index_prefix(tenant_id, user_id), job_id)
         return self.finish(job_id, JobStatus.FAILED, error=error)
 
     def cancel(self, job_id: str) -> Job:
@@ -348,31 +378,29 @@ class JobStore:
         return self.get(job_id)
 
     def _release(self, job_id: str) -> int:
-        raw = self.jobs.get(f"job:{job_id}")
+        raw = self.jobs.get(job_key(job_id))
         freed = 0
         if raw is not None:
             for ref in Job.model_validate_json(raw).slots:
                 freed += release_slot(self.slots, ref)
-        self.active.pop(job_id)
+        self.active.pop(active_key(job_id))
         return freed
 
     # ---- stage hand-offs -------------------------------------------------------------
 
     def save(self, job: Job) -> None:
         """Write the record; only the job's current holder may call this."""
-        self.jobs.put(f"job:{job.id}", _dump(job))
+        self.jobs.put(job_key(job.id), _dump(job))
 
     def claim_stage(self, job_id: str, stage: Stage, epoch: int, attempt: int = 0) -> bool:
         """Take one stage message; False for a duplicate or a message of an older epoch."""
         if not self.is_current(job_id, epoch, _lane(stage)):
             return False
-        return self.jobs.put_if_absent(
-            f"claim:{job_id}:{stage}:{epoch}:{attempt}", str(self.clock())
-        )
+        return self.jobs.put_if_absent(claim_key(job_id, stage, epoch, attempt), str(self.clock()))
 
     def is_current(self, job_id: str, epoch: int, lane: str = "work") -> bool:
         """Whether a holder of `epoch` still holds the job (no newer epoch was handed out)."""
-        return not self.jobs.contains(f"epoch:{job_id}:{lane}:{epoch + 1}")
+        return not self.jobs.contains(epoch_key(job_id, lane, epoch + 1))
 
     def take_back(self, job_id: str, epoch: int, lane: str = "work") -> int | None:
         """Hand a job whose holder (of `epoch`) went silent to a new epoch.
@@ -380,9 +408,61 @@ class JobStore:
         None if another reaper already did. Work stages and webhook delivery have
         separate lanes, so re-sending a lost webhook never fences a work stage.
         """
-        if not self.jobs.put_if_absent(f"epoch:{job_id}:{lane}:{epoch + 1}", str(self.clock())):
+        if not self.jobs.put_if_absent(epoch_key(job_id, lane, epoch + 1), str(self.clock())):
             return None
         return epoch + 1
+
+    # ---- retention -------------------------------------------------------------------
+
+    def ended_ids(self) -> Iterator[str]:
+        """Ids of jobs with a terminal decision (cleanup's working set)."""
+        return (parse_terminal_key(key) for key in self.jobs.keys(TERMINAL_PREFIX))
+
+    def purge(self, job_id: str) -> int:
+        """Remove every key the job owns, in every dict; returns how many were removed.
+
+        Only for an ended job past its retention (the caller checks). The terminal
+        decision goes last: it is how cleanup finds the job, so a purge cut short is
+        finished by the next one.
+        """
+        removed = 0
+        raw = self.jobs.get(job_key(job_id))
+        if raw is not None:
+            job = Job.model_validate_json(raw)
+            removed += self._purge_admission(job)
+            for ref in job.slots:
+                removed += purge_slot(self.slots, ref)
+        for prefix in job_owned_prefixes(job_id):
+            for key in list(self.jobs.keys(prefix)):
+                if parse_job_owned_key(key) == job_id:  # not a job whose id extends ours
+                    removed += self.jobs.pop(key) is not None
+        for key in list(self.delayed.keys()):
+            if parse_parked_key(key).job_id == job_id:
+                removed += self.delayed.pop(key) is not None
+        for kv, key in (
+            (self.deliveries, delivery_key(job_id)),
+            (self.pending, pending_key(job_id)),
+            (self.active, active_key(job_id)),
+            (self.jobs, request_key(job_id)),
+            (self.jobs, job_key(job_id)),
+            (self.jobs, terminal_key(job_id)),
+        ):
+            removed += kv.pop(key) is not None
+        return removed
+
+    def _purge_admission(self, job: Job) -> int:
+        """The job's entry in its user's index and the idempotency record naming it."""
+        removed = 0
+        prefix = index_prefix(job.tenant_id, job.user_id)
+        for key in list(self.admission.keys(f"{prefix}:")):
+            entry = parse_sequence_key(key)
+            if entry is not None and entry[0] == prefix and self.admission.get(key) == job.id:
+                removed += self.admission.pop(key) is not None
+        for key in list(self.admission.keys(idem_prefix(job.tenant_id))):
+            raw = self.admission.get(key)
+            if raw is not None and json.loads(raw).get("job_id") == job.id:
+                removed += self.admission.pop(key) is not None
+        return removed
 
     # ---- reconciliation ----------------------------------------------------------------
 
@@ -400,31 +480,17 @@ class JobStore:
         report = ReconcileReport()
         now = self.clock()
         for job_id in list(self.active.keys()):
-            if self.jobs.contains(f"terminal:{job_id}"):
+            if self.jobs.contains(terminal_key(job_id)):
                 report.slots_released += self._release(job_id)
                 report.active_removed += 1
         for ref, holder in list(held_slots(self.slots)):
-            if self.jobs.contains(f"terminal:{holder.job_id}") or (
+            if self.jobs.contains(terminal_key(holder.job_id)) or (
                 now - holder.claimed_at > ABANDONED_SLOT_GRACE_S
-                and not self.jobs.contains(f"job:{holder.job_id}")
+                and not self.jobs.contains(job_key(holder.job_id))
             ):
                 report.slots_released += release_slot(self.slots, ref)
         return report
 
 
-def user_scope(tenant_id: str, user_id: str) -> str:
-    """The slot scope of one user's concurrency cap."""
-    return f"user:{tenant_id}:{user_id}"
-
-
-def tenant_scope(tenant_id: str) -> str:
-    """The slot scope of one tenant's concurrency cap."""
-    return f"tenant:{tenant_id}"
-
-
 def _lane(stage: Stage) -> str:
     return "notify" if stage is Stage.NOTIFY else "work"
-
-
-def _index_prefix(tenant_id: str, user_id: str) -> str:
-    return f"index:{tenant_id}:{user_id}"

@@ -26,8 +26,18 @@ from app.core.models import Record
 from app.core.webhook_secret import new_webhook_secret
 from app.store.backends.base import KV, Backend
 from app.store.jobs import Limits
+from app.store.keys import (
+    KEY_ID_PREFIX,
+    TENANT_PREFIX,
+    TENANTS_DICT,
+    key_hash_key,
+    key_id_key,
+    parse_key_id_key,
+    parse_tenant_key,
+    tenant_key,
+    tenant_name_key,
+)
 
-TENANTS_DICT = "tenants"
 KEY_PREFIX = "csk_"
 _KEY_SHAPE = re.compile(r"^csk_([a-z0-9]{8})_([A-Za-z0-9_-]{32})$")
 TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -122,7 +132,7 @@ class TenantRegistry:
                 "starting with a letter or digit"
             )
         tenant_id = "tn_" + secrets.token_hex(8)
-        if not self.kv.put_if_absent(f"name:{name}", tenant_id):
+        if not self.kv.put_if_absent(tenant_name_key(name), tenant_id):
             raise TenantError(f"a tenant named {name!r} already exists")
         tenant = Tenant(
             id=tenant_id,
@@ -139,15 +149,15 @@ class TenantRegistry:
 
     def save(self, tenant: Tenant) -> None:
         """Write a tenant record (operator commands only)."""
-        self.kv.put(f"tenant:{tenant.id}", tenant.model_dump_json())
+        self.kv.put(tenant_key(tenant.id), tenant.model_dump_json())
 
     def get(self, tenant_id: str) -> Tenant | None:
-        raw = self.kv.get(f"tenant:{tenant_id}")
+        raw = self.kv.get(tenant_key(tenant_id))
         return None if raw is None else Tenant.model_validate_json(raw)
 
     def resolve(self, name_or_id: str) -> Tenant:
         """A tenant by id or by name; raises `TenantError` if unknown."""
-        tenant_id = self.kv.get(f"name:{name_or_id}") or name_or_id
+        tenant_id = self.kv.get(tenant_name_key(name_or_id)) or name_or_id
         tenant = self.get(tenant_id)
         if tenant is None:
             raise TenantError(f"no tenant {name_or_id!r}")
@@ -155,7 +165,7 @@ class TenantRegistry:
 
     def all(self) -> list[Tenant]:
         """Every tenant, by name (an operator listing; scans the tenants dict)."""
-        found = [self.get(key.removeprefix("tenant:")) for key in self.kv.keys("tenant:")]
+        found = [self.get(parse_tenant_key(key)) for key in self.kv.keys(TENANT_PREFIX)]
         return sorted((t for t in found if t is not None), key=lambda t: t.name)
 
     def update(self, name_or_id: str, **changes: object) -> Tenant:
@@ -181,15 +191,15 @@ class TenantRegistry:
             key_hash=hash_key(api_key),
             created_at=self.clock(),
         )
-        if not self.kv.put_if_absent(f"keyid:{key_id}", record.model_dump_json()):
+        if not self.kv.put_if_absent(key_id_key(key_id), record.model_dump_json()):
             raise TenantError("key id collision; try again")
-        self.kv.put(f"key:{record.key_hash}", record.model_dump_json())
+        self.kv.put(key_hash_key(record.key_hash), record.model_dump_json())
         return api_key
 
     def keys_of(self, name_or_id: str) -> list[ApiKey]:
         """The tenant's keys (revoked ones included), oldest first."""
         tenant = self.resolve(name_or_id)
-        records = [self._key_by_id(k.removeprefix("keyid:")) for k in self.kv.keys("keyid:")]
+        records = [self._key_by_id(parse_key_id_key(k)) for k in self.kv.keys(KEY_ID_PREFIX)]
         mine = [r for r in records if r is not None and r.tenant_id == tenant.id]
         return sorted(mine, key=lambda r: r.created_at)
 
@@ -200,12 +210,12 @@ class TenantRegistry:
         if record is None or record.tenant_id != tenant.id:
             raise TenantError(f"tenant {tenant.name!r} has no key {key_id!r}")
         revoked = record.model_copy(update={"revoked_at": self.clock()})
-        self.kv.put(f"key:{record.key_hash}", revoked.model_dump_json())
-        self.kv.put(f"keyid:{record.key_id}", revoked.model_dump_json())
+        self.kv.put(key_hash_key(record.key_hash), revoked.model_dump_json())
+        self.kv.put(key_id_key(record.key_id), revoked.model_dump_json())
         return revoked
 
     def _key_by_id(self, key_id: str) -> ApiKey | None:
-        raw = self.kv.get(f"keyid:{key_id}")
+        raw = self.kv.get(key_id_key(key_id))
         return None if raw is None else ApiKey.model_validate_json(raw)
 
     def authenticate(self, api_key: str) -> Tenant | None:
@@ -213,7 +223,7 @@ class TenantRegistry:
         if not _KEY_SHAPE.fullmatch(api_key):
             return None
         digest = hash_key(api_key)
-        raw = self.kv.get(f"key:{digest}")
+        raw = self.kv.get(key_hash_key(digest))
         if raw is None:
             return None
         record = ApiKey.model_validate_json(raw)

@@ -18,11 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.store.backends.base import KV
+from app.store.keys import CATALOG_DICT, CATALOG_KEY
 
-#: Key of the published catalog in the dict passed to `publish`/`load`.
-#: The dict the catalog is published in (by render containers, or by intake locally).
-CATALOG_DICT = "catalog"
-CATALOG_KEY = "comfy:catalog"
+__all__ = ["CATALOG_DICT", "CATALOG_KEY", "NodeCatalog", "NodeSpec", "load", "publish"]
 #: Bumped when the stored layout changes; an older layout is ignored, not misread.
 _FORMAT = 2
 #: Input options that make an input a file upload (the front end shows an upload button,

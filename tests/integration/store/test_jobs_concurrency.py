@@ -12,7 +12,8 @@ from app.core.errors import AdmissionRejected, AlreadyTerminal
 from app.core.models import JobStatus
 from app.store.backends.sqlite import SqliteBackend
 from app.store.claims import active_count, held_slots
-from app.store.jobs import JobStore, Limits, tenant_scope, user_scope
+from app.store.jobs import JobStore, Limits
+from app.store.keys import tenant_scope, user_scope
 from tests.state_helpers import new_job
 
 CTX = mp.get_context("fork")

@@ -13,10 +13,10 @@ from app.core.errors import AlreadyTerminal, ComfyUnavailable, RenderFailed
 from app.core.models import Job, JobStatus, Stage, StageMessage
 from app.engine.deps import Deps
 from app.engine.maintenance import fail_stale, recover_after_restart, sweep
-from app.engine.pipeline import DELAYED_DICT, cancel_job, enqueue, process_message
+from app.engine.pipeline import cancel_job, enqueue, process_message
 from app.store.backends.memory import MemoryBackend
-from app.store.deliveries import PENDING_DICT
 from app.store.jobs import Limits
+from app.store.keys import DELAYED_DICT, PENDING_DICT
 from tests.state_helpers import FakeClock, new_job
 
 

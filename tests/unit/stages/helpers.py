@@ -43,6 +43,6 @@ def fetched(world: World, job_id: str = "j1", **overrides: Any) -> Job:
 
 def parked(world: World) -> list[str]:
     """The keys of parked (delayed) messages."""
-    from app.engine.pipeline import DELAYED_DICT
+    from app.store.keys import DELAYED_DICT
 
     return sorted(world.deps.backend.kv(DELAYED_DICT).keys())

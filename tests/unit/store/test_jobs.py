@@ -14,9 +14,8 @@ from app.store.jobs import (
     JobStore,
     Limits,
     body_fingerprint,
-    tenant_scope,
-    user_scope,
 )
+from app.store.keys import tenant_scope, user_scope
 from tests.state_helpers import CountingKV, job_id, memory_store, new_job
 
 

@@ -5,6 +5,10 @@ Invariants checked after every step:
 - the slots held in a scope never exceed its cap;
 - every slot held belongs to a job that is not terminal, once reconciled;
 - a job is either admitted (has a record) or holds no slot.
+
+Purging ended jobs (cleanup) runs among the steps, and so do stale slot hints (a slow
+claimer's lost update writing an old view back), so a purged generation can never be
+claimed again while a newer tenure of its place is held.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 
 from app.core.errors import AdmissionRejected, AlreadyTerminal
 from app.core.models import JobError, JobStatus, Stage
+from app.store import keys
 from app.store.claims import held_slots
 from app.store.jobs import JobStore, Limits
 from tests.state_helpers import FakeClock, memory_store, new_job
@@ -34,6 +39,7 @@ class JobLifecycle(RuleBasedStateMachine):
         self.store, self.backend, self.clock = memory_store(FakeClock())
         self.counter = 0
         self.decided: dict[str, JobStatus] = {}
+        self.old_hints: dict[str, str] = {}
 
     @rule(target=jobs, user=st.sampled_from(USERS))
     def create(self, user: str) -> str:
@@ -95,6 +101,26 @@ class JobLifecycle(RuleBasedStateMachine):
         self.store.reconcile()
         for ref, holder in held_slots(self.store.slots):
             assert holder.job_id not in self.decided, (ref, holder)
+
+    @rule(jid=jobs)
+    def purge(self, jid: str) -> None:
+        # Cleanup runs long after fail_stale has reconciled the job.
+        if jid not in self.decided:
+            return
+        self.store.reconcile()
+        self.store.purge(jid)
+        del self.decided[jid]
+        assert self.store.find(jid) is None
+
+    @rule()
+    def remember_hints(self) -> None:
+        kv = self.store.slots
+        self.old_hints = {k: kv.get(k) or "" for k in kv.keys(keys.SLOT_HINTS_PREFIX)}
+
+    @rule()
+    def write_old_hints_back(self) -> None:
+        for key, value in self.old_hints.items():
+            self.store.slots.put(key, value)
 
     @rule(seconds=st.integers(0, 3600))
     def tick(self, seconds: int) -> None:

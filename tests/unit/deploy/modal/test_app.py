@@ -26,8 +26,9 @@ from app.deploy.modal import app as modal_app
 from app.deploy.modal import options as opts
 from app.deploy.modal.manifest import MANIFEST, MODELS_DIR, node_set_version
 from app.engine.deps import Deps
-from app.engine.pipeline import DELAYED_DICT, enqueue
+from app.engine.pipeline import enqueue
 from app.store.backends.modal import ModalBackend
+from app.store.keys import DELAYED_DICT
 from tests.modal_fake import FakeModal
 from tests.paths import REPO_ROOT
 from tests.state_helpers import FakeClock

@@ -1,0 +1,310 @@
+"""Every stored name: the dicts, the queues and each key's format, built and parsed here only.
+
+Like arq's ``constants.py``: no other module spells a dict name or formats a key, and
+nothing else splits a stored key on ``:``. A key's builder and its parser sit side by
+side, so a format can change in one place. Ids may contain ``:`` (user ids do), so
+parsers split from the end where the trailing fields are numbers or fixed words.
+
+Which key belongs to whom (``JobStore.purge`` removes every key a job owns):
+
+========================  =========================================  ==========
+dict                      key                                        owner
+========================  =========================================  ==========
+``jobs``                  ``job:{id}`` ``request:{id}``              the job
+                          ``terminal:{id}``                          the job
+                          ``claim:{id}:{stage}:{epoch}:{attempt}``   the job
+                          ``epoch:{id}:{lane}:{n}``                  the job
+``active``                ``{id}``                                   the job
+``admission``             ``idem:{tenant}:{key}``                    the job it names
+                          ``index:{tenant}:{user}:{n}``              the job it names
+                          ``index:{tenant}:{user}:hint``             the user
+                          ``rate:{tenant}:{window}:{n|hint}``        the window
+``slots``                 ``slot:{scope}:{i}:{g}``                   the job holding it
+                          ``released:{scope}:{i}:{g}``               that same job
+                          ``slothints:{scope}``                      the scope
+                          ``slotfloor:{scope}:{i}``                  the scope
+``delayed``               ``{not_before}:{id}:{stage}:{epoch}:{n}``  the job
+``deliveries``            ``{id}``                                   the job
+``deliveries_pending``    ``{id}``                                   the job
+``tenants``               ``tenant:{id}`` ``name:{name}``            the tenant
+                          ``keyid:{key id}`` ``key:{sha256}``        the tenant
+``catalog``               ``comfy:catalog``                          the deploy
+========================  =========================================  ==========
+
+Queues are named after the stage they feed (``fetch``, ``render``, ...).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from app.core.models import Stage
+
+# ---- dict names ----------------------------------------------------------------------
+
+#: Job records, requests, terminal decisions, stage claims and fencing epochs.
+JOBS_DICT = "jobs"
+#: Idempotency records, per-user job indexes, rate-limit windows.
+ADMISSION_DICT = "admission"
+#: Slot tenures apart from everything else, so the reaper's scan stays small.
+SLOTS_DICT = "slots"
+#: Ids of jobs admitted and not yet released (the reaper's working set).
+ACTIVE_DICT = "active"
+#: Messages parked until a time (stage retries, webhook back-off).
+DELAYED_DICT = "delayed"
+#: A job's webhook delivery record and its attempt log.
+DELIVERIES_DICT = "deliveries"
+#: Jobs whose webhook delivery is not finished.
+PENDING_DICT = "deliveries_pending"
+#: Tenants, their names and API keys.
+TENANTS_DICT = "tenants"
+#: The ComfyUI node catalog.
+CATALOG_DICT = "catalog"
+
+#: Every dict a job writes to (tests enumerate these; `JobStore.purge` empties them).
+JOB_DICTS = (
+    JOBS_DICT,
+    ADMISSION_DICT,
+    SLOTS_DICT,
+    ACTIVE_DICT,
+    DELAYED_DICT,
+    DELIVERIES_DICT,
+    PENDING_DICT,
+)
+
+
+def queue_name(stage: Stage) -> str:
+    """The queue feeding `stage`."""
+    return stage.value
+
+
+# ---- jobs dict -----------------------------------------------------------------------
+
+JOB_PREFIX = "job:"
+REQUEST_PREFIX = "request:"
+TERMINAL_PREFIX = "terminal:"
+CLAIM_PREFIX = "claim:"
+EPOCH_PREFIX = "epoch:"
+
+
+def job_key(job_id: str) -> str:
+    return f"{JOB_PREFIX}{job_id}"
+
+
+def request_key(job_id: str) -> str:
+    return f"{REQUEST_PREFIX}{job_id}"
+
+
+def terminal_key(job_id: str) -> str:
+    return f"{TERMINAL_PREFIX}{job_id}"
+
+
+def parse_terminal_key(key: str) -> str:
+    """The job id of a `terminal:{id}` key."""
+    return _strip(key, TERMINAL_PREFIX)
+
+
+def claim_key(job_id: str, stage: Stage, epoch: int, attempt: int) -> str:
+    return f"{CLAIM_PREFIX}{job_id}:{stage.value}:{epoch}:{attempt}"
+
+
+def parse_claim_key(key: str) -> str:
+    """The job id of a `claim:` key."""
+    job_id, _stage, _epoch, _attempt = _strip(key, CLAIM_PREFIX).rsplit(":", 3)
+    return job_id
+
+
+def epoch_key(job_id: str, lane: str, epoch: int) -> str:
+    return f"{EPOCH_PREFIX}{job_id}:{lane}:{epoch}"
+
+
+def parse_epoch_key(key: str) -> str:
+    """The job id of an `epoch:` key."""
+    job_id, _lane, _n = _strip(key, EPOCH_PREFIX).rsplit(":", 2)
+    return job_id
+
+
+def job_owned_prefixes(job_id: str) -> tuple[str, ...]:
+    """Prefixes of the job's many-keyed records in the jobs dict (parse before deleting:
+    a prefix also matches a job whose id extends this one)."""
+    return (f"{CLAIM_PREFIX}{job_id}:", f"{EPOCH_PREFIX}{job_id}:")
+
+
+def parse_job_owned_key(key: str) -> str | None:
+    """The job id of a claim or epoch key, None for any other key."""
+    if key.startswith(CLAIM_PREFIX):
+        return parse_claim_key(key)
+    if key.startswith(EPOCH_PREFIX):
+        return parse_epoch_key(key)
+    return None
+
+
+# ---- admission dict ------------------------------------------------------------------
+
+IDEM_PREFIX = "idem:"
+RATE_PREFIX = "rate:"
+INDEX_PREFIX = "index:"
+#: The suffix of a sequence's search hint (see `app.store.claims.claim_next`).
+HINT = "hint"
+
+
+def idem_key(tenant_id: str, idempotency_key: str) -> str:
+    return f"{IDEM_PREFIX}{tenant_id}:{idempotency_key}"
+
+
+def idem_prefix(tenant_id: str) -> str:
+    return f"{IDEM_PREFIX}{tenant_id}:"
+
+
+def rate_prefix(tenant_id: str, window: int) -> str:
+    """The sequence of one tenant's rate-limit window."""
+    return f"{RATE_PREFIX}{tenant_id}:{window}"
+
+
+def parse_rate_window(key: str) -> int:
+    """The window number of a `rate:{tenant}:{window}:{n|hint}` key."""
+    _tenant, window, _n = _strip(key, RATE_PREFIX).rsplit(":", 2)
+    return int(window)
+
+
+def index_prefix(tenant_id: str, user_id: str) -> str:
+    """The sequence of one user's job index."""
+    return f"{INDEX_PREFIX}{tenant_id}:{user_id}"
+
+
+def sequence_key(prefix: str, n: int) -> str:
+    return f"{prefix}:{n}"
+
+
+def sequence_hint_key(prefix: str) -> str:
+    return f"{prefix}:{HINT}"
+
+
+def parse_sequence_key(key: str) -> tuple[str, int] | None:
+    """`(prefix, n)` of a sequence entry; None for its hint."""
+    prefix, last = key.rsplit(":", 1)
+    return None if last == HINT else (prefix, int(last))
+
+
+# ---- slots dict ----------------------------------------------------------------------
+
+SLOT_PREFIX = "slot:"
+RELEASED_PREFIX = "released:"
+SLOT_HINTS_PREFIX = "slothints:"
+SLOT_FLOOR_PREFIX = "slotfloor:"
+
+
+def user_scope(tenant_id: str, user_id: str) -> str:
+    """The slot scope of one user's concurrency cap."""
+    return f"user:{tenant_id}:{user_id}"
+
+
+def tenant_scope(tenant_id: str) -> str:
+    """The slot scope of one tenant's concurrency cap."""
+    return f"tenant:{tenant_id}"
+
+
+def slot_key(scope: str, index: int, generation: int) -> str:
+    return f"{SLOT_PREFIX}{scope}:{index}:{generation}"
+
+
+def released_key(scope: str, index: int, generation: int) -> str:
+    return f"{RELEASED_PREFIX}{scope}:{index}:{generation}"
+
+
+def parse_slot_key(key: str) -> tuple[str, int, int]:
+    """`(scope, index, generation)` of a `slot:` key."""
+    scope, index, generation = _strip(key, SLOT_PREFIX).rsplit(":", 2)
+    return scope, int(index), int(generation)
+
+
+def slot_hints_key(scope: str) -> str:
+    return f"{SLOT_HINTS_PREFIX}{scope}"
+
+
+def slot_floor_key(scope: str, index: int) -> str:
+    return f"{SLOT_FLOOR_PREFIX}{scope}:{index}"
+
+
+# ---- delayed dict (parked messages) --------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ParkedKey:
+    """The fields of a parked message's key; keys sort by `not_before`."""
+
+    not_before: float
+    job_id: str
+    stage: Stage
+    epoch: int
+    attempt: int
+
+
+def parked_key(not_before: float, job_id: str, stage: Stage, epoch: int, attempt: int) -> str:
+    """Zero-padded time first, so sorted keys are in due order."""
+    return f"{not_before:017.3f}:{job_id}:{stage.value}:{epoch}:{attempt}"
+
+
+def parse_parked_key(key: str) -> ParkedKey:
+    not_before, rest = key.split(":", 1)
+    job_id, stage, epoch, attempt = rest.rsplit(":", 3)
+    return ParkedKey(float(not_before), job_id, Stage(stage), int(epoch), int(attempt))
+
+
+# ---- deliveries and pending deliveries: keyed by the job id itself -------------------
+
+
+def delivery_key(job_id: str) -> str:
+    return job_id
+
+
+def pending_key(job_id: str) -> str:
+    return job_id
+
+
+def active_key(job_id: str) -> str:
+    return job_id
+
+
+# ---- tenants dict --------------------------------------------------------------------
+
+TENANT_PREFIX = "tenant:"
+NAME_PREFIX = "name:"
+KEY_ID_PREFIX = "keyid:"
+KEY_HASH_PREFIX = "key:"
+
+
+def tenant_key(tenant_id: str) -> str:
+    return f"{TENANT_PREFIX}{tenant_id}"
+
+
+def parse_tenant_key(key: str) -> str:
+    return _strip(key, TENANT_PREFIX)
+
+
+def tenant_name_key(name: str) -> str:
+    return f"{NAME_PREFIX}{name}"
+
+
+def key_id_key(key_id: str) -> str:
+    return f"{KEY_ID_PREFIX}{key_id}"
+
+
+def parse_key_id_key(key: str) -> str:
+    return _strip(key, KEY_ID_PREFIX)
+
+
+def key_hash_key(key_hash: str) -> str:
+    return f"{KEY_HASH_PREFIX}{key_hash}"
+
+
+# ---- catalog dict --------------------------------------------------------------------
+
+#: The published node catalog.
+CATALOG_KEY = "comfy:catalog"
+
+
+def _strip(key: str, prefix: str) -> str:
+    if not key.startswith(prefix):
+        raise ValueError(f"{key!r} is not a {prefix!r} key")
+    return key[len(prefix) :]
