@@ -333,6 +333,7 @@ class Pipeline:
         self.ctx = mp.get_context("spawn")  # no inherited sockets, locks or threads
         self.stop = self.ctx.Event()
         self.force = threading.Event()  # a second stop signal: do not wait out the grace
+        self.stopping = False  # set by the first stop signal: restart nothing from now on
         self.children: list[_Child] = []
         self.log = get_logger()
 
@@ -378,8 +379,8 @@ class Pipeline:
         ]
         running = [child.process.sentinel for child in self.children if child.restart_at is None]
         wait_for_exits(running, timeout=min(waits))
-        if self.stop.is_set():
-            return
+        if self.stopping or self.stop.is_set():
+            return  # a child that exits now was stopped by the same signal (Ctrl-C in a shell)
         now = time.monotonic()
         for child in self.children:
             if child.restart_at is None and not child.process.is_alive():
@@ -454,9 +455,9 @@ class StopSignals:
     a second one (an impatient Ctrl-C) skips the grace period. Restores the old handlers.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, pipeline: Pipeline) -> None:
         self.received: str | None = None
-        self.on_force: Callable[[], None] = lambda: None
+        self.pipeline = pipeline
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> Self:
@@ -469,10 +470,13 @@ class StopSignals:
             signal.signal(sig, handler)  # type: ignore[arg-type]
 
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        # Only flag assignments and Event.set (whose lock the main thread never holds
+        # while it can be interrupted here) are safe in a handler.
         if self.received is None:
             self.received = signal.Signals(signum).name
+            self.pipeline.stopping = True
         else:
-            self.on_force()
+            self.pipeline.force.set()
 
 
 def prepare(settings: Settings, deps: Deps) -> None:
@@ -536,8 +540,7 @@ def run_dev(settings: Settings, *, host: str | None = None, port: int | None = N
         ingress = threading.Thread(target=server.run, name="ingress", daemon=True)
         pipeline = Pipeline(settings, lock_path=lock_path)
         ingress_failed = False
-        with StopSignals() as signals:
-            signals.on_force = pipeline.force.set
+        with StopSignals(pipeline) as signals:
             pipeline.start()
             ingress.start()
             log.info(

@@ -256,11 +256,15 @@ def test_a_worker_killed_again_and_again_is_restarted_with_a_growing_backoff(
     delays = []
     for round_ in range(1, 4):
         pid = dev.worker_pids("notify")["notify-0"]
+        killed_at = time.monotonic()
         os.kill(pid, signal.SIGKILL)
         wait_for(
             lambda pid=pid: dev.worker_pids("notify")["notify-0"] != pid,
             60,
             f"restart {round_} of notify",
+        )
+        print(
+            f"\nnotify-0 killed ({round_}): serving again in {time.monotonic() - killed_at:.1f} s"
         )
         exits = dev.events("worker_exited", worker="notify-0")
         delays.append(exits[-1]["restart_in_s"])
