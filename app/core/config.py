@@ -111,6 +111,9 @@ class Settings(BaseSettings):
     local_upload_workers: int = Field(default=1, ge=1)
     local_notify_workers: int = Field(default=1, ge=1)
     local_intake_workers: int = Field(default=1, ge=1)
+    #: On SIGINT/SIGTERM of `dev`, how long workers may finish the message in hand before
+    #: they are killed (the job they held is handed back to its stage on the next start).
+    shutdown_grace_s: float = Field(default=20.0, ge=0)
 
     # --- storage -----------------------------------------------------------------------
     storage: Literal["local", "s3"] = "local"

@@ -1,24 +1,43 @@
 """The local pipeline (`comfyui-saas dev`): stage worker processes, maintenance, ingress.
 
 Each stage runs in its own worker processes (as many as the settings say) over the
-SQLite backend; the ingress runs under uvicorn in the main process. On Ctrl-C the
-workers finish the message in hand (up to a grace period) and exit; whatever is queued
-stays in SQLite and runs on the next start. A job a killed worker was holding is handed
-back to its stage at the next start, because no worker survives a restart.
+SQLite backend, plus one maintenance process; the ingress runs under uvicorn in a thread
+of the main process, whose main thread supervises the children:
+
+* A child that exits or is killed is started again, after a back-off that doubles with
+  each quick death (`RESTART_BACKOFF_BASE_S` up to `RESTART_BACKOFF_MAX_S`) and resets once
+  a child has lived `STABLE_AFTER_S`; each restart logs `worker_restarted`.
+* SIGINT, SIGTERM or SIGHUP stops the ingress and asks every child to stop; a child
+  finishes the message in hand (up to `shutdown_grace_s`) and exits, and one still busy
+  after that is killed. A second signal kills them at once. Whatever is queued stays in
+  SQLite and runs on the next start; a job a killed worker was holding is handed back to
+  its stage at the next start (or by `fail_stale` once its lease runs out).
+* No child outlives the main process, even when that is killed with SIGKILL (see
+  `_ChildStop`).
+* One pipeline per data folder: the main process and every child hold a lock on a file
+  in it (see `single_runner`), so a second `dev` refuses to start while any process of
+  the first is alive.
 """
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import multiprocessing as mp
 import os
 import signal
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from multiprocessing.connection import wait as wait_for_exits
+from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event
 from pathlib import Path
+from types import FrameType
+from typing import IO, Self
 
 from app.core.config import Settings
 from app.core.errors import (
@@ -29,13 +48,25 @@ from app.core.logs import configure_logging, get_logger
 from app.core.models import Stage
 from app.engine.deps import Deps, build_deps
 
-#: How long Ctrl-C waits for workers to finish the message in hand.
-SHUTDOWN_GRACE_S = 20.0
 SWEEP_INTERVAL_S = 1.0
 FAIL_STALE_INTERVAL_S = 30.0
 CLEANUP_INTERVAL_S = 3600.0
 #: While ComfyUI is down the render worker leaves messages queued and checks again.
 COMFY_RETRY_S = 5.0
+#: Restart back-off: the first restart waits the base, each further quick death doubles it.
+RESTART_BACKOFF_BASE_S = 0.5
+RESTART_BACKOFF_MAX_S = 30.0
+#: A child that lived this long before it died is restarted after the base delay again.
+STABLE_AFTER_S = 30.0
+#: How often the supervisor looks at the signals and the ingress thread.
+SUPERVISE_TICK_S = 0.25
+#: Exit status of a child that was still busy when its own grace period ran out.
+EXIT_GRACE_EXPIRED = 3
+#: Signals that stop the pipeline (SIGHUP: the terminal went away).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+LOCK_FILE = "runner.lock"
+MEMBERS_LOCK_FILE = "runner.members.lock"
+_PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,17 +98,116 @@ def comfy_help(url: str) -> str:
     )
 
 
-def run_worker(settings: Settings, spec: WorkerSpec, stop: Event) -> None:
-    """A worker process: drain its stage's queue until `stop` is set."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
+# --- the children's side ---------------------------------------------------------------
+
+#: A child's shared lock on the members lock file; open for the life of the process.
+_member_lock_fd: int | None = None
+
+
+class _ChildStop:
+    """Whether a child should stop: the parent asked, a signal came, or the parent is gone.
+
+    Children must not outlive the main process, even one killed with SIGKILL (which runs
+    no clean-up of ours). Two mechanisms, because neither is enough alone:
+
+    * On Linux, `prctl(PR_SET_PDEATHSIG, SIGTERM)` makes the kernel signal the child the
+      moment its parent dies, also while it is blocked in a long render or a queue poll.
+      It fires when the parent *thread* that started the child ends, so the supervisor
+      starts every child from the main thread; and it cannot help a child whose parent
+      died before the call, hence the parent-pid check right after it.
+    * Everywhere, `requested()` (called between messages and in every wait) compares
+      `os.getppid()` with the pid that started us: a re-parented child stops by itself.
+
+    A stop that comes from a signal or the parent's death has nobody left to enforce the
+    grace period, so it arms a watchdog that ends the process once `grace_s` has passed.
+    """
+
+    def __init__(self, stop: Event, parent_pid: int, grace_s: float, name: str) -> None:
+        self.event = stop
+        self.parent_pid = parent_pid
+        self.grace_s = grace_s
+        self.name = name
+        self.reason: str | None = None
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self._on_signal)
+        if sys.platform == "linux":
+            try:
+                libc = ctypes.CDLL(None, use_errno=True)
+                libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+            except (OSError, AttributeError):  # pragma: no cover - no libc prctl
+                pass
+        self.requested()  # the parent may have died before prctl
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self._begin(signal.Signals(signum).name)
+
+    def _begin(self, reason: str) -> None:
+        if self.reason is not None:
+            return
+        self.reason = reason
+        watchdog = threading.Thread(target=self._expire, name="grace-watchdog", daemon=True)
+        watchdog.start()
+
+    def _expire(self) -> None:
+        time.sleep(self.grace_s)
+        get_logger(worker=self.name, pid=os.getpid()).warning(
+            "worker_grace_expired", reason=self.reason, grace_s=self.grace_s
+        )
+        os._exit(EXIT_GRACE_EXPIRED)
+
+    def requested(self) -> bool:
+        if self.reason is None and os.getppid() != self.parent_pid:
+            self._begin("parent_gone")
+        return self.reason is not None or self.event.is_set()
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to `seconds`, waking early on a stop; whether one was requested."""
+        end = time.monotonic() + seconds
+        while not self.requested():
+            left = end - time.monotonic()
+            if left <= 0:
+                return False
+            self.event.wait(min(left, SUPERVISE_TICK_S))
+        return True
+
+
+def _join_members(lock_path: Path | None) -> None:
+    """Hold a shared lock on the members file for the rest of this process's life."""
+    global _member_lock_fd
+    if lock_path is None:
+        return
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    # Blocking: a starting `dev` takes the exclusive lock only for a moment, to probe.
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    _member_lock_fd = fd
+
+
+def _child_setup(
+    settings: Settings, name: str, stop: Event, parent_pid: int, lock_path: Path | None
+) -> _ChildStop:
+    stopping = _ChildStop(stop, parent_pid, settings.shutdown_grace_s, name)
+    _join_members(lock_path)
     configure_logging(settings.log_level, settings.log_json)
+    return stopping
+
+
+def run_worker(
+    settings: Settings,
+    spec: WorkerSpec,
+    stop: Event,
+    parent_pid: int | None = None,
+    lock_path: Path | None = None,
+) -> None:
+    """A worker process: drain its stage's queue until asked to stop."""
+    name = f"{spec.stage.value}-{spec.index}"
+    stopping = _child_setup(settings, name, stop, parent_pid or os.getppid(), lock_path)
     deps = build_deps(settings)
     log = get_logger(stage=spec.stage.value, worker=spec.index, pid=os.getpid())
     log.info("worker_started")
     from app.stages import drain
 
     before_each = deps.comfy.health if spec.stage is Stage.RENDER else None
-    while not stop.is_set():
+    while not stopping.requested():
         try:
             drain(
                 spec.stage,
@@ -87,23 +217,28 @@ def run_worker(settings: Settings, spec: WorkerSpec, stop: Event) -> None:
                 before_each=before_each,
             )
         except ComfyUnavailable:
-            stop.wait(COMFY_RETRY_S)
+            stopping.wait(COMFY_RETRY_S)
         except Exception:
             log.exception("worker_loop_error")  # keep serving; the job itself was failed
-            stop.wait(1.0)
-    log.info("worker_stopped")
+            stopping.wait(1.0)
+    log.info("worker_stopped", reason=stopping.reason or "stop_requested")
 
 
-def run_maintenance(settings: Settings, stop: Event) -> None:
+def run_maintenance(
+    settings: Settings,
+    stop: Event,
+    parent_pid: int | None = None,
+    lock_path: Path | None = None,
+) -> None:
     """Sweep every second, fail_stale every 30 s, cleanup hourly."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    configure_logging(settings.log_level, settings.log_json)
+    stopping = _child_setup(settings, "maintenance", stop, parent_pid or os.getppid(), lock_path)
     from app.engine.maintenance import cleanup, fail_stale, sweep
 
     deps = build_deps(settings)
-    log = get_logger(worker="maintenance")
+    log = get_logger(worker="maintenance", pid=os.getpid())
+    log.info("worker_started")
     last_stale = last_cleanup = 0.0
-    while not stop.wait(SWEEP_INTERVAL_S):
+    while not stopping.wait(SWEEP_INTERVAL_S):
         try:
             sweep(deps)
             now = time.monotonic()
@@ -115,48 +250,232 @@ def run_maintenance(settings: Settings, stop: Event) -> None:
                 last_cleanup = now
         except Exception:
             log.exception("maintenance_error")
+    log.info("worker_stopped", reason=stopping.reason or "stop_requested")
+
+
+# --- the main process's side -----------------------------------------------------------
+
+
+def _recorded_pid(lock: IO[str]) -> str:
+    lock.seek(0)
+    pid = lock.read().strip()
+    return f" (pid {pid})" if pid.isdigit() else ""
 
 
 @contextmanager
-def single_runner(data_dir: Path) -> Iterator[None]:
-    """Refuse a second runner on the same data folder (both would recover each other's jobs)."""
+def single_runner(data_dir: Path) -> Iterator[Path]:
+    """Refuse a second runner on the same data folder (both would recover each other's jobs).
+
+    Two flocks: `runner.lock`, held exclusively by the main process (it also records its
+    pid, for the message), and `runner.members.lock`, held shared by the main process and
+    by every child it starts (each reopens it; see `_join_members`). The kernel drops a
+    process's locks when it dies, however it dies, so a second `dev` that can take the
+    first lock but not an exclusive hold of the second knows that children of an earlier
+    `dev` are still alive (say, orphans of a main process killed with SIGKILL) and refuses.
+    Yields the members file's path, for the children.
+    """
     data_dir.mkdir(parents=True, exist_ok=True)
-    with open(data_dir / "runner.lock", "w") as lock:
+    members_path = data_dir / MEMBERS_LOCK_FILE
+    with open(data_dir / LOCK_FILE, "a+") as lock, open(members_path, "a+") as members:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
-            raise RunnerError(f"another comfyui-saas dev is already running on {data_dir}") from exc
-        yield
+            raise RunnerError(
+                f"another comfyui-saas dev{_recorded_pid(lock)} is already running on {data_dir}"
+            ) from exc
+        try:
+            fcntl.flock(members, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise RunnerError(
+                f"processes of an earlier comfyui-saas dev{_recorded_pid(lock)} are still "
+                f"running on {data_dir}; wait for them to exit or stop them"
+            ) from exc
+        fcntl.flock(members, fcntl.LOCK_SH)  # from now on only our own children may join
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        yield members_path
+
+
+@dataclass(slots=True)
+class _Child:
+    """One supervised child: what it runs, its current process and its restart record."""
+
+    name: str
+    stage: str
+    target: Callable[..., None]
+    args: tuple[object, ...]
+    process: BaseProcess
+    started_at: float
+    restarts: int = 0
+    quick_deaths: int = 0
+    exit_code: int | None = None
+    restart_at: float | None = None  # set while it waits out its back-off
+
+
+def restart_delay(quick_deaths: int) -> float:
+    """The back-off before restarting a child that died `quick_deaths` times in a row."""
+    return float(min(RESTART_BACKOFF_MAX_S, RESTART_BACKOFF_BASE_S * 2 ** max(0, quick_deaths - 1)))
 
 
 class Pipeline:
-    """Worker and maintenance processes of the local pipeline."""
+    """Worker and maintenance processes of the local pipeline, and their supervision.
 
-    def __init__(self, settings: Settings) -> None:
+    `start()` then, in a loop, `supervise()` (from the thread that called `start`, the
+    main thread for `dev`; see `_ChildStop`), and `shutdown()` at the end.
+    """
+
+    def __init__(self, settings: Settings, *, lock_path: Path | None = None) -> None:
         self.settings = settings
+        self.lock_path = lock_path
         self.ctx = mp.get_context("spawn")  # no inherited sockets, locks or threads
         self.stop = self.ctx.Event()
-        self.processes: list[mp.process.BaseProcess] = []
+        self.force = threading.Event()  # a second stop signal: do not wait out the grace
+        self.stopping = False  # set by the first stop signal: restart nothing from now on
+        self.children: list[_Child] = []
+        self.log = get_logger()
+
+    @property
+    def processes(self) -> list[BaseProcess]:
+        return [child.process for child in self.children]
 
     def start(self) -> None:
         for spec in worker_specs(self.settings):
-            self._spawn(run_worker, (self.settings, spec, self.stop), f"{spec.stage}-{spec.index}")
-        self._spawn(run_maintenance, (self.settings, self.stop), "maintenance")
+            self._add(
+                f"{spec.stage.value}-{spec.index}",
+                spec.stage.value,
+                run_worker,
+                (self.settings, spec, self.stop, os.getpid(), self.lock_path),
+            )
+        self._add(
+            "maintenance",
+            "maintenance",
+            run_maintenance,
+            (self.settings, self.stop, os.getpid(), self.lock_path),
+        )
 
-    def _spawn(self, target: Callable[..., None], args: tuple[object, ...], name: str) -> None:
+    def _spawn(
+        self, target: Callable[..., None], args: tuple[object, ...], name: str
+    ) -> BaseProcess:
         process = self.ctx.Process(target=target, args=args, name=name, daemon=True)
         process.start()
-        self.processes.append(process)
+        return process
 
-    def shutdown(self, grace_s: float = SHUTDOWN_GRACE_S) -> None:
+    def _add(
+        self, name: str, stage: str, target: Callable[..., None], args: tuple[object, ...]
+    ) -> None:
+        process = self._spawn(target, args, name)
+        self.children.append(_Child(name, stage, target, args, process, time.monotonic()))
+
+    def supervise(self, timeout_s: float = SUPERVISE_TICK_S) -> None:
+        """Wait up to `timeout_s` for a child to exit; restart those whose back-off is over."""
+        now = time.monotonic()
+        waits = [timeout_s] + [
+            max(0.0, child.restart_at - now)
+            for child in self.children
+            if child.restart_at is not None
+        ]
+        running = [child.process.sentinel for child in self.children if child.restart_at is None]
+        wait_for_exits(running, timeout=min(waits))
+        if self.stopping or self.stop.is_set():
+            return  # a child that exits now was stopped by the same signal (Ctrl-C in a shell)
+        now = time.monotonic()
+        for child in self.children:
+            if child.restart_at is None and not child.process.is_alive():
+                self._exited(child, now)
+            elif child.restart_at is not None and now >= child.restart_at:
+                self._restart(child, now)
+
+    def _exited(self, child: _Child, now: float) -> None:
+        child.exit_code = child.process.exitcode
+        lived = now - child.started_at
+        child.quick_deaths = 1 if lived >= STABLE_AFTER_S else child.quick_deaths + 1
+        delay = restart_delay(child.quick_deaths)
+        child.restart_at = now + delay
+        child.process.close()
+        self.log.warning(
+            "worker_exited",
+            stage=child.stage,
+            worker=child.name,
+            exit_code=child.exit_code,
+            signal=_signal_name(child.exit_code),
+            lived_s=round(lived, 1),
+            restart_in_s=delay,
+        )
+
+    def _restart(self, child: _Child, now: float) -> None:
+        child.process = self._spawn(child.target, child.args, child.name)
+        child.restarts += 1
+        child.started_at = now
+        child.restart_at = None
+        self.log.warning(
+            "worker_restarted",
+            stage=child.stage,
+            worker=child.name,
+            exit_code=child.exit_code,
+            restarts=child.restarts,
+            pid=child.process.pid,
+        )
+
+    def shutdown(self, grace_s: float | None = None) -> None:
+        """Ask every child to stop, wait up to the grace period, then kill what is left."""
+        grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
         self.stop.set()
-        deadline = time.monotonic() + grace_s
-        for process in self.processes:
-            process.join(max(0.0, deadline - time.monotonic()))
-        for process in self.processes:
+        live = [c.process for c in self.children if c.restart_at is None]
+        deadline = time.monotonic() + grace
+        while not self.force.is_set():
+            running = [p.sentinel for p in live if p.is_alive()]
+            left = deadline - time.monotonic()
+            if not running or left <= 0:
+                break
+            wait_for_exits(running, timeout=min(left, SUPERVISE_TICK_S))
+        for process in live:
             if process.is_alive():
-                process.terminate()
+                self.log.warning(
+                    "worker_killed_after_grace", worker=process.name, pid=process.pid, grace_s=grace
+                )
+                process.kill()  # SIGTERM would only ask again; the job goes back at next start
                 process.join(5)
+
+
+def _signal_name(exit_code: int | None) -> str | None:
+    """`SIGKILL` for a child killed by a signal (multiprocessing reports -9), else None."""
+    if exit_code is None or exit_code >= 0:
+        return None
+    try:
+        return signal.Signals(-exit_code).name
+    except ValueError:
+        return None
+
+
+class StopSignals:
+    """SIGINT, SIGTERM and SIGHUP in the main process: the first asks for a clean stop,
+    a second one (an impatient Ctrl-C) skips the grace period. Restores the old handlers.
+    """
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.received: str | None = None
+        self.pipeline = pipeline
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> Self:
+        for sig in STOP_SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        # Only flag assignments and Event.set (whose lock the main thread never holds
+        # while it can be interrupted here) are safe in a handler.
+        if self.received is None:
+            self.received = signal.Signals(signum).name
+            self.pipeline.stopping = True
+        else:
+            self.pipeline.force.set()
 
 
 def prepare(settings: Settings, deps: Deps) -> None:
@@ -194,32 +513,55 @@ def listening_settings(settings: Settings, host: str, port: int) -> Settings:
 
 
 def run_dev(settings: Settings, *, host: str | None = None, port: int | None = None) -> None:
-    """Run the whole local pipeline until Ctrl-C."""
+    """Run the whole local pipeline until SIGINT (Ctrl-C), SIGTERM or SIGHUP."""
     import uvicorn
 
     from app.api.ingress import create_app
 
     settings = listening_settings(settings, host or settings.host, port or settings.port)
     configure_logging(settings.log_level, settings.log_json)
-    with single_runner(settings.data_dir):
+    with single_runner(settings.data_dir) as lock_path:
         deps = build_deps(settings)
         prepare(settings, deps)
-        pipeline = Pipeline(settings)
-        pipeline.start()
         log = get_logger()
-        log.info(
-            "pipeline_started", workers=len(pipeline.processes), data_dir=str(settings.data_dir)
-        )
         config = uvicorn.Config(
             create_app(deps),
             host=settings.host,
             port=settings.port,
             log_level="warning",
             access_log=False,
+            timeout_graceful_shutdown=max(1, round(settings.shutdown_grace_s)),
         )
-        try:
-            uvicorn.Server(config).run()
-        finally:
-            log.info("pipeline_stopping")
-            pipeline.shutdown()
-            log.info("pipeline_stopped")
+        # In a thread, uvicorn installs no signal handlers of its own (its handlers
+        # re-raise SIGTERM after serving, which killed this process before its children
+        # were stopped): the main thread owns the signals and supervises the children.
+        server = uvicorn.Server(config)
+        ingress = threading.Thread(target=server.run, name="ingress", daemon=True)
+        pipeline = Pipeline(settings, lock_path=lock_path)
+        ingress_failed = False
+        with StopSignals(pipeline) as signals:
+            pipeline.start()
+            ingress.start()
+            log.info(
+                "pipeline_started",
+                workers=len(pipeline.children),
+                data_dir=str(settings.data_dir),
+                pid=os.getpid(),
+            )
+            try:
+                while signals.received is None:
+                    if not ingress.is_alive():
+                        ingress_failed = True
+                        break
+                    pipeline.supervise(SUPERVISE_TICK_S)
+            finally:
+                log.info("pipeline_stopping", signal=signals.received)
+                server.should_exit = True
+                pipeline.shutdown()
+                ingress.join(settings.shutdown_grace_s + 5)
+                log.info("pipeline_stopped")
+        if ingress_failed:
+            raise RunnerError(
+                f"the ingress stopped: could not serve on {settings.host}:{settings.port} "
+                "(see the log above)"
+            )
