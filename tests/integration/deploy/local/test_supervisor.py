@@ -26,7 +26,7 @@ from app.core.models import JobStatus, Stage
 from app.engine.deps import Deps, build_deps
 from tests.comfy_double import ComfyDouble
 
-WORKFLOW = {
+WORKFLOW: dict[str, dict[str, Any]] = {
     "1": {
         "class_type": "EmptyImage",
         "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 123},
@@ -253,13 +253,13 @@ def test_a_worker_killed_again_and_again_is_restarted_with_a_growing_backoff(
     comfy_double: ComfyDouble, dev_factory: Callable[..., Dev]
 ) -> None:
     dev = dev_factory(comfy_double.url)
-    delays = []
+    delays: list[float] = []
     for round_ in range(1, 4):
         pid = dev.worker_pids("notify")["notify-0"]
         killed_at = time.monotonic()
         os.kill(pid, signal.SIGKILL)
         wait_for(
-            lambda pid=pid: dev.worker_pids("notify")["notify-0"] != pid,
+            lambda pid=pid: bool(dev.worker_pids("notify")["notify-0"] != pid),  # type: ignore[misc]
             60,
             f"restart {round_} of notify",
         )

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from app.core.errors import RunnerError
 from app.deploy.local.runner import (
     MEMBERS_LOCK_FILE,
     RESTART_BACKOFF_MAX_S,
-    RunnerError,
     restart_delay,
     single_runner,
 )
