@@ -249,12 +249,12 @@ def test_a_stale_release_never_frees_the_next_holder() -> None:
     slots = backend.kv("slots")
     first = claim_slot(slots, "s", 1, SlotHolder("a", 0))
     assert first is not None
-    release_slot(slots, first)
+    assert release_slot(slots, first) is True
     second = claim_slot(slots, "s", 1, SlotHolder("b", 0))
     assert second is not None and second.index == first.index
     # When the first holder's release runs again (a retry, a slow reaper)
-    release_slot(slots, first)
-    # Then the second holder still holds the place
+    # Then it frees nothing, says so, and the second holder still holds the place
+    assert release_slot(slots, first) is False
     assert active_count(slots, "s") == 1
     assert claim_slot(slots, "s", 1, SlotHolder("c", 0)) is None
 
