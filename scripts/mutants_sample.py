@@ -79,7 +79,8 @@ MUTANTS = (
         "a release marks the next tenure released (frees the next holder)",
         "app/store/claims.py",
         '    if not kv.put_if_absent(released_key(ref.scope, ref.index, ref.generation), "1"):\n',
-        '    if not kv.put_if_absent(released_key(ref.scope, ref.index, ref.generation + 1), "1"):\n',
+        "    if not kv.put_if_absent(released_key(ref.scope, ref.index, ref.generation + 1), "
+        '"1"):\n',
         UNIT,
     ),
     Mutant(
