@@ -25,6 +25,7 @@ from app.api.http_errors import BodyLimit, ErrorResponse, install_error_handlers
 from app.core.errors import ApiError
 from app.core.models import JobStatus
 from app.core.schemas import USER_ID_PATTERN, JobRequest, JobView
+from app.engine.backpressure import check_backlog
 from app.engine.deps import Deps
 from app.engine.pipeline import cancel_job
 from app.engine.views import JobList, owned_job, present
@@ -166,6 +167,10 @@ async def health(deps: DepsDep) -> Health:
         413: _error("The body is over the request size limit."),
         429: _error("A concurrency cap or the rate limit was hit; see `Retry-After`."),
         **_AUTH_ERRORS,
+        503: _error(
+            "At capacity (queue or render backlog) or the backend is briefly down; "
+            "retry after `Retry-After`."
+        ),
     },
     openapi_extra={
         "requestBody": {
@@ -199,6 +204,7 @@ def create_job(
     request = parse_job_request(body)
     if request.user_id is not None and request.user_id != user_id:
         raise ApiError(403, "user_mismatch", "user_id in the body does not match X-User-ID")
+    check_backlog(deps)  # before anything is written: a refusal never holds a slot
     admission = admit(deps, tenant, user_id, request, idempotency_key=idempotency_key)
     response.status_code = 200 if admission.replayed else 202
     response.headers["Location"] = f"/v1/jobs/{admission.job.id}"
