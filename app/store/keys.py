@@ -61,6 +61,13 @@ TENANTS_DICT = "tenants"
 #: The ComfyUI node catalog.
 CATALOG_DICT = "catalog"
 
+#: Dicts of durable records: they must outlive any idle time, and Modal Dict entries
+#: expire after 7 days without a read or write, so `refresh_durable` reads every key of
+#: these on a schedule. Only durable records live here (no per-job keys), so the scan
+#: costs what the durable records are, never the job history. Workflow templates
+#: (issue 15) add their dict here.
+DURABLE_DICTS = (TENANTS_DICT,)
+
 #: Every dict a job writes to (tests enumerate these; `JobStore.purge` empties them).
 JOB_DICTS = (
     JOBS_DICT,

@@ -14,7 +14,8 @@ Layout (names are settings; docs/deploy-modal.md has the runbook):
 * `sweep` (every minute) runs `app.engine.maintenance.sweep`, as the local runner does:
   parked retries whose time has come go back on their queues, and consumers are woken for
   anything a wake-up missed, so a raw `modal.Queue.put` is picked up within about a minute.
-* `fail_stale`, `cleanup`, `verify_setup` (scheduled), `download_models` (run by hand),
+* `fail_stale`, `cleanup`, `refresh_durable` (keeps tenants and keys past Modal Dict's
+  7-day idle expiry), `verify_setup` (scheduled), `download_models` (run by hand),
   and `api`, the ingress as an ASGI app that scales to zero.
 
 Importing this module needs no Modal token and no GPU library: heavy and sibling-stage
@@ -367,6 +368,16 @@ def fail_stale() -> dict[str, int]:
 def cleanup() -> dict[str, int]:
     """Delete expired jobs and outputs, free leaked admission slots."""
     result: dict[str, int] = _interface("app.engine.maintenance").cleanup(container_deps())
+    return result
+
+
+@app.function(
+    schedule=modal.Period(seconds=settings.modal_durable_refresh_every_s), **CPU_OPTIONS
+)
+def refresh_durable() -> dict[str, int]:
+    """Read every tenant, key and name record, so Modal Dict's 7-day idle expiry never
+    removes them (see `app.engine.durable`)."""
+    result: dict[str, int] = _interface("app.engine.durable").refresh_durable(container_deps())
     return result
 
 

@@ -57,7 +57,7 @@ def _secret_spec(secret: Any) -> tuple[str, list[str]]:
 
 
 CPU_STAGE_FUNCTIONS = ["intake", "fetch", "upload", "notify"]
-SCHEDULED = ["sweep", "fail_stale", "cleanup", "verify_setup"]
+SCHEDULED = ["sweep", "fail_stale", "cleanup", "refresh_durable", "verify_setup"]
 
 
 def test_import_needs_no_modal_credentials_or_gpu_libraries(tmp_path: Path) -> None:
@@ -168,6 +168,9 @@ def test_schedules() -> None:
         f"Period(seconds={float(DEFAULTS.modal_fail_stale_every_s)})"
     )
     assert fns["cleanup"].info().schedule == f"Cron('{DEFAULTS.modal_cleanup_cron}', UTC)"
+    assert fns["refresh_durable"].info().schedule == (
+        f"Period(seconds={float(DEFAULTS.modal_durable_refresh_every_s)})"
+    )
     assert fns["verify_setup"].info().schedule == f"Cron('{DEFAULTS.modal_verify_setup_cron}', UTC)"
     for name in [*CPU_STAGE_FUNCTIONS, "api", "download_models", "Render.*"]:
         assert fns[name].info().schedule is None, name
