@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 
 from app.core.errors import ComfyUnavailable
 from app.core.logs import get_logger
@@ -23,12 +24,14 @@ def drain_stage(
     max_items: int = 100,
     wait_s: float = 0.0,
     before_each: Callable[[], object] | None = None,
+    guard: Callable[[], AbstractContextManager[object]] = nullcontext,
 ) -> int:
     """Process `stage` messages until the queue is empty or `max_items` are done.
 
     `before_each` runs before each message (the render container's health check); if it
     raises `ComfyUnavailable` the message goes back on the queue, untouched, and the error
-    propagates so the container can stop taking work.
+    propagates so the container can stop taking work. Each message is handled inside
+    `guard()` (on Modal the container's scratch gate: no reload under its open files).
     """
     queue = deps.queue(stage)
     done = 0
@@ -43,6 +46,7 @@ def drain_stage(
                 queue.put(raw)
                 get_logger(stage=stage.value).warning("message_returned_unhealthy_worker")
                 raise
-        handle(raw)
+        with guard():
+            handle(raw)
         done += 1
     return done

@@ -49,6 +49,7 @@ from app.deploy.modal.manifest import (
     node_set_version,
     verify_install,
 )
+from app.deploy.modal.scratch_gate import ScratchGate
 
 ROOT = Path(__file__).resolve().parents[3]  # the repository: app/deploy/modal/app.py
 PYTHON_VERSION = "3.11"
@@ -94,6 +95,8 @@ scratch_volume = modal.Volume.from_name(
     f"{settings.modal_app_name}-scratch", environment_name=_ENVIRONMENT, create_if_missing=True
 )
 SCRATCH_DIR = opts.CONTAINER_DATA_DIR
+#: This container's coordination of scratch reloads/commits with its inputs' open files.
+scratch_gate = ScratchGate(settings.modal_scratch_gate_wait_s)
 
 
 def _named_secret(spec: opts.SecretSpec) -> modal.Secret:
@@ -183,8 +186,8 @@ def container_deps(comfy_url: str | None = None) -> Any:
             deps = _interface("app.engine.deps").build_deps(
                 settings, waker=wake, comfy_url=comfy_url, on_cancel=_cancel_render
             )
-            deps.scratch_commit = scratch_volume.commit
-            deps.scratch_reload = scratch_volume.reload
+            deps.scratch_commit = scratch_gate.exclusive(scratch_volume.commit, "commit")
+            deps.scratch_reload = scratch_gate.exclusive(scratch_volume.reload, "reload")
             deps.current_call_id = hooks.current_call_id
             deps.catalog_version = manifest.node_set_version()
             deps.waiting_calls = _waiting_calls
@@ -217,7 +220,8 @@ def wake(stage: Stage) -> None:
 def _drain(stage: Stage) -> int:
     stages = _interface("app.stages")
     limit = settings.modal_drain_max_items
-    count = int(stages.drain(stage, container_deps(), max_items=limit))
+    deps = container_deps()
+    count = int(stages.drain(stage, deps, max_items=limit, guard=scratch_gate.holding))
     if count >= limit:
         wake(stage)  # the queue may hold more: hand over to a fresh call
     return count
@@ -330,7 +334,15 @@ class Render:
     def run(self) -> int:
         """Render exactly one queued job, so cancelling this call cancels only that job."""
         stages = _interface("app.stages")
-        return int(stages.drain(Stage.RENDER, self.deps, max_items=1, before_each=self.health_gate))
+        return int(
+            stages.drain(
+                Stage.RENDER,
+                self.deps,
+                max_items=1,
+                before_each=self.health_gate,
+                guard=scratch_gate.holding,
+            )
+        )
 
     @modal.exit()
     def stop_comfy(self) -> None:
@@ -371,9 +383,7 @@ def cleanup() -> dict[str, int]:
     return result
 
 
-@app.function(
-    schedule=modal.Period(seconds=settings.modal_durable_refresh_every_s), **CPU_OPTIONS
-)
+@app.function(schedule=modal.Period(seconds=settings.modal_durable_refresh_every_s), **CPU_OPTIONS)
 def refresh_durable() -> dict[str, int]:
     """Read every tenant, key and name record, so Modal Dict's 7-day idle expiry never
     removes them (see `app.engine.durable`)."""
