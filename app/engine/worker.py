@@ -25,6 +25,7 @@ def drain_stage(
     wait_s: float = 0.0,
     before_each: Callable[[], object] | None = None,
     guard: Callable[[], AbstractContextManager[object]] = nullcontext,
+    keep_going: Callable[[], bool] | None = None,
 ) -> int:
     """Process `stage` messages until the queue is empty or `max_items` are done.
 
@@ -32,10 +33,14 @@ def drain_stage(
     raises `ComfyUnavailable` the message goes back on the queue, untouched, and the error
     propagates so the container can stop taking work. Each message is handled inside
     `guard()` (on Modal the container's scratch gate: no reload under its open files).
+    `keep_going` is asked before each message is taken (on Modal: is there still time
+    for one more worst-case message before the function's timeout?); False stops here.
     """
     queue = deps.queue(stage)
     done = 0
     while done < max_items:
+        if keep_going is not None and not keep_going():
+            break
         raw = queue.get(timeout_s=wait_s)
         if raw is None:
             break

@@ -217,12 +217,32 @@ def wake(stage: Stage) -> None:
         log.warning("wake_failed", stage=stage.value, error=type(exc).__name__)
 
 
+#: The drain's clock (tests replace it).
+monotonic = time.monotonic
+
+
 def _drain(stage: Stage) -> int:
+    """Drain until empty, `modal_drain_max_items`, or the time budget; then hand over.
+
+    Modal kills a call at its `timeout` mid-message (the message is lost until fail_stale
+    re-sends it), so no message is taken once less than one worst-case message
+    (`modal_drain_message_budget_s`, at most half the timeout) is left.
+    """
     stages = _interface("app.stages")
     limit = settings.modal_drain_max_items
+    budget = opts.drain_budget_s(CPU_SCALING, settings.modal_drain_message_budget_s)
+    stop_at = monotonic() + budget
     deps = container_deps()
-    count = int(stages.drain(stage, deps, max_items=limit, guard=scratch_gate.holding))
-    if count >= limit:
+    count = int(
+        stages.drain(
+            stage,
+            deps,
+            max_items=limit,
+            guard=scratch_gate.holding,
+            keep_going=lambda: monotonic() < stop_at,
+        )
+    )
+    if count >= limit or monotonic() >= stop_at:
         wake(stage)  # the queue may hold more: hand over to a fresh call
     return count
 

@@ -85,6 +85,12 @@ def render_scaling(settings: Settings) -> Scaling:
     )
 
 
+def drain_budget_s(scaling: Scaling, message_worst_s: int) -> float:
+    """How long a drain may keep taking messages: the timeout less one worst-case message
+    (at most half the timeout, so a misconfigured budget still drains something)."""
+    return scaling.timeout_s - min(message_worst_s, scaling.timeout_s / 2)
+
+
 def cpu_scaling(settings: Settings) -> Scaling:
     """CPU stage consumers and scheduled functions: never always-on."""
     return Scaling(

@@ -391,6 +391,33 @@ def test_a_full_drain_hands_over_to_a_fresh_call(monkeypatch: pytest.MonkeyPatch
     assert calls == [(Stage.FETCH, limit), (Stage.UPLOAD, limit)]
 
 
+def test_a_drain_stops_taking_messages_before_the_function_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = [1000.0]
+    taken: list[float] = []
+
+    def drain_stage(stage: Stage, deps: object, *, keep_going: Any, **_: object) -> int:
+        while keep_going():
+            taken.append(now[0] - 1000.0)
+            now[0] += 100.0  # each message takes 100 s
+        return len(taken)
+
+    woken: list[Stage] = []
+    monkeypatch.setattr(
+        modal_app, "_interface", lambda name: types.SimpleNamespace(drain=drain_stage)
+    )
+    monkeypatch.setattr(modal_app, "container_deps", lambda comfy_url=None: object())
+    monkeypatch.setattr(modal_app, "wake", woken.append)
+    monkeypatch.setattr(modal_app, "monotonic", lambda: now[0])
+    modal_app.fetch.local()
+    # timeout 600 s, worst case 120 s per message: none is taken at or after 480 s.
+    assert DEFAULTS.modal_cpu_timeout_s == 600
+    assert DEFAULTS.modal_drain_message_budget_s == 120
+    assert taken == [0.0, 100.0, 200.0, 300.0, 400.0]
+    assert woken == [Stage.FETCH]  # a fresh call takes the rest
+
+
 def test_wake_failure_is_only_logged(monkeypatch: pytest.MonkeyPatch) -> None:
     class Broken:
         def spawn(self) -> None:
