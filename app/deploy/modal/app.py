@@ -184,7 +184,7 @@ def container_deps(comfy_url: str | None = None) -> Any:
             hooks = _interface("app.deploy.modal.hooks")
             manifest = _interface("app.deploy.modal.manifest")
             deps = _interface("app.engine.deps").build_deps(
-                settings, waker=wake, comfy_url=comfy_url, on_cancel=_cancel_render
+                settings, waker=wake, comfy_url=comfy_url
             )
             deps.scratch_commit = scratch_gate.exclusive(scratch_volume.commit, "commit")
             deps.scratch_reload = scratch_gate.exclusive(scratch_volume.reload, "reload")
@@ -195,12 +195,6 @@ def container_deps(comfy_url: str | None = None) -> Any:
             deps.catalog_from_comfy = False  # render containers publish the catalog
             _deps["deps"] = deps
         return _deps["deps"]
-
-
-def _cancel_render(job: Any) -> None:
-    """Cancel also stops the render's FunctionCall (the cooperative interrupt runs too)."""
-    if job.render_call_id:
-        _interface("app.deploy.modal.hooks").cancel_render_call(job.render_call_id)
 
 
 def _consumer(stage: Stage) -> Any:
