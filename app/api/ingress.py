@@ -12,7 +12,7 @@ both call `create_app(deps)`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -22,7 +22,7 @@ from pydantic import BaseModel, ValidationError
 
 from app.api.files import files_router
 from app.api.http_errors import BodyLimit, ErrorResponse, install_error_handlers
-from app.core.errors import ApiError
+from app.core.errors import ApiError, BackendError
 from app.core.models import JobStatus
 from app.core.schemas import USER_ID_PATTERN, JobRequest, JobView
 from app.engine.backpressure import check_backlog
@@ -30,6 +30,7 @@ from app.engine.deps import Deps
 from app.engine.pipeline import cancel_job
 from app.engine.views import JobList, owned_job, present
 from app.stages.intake import admit
+from app.store.breaker import RenderBreaker
 from app.store.tenants import Tenant
 
 API_VERSION = "1.0.0"
@@ -144,14 +145,27 @@ class Health(BaseModel):
     version: str
     backend: str
     storage: str
+    #: "open" while repeated render start-up failures stop GPU containers from being
+    #: woken (jobs wait in the queue); "unknown" if the backend did not answer.
+    render_circuit: Literal["closed", "open", "unknown"] = "closed"
 
 
 @router.get("/health", tags=["service"])
-async def health(deps: DepsDep) -> Health:
-    """Liveness: answers without touching the backend."""
+def health(deps: DepsDep) -> Health:
+    """Liveness, and whether render's circuit breaker is open (one backend read)."""
     settings = deps.settings
+    try:
+        circuit: Literal["closed", "open", "unknown"] = (
+            "open" if RenderBreaker(deps.backend, deps.clock, settings).is_open() else "closed"
+        )
+    except BackendError:
+        circuit = "unknown"
     return Health(
-        status="ok", version=API_VERSION, backend=settings.backend, storage=settings.storage
+        status="ok",
+        version=API_VERSION,
+        backend=settings.backend,
+        storage=settings.storage,
+        render_circuit=circuit,
     )
 
 

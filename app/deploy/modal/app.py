@@ -203,8 +203,49 @@ def _consumer(stage: Stage) -> Any:
     return CPU_CONSUMERS[stage]
 
 
+#: How long one reading of the render breaker serves wake-ups (one Dict read per window
+#: instead of one per hand-off); opening is at most this late.
+CIRCUIT_CHECK_EVERY_S = 15.0
+_circuit: dict[str, float] = {"checked_at": float("-inf"), "open": 0.0}
+
+
+def _breaker() -> Any:
+    breaker = _interface("app.store.breaker")
+    return breaker.RenderBreaker(container_deps().backend, time.time, settings)
+
+
+def render_circuit_open() -> bool:
+    """Whether render start-ups failed too often lately (then nothing wakes render)."""
+    now = monotonic()
+    if now - _circuit["checked_at"] >= CIRCUIT_CHECK_EVERY_S:
+        try:
+            state = _breaker().state()
+        except Exception as exc:  # noqa: BLE001 - unknown: keep rendering
+            log.warning("render_circuit_unreadable", error=type(exc).__name__)
+            return False
+        is_open = time.time() < state.open_until
+        _circuit.update(checked_at=now, open=1.0 if is_open else 0.0)
+        if is_open:
+            log.error("render_circuit_open", failures=len(state.failures), until=state.open_until)
+    return bool(_circuit["open"])
+
+
+def _record_startup_failure() -> None:
+    try:
+        _breaker().record_failure()
+    except Exception as exc:  # noqa: BLE001 - the start-up error is the one to raise
+        log.warning("render_failure_unrecorded", error=type(exc).__name__)
+
+
 def wake(stage: Stage) -> None:
-    """Start one consumer call for `stage`; a failure is only logged (the sweep catches up)."""
+    """Start one consumer call for `stage`; a failure is only logged (the sweep catches up).
+
+    Render is not woken while its circuit breaker is open (repeated start-up failures):
+    the jobs wait in the queue and the next sweep after the cool-down wakes them.
+    """
+    if stage is Stage.RENDER and render_circuit_open():
+        log.warning("render_wake_skipped", reason="render_circuit_open")
+        return
     try:
         _consumer(stage).spawn()
     except Exception as exc:  # noqa: BLE001 - a put must never fail for its wake-up
@@ -319,8 +360,12 @@ class Render:
             helper_mode=SNAPSHOT.helper_mode,
         )
         self.comfy = ComfyProcess(launch)
-        self.comfy.start()
-        self.comfy.wait_until_healthy(settings.modal_render_startup_timeout_s)
+        try:
+            self.comfy.start()
+            self.comfy.wait_until_healthy(settings.modal_render_startup_timeout_s)
+        except Exception:
+            _record_startup_failure()  # the breaker stops a crash loop of GPU containers
+            raise
 
     @modal.enter(snap=False)
     def attach(self) -> None:
@@ -328,10 +373,18 @@ class Render:
         from app.deploy.modal import comfy_process as comfy_server
 
         url = self.comfy.launch.url
-        if SNAPSHOT.helper_mode:
-            log.info("comfy_device_selected", result=comfy_server.select_device(url))
-        self.deps = container_deps(comfy_url=url)
-        _publish_catalog(self.deps, self.deps.comfy.object_info())
+        try:
+            if SNAPSHOT.helper_mode:
+                log.info("comfy_device_selected", result=comfy_server.select_device(url))
+            self.deps = container_deps(comfy_url=url)
+            _publish_catalog(self.deps, self.deps.comfy.object_info())
+        except Exception:
+            _record_startup_failure()
+            raise
+        try:
+            _breaker().record_success()
+        except Exception as exc:  # noqa: BLE001 - rendering works without the record
+            log.warning("render_success_unrecorded", error=type(exc).__name__)
 
     def health_gate(self) -> None:
         """Before each job: an unhealthy ComfyUI retires this container, the job requeues."""
