@@ -207,11 +207,13 @@ def _consumer(stage: Stage) -> Any:
 #: instead of one per hand-off); opening is at most this late.
 CIRCUIT_CHECK_EVERY_S = 15.0
 _circuit: dict[str, float] = {"checked_at": float("-inf"), "open": 0.0}
+#: The breaker's clock (tests replace it).
+wall_clock = time.time
 
 
 def _breaker() -> Any:
     breaker = _interface("app.store.breaker")
-    return breaker.RenderBreaker(container_deps().backend, time.time, settings)
+    return breaker.RenderBreaker(container_deps().backend, wall_clock, settings)
 
 
 def render_circuit_open() -> bool:
@@ -223,7 +225,7 @@ def render_circuit_open() -> bool:
         except Exception as exc:  # noqa: BLE001 - unknown: keep rendering
             log.warning("render_circuit_unreadable", error=type(exc).__name__)
             return False
-        is_open = time.time() < state.open_until
+        is_open = wall_clock() < state.open_until
         _circuit.update(checked_at=now, open=1.0 if is_open else 0.0)
         if is_open:
             log.error("render_circuit_open", failures=len(state.failures), until=state.open_until)

@@ -24,7 +24,7 @@ from tests.modal_emulator import EmulatedFunction, ModalEmulator
 def render(deployment: Deployment, monkeypatch: pytest.MonkeyPatch) -> Iterator[EmulatedFunction]:
     """The app's own wake/startup wiring over the emulated deployment."""
     monkeypatch.setattr(modal_app, "container_deps", lambda comfy_url=None: deployment.deps)
-    monkeypatch.setattr(modal_app.time, "time", deployment.emu.clock.now)
+    monkeypatch.setattr(modal_app, "wall_clock", deployment.emu.clock.now)
     monkeypatch.setattr(modal_app, "monotonic", deployment.emu.clock.now)
     monkeypatch.setattr(modal_app, "_circuit", {"checked_at": float("-inf"), "open": 0.0})
     deployment.deps.waker = modal_app.wake
