@@ -20,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from app.clients.proxy_auth import proxy_auth_headers
 from app.clients.smoke import SmokeConfig, run_smoke
 from app.core.config import Settings
 from app.core.schemas import USER_ID
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         poll_interval_s=args.poll_interval_s,
         burst_accepted=args.burst_accepted,
     )
-    summary = run_smoke(args.url, config)
+    summary = run_smoke(args.url, config, proxy_headers=proxy_auth_headers(settings))
     print(json.dumps(summary, indent=2))
     return 0 if summary["ok"] else 1
 

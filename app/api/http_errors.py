@@ -27,10 +27,12 @@ from app.core.errors import (
     AlreadyTerminal,
     ApiError,
     BackendError,
+    Backpressure,
     IdempotencyConflict,
     InvalidRequest,
     JobNotFound,
     PipelineError,
+    QueueFull,
 )
 from app.core.logs import get_logger
 
@@ -191,6 +193,29 @@ async def _backend_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _backpressure(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, Backpressure)
+    return error_response(
+        503,
+        exc.code,
+        exc.message,
+        headers={"Retry-After": str(exc.retry_after_s)},
+        retry_after_s=exc.retry_after_s,
+    )
+
+
+async def _queue_full(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, QueueFull)
+    get_logger().warning("request_queue_full", queue=exc.queue)
+    return error_response(
+        503,
+        "overloaded",
+        "the service is at capacity; try again shortly",
+        headers={"Retry-After": str(exc.retry_after_s)},
+        retry_after_s=exc.retry_after_s,
+    )
+
+
 async def _admission_rejected(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, AdmissionRejected)
     return error_response(
@@ -241,6 +266,8 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(InvalidRequest, _invalid_request)
     app.add_exception_handler(PipelineError, _pipeline_error)
     app.add_exception_handler(BackendError, _backend_error)
+    app.add_exception_handler(QueueFull, _queue_full)
+    app.add_exception_handler(Backpressure, _backpressure)
     app.add_exception_handler(AdmissionRejected, _admission_rejected)
     app.add_exception_handler(IdempotencyConflict, _idempotency_conflict)
     app.add_exception_handler(AlreadyTerminal, _already_terminal)

@@ -12,7 +12,7 @@ both call `create_app(deps)`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -22,13 +22,15 @@ from pydantic import BaseModel, ValidationError
 
 from app.api.files import files_router
 from app.api.http_errors import BodyLimit, ErrorResponse, install_error_handlers
-from app.core.errors import ApiError
+from app.core.errors import ApiError, BackendError
 from app.core.models import JobStatus
 from app.core.schemas import USER_ID_PATTERN, JobRequest, JobView
+from app.engine.backpressure import check_backlog
 from app.engine.deps import Deps
 from app.engine.pipeline import cancel_job
 from app.engine.views import JobList, owned_job, present
 from app.stages.intake import admit
+from app.store.breaker import RenderBreaker
 from app.store.tenants import Tenant
 
 API_VERSION = "1.0.0"
@@ -143,14 +145,27 @@ class Health(BaseModel):
     version: str
     backend: str
     storage: str
+    #: "open" while repeated render start-up failures stop GPU containers from being
+    #: woken (jobs wait in the queue); "unknown" if the backend did not answer.
+    render_circuit: Literal["closed", "open", "unknown"] = "closed"
 
 
 @router.get("/health", tags=["service"])
-async def health(deps: DepsDep) -> Health:
-    """Liveness: answers without touching the backend."""
+def health(deps: DepsDep) -> Health:
+    """Liveness, and whether render's circuit breaker is open (one backend read)."""
     settings = deps.settings
+    try:
+        circuit: Literal["closed", "open", "unknown"] = (
+            "open" if RenderBreaker(deps.backend, deps.clock, settings).is_open() else "closed"
+        )
+    except BackendError:
+        circuit = "unknown"
     return Health(
-        status="ok", version=API_VERSION, backend=settings.backend, storage=settings.storage
+        status="ok",
+        version=API_VERSION,
+        backend=settings.backend,
+        storage=settings.storage,
+        render_circuit=circuit,
     )
 
 
@@ -166,6 +181,10 @@ async def health(deps: DepsDep) -> Health:
         413: _error("The body is over the request size limit."),
         429: _error("A concurrency cap or the rate limit was hit; see `Retry-After`."),
         **_AUTH_ERRORS,
+        503: _error(
+            "At capacity (queue or render backlog) or the backend is briefly down; "
+            "retry after `Retry-After`."
+        ),
     },
     openapi_extra={
         "requestBody": {
@@ -199,6 +218,7 @@ def create_job(
     request = parse_job_request(body)
     if request.user_id is not None and request.user_id != user_id:
         raise ApiError(403, "user_mismatch", "user_id in the body does not match X-User-ID")
+    check_backlog(deps)  # before anything is written: a refusal never holds a slot
     admission = admit(deps, tenant, user_id, request, idempotency_key=idempotency_key)
     response.status_code = 200 if admission.replayed else 202
     response.headers["Location"] = f"/v1/jobs/{admission.job.id}"

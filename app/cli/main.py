@@ -23,6 +23,7 @@ import typer
 from app.cli.common import fail, friendly_errors, local_deps, settings, table, when
 from app.cli.tenants import tenant_app
 from app.clients.http_client import ApiClient
+from app.clients.proxy_auth import proxy_auth_headers
 from app.core.logs import configure_logging
 from app.core.models import JobStatus
 from app.core.schemas import JobView
@@ -65,7 +66,8 @@ def api(api_url: str | None, api_key: str | None, user: str) -> Iterator[ApiClie
     key = api_key if api_key is not None else config.api_key.get_secret_value()
     if not key:
         fail("no API key: pass --api-key or set COMFYUI_SAAS_API_KEY")
-    with ApiClient(api_url or config.api_url, key, user) as client:
+    proxy = proxy_auth_headers(config)
+    with ApiClient(api_url or config.api_url, key, user, proxy_headers=proxy) as client:
         yield client
 
 

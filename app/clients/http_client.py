@@ -44,9 +44,16 @@ class ApiClient:
         *,
         timeout_s: float = 30.0,
         transport: httpx.BaseTransport | None = None,
+        proxy_headers: Mapping[str, str] | None = None,
     ) -> None:
+        """`proxy_headers`: Modal's `Modal-Key`/`Modal-Secret` for a deployment with
+        proxy auth (`app.clients.proxy_auth`); sent to the API only, never to downloads."""
         self.api_url = api_url.rstrip("/")
-        headers = {"Authorization": f"Bearer {api_key}", "X-User-ID": user_id}
+        headers = {
+            **(proxy_headers or {}),
+            "Authorization": f"Bearer {api_key}",
+            "X-User-ID": user_id,
+        }
         self._http = httpx.Client(
             base_url=self.api_url,
             headers=headers,

@@ -36,6 +36,7 @@ from app.core.ids import new_job_id
 from app.core.models import TERMINAL_STATUSES, Stage
 from app.core.polling import poll_until
 from app.core.schemas import USER_ID, IntakeMessage, JobRequest, JobView
+from app.engine.backpressure import CLIENT_ADMISSION_QUEUES, check_backlog
 from app.engine.deps import Deps, Waker, build_deps
 from app.engine.pipeline import cancel_job
 from app.engine.views import owned_job, present
@@ -84,10 +85,12 @@ class Client:
     ) -> str:
         """Queue a job for intake and wake it; returns the new job's id at once.
 
-        Raises `Unauthorized` for a bad key and `InvalidRequest` for a body that is not a
-        `JobRequest`; everything else (caps, workflow checks) is decided by intake.
+        Raises `Unauthorized` for a bad key, `InvalidRequest` for a body that is not a
+        `JobRequest` and `Backpressure` (retry after `retry_after_s`) while the queues are
+        at capacity; everything else (caps, workflow checks) is decided by intake.
         """
         self.tenant()  # fail fast; intake authenticates again
+        check_backlog(self.deps, CLIENT_ADMISSION_QUEUES)
         if not isinstance(request, JobRequest):
             try:
                 request = JobRequest.model_validate(dict(request))

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -465,10 +465,25 @@ def run_all(client: httpx.Client, cfg: SmokeConfig, url: str) -> dict[str, Any]:
 
 
 def run_smoke(
-    url: str, cfg: SmokeConfig, *, http_timeout_s: float = 30.0, trust_env: bool = True
+    url: str,
+    cfg: SmokeConfig,
+    *,
+    http_timeout_s: float = 30.0,
+    trust_env: bool = True,
+    proxy_headers: Mapping[str, str] | None = None,
+    transport: httpx.BaseTransport | None = None,
 ) -> dict[str, Any]:
-    """Run every check against the API at `url`; the JSON summary."""
+    """Run every check against the API at `url`; the JSON summary.
+
+    `proxy_headers` (Modal-Key/Modal-Secret, `app.clients.proxy_auth`) go on every call,
+    the unauthenticated ones included: Modal's edge checks them before the API does.
+    """
     with httpx.Client(
-        base_url=url, timeout=http_timeout_s, follow_redirects=False, trust_env=trust_env
+        base_url=url,
+        timeout=http_timeout_s,
+        follow_redirects=False,
+        trust_env=trust_env,
+        headers=dict(proxy_headers or {}),
+        transport=transport,
     ) as client:
         return run_all(client, cfg, url)

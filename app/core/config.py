@@ -54,7 +54,18 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = Field(default=0, ge=0)
     #: What a 429 for a concurrency cap suggests as Retry-After.
     cap_retry_after_s: int = Field(default=5, ge=1)
-    idempotency_ttl_s: int = Field(default=86_400, ge=60)
+    #: At most 6 days: an idempotency record is written once and must outlive its window
+    #: without being touched again, and Modal Dict entries expire after 7 idle days.
+    idempotency_ttl_s: int = Field(default=86_400, ge=60, le=6 * 86_400)
+    #: Backpressure: admission (POST /v1/jobs, the Python client) answers 503 + Retry-After
+    #: before any slot is taken when the render queue holds more than this many jobs ...
+    max_render_backlog: int = Field(default=1000, ge=1)
+    #: ... or any stage queue holds more than this (a Modal partition takes 5,000 items).
+    queue_high_water_items: int = Field(default=4000, ge=1, le=5000)
+    #: The Retry-After of a backpressure 503.
+    backpressure_retry_after_s: int = Field(default=30, ge=1)
+    #: A put on a full queue waits this long, then fails with QueueFull (never forever).
+    queue_put_timeout_s: float = Field(default=10.0, gt=0, le=300)
 
     # --- request limits ----------------------------------------------------------------
     max_request_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
@@ -105,6 +116,9 @@ class Settings(BaseSettings):
     #: How long a stage may hold a job before fail_stale takes it back.
     stage_lease_s: int = Field(default=900, ge=10)
     stage_max_attempts: int = Field(default=3, ge=1)
+    #: A queued message older than this is presumed lost and re-sent even while its queue
+    #: has a backlog (an empty queue re-sends after 5 minutes; a duplicate is fenced).
+    requeue_under_backlog_after_s: int = Field(default=1800, ge=300)
     queue_poll_timeout_s: float = Field(default=1.0, gt=0)
     local_fetch_workers: int = Field(default=2, ge=1)
     local_render_workers: int = Field(default=1, ge=1)
@@ -165,8 +179,15 @@ class Settings(BaseSettings):
     modal_render_max_inputs: int = Field(default=1, ge=1)
     modal_render_timeout_s: int = Field(default=3600, ge=60, le=86_400)
     #: ComfyUI's start (and the memory snapshot) must finish within this.
-    modal_render_startup_timeout_s: int = Field(default=600, ge=30, le=3600)
-    modal_render_retries: int = Field(default=2, ge=0, le=10)
+    #: Bounded (and small) because every retried start of a broken image is billed GPU time.
+    modal_render_startup_timeout_s: int = Field(default=300, ge=30, le=900)
+    modal_render_retries: int = Field(default=1, ge=0, le=3)
+    #: Circuit breaker: this many render container start-up failures within the window
+    #: stop every wake-up of render for the cool-down (`render_circuit_open` in the log,
+    #: `render_circuit: "open"` in /health).
+    modal_render_breaker_failures: int = Field(default=3, ge=1)
+    modal_render_breaker_window_s: int = Field(default=900, ge=60)
+    modal_render_breaker_cooldown_s: int = Field(default=900, ge=60)
     #: Start ComfyUI once, snapshot the container's memory, restore it on cold starts.
     modal_memory_snapshot: bool = True
     #: Modal's alpha GPU snapshots (needs the memory snapshot); a failed restore just
@@ -184,8 +205,21 @@ class Settings(BaseSettings):
     modal_ingress_scaledown_window_s: int = Field(default=60, ge=2, le=3600)
     #: Also require Modal proxy-auth headers (Modal-Key/Modal-Secret) on the API.
     modal_requires_proxy_auth: bool = False
+    #: A proxy-auth token our own HTTP clients (client, smoke, CLI) send as Modal-Key /
+    #: Modal-Secret; empty: none sent. Never logged.
+    modal_proxy_key: str = ""
+    modal_proxy_secret: SecretStr = SecretStr("")
     #: Messages one CPU-stage call takes before it hands over to a fresh call.
     modal_drain_max_items: int = Field(default=100, ge=1)
+    #: The worst-case time of one message: a drain takes no new message once less than
+    #: this is left before the function's timeout (a fresh call takes the rest).
+    modal_drain_message_budget_s: int = Field(default=120, ge=1)
+    #: How often `refresh_durable` touches every durable record (tenants, keys, names):
+    #: at most 3 days, so even two missed runs stay inside Modal Dict's 7-day idle expiry.
+    modal_durable_refresh_every_s: int = Field(default=86_400, ge=3600, le=3 * 86_400)
+    #: How long a scratch Volume reload/commit waits for sibling inputs to close their
+    #: files before it is tried anyway (and retried as a transient error if it fails).
+    modal_scratch_gate_wait_s: float = Field(default=60.0, gt=0)
     modal_fail_stale_every_s: int = Field(default=120, ge=60)
     #: Cron strings are UTC.
     modal_cleanup_cron: str = "17 3 * * *"

@@ -19,9 +19,11 @@
     │   ├── RenderCancelled           the client cancelled the job during render
     │   └── UploadFailed              storage refused the outputs for good
     ├── BackendError                  the queue/dict backend failed (HTTP 503)
-    │   └── QueueItemTooLarge         a queue item is over 1 MiB (also a ValueError)
+    │   ├── QueueItemTooLarge         a queue item is over 1 MiB (also a ValueError)
+    │   └── QueueFull                 a queue stayed full for its put timeout (HTTP 503)
     ├── JobStateError                 the job state core refused an operation
     │   ├── AdmissionRejected         a cap or rate limit refused a new job (HTTP 429)
+    │   ├── Backpressure              queues or render backlog at capacity (HTTP 503)
     │   ├── IdempotencyConflict       an idempotency key reused with another body (HTTP 409)
     │   ├── AlreadyTerminal           the job had already ended (HTTP 409)
     │   └── JobNotFound               no such job (HTTP 404; also a KeyError)
@@ -190,6 +192,18 @@ class QueueItemTooLarge(BackendError, ValueError):
     """A queue item is over the 1 MiB limit; put ids in messages, not payloads."""
 
 
+class QueueFull(BackendError):
+    """A queue refused an item within its put timeout (Modal: 5,000 items per partition).
+
+    Raised instead of blocking: a blocking Modal `put` on a full partition retries forever.
+    """
+
+    def __init__(self, queue: str, retry_after_s: int) -> None:
+        super().__init__(f"queue {queue!r} is full")
+        self.queue = queue
+        self.retry_after_s = retry_after_s
+
+
 class JobStateError(ComfySaasError):
     """The job state core refused an operation."""
 
@@ -203,6 +217,17 @@ class AdmissionRejected(JobStateError):
         self.message = message
         self.retry_after_s = retry_after_s
         self.limit = limit
+
+
+class Backpressure(JobStateError):
+    """Admission refused before any slot is taken: a stage queue or the render backlog is
+    over its limit. The service is saturated, not broken; retry after `retry_after_s`."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.code = "overloaded"
+        self.message = message
+        self.retry_after_s = retry_after_s
 
 
 class IdempotencyConflict(JobStateError):

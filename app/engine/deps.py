@@ -34,7 +34,7 @@ def _no_wake(stage: Stage) -> None:
     """Local workers poll their queues; nothing to wake."""
 
 
-def _no_cancel_hook(job: Job) -> None:
+def no_cancel_hook(job: Job) -> None:
     """Locally the render stage's cooperative interrupt is all there is."""
 
 
@@ -61,7 +61,7 @@ class Deps:
     #: Called after a message is put on a stage's queue (Modal: spawn the consumer).
     waker: Waker = _no_wake
     #: Called after a job is cancelled (Modal: cancel the render's FunctionCall).
-    on_cancel: CancelHook = _no_cancel_hook
+    on_cancel: CancelHook = no_cancel_hook
     comfy_url: str | None = None
     #: Modal: commit / reload the scratch Volume so other containers see the files.
     scratch_commit: Callable[[], None] = _nothing
@@ -138,11 +138,15 @@ def build_deps(
     comfy_url: str | None = None,
     backend: Backend | None = None,
 ) -> Deps:
-    """Deps for this process from the settings."""
+    """Deps for this process from the settings (on Modal, cancel also stops the render)."""
+    if on_cancel is None:
+        from app.engine.render_cancel import render_cancel_hook
+
+        on_cancel = render_cancel_hook(settings)
     return Deps(
         settings=settings,
         backend=backend or open_backend(settings),
         waker=waker or _no_wake,
-        on_cancel=on_cancel or _no_cancel_hook,
+        on_cancel=on_cancel,
         comfy_url=comfy_url,
     )

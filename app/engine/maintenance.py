@@ -141,12 +141,18 @@ def _reap(
         return
     holder_died = job.lease_until is not None and now > job.lease_until
     queued = job.stage_times.get(job.stage, StageTimes()).queued_at
+    # Lost if nobody took it: soon when its queue is empty, and after the job's own
+    # queued-at age passes a longer limit even under a sustained backlog (a duplicate
+    # of a message still queued is fenced by the epoch, never run twice).
+    age = now - queued if queued is not None else 0.0
     message_lost = (
         job.lease_until is None
-        and job.stage in empty_queues
         and queued is not None
-        and now - queued > REQUEUE_AFTER_S
         and job.id not in parked
+        and (
+            (job.stage in empty_queues and age > REQUEUE_AFTER_S)
+            or age > deps.settings.requeue_under_backlog_after_s
+        )
     )
     if not (holder_died or message_lost):
         return

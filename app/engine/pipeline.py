@@ -22,7 +22,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from app.core.errors import AdmissionRejected, IdempotencyConflict, PipelineError
+from app.core.errors import (
+    AdmissionRejected,
+    Backpressure,
+    IdempotencyConflict,
+    PipelineError,
+    QueueFull,
+)
 from app.core.ids import is_job_id
 from app.core.logs import get_logger
 from app.core.models import Job, JobError, JobStatus, Stage, StageMessage, StageTimes
@@ -106,13 +112,35 @@ def release_due(deps: Deps) -> int:
     return moved
 
 
+def hand_off(deps: Deps, job: Job, stage: Stage, *, epoch: int = 0) -> bool:
+    """Queue the job for `stage`; True if queued.
+
+    A queue still full after its put timeout fails the job cleanly (the terminal decision
+    releases its slots) instead of leaving it admitted with no message anywhere.
+    """
+    try:
+        enqueue(deps, job.id, stage, epoch=epoch)
+    except QueueFull as exc:
+        error = JobError(code="overloaded", message=f"the {stage} queue was full; job not run")
+        fail_job(deps, job, error)
+        get_logger(job_id=job.id, tenant_id=job.tenant_id, stage=stage.value).error(
+            "job_failed_queue_full", queue=exc.queue
+        )
+        return False
+    return True
+
+
 def after_terminal(deps: Deps, job: Job) -> None:
     """Once a job has ended: drop its scratch files and send its webhook."""
     shutil.rmtree(job_folder(deps, job.id), ignore_errors=True)
     if job.webhook_url:
         # Marked before the message goes out, so a lost message is found and re-sent.
         deps.deliveries.mark_pending(job.id, deps.clock())
-        enqueue(deps, job.id, Stage.NOTIFY)
+        try:
+            enqueue(deps, job.id, Stage.NOTIFY)
+        except QueueFull:
+            # Still pending: fail_stale re-sends it once the notify queue has room.
+            get_logger(job_id=job.id, stage=Stage.NOTIFY.value).warning("notify_queue_full")
 
 
 def fail_job(deps: Deps, job: Job, error: JobError) -> bool:
@@ -224,7 +252,7 @@ def _work(deps: Deps, message: StageMessage, stages: Mapping[Stage, StageFn]) ->
         shutil.rmtree(job_folder(deps, job.id), ignore_errors=True)
         return
     if following is not None:
-        enqueue(deps, job.id, following, epoch=message.epoch)
+        hand_off(deps, job, following, epoch=message.epoch)
         return
     if deps.jobs.finish(job.id, JobStatus.COMPLETED, outputs=job.outputs):
         log.info("job_completed", outputs=len(job.outputs))
@@ -314,6 +342,9 @@ def process_intake_message(raw: str, deps: Deps, intake: IntakeFn) -> None:
         error = JobError(code="idempotency_conflict", message=str(exc))
     except PipelineError as exc:
         error = JobError(code=exc.code, message=exc.message)
+    except Backpressure:
+        log.warning("intake_job_failed_backpressure")  # already failed under its id
+        return
     deps.jobs.reject(message.job_id, tenant.id, message.user_id, error)
     log.bind(tenant_id=tenant.id).warning("job_rejected", code=error.code, error=error.message)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 
 from app.core.errors import ComfyUnavailable
 from app.core.logs import get_logger
@@ -23,16 +24,23 @@ def drain_stage(
     max_items: int = 100,
     wait_s: float = 0.0,
     before_each: Callable[[], object] | None = None,
+    guard: Callable[[], AbstractContextManager[object]] = nullcontext,
+    keep_going: Callable[[], bool] | None = None,
 ) -> int:
     """Process `stage` messages until the queue is empty or `max_items` are done.
 
     `before_each` runs before each message (the render container's health check); if it
     raises `ComfyUnavailable` the message goes back on the queue, untouched, and the error
-    propagates so the container can stop taking work.
+    propagates so the container can stop taking work. Each message is handled inside
+    `guard()` (on Modal the container's scratch gate: no reload under its open files).
+    `keep_going` is asked before each message is taken (on Modal: is there still time
+    for one more worst-case message before the function's timeout?); False stops here.
     """
     queue = deps.queue(stage)
     done = 0
     while done < max_items:
+        if keep_going is not None and not keep_going():
+            break
         raw = queue.get(timeout_s=wait_s)
         if raw is None:
             break
@@ -43,6 +51,7 @@ def drain_stage(
                 queue.put(raw)
                 get_logger(stage=stage.value).warning("message_returned_unhealthy_worker")
                 raise
-        handle(raw)
+        with guard():
+            handle(raw)
         done += 1
     return done

@@ -17,13 +17,13 @@ from app.adapters.comfy.file_policy import check_file_names
 from app.adapters.comfy.node_policy import NodePolicy, check_nodes
 from app.adapters.comfy.workflow import check_workflow
 from app.adapters.net.policy import UrlPolicy, parse_url
-from app.core.errors import ComfyUnavailable, InvalidRequest
+from app.core.errors import Backpressure, ComfyUnavailable, InvalidRequest
 from app.core.ids import new_job_id
 from app.core.logs import get_logger
 from app.core.models import Job, Stage
 from app.core.schemas import USER_ID, JobRequest
 from app.engine.deps import Deps
-from app.engine.pipeline import Submission, enqueue
+from app.engine.pipeline import Submission, hand_off
 from app.store.jobs import Admission, NewJob, body_fingerprint
 from app.store.tenants import Tenant
 
@@ -111,7 +111,9 @@ def admit(
     if admission.replayed:
         log.info("job_replayed", idempotency_key=idempotency_key)
         return admission
-    enqueue(deps, admission.job.id, Stage.FETCH)
+    if not hand_off(deps, admission.job, Stage.FETCH):
+        retry = deps.settings.backpressure_retry_after_s
+        raise Backpressure(f"the service is at capacity; retry after {retry} s", retry)
     log.info("job_admitted", user_id=user_id, inputs=len(new.inputs))
     return admission
 

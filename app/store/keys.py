@@ -29,6 +29,7 @@ dict                      key                                        owner
 ``tenants``               ``tenant:{id}`` ``name:{name}``            the tenant
                           ``keyid:{key id}`` ``key:{sha256}``        the tenant
 ``catalog``               ``comfy:catalog``                          the deploy
+``breaker``               ``render``                                 the deploy
 ========================  =========================================  ==========
 
 Queues are named after the stage they feed (``fetch``, ``render``, ...).
@@ -60,6 +61,17 @@ PENDING_DICT = "deliveries_pending"
 TENANTS_DICT = "tenants"
 #: The ComfyUI node catalog.
 CATALOG_DICT = "catalog"
+#: Circuit breakers (render container start-up failures).
+BREAKER_DICT = "breaker"
+#: The render class's breaker record.
+RENDER_BREAKER_KEY = "render"
+
+#: Dicts of durable records: they must outlive any idle time, and Modal Dict entries
+#: expire after 7 days without a read or write, so `refresh_durable` reads every key of
+#: these on a schedule. Only durable records live here (no per-job keys), so the scan
+#: costs what the durable records are, never the job history. Workflow templates
+#: (issue 15) add their dict here.
+DURABLE_DICTS = (TENANTS_DICT,)
 
 #: Every dict a job writes to (tests enumerate these; `JobStore.purge` empties them).
 JOB_DICTS = (

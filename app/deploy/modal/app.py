@@ -14,7 +14,8 @@ Layout (names are settings; docs/deploy-modal.md has the runbook):
 * `sweep` (every minute) runs `app.engine.maintenance.sweep`, as the local runner does:
   parked retries whose time has come go back on their queues, and consumers are woken for
   anything a wake-up missed, so a raw `modal.Queue.put` is picked up within about a minute.
-* `fail_stale`, `cleanup`, `verify_setup` (scheduled), `download_models` (run by hand),
+* `fail_stale`, `cleanup`, `refresh_durable` (keeps tenants and keys past Modal Dict's
+  7-day idle expiry), `verify_setup` (scheduled), `download_models` (run by hand),
   and `api`, the ingress as an ASGI app that scales to zero.
 
 Importing this module needs no Modal token and no GPU library: heavy and sibling-stage
@@ -48,6 +49,7 @@ from app.deploy.modal.manifest import (
     node_set_version,
     verify_install,
 )
+from app.deploy.modal.scratch_gate import ScratchGate
 
 ROOT = Path(__file__).resolve().parents[3]  # the repository: app/deploy/modal/app.py
 PYTHON_VERSION = "3.11"
@@ -93,6 +95,8 @@ scratch_volume = modal.Volume.from_name(
     f"{settings.modal_app_name}-scratch", environment_name=_ENVIRONMENT, create_if_missing=True
 )
 SCRATCH_DIR = opts.CONTAINER_DATA_DIR
+#: This container's coordination of scratch reloads/commits with its inputs' open files.
+scratch_gate = ScratchGate(settings.modal_scratch_gate_wait_s)
 
 
 def _named_secret(spec: opts.SecretSpec) -> modal.Secret:
@@ -180,10 +184,10 @@ def container_deps(comfy_url: str | None = None) -> Any:
             hooks = _interface("app.deploy.modal.hooks")
             manifest = _interface("app.deploy.modal.manifest")
             deps = _interface("app.engine.deps").build_deps(
-                settings, waker=wake, comfy_url=comfy_url, on_cancel=_cancel_render
+                settings, waker=wake, comfy_url=comfy_url
             )
-            deps.scratch_commit = scratch_volume.commit
-            deps.scratch_reload = scratch_volume.reload
+            deps.scratch_commit = scratch_gate.exclusive(scratch_volume.commit, "commit")
+            deps.scratch_reload = scratch_gate.exclusive(scratch_volume.reload, "reload")
             deps.current_call_id = hooks.current_call_id
             deps.catalog_version = manifest.node_set_version()
             deps.waiting_calls = _waiting_calls
@@ -193,31 +197,89 @@ def container_deps(comfy_url: str | None = None) -> Any:
         return _deps["deps"]
 
 
-def _cancel_render(job: Any) -> None:
-    """Cancel also stops the render's FunctionCall (the cooperative interrupt runs too)."""
-    if job.render_call_id:
-        _interface("app.deploy.modal.hooks").cancel_render_call(job.render_call_id)
-
-
 def _consumer(stage: Stage) -> Any:
     if stage is Stage.RENDER:
         return Render().run
     return CPU_CONSUMERS[stage]
 
 
+#: How long one reading of the render breaker serves wake-ups (one Dict read per window
+#: instead of one per hand-off); opening is at most this late.
+CIRCUIT_CHECK_EVERY_S = 15.0
+_circuit: dict[str, float] = {"checked_at": float("-inf"), "open": 0.0}
+#: The breaker's clock (tests replace it).
+wall_clock = time.time
+
+
+def _breaker() -> Any:
+    breaker = _interface("app.store.breaker")
+    return breaker.RenderBreaker(container_deps().backend, wall_clock, settings)
+
+
+def render_circuit_open() -> bool:
+    """Whether render start-ups failed too often lately (then nothing wakes render)."""
+    now = monotonic()
+    if now - _circuit["checked_at"] >= CIRCUIT_CHECK_EVERY_S:
+        try:
+            state = _breaker().state()
+        except Exception as exc:  # noqa: BLE001 - unknown: keep rendering
+            log.warning("render_circuit_unreadable", error=type(exc).__name__)
+            return False
+        is_open = wall_clock() < state.open_until
+        _circuit.update(checked_at=now, open=1.0 if is_open else 0.0)
+        if is_open:
+            log.error("render_circuit_open", failures=len(state.failures), until=state.open_until)
+    return bool(_circuit["open"])
+
+
+def _record_startup_failure() -> None:
+    try:
+        _breaker().record_failure()
+    except Exception as exc:  # noqa: BLE001 - the start-up error is the one to raise
+        log.warning("render_failure_unrecorded", error=type(exc).__name__)
+
+
 def wake(stage: Stage) -> None:
-    """Start one consumer call for `stage`; a failure is only logged (the sweep catches up)."""
+    """Start one consumer call for `stage`; a failure is only logged (the sweep catches up).
+
+    Render is not woken while its circuit breaker is open (repeated start-up failures):
+    the jobs wait in the queue and the next sweep after the cool-down wakes them.
+    """
+    if stage is Stage.RENDER and render_circuit_open():
+        log.warning("render_wake_skipped", reason="render_circuit_open")
+        return
     try:
         _consumer(stage).spawn()
     except Exception as exc:  # noqa: BLE001 - a put must never fail for its wake-up
         log.warning("wake_failed", stage=stage.value, error=type(exc).__name__)
 
 
+#: The drain's clock (tests replace it).
+monotonic = time.monotonic
+
+
 def _drain(stage: Stage) -> int:
+    """Drain until empty, `modal_drain_max_items`, or the time budget; then hand over.
+
+    Modal kills a call at its `timeout` mid-message (the message is lost until fail_stale
+    re-sends it), so no message is taken once less than one worst-case message
+    (`modal_drain_message_budget_s`, at most half the timeout) is left.
+    """
     stages = _interface("app.stages")
     limit = settings.modal_drain_max_items
-    count = int(stages.drain(stage, container_deps(), max_items=limit))
-    if count >= limit:
+    budget = opts.drain_budget_s(CPU_SCALING, settings.modal_drain_message_budget_s)
+    stop_at = monotonic() + budget
+    deps = container_deps()
+    count = int(
+        stages.drain(
+            stage,
+            deps,
+            max_items=limit,
+            guard=scratch_gate.holding,
+            keep_going=lambda: monotonic() < stop_at,
+        )
+    )
+    if count >= limit or monotonic() >= stop_at:
         wake(stage)  # the queue may hold more: hand over to a fresh call
     return count
 
@@ -300,8 +362,12 @@ class Render:
             helper_mode=SNAPSHOT.helper_mode,
         )
         self.comfy = ComfyProcess(launch)
-        self.comfy.start()
-        self.comfy.wait_until_healthy(settings.modal_render_startup_timeout_s)
+        try:
+            self.comfy.start()
+            self.comfy.wait_until_healthy(settings.modal_render_startup_timeout_s)
+        except Exception:
+            _record_startup_failure()  # the breaker stops a crash loop of GPU containers
+            raise
 
     @modal.enter(snap=False)
     def attach(self) -> None:
@@ -309,10 +375,18 @@ class Render:
         from app.deploy.modal import comfy_process as comfy_server
 
         url = self.comfy.launch.url
-        if SNAPSHOT.helper_mode:
-            log.info("comfy_device_selected", result=comfy_server.select_device(url))
-        self.deps = container_deps(comfy_url=url)
-        _publish_catalog(self.deps, self.deps.comfy.object_info())
+        try:
+            if SNAPSHOT.helper_mode:
+                log.info("comfy_device_selected", result=comfy_server.select_device(url))
+            self.deps = container_deps(comfy_url=url)
+            _publish_catalog(self.deps, self.deps.comfy.object_info())
+        except Exception:
+            _record_startup_failure()
+            raise
+        try:
+            _breaker().record_success()
+        except Exception as exc:  # noqa: BLE001 - rendering works without the record
+            log.warning("render_success_unrecorded", error=type(exc).__name__)
 
     def health_gate(self) -> None:
         """Before each job: an unhealthy ComfyUI retires this container, the job requeues."""
@@ -329,7 +403,15 @@ class Render:
     def run(self) -> int:
         """Render exactly one queued job, so cancelling this call cancels only that job."""
         stages = _interface("app.stages")
-        return int(stages.drain(Stage.RENDER, self.deps, max_items=1, before_each=self.health_gate))
+        return int(
+            stages.drain(
+                Stage.RENDER,
+                self.deps,
+                max_items=1,
+                before_each=self.health_gate,
+                guard=scratch_gate.holding,
+            )
+        )
 
     @modal.exit()
     def stop_comfy(self) -> None:
@@ -367,6 +449,14 @@ def fail_stale() -> dict[str, int]:
 def cleanup() -> dict[str, int]:
     """Delete expired jobs and outputs, free leaked admission slots."""
     result: dict[str, int] = _interface("app.engine.maintenance").cleanup(container_deps())
+    return result
+
+
+@app.function(schedule=modal.Period(seconds=settings.modal_durable_refresh_every_s), **CPU_OPTIONS)
+def refresh_durable() -> dict[str, int]:
+    """Read every tenant, key and name record, so Modal Dict's 7-day idle expiry never
+    removes them (see `app.engine.durable`)."""
+    result: dict[str, int] = _interface("app.engine.durable").refresh_durable(container_deps())
     return result
 
 

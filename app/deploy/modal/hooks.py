@@ -7,6 +7,7 @@ function is harmless outside a Modal container.
 from __future__ import annotations
 
 from app.core.logs import get_logger
+from app.engine.render_cancel import cancel_call
 
 log = get_logger(component="modal_hooks")
 
@@ -25,21 +26,8 @@ def current_call_id() -> str | None:
 
 
 def cancel_render_call(call_id: str) -> bool:
-    """Cancel a render's Modal function call (besides ComfyUI's cooperative interrupt).
-
-    Returns whether Modal accepted the cancel; a failure is logged and otherwise
-    ignored, because the job's terminal state is already decided and the interrupt
-    still stops the work.
-    """
-    import modal
-
-    try:
-        modal.FunctionCall.from_id(call_id).cancel()
-    except Exception as exc:  # noqa: BLE001 - the cancel is already decided
-        log.warning("render_call_cancel_failed", call_id=call_id, error=type(exc).__name__)
-        return False
-    log.info("render_call_cancelled", call_id=call_id)
-    return True
+    """Cancel a render's Modal function call (see `app.engine.render_cancel`)."""
+    return cancel_call(call_id)
 
 
 def stop_fetching_inputs() -> bool:

@@ -80,9 +80,19 @@ def render_scaling(settings: Settings) -> Scaling:
         scaledown_window_s=settings.modal_render_scaledown_window_s,
         max_inputs=settings.modal_render_max_inputs,
         timeout_s=settings.modal_render_timeout_s,
+        # Both bounded small (config: startup <= 900 s, default 300; retries <= 3, default
+        # 1): a broken image or ComfyUI fails every start, and each retried start is a
+        # billed GPU container waiting out the whole startup timeout. The render circuit
+        # breaker (app/store/breaker.py) stops the sweep from spawning more after that.
         startup_timeout_s=settings.modal_render_startup_timeout_s,
         retries=settings.modal_render_retries,
     )
+
+
+def drain_budget_s(scaling: Scaling, message_worst_s: int) -> float:
+    """How long a drain may keep taking messages: the timeout less one worst-case message
+    (at most half the timeout, so a misconfigured budget still drains something)."""
+    return scaling.timeout_s - min(message_worst_s, scaling.timeout_s / 2)
 
 
 def cpu_scaling(settings: Settings) -> Scaling:

@@ -14,7 +14,11 @@ def open_backend(settings: Settings) -> Backend:
     if settings.backend == "modal":
         from app.store.backends.modal import ModalBackend
 
-        return ModalBackend(settings.modal_app_name, settings.modal_environment or None)
+        return ModalBackend(
+            settings.modal_app_name,
+            settings.modal_environment or None,
+            put_timeout_s=settings.queue_put_timeout_s,
+        )
     from app.store.backends.sqlite import SqliteBackend
 
     return SqliteBackend(settings.state_db_path)

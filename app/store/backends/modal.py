@@ -15,10 +15,15 @@ import queue as stdlib_queue
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from app.core.errors import BackendError
+from app.core.errors import BackendError, QueueFull
 from app.store.backends.base import check_queue_item
 
 Factory = Callable[..., Any]
+
+#: A blocking `modal.Queue.put` on a full partition (5,000 items / 64 MiB) retries
+#: forever unless it has a timeout (SDK `queue.py`: RESOURCE_EXHAUSTED is retried without
+#: limit), so every put here has one and a full queue becomes `QueueFull`.
+DEFAULT_PUT_TIMEOUT_S = 10.0
 
 
 def _wrap(exc: Exception) -> BackendError:
@@ -26,15 +31,24 @@ def _wrap(exc: Exception) -> BackendError:
 
 
 class ModalQueue:
-    """One `modal.Queue`, default partition."""
+    """One `modal.Queue`, default partition; every put waits at most `put_timeout_s`."""
 
-    def __init__(self, handle: Any) -> None:
+    def __init__(
+        self, handle: Any, name: str = "", put_timeout_s: float = DEFAULT_PUT_TIMEOUT_S
+    ) -> None:
         self._q = handle
+        self._name = name
+        self._put_timeout_s = put_timeout_s
+
+    def _full(self) -> QueueFull:
+        return QueueFull(self._name, retry_after_s=max(1, round(self._put_timeout_s)))
 
     def put(self, item: str) -> None:
         check_queue_item(item)
         try:
-            self._q.put(item)
+            self._q.put(item, timeout=self._put_timeout_s)
+        except stdlib_queue.Full as exc:
+            raise self._full() from exc
         except Exception as exc:
             raise _wrap(exc) from exc
 
@@ -42,7 +56,9 @@ class ModalQueue:
         for item in items:
             check_queue_item(item)
         try:
-            self._q.put_many(list(items))
+            self._q.put_many(list(items), timeout=self._put_timeout_s)
+        except stdlib_queue.Full as exc:
+            raise self._full() from exc
         except Exception as exc:
             raise _wrap(exc) from exc
 
@@ -123,6 +139,7 @@ class ModalBackend:
         environment_name: str | None = None,
         queue_factory: Factory | None = None,
         dict_factory: Factory | None = None,
+        put_timeout_s: float = DEFAULT_PUT_TIMEOUT_S,
     ) -> None:
         if queue_factory is None or dict_factory is None:
             import modal  # deferred: the local backend never needs the SDK loaded
@@ -133,6 +150,7 @@ class ModalBackend:
         self._env = environment_name
         self._queue_factory = queue_factory
         self._dict_factory = dict_factory
+        self._put_timeout_s = put_timeout_s
 
     def _name(self, name: str) -> str:
         return f"{self._prefix}-{name}"
@@ -141,7 +159,7 @@ class ModalBackend:
         handle = self._queue_factory(
             self._name(name), environment_name=self._env, create_if_missing=True
         )
-        return ModalQueue(handle)
+        return ModalQueue(handle, name, self._put_timeout_s)
 
     def kv(self, name: str) -> ModalKV:
         handle = self._dict_factory(

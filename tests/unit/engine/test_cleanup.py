@@ -81,8 +81,10 @@ def deps(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Deps]:
         data_dir=tmp_path / "data",
         stage_lease_s=100,
         stage_max_attempts=3,
-        # Longer than the job retention, so only the purge of the job can remove its record.
-        idempotency_ttl_s=30 * 86_400,
+        # Longer than the job retention, so only the purge of the job can remove its record
+        # (the window itself is capped at 6 days: Modal Dict's 7-day idle expiry).
+        job_retention_s=2 * 86_400,
+        idempotency_ttl_s=6 * 86_400,
     )
     backend = BACKENDS[request.param](tmp_path)
     made = Deps(settings=settings, backend=backend, clock=FakeClock())

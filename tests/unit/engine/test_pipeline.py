@@ -219,6 +219,18 @@ def test_fail_stale_does_not_resend_while_the_queue_has_a_backlog(deps: Deps) ->
     assert deps.queue(Stage.FETCH).len() == 2
 
 
+def test_fail_stale_resends_a_lost_message_under_a_sustained_backlog(deps: Deps) -> None:
+    admit(deps, "j1", timeout_s=3600)
+    clock: FakeClock = deps.clock  # type: ignore[assignment]
+    deps.queue(Stage.FETCH).get()  # j1's message is lost ...
+    deps.queue(Stage.FETCH).put_many(["backlog"] * 3)  # ... while the queue never empties
+    clock.advance(deps.settings.requeue_under_backlog_after_s - 1)
+    assert fail_stale(deps)["requeued"] == 0
+    clock.advance(2)
+    assert fail_stale(deps)["requeued"] == 1
+    assert deps.queue(Stage.FETCH).len() == 4
+
+
 def test_a_job_lost_too_often_fails(deps: Deps) -> None:
     admit(deps, timeout_s=3600)
     clock: FakeClock = deps.clock  # type: ignore[assignment]

@@ -57,7 +57,7 @@ def _secret_spec(secret: Any) -> tuple[str, list[str]]:
 
 
 CPU_STAGE_FUNCTIONS = ["intake", "fetch", "upload", "notify"]
-SCHEDULED = ["sweep", "fail_stale", "cleanup", "verify_setup"]
+SCHEDULED = ["sweep", "fail_stale", "cleanup", "refresh_durable", "verify_setup"]
 
 
 def test_import_needs_no_modal_credentials_or_gpu_libraries(tmp_path: Path) -> None:
@@ -168,6 +168,9 @@ def test_schedules() -> None:
         f"Period(seconds={float(DEFAULTS.modal_fail_stale_every_s)})"
     )
     assert fns["cleanup"].info().schedule == f"Cron('{DEFAULTS.modal_cleanup_cron}', UTC)"
+    assert fns["refresh_durable"].info().schedule == (
+        f"Period(seconds={float(DEFAULTS.modal_durable_refresh_every_s)})"
+    )
     assert fns["verify_setup"].info().schedule == f"Cron('{DEFAULTS.modal_verify_setup_cron}', UTC)"
     for name in [*CPU_STAGE_FUNCTIONS, "api", "download_models", "Render.*"]:
         assert fns[name].info().schedule is None, name
@@ -386,6 +389,33 @@ def test_a_full_drain_hands_over_to_a_fresh_call(monkeypatch: pytest.MonkeyPatch
     assert modal_app.upload.local() == 3
     assert woken == [Stage.FETCH]
     assert calls == [(Stage.FETCH, limit), (Stage.UPLOAD, limit)]
+
+
+def test_a_drain_stops_taking_messages_before_the_function_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = [1000.0]
+    taken: list[float] = []
+
+    def drain_stage(stage: Stage, deps: object, *, keep_going: Any, **_: object) -> int:
+        while keep_going():
+            taken.append(now[0] - 1000.0)
+            now[0] += 100.0  # each message takes 100 s
+        return len(taken)
+
+    woken: list[Stage] = []
+    monkeypatch.setattr(
+        modal_app, "_interface", lambda name: types.SimpleNamespace(drain=drain_stage)
+    )
+    monkeypatch.setattr(modal_app, "container_deps", lambda comfy_url=None: object())
+    monkeypatch.setattr(modal_app, "wake", woken.append)
+    monkeypatch.setattr(modal_app, "monotonic", lambda: now[0])
+    modal_app.fetch.local()
+    # timeout 600 s, worst case 120 s per message: none is taken at or after 480 s.
+    assert DEFAULTS.modal_cpu_timeout_s == 600
+    assert DEFAULTS.modal_drain_message_budget_s == 120
+    assert taken == [0.0, 100.0, 200.0, 300.0, 400.0]
+    assert woken == [Stage.FETCH]  # a fresh call takes the rest
 
 
 def test_wake_failure_is_only_logged(monkeypatch: pytest.MonkeyPatch) -> None:
