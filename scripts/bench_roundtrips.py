@@ -37,10 +37,13 @@ from app.core.models import Stage
 from app.engine.deps import Deps
 from app.stages import drain
 from app.store.backends.modal import ModalBackend
+from tests.comfy_double.server import FIXTURES
 from tests.modal_emulator import ModalEmulator
 from tests.modal_emulator.ledger import Ledger, Rpc, longest_chain
 from tests.unit.stages.fakes import FakeComfy, png_bytes
 
+#: The deploy's pinned node set (on Modal: `manifest.node_set_version()`).
+NODE_SET = "bench-node-set"
 #: The stages a no-input job may pass through, in order; a stage it skips costs nothing.
 STAGES = (Stage.FETCH, Stage.RENDER, Stage.UPLOAD)
 FUNCTION = {Stage.FETCH: "fetch", Stage.RENDER: "Render.run", Stage.UPLOAD: "upload"}
@@ -86,6 +89,7 @@ def container_deps(emu: ModalEmulator, settings: Settings, waker: Callable[[Stag
     deps.scratch_commit = volume_op("commit")
     deps.scratch_reload = volume_op("reload")
     deps.catalog_from_comfy = False  # as on Modal: the render container publishes it
+    deps.catalog_version = NODE_SET
     comfy = FakeComfy(
         outputs=[ComfyOutput(node_id="2", filename="b_00001_.png", subfolder="", type="output")],
         files={"b_00001_.png": png_bytes()},
@@ -113,6 +117,9 @@ def world(real_scale: float, latency_s: float) -> Iterator[tuple[ModalEmulator, 
                 max_inputs=1,
             )
         tenant = ingress.tenants.create("bench", max_active_jobs=20)
+        # What the render container's enter hook publishes, under the pinned node set.
+        object_info = json.loads((FIXTURES / "object_info.json").read_text())
+        ingress.catalog.publish(object_info, ingress.clock(), NODE_SET)
         client = TestClient(create_app(ingress))
         try:
             yield emu, (client, tenant.api_key)

@@ -146,6 +146,10 @@ def _start(deps: Deps, job: Job, stage: Stage, epoch: int) -> Job:
             "lease_until": now + deps.settings.stage_lease_s,
             "stage_times": times,
             "epoch": epoch,
+            # Known before the render starts, so cancel can stop it; one write, not two.
+            "render_call_id": (
+                deps.current_call_id() if stage is Stage.RENDER else job.render_call_id
+            ),
         }
     )
     deps.jobs.save(started)
@@ -208,7 +212,10 @@ def _work(deps: Deps, message: StageMessage, stages: Mapping[Stage, StageFn]) ->
         internal = PipelineError(f"internal error in {message.stage}")
         _on_stage_error(deps, job, message, internal)
         return
-    if not deps.jobs.is_current(job.id, message.epoch):
+    # Both reads at once: a cancel landing after them is caught by the next stage's read
+    # (it drops the message) or by `finish` (put-if-absent), so nothing is lost.
+    current, decided = deps.jobs.holder_state(job.id, message.epoch)
+    if not current:
         log.warning("stage_result_from_stale_holder_dropped")
         return
     if isinstance(result, Later):
@@ -219,14 +226,14 @@ def _work(deps: Deps, message: StageMessage, stages: Mapping[Stage, StageFn]) ->
     deps.jobs.save(job)
     following = NEXT_STAGE[message.stage]
     log.info("stage_finished", next=following.value if following else None)
-    if deps.jobs.terminal(job.id) is not None:
+    if decided:
         # Cancelled while this stage ran: stop here; the canceller already notified.
         shutil.rmtree(job_folder(deps, job.id), ignore_errors=True)
         return
     if following is not None:
         enqueue(deps, job.id, following, epoch=message.epoch)
         return
-    if deps.jobs.finish(job.id, JobStatus.COMPLETED, outputs=job.outputs):
+    if deps.jobs.finish(job.id, JobStatus.COMPLETED, outputs=job.outputs, slots=job.slots):
         log.info("job_completed", outputs=len(job.outputs))
         after_terminal(deps, job)
 

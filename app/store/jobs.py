@@ -48,15 +48,21 @@ from app.core.models import (
     StageTimes,
     TerminalDecision,
 )
-from app.store.backends.base import KV, Backend
+from app.store.backends.base import KV, Backend, put_all
 from app.store.claims import (
+    SlotHints,
     SlotHolder,
     claim_next,
-    claim_slot,
+    claim_next_from,
+    give_back_if_purged,
     held_slots,
     purge_slot,
+    read_hints,
     release_slot,
     sequence_end,
+    sequence_start,
+    take_checked,
+    take_place,
 )
 from app.store.keys import (
     ACTIVE_DICT,
@@ -83,11 +89,14 @@ from app.store.keys import (
     pending_key,
     rate_prefix,
     request_key,
+    sequence_hint_key,
     sequence_key,
+    slot_hints_key,
     tenant_scope,
     terminal_key,
     user_scope,
 )
+from app.store.parallel import both, is_concurrent, run_calls
 
 RATE_WINDOW_S = 60
 #: A slot whose job record never appeared (admission crashed half-way) is freed after this.
@@ -169,24 +178,57 @@ class JobStore:
         self.deliveries: KV = backend.kv(DELIVERIES_DICT)
         self.pending: KV = backend.kv(PENDING_DICT)
         self.clock = clock
+        self._concurrent = is_concurrent(backend)
+
+    @property
+    def concurrent(self) -> bool:
+        """Whether independent calls on this store are worth running at once."""
+        return self._concurrent
 
     # ---- admission -------------------------------------------------------------------
 
     def create(self, new: NewJob, job_id: str, limits: Limits) -> Admission:
-        """Admit a job strictly under the caps, or replay the job its idempotency key made."""
+        """Admit a job strictly under the caps, or replay the job its idempotency key made.
+
+        Only what must be decided in order is: the rate ticket, then the user's slot, then
+        the tenant's (a tenant slot held by a request its user's cap refuses could refuse
+        another user's request that fits). Everything else overlaps on a backend whose
+        calls are round trips: the idempotency claim with every hint read, each floor
+        check with the next claim, and the writes of an admitted job with each other.
+        """
         now = self.clock()
+        par = self._concurrent
         idem = idem_key(new.tenant_id, new.idempotency_key) if new.idempotency_key else None
-        if idem is not None:
-            claim = json.dumps({"job_id": job_id, "body_hash": new.body_hash, "at": now})
-            if not self.admission.put_if_absent(idem, claim):
-                return self._replay(idem, new)
+        claim = json.dumps({"job_id": job_id, "body_hash": new.body_hash, "at": now})
+        user = user_scope(new.tenant_id, new.user_id)
+        tenant = tenant_scope(new.tenant_id) if limits.max_active_per_tenant > 0 else None
+        rate = (
+            rate_prefix(new.tenant_id, int(now // RATE_WINDOW_S))
+            if limits.rate_per_minute > 0
+            else None
+        )
+        index = index_prefix(new.tenant_id, new.user_id)
+        won, user_hints, tenant_hints, rate_start, index_start = run_calls(
+            par,
+            lambda: True if idem is None else self.admission.put_if_absent(idem, claim),
+            lambda: read_hints(self.slots, user),
+            lambda: None if tenant is None else read_hints(self.slots, tenant),
+            lambda: 0 if rate is None else sequence_start(self.admission, rate),
+            lambda: sequence_start(self.admission, index),
+        )
+        if not won:
+            return self._replay(str(idem), new)
+        assert isinstance(user_hints, SlotHints) and isinstance(index_start, int)
+        assert isinstance(rate_start, int)
+        holder = SlotHolder(job_id=job_id, claimed_at=now)
         try:
-            self._check_rate(new.tenant_id, limits, now)
-            slots = self._claim_slots(new, job_id, limits, now)
+            ticket = self._check_rate(rate, limits, now, rate_start)
+            slots = self._claim_slots(holder, limits, user, user_hints, tenant, tenant_hints)
         except AdmissionRejected:
             if idem is not None:
                 self.admission.pop(idem)  # ours alone: let the client retry the key
             raise
+        stage = first_stage(new)
         job = Job(
             id=job_id,
             tenant_id=new.tenant_id,
@@ -197,13 +239,28 @@ class JobStore:
             webhook_url=new.webhook_url,
             metadata=new.metadata,
             slots=slots,
-            stage=Stage.FETCH,
-            stage_times={Stage.FETCH: StageTimes(queued_at=now)},
+            stage=stage,
+            stage_times={stage: StageTimes(queued_at=now)},
         )
-        self.jobs.put(request_key(job_id), json.dumps(new.workflow))
-        self.jobs.put(job_key(job_id), _dump(job))
-        self.active.put(active_key(job_id), json.dumps({"at": now}))
-        claim_next(self.admission, index_prefix(new.tenant_id, new.user_id), job_id)
+        slot_hints = {slot_hints_key(user): user_hints.dumps()}
+        if tenant is not None and isinstance(tenant_hints, SlotHints):
+            slot_hints[slot_hints_key(tenant)] = tenant_hints.dumps()
+        # Search hints only speed up the next search, so they go out with the rest; the
+        # index hint assumes the first probe wins (a loser's hint is low: extra probes).
+        sequence_hints = {sequence_hint_key(index): str(index_start + 1)}
+        if rate is not None:
+            sequence_hints[sequence_hint_key(rate)] = str(ticket + 1)
+        run_calls(
+            par,
+            lambda: claim_next_from(self.admission, index, job_id, index_start),
+            lambda: put_all(
+                self.jobs,
+                {request_key(job_id): json.dumps(new.workflow), job_key(job_id): _dump(job)},
+            ),
+            lambda: self.active.put(active_key(job_id), json.dumps({"at": now})),
+            lambda: put_all(self.slots, slot_hints),
+            lambda: put_all(self.admission, sequence_hints),
+        )
         return Admission(job=job, replayed=False)
 
     def _replay(self, idem: str, new: NewJob) -> Admission:
@@ -222,14 +279,13 @@ class JobStore:
             )
         return Admission(job=job, replayed=True)
 
-    def _check_rate(self, tenant_id: str, limits: Limits, now: float) -> None:
-        if limits.rate_per_minute <= 0:
-            return
-        window = int(now // RATE_WINDOW_S)
-        taken = claim_next(
-            self.admission, rate_prefix(tenant_id, window), "1", limit=limits.rate_per_minute
-        )
+    def _check_rate(self, rate: str | None, limits: Limits, now: float, start: int) -> int:
+        """Take a ticket of this window's rate limit (its number; 0 without a limit)."""
+        if rate is None:
+            return 0
+        taken = claim_next_from(self.admission, rate, "1", start, limit=limits.rate_per_minute)
         if taken is None:
+            window = int(now // RATE_WINDOW_S)
             retry = max(1, math.ceil((window + 1) * RATE_WINDOW_S - now))
             raise AdmissionRejected(
                 "rate_limited",
@@ -237,43 +293,78 @@ class JobStore:
                 retry,
                 limits.rate_per_minute,
             )
+        return taken
 
-    def _claim_slots(self, new: NewJob, job_id: str, limits: Limits, now: float) -> list[SlotRef]:
-        holder = SlotHolder(job_id=job_id, claimed_at=now)
-        user_slot = claim_slot(
-            self.slots, user_scope(new.tenant_id, new.user_id), limits.max_active_per_user, holder
-        )
+    def _claim_slots(
+        self,
+        holder: SlotHolder,
+        limits: Limits,
+        user: str,
+        user_hints: SlotHints,
+        tenant: str | None,
+        tenant_hints: object,
+    ) -> list[SlotRef]:
+        """The user's slot, then the tenant's; each floor check overlaps the next step.
+
+        No job is admitted before both floor checks said its tenures are real; a tenure
+        that proved purged (see `app.store.claims`) is retaken on the slow path.
+        """
+        user_cap, tenant_cap = limits.max_active_per_user, limits.max_active_per_tenant
+        user_slot = take_place(self.slots, user, user_cap, holder, user_hints)
         if user_slot is None:
-            raise AdmissionRejected(
-                "user_concurrency_limit",
-                f"user already has {limits.max_active_per_user} active jobs",
-                limits.cap_retry_after_s,
-                limits.max_active_per_user,
-            )
-        if limits.max_active_per_tenant <= 0:
+            raise _refusal("user", limits)
+        if tenant is None or not isinstance(tenant_hints, SlotHints):
+            if give_back_if_purged(self.slots, user_slot, user_hints):
+                user_slot = self._retake("user", limits, holder, user, user_hints, None)
             return [user_slot]
-        tenant_slot = claim_slot(
-            self.slots, tenant_scope(new.tenant_id), limits.max_active_per_tenant, holder
+        won = user_slot
+        user_purged, tenant_slot = both(
+            self._concurrent,
+            lambda: give_back_if_purged(self.slots, won, user_hints),
+            lambda: take_place(self.slots, tenant, tenant_cap, holder, tenant_hints),
         )
         if tenant_slot is None:
-            release_slot(self.slots, user_slot)
-            raise AdmissionRejected(
-                "tenant_concurrency_limit",
-                f"tenant already has {limits.max_active_per_tenant} active jobs",
-                limits.cap_retry_after_s,
-                limits.max_active_per_tenant,
-            )
+            if not user_purged:
+                release_slot(self.slots, user_slot)
+            raise _refusal("tenant", limits)
+        if give_back_if_purged(self.slots, tenant_slot, tenant_hints):
+            other = None if user_purged else user_slot
+            tenant_slot = self._retake("tenant", limits, holder, tenant, tenant_hints, other)
+        if user_purged:
+            user_slot = self._retake("user", limits, holder, user, user_hints, tenant_slot)
         return [user_slot, tenant_slot]
+
+    def _retake(
+        self,
+        kind: str,
+        limits: Limits,
+        holder: SlotHolder,
+        scope: str,
+        hints: SlotHints,
+        other: SlotRef | None,
+    ) -> SlotRef:
+        """A place again after a won tenure proved purged (slow, sequential, rare)."""
+        cap = limits.max_active_per_user if kind == "user" else limits.max_active_per_tenant
+        ref = take_checked(self.slots, scope, cap, holder, hints)
+        if ref is None:
+            if other is not None:
+                release_slot(self.slots, other)
+            raise _refusal(kind, limits)
+        return ref
 
     # ---- reading ---------------------------------------------------------------------
 
     def find(self, job_id: str) -> Job | None:
         """The job with its terminal decision merged in, or None."""
-        raw = self.jobs.get(job_key(job_id))
+        raw, decided = both(
+            self._concurrent,
+            lambda: self.jobs.get(job_key(job_id)),
+            lambda: self.jobs.get(terminal_key(job_id)),
+        )
         if raw is None:
             return None
         job = Job.model_validate_json(raw)
-        terminal = self.terminal(job_id)
+        terminal = None if decided is None else TerminalDecision.model_validate_json(decided)
         if terminal is None:
             return job
         outputs = terminal.outputs or job.outputs
@@ -339,8 +430,12 @@ class JobStore:
         status: JobStatus,
         error: JobError | None = None,
         outputs: list[OutputRef] | None = None,
+        slots: list[SlotRef] | None = None,
     ) -> bool:
-        """Decide the terminal state once; True if this call decided it (and freed the slots)."""
+        """Decide the terminal state once; True if this call decided it (and freed the slots).
+
+        `slots`: the job's slots when the caller holds its record (saves reading it again).
+        """
         if status not in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED):
             raise ValueError(f"{status} is not a terminal status")
         decision = TerminalDecision(
@@ -348,7 +443,7 @@ class JobStore:
         )
         if not self.jobs.put_if_absent(terminal_key(job_id), _dump(decision)):
             return False
-        self._release(job_id)
+        self._release(job_id, slots)
         return True
 
     def reject(self, job_id: str, tenant_id: str, user_id: str, error: JobError) -> bool:
@@ -377,14 +472,16 @@ class JobStore:
             raise AlreadyTerminal(self.get(job_id))
         return self.get(job_id)
 
-    def _release(self, job_id: str) -> int:
-        raw = self.jobs.get(job_key(job_id))
-        freed = 0
-        if raw is not None:
-            for ref in Job.model_validate_json(raw).slots:
-                freed += release_slot(self.slots, ref)
-        self.active.pop(active_key(job_id))
-        return freed
+    def _release(self, job_id: str, slots: list[SlotRef] | None = None) -> int:
+        if slots is None:
+            raw = self.jobs.get(job_key(job_id))
+            slots = [] if raw is None else Job.model_validate_json(raw).slots
+        results = run_calls(
+            self._concurrent,
+            lambda: self.active.pop(active_key(job_id)),
+            *(lambda ref=ref: release_slot(self.slots, ref) for ref in slots),
+        )
+        return sum(1 for freed in results[1:] if freed)
 
     # ---- stage hand-offs -------------------------------------------------------------
 
@@ -393,10 +490,28 @@ class JobStore:
         self.jobs.put(job_key(job.id), _dump(job))
 
     def claim_stage(self, job_id: str, stage: Stage, epoch: int, attempt: int = 0) -> bool:
-        """Take one stage message; False for a duplicate or a message of an older epoch."""
-        if not self.is_current(job_id, epoch, _lane(stage)):
-            return False
-        return self.jobs.put_if_absent(claim_key(job_id, stage, epoch, attempt), str(self.clock()))
+        """Take one stage message; False for a duplicate or a message of an older epoch.
+
+        The fence read and the claim overlap: a fenced message's claim key names its own
+        (old) epoch, so taking it blocks no one, and the job's purge removes it.
+        """
+        current, won = both(
+            self._concurrent,
+            lambda: self.is_current(job_id, epoch, _lane(stage)),
+            lambda: self.jobs.put_if_absent(
+                claim_key(job_id, stage, epoch, attempt), str(self.clock())
+            ),
+        )
+        return current and won
+
+    def holder_state(self, job_id: str, epoch: int) -> tuple[bool, bool]:
+        """`(is_current, has a terminal decision)` for a work-stage holder, read at once."""
+        current, decided = both(
+            self._concurrent,
+            lambda: self.is_current(job_id, epoch),
+            lambda: self.jobs.contains(terminal_key(job_id)),
+        )
+        return current, decided
 
     def is_current(self, job_id: str, epoch: int, lane: str = "work") -> bool:
         """Whether a holder of `epoch` still holds the job (no newer epoch was handed out)."""
@@ -490,6 +605,27 @@ class JobStore:
             ):
                 report.slots_released += release_slot(self.slots, ref)
         return report
+
+
+def first_stage(new: NewJob) -> Stage:
+    """Where an admitted job starts: a job with no inputs has nothing to fetch."""
+    return Stage.FETCH if new.inputs else Stage.RENDER
+
+
+def _refusal(kind: str, limits: Limits) -> AdmissionRejected:
+    if kind == "user":
+        return AdmissionRejected(
+            "user_concurrency_limit",
+            f"user already has {limits.max_active_per_user} active jobs",
+            limits.cap_retry_after_s,
+            limits.max_active_per_user,
+        )
+    return AdmissionRejected(
+        "tenant_concurrency_limit",
+        f"tenant already has {limits.max_active_per_tenant} active jobs",
+        limits.cap_retry_after_s,
+        limits.max_active_per_tenant,
+    )
 
 
 def _lane(stage: Stage) -> str:
