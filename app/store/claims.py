@@ -183,13 +183,27 @@ def give_back_if_purged(kv: KV, ref: SlotRef, hints: SlotHints) -> bool:
 
 def release_slot(kv: KV, ref: SlotRef) -> bool:
     """Free one tenure; True if this call freed it (idempotent, safe to race)."""
-    if not kv.put_if_absent(released_key(ref.scope, ref.index, ref.generation), "1"):
+    if not mark_released(kv, ref):
         return False
     hints = read_hints(kv, ref.scope)
-    hints.generations[ref.index] = max(hints.generations.get(ref.index, 0), ref.generation + 1)
-    hints.held.discard(ref.index)
+    note_released(hints, ref)
     _write_hints(kv, ref.scope, hints)
     return True
+
+
+def mark_released(kv: KV, ref: SlotRef) -> bool:
+    """The release itself (put-if-absent of the tenure's marker); True if this call did it.
+
+    `release_slot` is this plus a hint update; a caller freeing several tenures may read
+    their hints alongside and write them in one batch (`note_released`).
+    """
+    return kv.put_if_absent(released_key(ref.scope, ref.index, ref.generation), "1")
+
+
+def note_released(hints: SlotHints, ref: SlotRef) -> None:
+    """Record in `hints` that `ref`'s place is free from the next generation on."""
+    hints.generations[ref.index] = max(hints.generations.get(ref.index, 0), ref.generation + 1)
+    hints.held.discard(ref.index)
 
 
 def _floor(kv: KV, scope: str, index: int) -> int:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -56,6 +57,8 @@ from app.store.claims import (
     claim_next_from,
     give_back_if_purged,
     held_slots,
+    mark_released,
+    note_released,
     purge_slot,
     read_hints,
     release_slot,
@@ -96,9 +99,11 @@ from app.store.keys import (
     terminal_key,
     user_scope,
 )
-from app.store.parallel import both, is_concurrent, run_calls
+from app.store.parallel import both, in_background, is_concurrent, run_calls
 
 RATE_WINDOW_S = 60
+#: Prefetched requests one store keeps at most (each is read by its stage at once).
+PREFETCH_MAX = 64
 #: A slot whose job record never appeared (admission crashed half-way) is freed after this.
 ABANDONED_SLOT_GRACE_S = 600
 #: fail_stale re-sends a queued message that nobody picked up for this long; a duplicate
@@ -179,6 +184,9 @@ class JobStore:
         self.pending: KV = backend.kv(PENDING_DICT)
         self.clock = clock
         self._concurrent = is_concurrent(backend)
+        #: Requests read alongside a stage claim, by job id, until the stage reads them.
+        self._prefetched: dict[str, str] = {}
+        self._lock = threading.Lock()
 
     @property
     def concurrent(self) -> bool:
@@ -222,8 +230,9 @@ class JobStore:
         assert isinstance(rate_start, int)
         holder = SlotHolder(job_id=job_id, claimed_at=now)
         try:
-            ticket = self._check_rate(rate, limits, now, rate_start)
-            slots = self._claim_slots(holder, limits, user, user_hints, tenant, tenant_hints)
+            ticket, slots = self._claim_slots(
+                holder, limits, user, user_hints, tenant, tenant_hints, rate, rate_start, now
+            )
         except AdmissionRejected:
             if idem is not None:
                 self.admission.pop(idem)  # ours alone: let the client retry the key
@@ -279,21 +288,11 @@ class JobStore:
             )
         return Admission(job=job, replayed=True)
 
-    def _check_rate(self, rate: str | None, limits: Limits, now: float, start: int) -> int:
-        """Take a ticket of this window's rate limit (its number; 0 without a limit)."""
+    def _take_ticket(self, rate: str | None, limits: Limits, start: int) -> int | None:
+        """A ticket of this window's rate limit (its number; 0 without a limit), or None."""
         if rate is None:
             return 0
-        taken = claim_next_from(self.admission, rate, "1", start, limit=limits.rate_per_minute)
-        if taken is None:
-            window = int(now // RATE_WINDOW_S)
-            retry = max(1, math.ceil((window + 1) * RATE_WINDOW_S - now))
-            raise AdmissionRejected(
-                "rate_limited",
-                f"tenant rate limit of {limits.rate_per_minute} requests per minute reached",
-                retry,
-                limits.rate_per_minute,
-            )
-        return taken
+        return claim_next_from(self.admission, rate, "1", start, limit=limits.rate_per_minute)
 
     def _claim_slots(
         self,
@@ -303,16 +302,55 @@ class JobStore:
         user_hints: SlotHints,
         tenant: str | None,
         tenant_hints: object,
-    ) -> list[SlotRef]:
-        """The user's slot, then the tenant's; each floor check overlaps the next step.
+        rate: str | None,
+        rate_start: int,
+        now: float,
+    ) -> tuple[int, list[SlotRef]]:
+        """The rate ticket with the user's slot, then the tenant's slot; each floor check
+        overlaps the next step. Returns the ticket number and the slots.
 
-        No job is admitted before both floor checks said its tenures are real; a tenure
-        that proved purged (see `app.store.claims`) is retaken on the slow path.
+        The ticket and the user's slot race each other only: a slot taken by a request
+        the rate limit refuses is given back at once (at worst a same-user request sees
+        it held for that moment: a refusal, never an admission over a cap). The tenant
+        slot waits for the user's, so a request its user's cap refuses never holds a
+        tenant place another user's request could have had. No job is admitted before
+        both floor checks said its tenures are real; a tenure that proved purged (see
+        `app.store.claims`) is retaken on the slow path.
         """
-        user_cap, tenant_cap = limits.max_active_per_user, limits.max_active_per_tenant
-        user_slot = take_place(self.slots, user, user_cap, holder, user_hints)
+        user_cap = limits.max_active_per_user
+        ticket, user_slot = both(
+            self._concurrent,
+            lambda: self._take_ticket(rate, limits, rate_start),
+            lambda: take_place(self.slots, user, user_cap, holder, user_hints),
+        )
+        if ticket is None:
+            if user_slot is not None and not give_back_if_purged(self.slots, user_slot, user_hints):
+                release_slot(self.slots, user_slot)
+            window = int(now // RATE_WINDOW_S)
+            raise AdmissionRejected(
+                "rate_limited",
+                f"tenant rate limit of {limits.rate_per_minute} requests per minute reached",
+                max(1, math.ceil((window + 1) * RATE_WINDOW_S - now)),
+                limits.rate_per_minute,
+            )
         if user_slot is None:
             raise _refusal("user", limits)
+        return ticket, self._tenant_slot(
+            holder, limits, user, user_slot, user_hints, tenant, tenant_hints
+        )
+
+    def _tenant_slot(
+        self,
+        holder: SlotHolder,
+        limits: Limits,
+        user: str,
+        user_slot: SlotRef,
+        user_hints: SlotHints,
+        tenant: str | None,
+        tenant_hints: object,
+    ) -> list[SlotRef]:
+        """The tenant's slot after the user's (floor check of the user's alongside)."""
+        tenant_cap = limits.max_active_per_tenant
         if tenant is None or not isinstance(tenant_hints, SlotHints):
             if give_back_if_purged(self.slots, user_slot, user_hints):
                 user_slot = self._retake("user", limits, holder, user, user_hints, None)
@@ -361,23 +399,45 @@ class JobStore:
             lambda: self.jobs.get(job_key(job_id)),
             lambda: self.jobs.get(terminal_key(job_id)),
         )
-        if raw is None:
-            return None
-        job = Job.model_validate_json(raw)
-        terminal = None if decided is None else TerminalDecision.model_validate_json(decided)
-        if terminal is None:
-            return job
-        outputs = terminal.outputs or job.outputs
-        return job.model_copy(
-            update={
-                "status": terminal.status,
-                "finished_at": terminal.decided_at,
-                "error": terminal.error,
-                "outputs": outputs,
-                "progress": 1.0 if terminal.status is JobStatus.COMPLETED else job.progress,
-                "lease_until": None,
-            }
+        return _merged(raw, decided)
+
+    def find_and_claim(
+        self,
+        job_id: str,
+        stage: Stage,
+        epoch: int,
+        attempt: int,
+        *,
+        prefetch_workflow: bool = False,
+    ) -> tuple[Job | None, bool]:
+        """`find` and `claim_stage` for a stage message, overlapped where calls are round
+        trips (a claim taken for a job that turns out ended or unknown blocks nothing).
+
+        `prefetch_workflow` reads the request alongside, for the stage's `workflow` call.
+        """
+        if not self._concurrent:
+            job = self.find(job_id)
+            if job is None or job.is_terminal:
+                return job, False
+            return job, self.claim_stage(job_id, stage, epoch, attempt)
+        raw, decided, fenced, won, request = run_calls(
+            True,
+            lambda: self.jobs.get(job_key(job_id)),
+            lambda: self.jobs.get(terminal_key(job_id)),
+            lambda: self.jobs.contains(epoch_key(job_id, _lane(stage), epoch + 1)),
+            lambda: self.jobs.put_if_absent(
+                claim_key(job_id, stage, epoch, attempt), str(self.clock())
+            ),
+            lambda: self.jobs.get(request_key(job_id)) if prefetch_workflow else None,
         )
+        job = _merged(None if raw is None else str(raw), None if decided is None else str(decided))
+        claimed = bool(won) and not fenced
+        if claimed and job is not None and not job.is_terminal and request is not None:
+            with self._lock:
+                if len(self._prefetched) >= PREFETCH_MAX:  # stages that never read theirs
+                    self._prefetched.clear()
+                self._prefetched[job_id] = str(request)
+        return job, claimed
 
     def get(self, job_id: str) -> Job:
         """Like `find`, but raises `JobNotFound`."""
@@ -392,8 +452,11 @@ class JobStore:
         return None if raw is None else TerminalDecision.model_validate_json(raw)
 
     def workflow(self, job_id: str) -> dict[str, object]:
-        """The job's workflow graph as submitted."""
-        raw = self.jobs.get(request_key(job_id))
+        """The job's workflow graph as submitted (read once: see `find_and_claim`)."""
+        with self._lock:
+            raw = self._prefetched.pop(job_id, None)
+        if raw is None:
+            raw = self.jobs.get(request_key(job_id))
         if raw is None:
             raise JobNotFound(job_id)
         value: dict[str, object] = json.loads(raw)
@@ -446,6 +509,21 @@ class JobStore:
         self._release(job_id, slots)
         return True
 
+    def complete(self, job: Job) -> bool:
+        """Save the last stage's record and decide `completed`, both at once (reads merge
+        the decision over the record, so their order does not matter); True if decided."""
+        decision = TerminalDecision(
+            status=JobStatus.COMPLETED, decided_at=self.clock(), outputs=job.outputs
+        )
+        _saved, decided = both(
+            self._concurrent,
+            lambda: self.save(job),
+            lambda: self.jobs.put_if_absent(terminal_key(job.id), _dump(decision)),
+        )
+        if decided:
+            self._release(job.id, job.slots)
+        return decided
+
     def reject(self, job_id: str, tenant_id: str, user_id: str, error: JobError) -> bool:
         """Record a queued request that was not admitted as a failed job under its id.
 
@@ -476,18 +554,37 @@ class JobStore:
         if slots is None:
             raw = self.jobs.get(job_key(job_id))
             slots = [] if raw is None else Job.model_validate_json(raw).slots
+        # Markers, hint reads and the active entry at once; the freed places' hints after,
+        # in one batch (a hint is only a search aid: a stale one costs probes, not slots).
         results = run_calls(
             self._concurrent,
             lambda: self.active.pop(active_key(job_id)),
-            *(lambda ref=ref: release_slot(self.slots, ref) for ref in slots),
+            *(lambda ref=ref: mark_released(self.slots, ref) for ref in slots),
+            *(lambda ref=ref: read_hints(self.slots, ref.scope) for ref in slots),
         )
-        return sum(1 for freed in results[1:] if freed)
+        freed = results[1 : 1 + len(slots)]
+        updates: dict[str, str] = {}
+        for ref, was_freed, hints in zip(slots, freed, results[1 + len(slots) :], strict=True):
+            if was_freed and isinstance(hints, SlotHints):
+                note_released(hints, ref)
+                updates[slot_hints_key(ref.scope)] = hints.dumps()
+        if updates:
+            put_all(self.slots, updates)
+        return sum(1 for was_freed in freed if was_freed)
 
     # ---- stage hand-offs -------------------------------------------------------------
 
     def save(self, job: Job) -> None:
         """Write the record; only the job's current holder may call this."""
         self.jobs.put(job_key(job.id), _dump(job))
+
+    def save_in_background(self, job: Job) -> Callable[[], None]:
+        """Start `save(job)` and return the wait for it (which raises what it raised).
+
+        Where calls are round trips the write overlaps the caller's next steps; locally
+        it is done before this returns. The caller must wait before writing again.
+        """
+        return in_background(self._concurrent, lambda: self.save(job))
 
     def claim_stage(self, job_id: str, stage: Stage, epoch: int, attempt: int = 0) -> bool:
         """Take one stage message; False for a duplicate or a message of an older epoch.
@@ -504,12 +601,13 @@ class JobStore:
         )
         return current and won
 
-    def holder_state(self, job_id: str, epoch: int) -> tuple[bool, bool]:
-        """`(is_current, has a terminal decision)` for a work-stage holder, read at once."""
+    def holder_state(self, job_id: str, epoch: int, *, cancelled: bool) -> tuple[bool, bool]:
+        """`(is_current, has a terminal decision)` for a work-stage holder, read at once;
+        the second is only read if `cancelled` asks for it (else False)."""
         current, decided = both(
             self._concurrent,
             lambda: self.is_current(job_id, epoch),
-            lambda: self.jobs.contains(terminal_key(job_id)),
+            lambda: cancelled and self.jobs.contains(terminal_key(job_id)),
         )
         return current, decided
 
@@ -605,6 +703,26 @@ class JobStore:
             ):
                 report.slots_released += release_slot(self.slots, ref)
         return report
+
+
+def _merged(raw: str | None, decided: str | None) -> Job | None:
+    """A job record with its terminal decision (if any) merged over it."""
+    if raw is None:
+        return None
+    job = Job.model_validate_json(raw)
+    if decided is None:
+        return job
+    terminal = TerminalDecision.model_validate_json(decided)
+    return job.model_copy(
+        update={
+            "status": terminal.status,
+            "finished_at": terminal.decided_at,
+            "error": terminal.error,
+            "outputs": terminal.outputs or job.outputs,
+            "progress": 1.0 if terminal.status is JobStatus.COMPLETED else job.progress,
+            "lease_until": None,
+        }
+    )
 
 
 def first_stage(new: NewJob) -> Stage:

@@ -50,3 +50,21 @@ def both(concurrent: bool, first: Callable[[], A], second: Callable[[], B]) -> t
     """Two calls' results (at once if `concurrent`)."""
     a, b = run_calls(concurrent, first, second)
     return a, b  # type: ignore[return-value]
+
+
+def in_background(concurrent: bool, call: Callable[[], object]) -> Callable[[], None]:
+    """Start `call` (on the pool if `concurrent`, else now) and return the wait for it,
+    which raises what the call raised."""
+    if not concurrent:
+        call()
+        return _done
+    future = _submit(call)
+
+    def wait() -> None:
+        future.result()
+
+    return wait
+
+
+def _done() -> None:
+    """Nothing left to wait for."""
