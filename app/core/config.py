@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     #: What a 429 for a concurrency cap suggests as Retry-After.
     cap_retry_after_s: int = Field(default=5, ge=1)
     idempotency_ttl_s: int = Field(default=86_400, ge=60)
+    #: On Modal, how long a container may reuse an API key's lookup: a revoked key or a
+    #: disabled tenant is refused everywhere within this bound (locally: at once).
+    auth_cache_ttl_s: float = Field(default=30.0, ge=0, le=60)
 
     # --- request limits ----------------------------------------------------------------
     max_request_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
@@ -89,9 +92,6 @@ class Settings(BaseSettings):
     #: The render checks for a cancel and writes progress (one read and at most one
     #: write) at most this often: each is a round trip on Modal.
     progress_interval_s: float = Field(default=2.0, gt=0)
-    #: On Modal, how long a container may reuse an API key's lookup: a revoked key or a
-    #: disabled tenant is refused everywhere within this bound (locally: at once).
-    auth_cache_ttl_s: float = Field(default=30.0, ge=0, le=60)
     object_info_ttl_s: int = Field(default=3600, ge=1)
 
     # --- node policy: which node classes a tenant's workflow may use --------------------

@@ -29,6 +29,7 @@ import math
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import cast
 
 from pydantic import BaseModel
 
@@ -198,11 +199,12 @@ class JobStore:
     def create(self, new: NewJob, job_id: str, limits: Limits) -> Admission:
         """Admit a job strictly under the caps, or replay the job its idempotency key made.
 
-        Only what must be decided in order is: the rate ticket, then the user's slot, then
-        the tenant's (a tenant slot held by a request its user's cap refuses could refuse
-        another user's request that fits). Everything else overlaps on a backend whose
-        calls are round trips: the idempotency claim with every hint read, each floor
-        check with the next claim, and the writes of an admitted job with each other.
+        Only what must be decided in order is: the rate ticket and the user's slot, then
+        the tenant's slot (a tenant slot held by a request its user's cap refuses could
+        refuse another user's request that fits; see `_claim_slots`). Everything else
+        overlaps on a backend whose calls are round trips: the idempotency claim with
+        every hint read, each floor check with the next claim, and the writes of an
+        admitted job with each other.
         """
         now = self.clock()
         par = self._concurrent
@@ -226,8 +228,8 @@ class JobStore:
         )
         if not won:
             return self._replay(str(idem), new)
-        assert isinstance(user_hints, SlotHints) and isinstance(index_start, int)
-        assert isinstance(rate_start, int)
+        user_hints = cast(SlotHints, user_hints)
+        index_start, rate_start = cast(int, index_start), cast(int, rate_start)
         holder = SlotHolder(job_id=job_id, claimed_at=now)
         try:
             ticket, slots = self._claim_slots(

@@ -20,7 +20,7 @@ A = TypeVar("A")
 B = TypeVar("B")
 
 #: Enough for the widest fan-out (admission's first group) times a few requests at once.
-_POOL = ThreadPoolExecutor(max_workers=32, thread_name_prefix="store-rpc")
+_POOL = ThreadPoolExecutor(max_workers=64, thread_name_prefix="store-rpc")
 
 
 def is_concurrent(backend: object) -> bool:
