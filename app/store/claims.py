@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from app.core.models import SlotRef
 from app.store.backends.base import KV
@@ -70,9 +70,10 @@ def claim_next_from(
     return None
 
 
-def sequence_end(kv: KV, prefix: str) -> int:
-    """One past the highest claimed number of a sequence."""
-    n = int(kv.get(sequence_hint_key(prefix)) or 0)
+def sequence_end(kv: KV, prefix: str, start: int | None = None) -> int:
+    """One past the highest claimed number of a sequence (searched from `start`, or from
+    the sequence's own hint)."""
+    n = sequence_start(kv, prefix) if start is None else start
     while kv.contains(sequence_key(prefix, n)):
         n += 1
     return n
@@ -96,16 +97,26 @@ class SlotHolder:
 
 @dataclass(slots=True)
 class SlotHints:
-    """Per place: the last generation seen, and which places were last seen held."""
+    """Per place: the last generation seen, and which places were last seen held.
+
+    `seq` carries search hints of sequences that belong to the same scope (a user's job
+    index, a tenant's rate window), so one read serves the slot and the sequence, and one
+    write stores both: they are only search aids, like the rest of the record.
+    """
 
     generations: dict[int, int]
     held: set[int]
+    seq: dict[str, int] = field(default_factory=dict)
+    #: Whether the record was there (a scope that never held a slot has none).
+    found: bool = False
 
     def dumps(self) -> str:
-        payload = {
+        payload: dict[str, object] = {
             "gen": {str(k): v for k, v in self.generations.items()},
             "held": sorted(self.held),
         }
+        if self.seq:
+            payload["seq"] = self.seq
         return json.dumps(payload, separators=(",", ":"))
 
 
@@ -116,7 +127,10 @@ def read_hints(kv: KV, scope: str) -> SlotHints:
         return SlotHints({}, set())
     data = json.loads(raw)
     return SlotHints(
-        {int(k): int(v) for k, v in data["gen"].items()}, {int(i) for i in data["held"]}
+        {int(k): int(v) for k, v in data["gen"].items()},
+        {int(i) for i in data["held"]},
+        {str(k): int(v) for k, v in data.get("seq", {}).items()},
+        found=True,
     )
 
 

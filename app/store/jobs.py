@@ -54,7 +54,6 @@ from app.store.backends.base import KV, Backend, put_all
 from app.store.claims import (
     SlotHints,
     SlotHolder,
-    claim_next,
     claim_next_from,
     give_back_if_purged,
     held_slots,
@@ -93,7 +92,6 @@ from app.store.keys import (
     pending_key,
     rate_prefix,
     request_key,
-    sequence_hint_key,
     sequence_key,
     slot_hints_key,
     tenant_scope,
@@ -218,18 +216,21 @@ class JobStore:
             else None
         )
         index = index_prefix(new.tenant_id, new.user_id)
-        won, user_hints, tenant_hints, rate_start, index_start = run_calls(
+        # The tenant's record also holds its rate window's hint, the user's its index hint.
+        scope_of_rate = tenant_scope(new.tenant_id) if tenant or rate else None
+        won, user_hints, tenant_hints = run_calls(
             par,
             lambda: True if idem is None else self.admission.put_if_absent(idem, claim),
             lambda: read_hints(self.slots, user),
-            lambda: None if tenant is None else read_hints(self.slots, tenant),
-            lambda: 0 if rate is None else sequence_start(self.admission, rate),
-            lambda: sequence_start(self.admission, index),
+            lambda: None if scope_of_rate is None else read_hints(self.slots, scope_of_rate),
         )
         if not won:
             return self._replay(str(idem), new)
         user_hints = cast(SlotHints, user_hints)
-        index_start, rate_start = cast(int, index_start), cast(int, rate_start)
+        index_start = self._index_start(index, user_hints)
+        rate_start = 0
+        if rate is not None and isinstance(tenant_hints, SlotHints):
+            rate_start = tenant_hints.seq.get(rate, 0)
         holder = SlotHolder(job_id=job_id, claimed_at=now)
         try:
             ticket, slots = self._claim_slots(
@@ -253,14 +254,14 @@ class JobStore:
             stage=stage,
             stage_times={stage: StageTimes(queued_at=now)},
         )
-        slot_hints = {slot_hints_key(user): user_hints.dumps()}
-        if tenant is not None and isinstance(tenant_hints, SlotHints):
-            slot_hints[slot_hints_key(tenant)] = tenant_hints.dumps()
         # Search hints only speed up the next search, so they go out with the rest; the
         # index hint assumes the first probe wins (a loser's hint is low: extra probes).
-        sequence_hints = {sequence_hint_key(index): str(index_start + 1)}
-        if rate is not None:
-            sequence_hints[sequence_hint_key(rate)] = str(ticket + 1)
+        user_hints.seq[index] = index_start + 1
+        slot_hints = {slot_hints_key(user): user_hints.dumps()}
+        if scope_of_rate is not None and isinstance(tenant_hints, SlotHints):
+            if rate is not None:  # only the current window's hint is worth keeping
+                tenant_hints.seq = {rate: ticket + 1}
+            slot_hints[slot_hints_key(scope_of_rate)] = tenant_hints.dumps()
         run_calls(
             par,
             lambda: claim_next_from(self.admission, index, job_id, index_start),
@@ -270,9 +271,15 @@ class JobStore:
             ),
             lambda: self.active.put(active_key(job_id), json.dumps({"at": now})),
             lambda: put_all(self.slots, slot_hints),
-            lambda: put_all(self.admission, sequence_hints),
         )
         return Admission(job=job, replayed=False)
+
+    def _index_start(self, index: str, hints: SlotHints) -> int:
+        """Where the search for a user's next index number starts: the hint in the user's
+        slot-hint record, or (a record written before it carried one) the old hint key."""
+        if index in hints.seq or not hints.found:
+            return hints.seq.get(index, 0)
+        return sequence_start(self.admission, index)
 
     def _replay(self, idem: str, new: NewJob) -> Admission:
         raw = self.admission.get(idem)
@@ -475,7 +482,11 @@ class JobStore:
     ) -> Page:
         """A user's jobs newest first; reads only the index entries it returns (or skips)."""
         prefix = index_prefix(tenant_id, user_id)
-        position = int(cursor) if cursor else sequence_end(self.admission, prefix)
+        if cursor:
+            position = int(cursor)
+        else:
+            hints = read_hints(self.slots, user_scope(tenant_id, user_id))
+            position = sequence_end(self.admission, prefix, self._index_start(prefix, hints))
         jobs: list[Job] = []
         scanned = 0
         while position > 0 and len(jobs) < limit and scanned < max_scan:
@@ -542,8 +553,16 @@ class JobStore:
         )
         if not self.jobs.put_if_absent(job_key(job_id), _dump(record)):
             return False
-        claim_next(self.admission, index_prefix(tenant_id, user_id), job_id)
+        self._index(tenant_id, user_id, job_id)
         return self.finish(job_id, JobStatus.FAILED, error=error)
+
+    def _index(self, tenant_id: str, user_id: str, job_id: str) -> None:
+        """Add a job to its user's index (the slow way: a refused queued request)."""
+        scope, prefix = user_scope(tenant_id, user_id), index_prefix(tenant_id, user_id)
+        hints = read_hints(self.slots, scope)
+        position = claim_next_from(self.admission, prefix, job_id, self._index_start(prefix, hints))
+        hints.seq[prefix] = int(position or 0) + 1
+        self.slots.put(slot_hints_key(scope), hints.dumps())
 
     def cancel(self, job_id: str) -> Job:
         """Cancel now, whatever the stage; raises `AlreadyTerminal` if it had ended."""
