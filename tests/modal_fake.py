@@ -108,6 +108,10 @@ class _DictBehaviour:
         with self.lock:
             return key in self.data
 
+    def update(self, other: Any = None, /, **kwargs: Any) -> None:
+        with self.lock:
+            self.data.update(other or {}, **kwargs)
+
     def keys(self) -> Any:
         with self.lock:
             return iter(list(self.data))

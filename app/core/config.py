@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     backpressure_retry_after_s: int = Field(default=30, ge=1)
     #: A put on a full queue waits this long, then fails with QueueFull (never forever).
     queue_put_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    #: On Modal, how long a container may reuse an API key's lookup: a revoked key or a
+    #: disabled tenant is refused everywhere within this bound (locally: at once).
+    auth_cache_ttl_s: float = Field(default=30.0, ge=0, le=60)
 
     # --- request limits ----------------------------------------------------------------
     max_request_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
@@ -97,8 +100,9 @@ class Settings(BaseSettings):
     #: folders under it are wiped after each job. Empty: not visible, nothing to wipe.
     comfyui_base_dir: str = ""
     comfyui_connect_timeout_s: float = Field(default=10.0, gt=0)
-    #: Progress is written to the job at most this often.
-    progress_interval_s: float = Field(default=0.5, gt=0)
+    #: The render checks for a cancel and writes progress (one read and at most one
+    #: write) at most this often: each is a round trip on Modal.
+    progress_interval_s: float = Field(default=2.0, gt=0)
     object_info_ttl_s: int = Field(default=3600, ge=1)
 
     # --- node policy: which node classes a tenant's workflow may use --------------------

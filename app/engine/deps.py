@@ -18,6 +18,7 @@ from app.store.backends import KV, Backend, Queue, open_backend
 from app.store.deliveries import DeliveryStore
 from app.store.jobs import JobStore
 from app.store.keys import queue_name
+from app.store.parallel import is_concurrent
 from app.store.tenants import TenantRegistry
 
 if TYPE_CHECKING:
@@ -86,7 +87,9 @@ class Deps:
 
     @cached_property
     def tenants(self) -> TenantRegistry:
-        return TenantRegistry(self.backend, self.clock)
+        # Remembered keys only where each lookup is a round trip (Modal); see tenants.py.
+        ttl = self.settings.auth_cache_ttl_s if is_concurrent(self.backend) else 0.0
+        return TenantRegistry(self.backend, self.clock, cache_ttl_s=ttl)
 
     @cached_property
     def deliveries(self) -> DeliveryStore:
@@ -127,6 +130,7 @@ class Deps:
         return self._queues[stage]
 
     def kv(self, name: str) -> KV:
+        """The dict called `name` (the backend hands out one handle per name)."""
         return self.backend.kv(name)
 
 

@@ -160,7 +160,12 @@ def cancel_job(deps: Deps, job_id: str) -> Job:
     return job
 
 
-def _start(deps: Deps, job: Job, stage: Stage, epoch: int) -> Job:
+def _start(deps: Deps, job: Job, stage: Stage, epoch: int) -> tuple[Job, Callable[[], None]]:
+    """The job as started, and a wait for its record's write.
+
+    The write runs while the stage starts its work (where calls are round trips): nothing
+    the stage does needs it, and `_work` waits for it before any later write of the record.
+    """
     now = deps.clock()
     times = dict(job.stage_times)
     times[stage] = times.get(stage, StageTimes()).model_copy(
@@ -174,10 +179,13 @@ def _start(deps: Deps, job: Job, stage: Stage, epoch: int) -> Job:
             "lease_until": now + deps.settings.stage_lease_s,
             "stage_times": times,
             "epoch": epoch,
+            # Known before the render starts, so cancel can stop it; one write, not two.
+            "render_call_id": (
+                deps.current_call_id() if stage is Stage.RENDER else job.render_call_id
+            ),
         }
     )
-    deps.jobs.save(started)
-    return started
+    return started, deps.jobs.save_in_background(started)
 
 
 def _finish_stage(deps: Deps, job: Job, stage: Stage) -> Job:
@@ -212,31 +220,46 @@ def process_message(raw: str, deps: Deps, stages: Mapping[Stage, StageFn]) -> No
 def _work(deps: Deps, message: StageMessage, stages: Mapping[Stage, StageFn]) -> None:
     """A work stage: the job must be running; its result goes to the next stage."""
     log = get_logger(job_id=message.job_id, stage=message.stage.value, epoch=message.epoch)
-    job = deps.jobs.find(message.job_id)
-    if job is None:
+    found, claimed = deps.jobs.find_and_claim(
+        message.job_id,
+        message.stage,
+        message.epoch,
+        message.attempt,
+        prefetch_workflow=message.stage is Stage.RENDER,
+    )
+    if found is None:
         log.warning("message_for_unknown_job")
         return
-    log = log.bind(tenant_id=job.tenant_id)
-    if job.is_terminal:
-        log.info("message_for_ended_job", status=job.status.value)
-        shutil.rmtree(job_folder(deps, job.id), ignore_errors=True)
+    log = log.bind(tenant_id=found.tenant_id)
+    if found.is_terminal:
+        log.info("message_for_ended_job", status=found.status.value)
+        shutil.rmtree(job_folder(deps, found.id), ignore_errors=True)
         return
-    if not deps.jobs.claim_stage(job.id, message.stage, message.epoch, message.attempt):
+    if not claimed:
         log.info("message_duplicate_dropped")
         return
-    job = _start(deps, job, message.stage, message.epoch)
+    job, wait_started = _start(deps, found, message.stage, message.epoch)
     log.info("stage_started", attempt=message.attempt)
     try:
         result = stages[message.stage](job, deps)
     except PipelineError as exc:
+        wait_started()
         _on_stage_error(deps, job, message, exc)
         return
     except Exception:  # a bug: fail the job cleanly, keep the traceback in logs only
+        wait_started()
         log.exception("stage_crashed")
         internal = PipelineError(f"internal error in {message.stage}")
         _on_stage_error(deps, job, message, internal)
         return
-    if not deps.jobs.is_current(job.id, message.epoch):
+    wait_started()
+    following = NEXT_STAGE.get(message.stage)
+    # Fence and cancel read at once. The last stage needs no cancel read: `complete` is
+    # put-if-absent, so a cancel that came first stays decided.
+    current, decided = deps.jobs.holder_state(
+        job.id, message.epoch, cancelled=following is not None and not isinstance(result, Later)
+    )
+    if not current:
         log.warning("stage_result_from_stale_holder_dropped")
         return
     if isinstance(result, Later):
@@ -244,17 +267,18 @@ def _work(deps: Deps, message: StageMessage, stages: Mapping[Stage, StageFn]) ->
         _run_again(deps, job, message, result.at)
         return
     job = _finish_stage(deps, result, message.stage)
-    deps.jobs.save(job)
-    following = NEXT_STAGE[message.stage]
     log.info("stage_finished", next=following.value if following else None)
-    if deps.jobs.terminal(job.id) is not None:
-        # Cancelled while this stage ran: stop here; the canceller already notified.
+    if decided:
+        # Cancelled while this stage ran: no hand-off (it would start a consumer for
+        # nothing); the canceller already notified.
+        deps.jobs.save(job)
         shutil.rmtree(job_folder(deps, job.id), ignore_errors=True)
         return
     if following is not None:
+        deps.jobs.save(job)
         hand_off(deps, job, following, epoch=message.epoch)
         return
-    if deps.jobs.finish(job.id, JobStatus.COMPLETED, outputs=job.outputs):
+    if deps.jobs.complete(job):
         log.info("job_completed", outputs=len(job.outputs))
         after_terminal(deps, job)
 

@@ -1,4 +1,4 @@
-"""Intake: validate a job request, admit it strictly, store it and enqueue fetch.
+"""Intake: validate a job request, admit it strictly, store it, enqueue fetch (or render).
 
 Two ways in, one code path: the HTTP ingress calls `admit` directly (so it can answer 202
 or 429 at once); a Python client puts an `IntakeMessage` on the intake queue, and the
@@ -111,7 +111,7 @@ def admit(
     if admission.replayed:
         log.info("job_replayed", idempotency_key=idempotency_key)
         return admission
-    if not hand_off(deps, admission.job, Stage.FETCH):
+    if not hand_off(deps, admission.job, admission.job.stage):  # render at once with no inputs
         retry = deps.settings.backpressure_retry_after_s
         raise Backpressure(f"the service is at capacity; retry after {retry} s", retry)
     log.info("job_admitted", user_id=user_id, inputs=len(new.inputs))

@@ -10,9 +10,7 @@ another's files in a warm container.
 from __future__ import annotations
 
 import shutil
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +22,7 @@ from app.core.logs import get_logger
 from app.core.models import Job, OutputRef
 from app.engine.deps import Deps
 from app.engine.scratch import OUTPUTS, SCRATCH_KEY_PREFIX, inputs_folder, outputs_folder
-
-#: How often the render loop asks the store whether the job was cancelled.
-CANCEL_CHECK_INTERVAL_S = 0.5
+from app.store.parallel import both
 
 
 def scope_outputs(graph: dict[str, Any], job_id: str, run_token: str) -> dict[str, Any]:
@@ -38,43 +34,68 @@ def scope_outputs(graph: dict[str, Any], job_id: str, run_token: str) -> dict[st
     return scope_prefixes(graph, job_id, run_token)  # literal or linked prefixes alike
 
 
-def cancel_checker(deps: Deps, job_id: str) -> Callable[[], bool]:
-    """A cheap `should_cancel`: reads the terminal record at most every half second."""
-    state = {"at": 0.0, "cancelled": False}
+class Heartbeat:
+    """The render's one conversation with the store: cancel check and progress together.
 
-    def should_cancel() -> bool:
-        now = time.monotonic()
-        if not state["cancelled"] and now - state["at"] >= CANCEL_CHECK_INTERVAL_S:
-            state["at"] = now
-            state["cancelled"] = deps.jobs.terminal(job_id) is not None
-        return bool(state["cancelled"])
+    At most once per `progress_interval_s` (a setting, 2 s by default) it reads whether
+    the job was cancelled and, if there is news (progress, or a lease half spent),
+    writes the record, both at once: at most one call per render-second by default.
+    The first check waits a full interval: the pipeline read the job's terminal record
+    just before the stage started.
+    """
 
-    return should_cancel
+    def __init__(self, deps: Deps, job: Job) -> None:
+        self.deps = deps
+        self.job = job
+        self.interval_s = deps.settings.progress_interval_s
+        self.checked_at = deps.clock()
+        self.pending: RenderProgress | None = None
+        self.cancelled = False
 
+    def should_cancel(self) -> bool:
+        self._tick()
+        return self.cancelled
 
-def progress_writer(deps: Deps, job: Job) -> Callable[[RenderProgress], None]:
-    """Writes render progress to the job and renews its lease (the client throttles)."""
-    holder = {"job": job}
+    def on_progress(self, progress: RenderProgress) -> None:
+        self.pending = progress
+        self._tick()
 
-    def write(progress: RenderProgress) -> None:
-        current = holder["job"].model_copy(
-            update={
-                "progress": progress.fraction,
-                "progress_detail": {
-                    "node_id": progress.node_id,
-                    "node_type": progress.node_type,
-                    "value": progress.value,
-                    "max": progress.max,
-                    "nodes_done": progress.nodes_done,
-                    "nodes_total": progress.nodes_total,
-                },
-                "lease_until": deps.clock() + deps.settings.stage_lease_s,
-            }
+    def _tick(self) -> None:
+        now = self.deps.clock()
+        if self.cancelled or now - self.checked_at < self.interval_s:
+            return
+        self.checked_at = now
+        update = self._update(now)
+        if update is not None:
+            self.job = update
+        jobs = self.deps.jobs
+        decided, _ = both(
+            jobs.concurrent,
+            lambda: jobs.terminal(self.job.id) is not None,
+            lambda: None if update is None else jobs.save(update),
         )
-        holder["job"] = current
-        deps.jobs.save(current)
+        self.cancelled = decided
 
-    return write
+    def _update(self, now: float) -> Job | None:
+        """The record to write now, or None when nothing changed that is worth a write."""
+        lease_s = self.deps.settings.stage_lease_s
+        lease_due = (self.job.lease_until or 0.0) - now < lease_s / 2
+        progress = self.pending
+        if progress is None and not lease_due:
+            return None
+        self.pending = None
+        update: dict[str, Any] = {"lease_until": now + lease_s}
+        if progress is not None:
+            update["progress"] = progress.fraction
+            update["progress_detail"] = {
+                "node_id": progress.node_id,
+                "node_type": progress.node_type,
+                "value": progress.value,
+                "max": progress.max,
+                "nodes_done": progress.nodes_done,
+                "nodes_total": progress.nodes_total,
+            }
+        return self.job.model_copy(update=update)
 
 
 def _abandon(client: ComfyClient, prompt_id: str, cause: BaseException) -> None:
@@ -95,11 +116,11 @@ def wipe_comfy_folders(base_dir: str, job_id: str) -> None:
 
 def run(job: Job, deps: Deps) -> Job:
     """Render the job; raises RenderFailed, RenderTimeout, InvalidWorkflow, ComfyUnavailable."""
-    deps.scratch_reload()
+    if job.inputs:
+        deps.scratch_reload()  # to see what fetch committed; a job without inputs has none
     client = deps.comfy
     log = get_logger(job_id=job.id, tenant_id=job.tenant_id, stage="render")
-    job = job.model_copy(update={"render_call_id": deps.current_call_id()})
-    deps.jobs.save(job)
+    heartbeat = Heartbeat(deps, job)
     try:
         uploaded = {
             spec.name: client.upload_input(
@@ -116,8 +137,8 @@ def run(job: Job, deps: Deps) -> Job:
                 graph,
                 prompt_id=prompt_id,
                 deadline_s=job.deadline,
-                should_cancel=cancel_checker(deps, job.id),
-                on_progress=progress_writer(deps, job),
+                should_cancel=heartbeat.should_cancel,
+                on_progress=heartbeat.on_progress,
                 progress_interval_s=deps.settings.progress_interval_s,
             )
         except BaseException as exc:

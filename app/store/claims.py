@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from app.core.models import SlotRef
 from app.store.backends.base import KV
@@ -47,18 +47,33 @@ from app.store.keys import (
 
 def claim_next(kv: KV, prefix: str, value: str, limit: int | None = None) -> int | None:
     """Claim the lowest free `prefix:{n}` (n < limit); None when all are taken."""
-    n = int(kv.get(sequence_hint_key(prefix)) or 0)
+    n = claim_next_from(kv, prefix, value, sequence_start(kv, prefix), limit)
+    if n is not None:
+        kv.put(sequence_hint_key(prefix), str(n + 1))
+    return n
+
+
+def sequence_start(kv: KV, prefix: str) -> int:
+    """Where a search for a free number of the sequence starts (its hint)."""
+    return int(kv.get(sequence_hint_key(prefix)) or 0)
+
+
+def claim_next_from(
+    kv: KV, prefix: str, value: str, start: int, limit: int | None = None
+) -> int | None:
+    """`claim_next` from a hint read earlier, writing no hint (the caller batches it)."""
+    n = start
     while limit is None or n < limit:
         if kv.put_if_absent(sequence_key(prefix, n), value):
-            kv.put(sequence_hint_key(prefix), str(n + 1))
             return n
         n += 1
     return None
 
 
-def sequence_end(kv: KV, prefix: str) -> int:
-    """One past the highest claimed number of a sequence."""
-    n = int(kv.get(sequence_hint_key(prefix)) or 0)
+def sequence_end(kv: KV, prefix: str, start: int | None = None) -> int:
+    """One past the highest claimed number of a sequence (searched from `start`, or from
+    the sequence's own hint)."""
+    n = sequence_start(kv, prefix) if start is None else start
     while kv.contains(sequence_key(prefix, n)):
         n += 1
     return n
@@ -80,40 +95,89 @@ class SlotHolder:
         return cls(job_id=str(data["job_id"]), claimed_at=float(data["claimed_at"]))
 
 
-def _read_hints(kv: KV, scope: str) -> tuple[dict[int, int], set[int]]:
-    """Per place: the last generation seen, and which places were last seen held."""
+@dataclass(slots=True)
+class SlotHints:
+    """Per place: the last generation seen, and which places were last seen held.
+
+    `seq` carries search hints of sequences that belong to the same scope (a user's job
+    index, a tenant's rate window), so one read serves the slot and the sequence, and one
+    write stores both: they are only search aids, like the rest of the record.
+    """
+
+    generations: dict[int, int]
+    held: set[int]
+    seq: dict[str, int] = field(default_factory=dict)
+    #: Whether the record was there (a scope that never held a slot has none).
+    found: bool = False
+
+    def dumps(self) -> str:
+        payload: dict[str, object] = {
+            "gen": {str(k): v for k, v in self.generations.items()},
+            "held": sorted(self.held),
+        }
+        if self.seq:
+            payload["seq"] = self.seq
+        return json.dumps(payload, separators=(",", ":"))
+
+
+def read_hints(kv: KV, scope: str) -> SlotHints:
+    """The scope's hints (empty if none were written)."""
     raw = kv.get(slot_hints_key(scope))
     if raw is None:
-        return {}, set()
+        return SlotHints({}, set())
     data = json.loads(raw)
-    return {int(k): int(v) for k, v in data["gen"].items()}, {int(i) for i in data["held"]}
+    return SlotHints(
+        {int(k): int(v) for k, v in data["gen"].items()},
+        {int(i) for i in data["held"]},
+        {str(k): int(v) for k, v in data.get("seq", {}).items()},
+        found=True,
+    )
 
 
-def _write_hints(kv: KV, scope: str, generations: dict[int, int], held: set[int]) -> None:
-    payload = {"gen": {str(k): v for k, v in generations.items()}, "held": sorted(held)}
-    kv.put(slot_hints_key(scope), json.dumps(payload, separators=(",", ":")))
+def _write_hints(kv: KV, scope: str, hints: SlotHints) -> None:
+    kv.put(slot_hints_key(scope), hints.dumps())
 
 
 def claim_slot(kv: KV, scope: str, cap: int, holder: SlotHolder) -> SlotRef | None:
     """Take one of `cap` places in `scope`, or None if every place is held.
 
     One read of the scope's hints tells which places were free and at which
-    generation, so an admission usually costs three round trips whatever the load; a
+    generation, so an admission usually costs four round trips whatever the load; a
     wrong hint only costs probes. A refusal checks every place for real.
     """
-    generations, held = _read_hints(kv, scope)
-    order = sorted(range(cap), key=lambda index: index in held)  # likely-free places first
+    hints = read_hints(kv, scope)
+    ref = take_checked(kv, scope, cap, holder, hints)
+    if ref is not None:
+        _write_hints(kv, scope, hints)
+    return ref
+
+
+def take_checked(
+    kv: KV, scope: str, cap: int, holder: SlotHolder, hints: SlotHints
+) -> SlotRef | None:
+    """`take_place`, then the floor check, until a place is really won or none is free."""
+    while True:
+        ref = take_place(kv, scope, cap, holder, hints)
+        if ref is None or not give_back_if_purged(kv, ref, hints):
+            return ref
+
+
+def take_place(
+    kv: KV, scope: str, cap: int, holder: SlotHolder, hints: SlotHints
+) -> SlotRef | None:
+    """Win a place's generation from `hints` (updated in place); no floor check yet.
+
+    The win only counts once `give_back_if_purged` said False for it: that read must
+    come after the win (see the module docstring), so a caller may overlap it with
+    other work but must not admit before it.
+    """
+    order = sorted(range(cap), key=lambda index: index in hints.held)  # likely-free first
     for index in order:
-        generation = generations.get(index, 0)
+        generation = hints.generations.get(index, 0)
         while True:
             if kv.put_if_absent(slot_key(scope, index, generation), holder.dumps()):
-                floor = _floor(kv, scope, index)
-                if generation < floor:  # a purged tenure: not a free place
-                    kv.pop(slot_key(scope, index, generation))
-                    generation = floor
-                    continue
-                generations[index] = generation
-                _write_hints(kv, scope, generations, held | {index})
+                hints.generations[index] = generation
+                hints.held.add(index)
                 return SlotRef(scope=scope, index=index, generation=generation)
             if not kv.contains(released_key(scope, index, generation)):
                 break  # held by a live tenure: try the next place
@@ -121,14 +185,39 @@ def claim_slot(kv: KV, scope: str, cap: int, holder: SlotHolder) -> SlotRef | No
     return None
 
 
+def give_back_if_purged(kv: KV, ref: SlotRef, hints: SlotHints) -> bool:
+    """True (and the key given back) if `ref` is a purged tenure below its place's floor."""
+    floor = _floor(kv, ref.scope, ref.index)
+    if ref.generation >= floor:
+        return False
+    kv.pop(slot_key(ref.scope, ref.index, ref.generation))
+    hints.generations[ref.index] = floor
+    return True
+
+
 def release_slot(kv: KV, ref: SlotRef) -> bool:
     """Free one tenure; True if this call freed it (idempotent, safe to race)."""
-    if not kv.put_if_absent(released_key(ref.scope, ref.index, ref.generation), "1"):
+    if not mark_released(kv, ref):
         return False
-    generations, held = _read_hints(kv, ref.scope)
-    generations[ref.index] = max(generations.get(ref.index, 0), ref.generation + 1)
-    _write_hints(kv, ref.scope, generations, held - {ref.index})
+    hints = read_hints(kv, ref.scope)
+    note_released(hints, ref)
+    _write_hints(kv, ref.scope, hints)
     return True
+
+
+def mark_released(kv: KV, ref: SlotRef) -> bool:
+    """The release itself (put-if-absent of the tenure's marker); True if this call did it.
+
+    `release_slot` is this plus a hint update; a caller freeing several tenures may read
+    their hints alongside and write them in one batch (`note_released`).
+    """
+    return kv.put_if_absent(released_key(ref.scope, ref.index, ref.generation), "1")
+
+
+def note_released(hints: SlotHints, ref: SlotRef) -> None:
+    """Record in `hints` that `ref`'s place is free from the next generation on."""
+    hints.generations[ref.index] = max(hints.generations.get(ref.index, 0), ref.generation + 1)
+    hints.held.discard(ref.index)
 
 
 def _floor(kv: KV, scope: str, index: int) -> int:

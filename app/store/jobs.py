@@ -26,8 +26,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import cast
 
 from pydantic import BaseModel
 
@@ -48,15 +50,22 @@ from app.core.models import (
     StageTimes,
     TerminalDecision,
 )
-from app.store.backends.base import KV, Backend
+from app.store.backends.base import KV, Backend, put_all
 from app.store.claims import (
+    SlotHints,
     SlotHolder,
-    claim_next,
-    claim_slot,
+    claim_next_from,
+    give_back_if_purged,
     held_slots,
+    mark_released,
+    note_released,
     purge_slot,
+    read_hints,
     release_slot,
     sequence_end,
+    sequence_start,
+    take_checked,
+    take_place,
 )
 from app.store.keys import (
     ACTIVE_DICT,
@@ -84,12 +93,16 @@ from app.store.keys import (
     rate_prefix,
     request_key,
     sequence_key,
+    slot_hints_key,
     tenant_scope,
     terminal_key,
     user_scope,
 )
+from app.store.parallel import both, in_background, is_concurrent, run_calls
 
 RATE_WINDOW_S = 60
+#: Prefetched requests one store keeps at most (each is read by its stage at once).
+PREFETCH_MAX = 64
 #: A slot whose job record never appeared (admission crashed half-way) is freed after this.
 ABANDONED_SLOT_GRACE_S = 600
 #: fail_stale re-sends a queued message that nobody picked up for this long; a duplicate
@@ -169,24 +182,65 @@ class JobStore:
         self.deliveries: KV = backend.kv(DELIVERIES_DICT)
         self.pending: KV = backend.kv(PENDING_DICT)
         self.clock = clock
+        self._concurrent = is_concurrent(backend)
+        #: Requests read alongside a stage claim, by job id, until the stage reads them.
+        self._prefetched: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def concurrent(self) -> bool:
+        """Whether independent calls on this store are worth running at once."""
+        return self._concurrent
 
     # ---- admission -------------------------------------------------------------------
 
     def create(self, new: NewJob, job_id: str, limits: Limits) -> Admission:
-        """Admit a job strictly under the caps, or replay the job its idempotency key made."""
+        """Admit a job strictly under the caps, or replay the job its idempotency key made.
+
+        Only what must be decided in order is: the rate ticket and the user's slot, then
+        the tenant's slot (a tenant slot held by a request its user's cap refuses could
+        refuse another user's request that fits; see `_claim_slots`). Everything else
+        overlaps on a backend whose calls are round trips: the idempotency claim with
+        every hint read, each floor check with the next claim, and the writes of an
+        admitted job with each other.
+        """
         now = self.clock()
+        par = self._concurrent
         idem = idem_key(new.tenant_id, new.idempotency_key) if new.idempotency_key else None
-        if idem is not None:
-            claim = json.dumps({"job_id": job_id, "body_hash": new.body_hash, "at": now})
-            if not self.admission.put_if_absent(idem, claim):
-                return self._replay(idem, new)
+        claim = json.dumps({"job_id": job_id, "body_hash": new.body_hash, "at": now})
+        user = user_scope(new.tenant_id, new.user_id)
+        tenant = tenant_scope(new.tenant_id) if limits.max_active_per_tenant > 0 else None
+        rate = (
+            rate_prefix(new.tenant_id, int(now // RATE_WINDOW_S))
+            if limits.rate_per_minute > 0
+            else None
+        )
+        index = index_prefix(new.tenant_id, new.user_id)
+        # The tenant's record also holds its rate window's hint, the user's its index hint.
+        scope_of_rate = tenant_scope(new.tenant_id) if tenant or rate else None
+        won, user_hints, tenant_hints = run_calls(
+            par,
+            lambda: True if idem is None else self.admission.put_if_absent(idem, claim),
+            lambda: read_hints(self.slots, user),
+            lambda: None if scope_of_rate is None else read_hints(self.slots, scope_of_rate),
+        )
+        if not won:
+            return self._replay(str(idem), new)
+        user_hints = cast(SlotHints, user_hints)
+        index_start = self._index_start(index, user_hints)
+        rate_start = 0
+        if rate is not None and isinstance(tenant_hints, SlotHints):
+            rate_start = tenant_hints.seq.get(rate, 0)
+        holder = SlotHolder(job_id=job_id, claimed_at=now)
         try:
-            self._check_rate(new.tenant_id, limits, now)
-            slots = self._claim_slots(new, job_id, limits, now)
+            ticket, slots = self._claim_slots(
+                holder, limits, user, user_hints, tenant, tenant_hints, rate, rate_start, now
+            )
         except AdmissionRejected:
             if idem is not None:
                 self.admission.pop(idem)  # ours alone: let the client retry the key
             raise
+        stage = first_stage(new)
         job = Job(
             id=job_id,
             tenant_id=new.tenant_id,
@@ -197,14 +251,35 @@ class JobStore:
             webhook_url=new.webhook_url,
             metadata=new.metadata,
             slots=slots,
-            stage=Stage.FETCH,
-            stage_times={Stage.FETCH: StageTimes(queued_at=now)},
+            stage=stage,
+            stage_times={stage: StageTimes(queued_at=now)},
         )
-        self.jobs.put(request_key(job_id), json.dumps(new.workflow))
-        self.jobs.put(job_key(job_id), _dump(job))
-        self.active.put(active_key(job_id), json.dumps({"at": now}))
-        claim_next(self.admission, index_prefix(new.tenant_id, new.user_id), job_id)
+        # Search hints only speed up the next search, so they go out with the rest; the
+        # index hint assumes the first probe wins (a loser's hint is low: extra probes).
+        user_hints.seq[index] = index_start + 1
+        slot_hints = {slot_hints_key(user): user_hints.dumps()}
+        if scope_of_rate is not None and isinstance(tenant_hints, SlotHints):
+            if rate is not None:  # only the current window's hint is worth keeping
+                tenant_hints.seq = {rate: ticket + 1}
+            slot_hints[slot_hints_key(scope_of_rate)] = tenant_hints.dumps()
+        run_calls(
+            par,
+            lambda: claim_next_from(self.admission, index, job_id, index_start),
+            lambda: put_all(
+                self.jobs,
+                {request_key(job_id): json.dumps(new.workflow), job_key(job_id): _dump(job)},
+            ),
+            lambda: self.active.put(active_key(job_id), json.dumps({"at": now})),
+            lambda: put_all(self.slots, slot_hints),
+        )
         return Admission(job=job, replayed=False)
+
+    def _index_start(self, index: str, hints: SlotHints) -> int:
+        """Where the search for a user's next index number starts: the hint in the user's
+        slot-hint record, or (a record written before it carried one) the old hint key."""
+        if index in hints.seq or not hints.found:
+            return hints.seq.get(index, 0)
+        return sequence_start(self.admission, index)
 
     def _replay(self, idem: str, new: NewJob) -> Admission:
         raw = self.admission.get(idem)
@@ -222,71 +297,156 @@ class JobStore:
             )
         return Admission(job=job, replayed=True)
 
-    def _check_rate(self, tenant_id: str, limits: Limits, now: float) -> None:
-        if limits.rate_per_minute <= 0:
-            return
-        window = int(now // RATE_WINDOW_S)
-        taken = claim_next(
-            self.admission, rate_prefix(tenant_id, window), "1", limit=limits.rate_per_minute
+    def _take_ticket(self, rate: str | None, limits: Limits, start: int) -> int | None:
+        """A ticket of this window's rate limit (its number; 0 without a limit), or None."""
+        if rate is None:
+            return 0
+        return claim_next_from(self.admission, rate, "1", start, limit=limits.rate_per_minute)
+
+    def _claim_slots(
+        self,
+        holder: SlotHolder,
+        limits: Limits,
+        user: str,
+        user_hints: SlotHints,
+        tenant: str | None,
+        tenant_hints: object,
+        rate: str | None,
+        rate_start: int,
+        now: float,
+    ) -> tuple[int, list[SlotRef]]:
+        """The rate ticket with the user's slot, then the tenant's slot; each floor check
+        overlaps the next step. Returns the ticket number and the slots.
+
+        The ticket and the user's slot race each other only: a slot taken by a request
+        the rate limit refuses is given back at once (at worst a same-user request sees
+        it held for that moment: a refusal, never an admission over a cap). The tenant
+        slot waits for the user's, so a request its user's cap refuses never holds a
+        tenant place another user's request could have had. No job is admitted before
+        both floor checks said its tenures are real; a tenure that proved purged (see
+        `app.store.claims`) is retaken on the slow path.
+        """
+        user_cap = limits.max_active_per_user
+        ticket, user_slot = both(
+            self._concurrent,
+            lambda: self._take_ticket(rate, limits, rate_start),
+            lambda: take_place(self.slots, user, user_cap, holder, user_hints),
         )
-        if taken is None:
-            retry = max(1, math.ceil((window + 1) * RATE_WINDOW_S - now))
+        if ticket is None:
+            if user_slot is not None and not give_back_if_purged(self.slots, user_slot, user_hints):
+                release_slot(self.slots, user_slot)
+            window = int(now // RATE_WINDOW_S)
             raise AdmissionRejected(
                 "rate_limited",
                 f"tenant rate limit of {limits.rate_per_minute} requests per minute reached",
-                retry,
+                max(1, math.ceil((window + 1) * RATE_WINDOW_S - now)),
                 limits.rate_per_minute,
             )
-
-    def _claim_slots(self, new: NewJob, job_id: str, limits: Limits, now: float) -> list[SlotRef]:
-        holder = SlotHolder(job_id=job_id, claimed_at=now)
-        user_slot = claim_slot(
-            self.slots, user_scope(new.tenant_id, new.user_id), limits.max_active_per_user, holder
-        )
         if user_slot is None:
-            raise AdmissionRejected(
-                "user_concurrency_limit",
-                f"user already has {limits.max_active_per_user} active jobs",
-                limits.cap_retry_after_s,
-                limits.max_active_per_user,
-            )
-        if limits.max_active_per_tenant <= 0:
+            raise _refusal("user", limits)
+        return ticket, self._tenant_slot(
+            holder, limits, user, user_slot, user_hints, tenant, tenant_hints
+        )
+
+    def _tenant_slot(
+        self,
+        holder: SlotHolder,
+        limits: Limits,
+        user: str,
+        user_slot: SlotRef,
+        user_hints: SlotHints,
+        tenant: str | None,
+        tenant_hints: object,
+    ) -> list[SlotRef]:
+        """The tenant's slot after the user's (floor check of the user's alongside)."""
+        tenant_cap = limits.max_active_per_tenant
+        if tenant is None or not isinstance(tenant_hints, SlotHints):
+            if give_back_if_purged(self.slots, user_slot, user_hints):
+                user_slot = self._retake("user", limits, holder, user, user_hints, None)
             return [user_slot]
-        tenant_slot = claim_slot(
-            self.slots, tenant_scope(new.tenant_id), limits.max_active_per_tenant, holder
+        won = user_slot
+        user_purged, tenant_slot = both(
+            self._concurrent,
+            lambda: give_back_if_purged(self.slots, won, user_hints),
+            lambda: take_place(self.slots, tenant, tenant_cap, holder, tenant_hints),
         )
         if tenant_slot is None:
-            release_slot(self.slots, user_slot)
-            raise AdmissionRejected(
-                "tenant_concurrency_limit",
-                f"tenant already has {limits.max_active_per_tenant} active jobs",
-                limits.cap_retry_after_s,
-                limits.max_active_per_tenant,
-            )
+            if not user_purged:
+                release_slot(self.slots, user_slot)
+            raise _refusal("tenant", limits)
+        if give_back_if_purged(self.slots, tenant_slot, tenant_hints):
+            other = None if user_purged else user_slot
+            tenant_slot = self._retake("tenant", limits, holder, tenant, tenant_hints, other)
+        if user_purged:
+            user_slot = self._retake("user", limits, holder, user, user_hints, tenant_slot)
         return [user_slot, tenant_slot]
+
+    def _retake(
+        self,
+        kind: str,
+        limits: Limits,
+        holder: SlotHolder,
+        scope: str,
+        hints: SlotHints,
+        other: SlotRef | None,
+    ) -> SlotRef:
+        """A place again after a won tenure proved purged (slow, sequential, rare)."""
+        cap = limits.max_active_per_user if kind == "user" else limits.max_active_per_tenant
+        ref = take_checked(self.slots, scope, cap, holder, hints)
+        if ref is None:
+            if other is not None:
+                release_slot(self.slots, other)
+            raise _refusal(kind, limits)
+        return ref
 
     # ---- reading ---------------------------------------------------------------------
 
     def find(self, job_id: str) -> Job | None:
         """The job with its terminal decision merged in, or None."""
-        raw = self.jobs.get(job_key(job_id))
-        if raw is None:
-            return None
-        job = Job.model_validate_json(raw)
-        terminal = self.terminal(job_id)
-        if terminal is None:
-            return job
-        outputs = terminal.outputs or job.outputs
-        return job.model_copy(
-            update={
-                "status": terminal.status,
-                "finished_at": terminal.decided_at,
-                "error": terminal.error,
-                "outputs": outputs,
-                "progress": 1.0 if terminal.status is JobStatus.COMPLETED else job.progress,
-                "lease_until": None,
-            }
+        raw, decided = both(
+            self._concurrent,
+            lambda: self.jobs.get(job_key(job_id)),
+            lambda: self.jobs.get(terminal_key(job_id)),
         )
+        return _merged(raw, decided)
+
+    def find_and_claim(
+        self,
+        job_id: str,
+        stage: Stage,
+        epoch: int,
+        attempt: int,
+        *,
+        prefetch_workflow: bool = False,
+    ) -> tuple[Job | None, bool]:
+        """`find` and `claim_stage` for a stage message, overlapped where calls are round
+        trips (a claim taken for a job that turns out ended or unknown blocks nothing).
+
+        `prefetch_workflow` reads the request alongside, for the stage's `workflow` call.
+        """
+        if not self._concurrent:
+            job = self.find(job_id)
+            if job is None or job.is_terminal:
+                return job, False
+            return job, self.claim_stage(job_id, stage, epoch, attempt)
+        raw, decided, fenced, won, request = run_calls(
+            True,
+            lambda: self.jobs.get(job_key(job_id)),
+            lambda: self.jobs.get(terminal_key(job_id)),
+            lambda: self.jobs.contains(epoch_key(job_id, _lane(stage), epoch + 1)),
+            lambda: self.jobs.put_if_absent(
+                claim_key(job_id, stage, epoch, attempt), str(self.clock())
+            ),
+            lambda: self.jobs.get(request_key(job_id)) if prefetch_workflow else None,
+        )
+        job = _merged(None if raw is None else str(raw), None if decided is None else str(decided))
+        claimed = bool(won) and not fenced
+        if claimed and job is not None and not job.is_terminal and request is not None:
+            with self._lock:
+                if len(self._prefetched) >= PREFETCH_MAX:  # stages that never read theirs
+                    self._prefetched.clear()
+                self._prefetched[job_id] = str(request)
+        return job, claimed
 
     def get(self, job_id: str) -> Job:
         """Like `find`, but raises `JobNotFound`."""
@@ -301,8 +461,11 @@ class JobStore:
         return None if raw is None else TerminalDecision.model_validate_json(raw)
 
     def workflow(self, job_id: str) -> dict[str, object]:
-        """The job's workflow graph as submitted."""
-        raw = self.jobs.get(request_key(job_id))
+        """The job's workflow graph as submitted (read once: see `find_and_claim`)."""
+        with self._lock:
+            raw = self._prefetched.pop(job_id, None)
+        if raw is None:
+            raw = self.jobs.get(request_key(job_id))
         if raw is None:
             raise JobNotFound(job_id)
         value: dict[str, object] = json.loads(raw)
@@ -319,7 +482,11 @@ class JobStore:
     ) -> Page:
         """A user's jobs newest first; reads only the index entries it returns (or skips)."""
         prefix = index_prefix(tenant_id, user_id)
-        position = int(cursor) if cursor else sequence_end(self.admission, prefix)
+        if cursor:
+            position = int(cursor)
+        else:
+            hints = read_hints(self.slots, user_scope(tenant_id, user_id))
+            position = sequence_end(self.admission, prefix, self._index_start(prefix, hints))
         jobs: list[Job] = []
         scanned = 0
         while position > 0 and len(jobs) < limit and scanned < max_scan:
@@ -339,8 +506,12 @@ class JobStore:
         status: JobStatus,
         error: JobError | None = None,
         outputs: list[OutputRef] | None = None,
+        slots: list[SlotRef] | None = None,
     ) -> bool:
-        """Decide the terminal state once; True if this call decided it (and freed the slots)."""
+        """Decide the terminal state once; True if this call decided it (and freed the slots).
+
+        `slots`: the job's slots when the caller holds its record (saves reading it again).
+        """
         if status not in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED):
             raise ValueError(f"{status} is not a terminal status")
         decision = TerminalDecision(
@@ -348,8 +519,23 @@ class JobStore:
         )
         if not self.jobs.put_if_absent(terminal_key(job_id), _dump(decision)):
             return False
-        self._release(job_id)
+        self._release(job_id, slots)
         return True
+
+    def complete(self, job: Job) -> bool:
+        """Save the last stage's record and decide `completed`, both at once (reads merge
+        the decision over the record, so their order does not matter); True if decided."""
+        decision = TerminalDecision(
+            status=JobStatus.COMPLETED, decided_at=self.clock(), outputs=job.outputs
+        )
+        _saved, decided = both(
+            self._concurrent,
+            lambda: self.save(job),
+            lambda: self.jobs.put_if_absent(terminal_key(job.id), _dump(decision)),
+        )
+        if decided:
+            self._release(job.id, job.slots)
+        return decided
 
     def reject(self, job_id: str, tenant_id: str, user_id: str, error: JobError) -> bool:
         """Record a queued request that was not admitted as a failed job under its id.
@@ -367,8 +553,16 @@ class JobStore:
         )
         if not self.jobs.put_if_absent(job_key(job_id), _dump(record)):
             return False
-        claim_next(self.admission, index_prefix(tenant_id, user_id), job_id)
+        self._index(tenant_id, user_id, job_id)
         return self.finish(job_id, JobStatus.FAILED, error=error)
+
+    def _index(self, tenant_id: str, user_id: str, job_id: str) -> None:
+        """Add a job to its user's index (the slow way: a refused queued request)."""
+        scope, prefix = user_scope(tenant_id, user_id), index_prefix(tenant_id, user_id)
+        hints = read_hints(self.slots, scope)
+        position = claim_next_from(self.admission, prefix, job_id, self._index_start(prefix, hints))
+        hints.seq[prefix] = int(position or 0) + 1
+        self.slots.put(slot_hints_key(scope), hints.dumps())
 
     def cancel(self, job_id: str) -> Job:
         """Cancel now, whatever the stage; raises `AlreadyTerminal` if it had ended."""
@@ -377,14 +571,27 @@ class JobStore:
             raise AlreadyTerminal(self.get(job_id))
         return self.get(job_id)
 
-    def _release(self, job_id: str) -> int:
-        raw = self.jobs.get(job_key(job_id))
-        freed = 0
-        if raw is not None:
-            for ref in Job.model_validate_json(raw).slots:
-                freed += release_slot(self.slots, ref)
-        self.active.pop(active_key(job_id))
-        return freed
+    def _release(self, job_id: str, slots: list[SlotRef] | None = None) -> int:
+        if slots is None:
+            raw = self.jobs.get(job_key(job_id))
+            slots = [] if raw is None else Job.model_validate_json(raw).slots
+        # Markers, hint reads and the active entry at once; the freed places' hints after,
+        # in one batch (a hint is only a search aid: a stale one costs probes, not slots).
+        results = run_calls(
+            self._concurrent,
+            lambda: self.active.pop(active_key(job_id)),
+            *(lambda ref=ref: mark_released(self.slots, ref) for ref in slots),
+            *(lambda ref=ref: read_hints(self.slots, ref.scope) for ref in slots),
+        )
+        freed = results[1 : 1 + len(slots)]
+        updates: dict[str, str] = {}
+        for ref, was_freed, hints in zip(slots, freed, results[1 + len(slots) :], strict=True):
+            if was_freed and isinstance(hints, SlotHints):
+                note_released(hints, ref)
+                updates[slot_hints_key(ref.scope)] = hints.dumps()
+        if updates:
+            put_all(self.slots, updates)
+        return sum(1 for was_freed in freed if was_freed)
 
     # ---- stage hand-offs -------------------------------------------------------------
 
@@ -392,11 +599,38 @@ class JobStore:
         """Write the record; only the job's current holder may call this."""
         self.jobs.put(job_key(job.id), _dump(job))
 
+    def save_in_background(self, job: Job) -> Callable[[], None]:
+        """Start `save(job)` and return the wait for it (which raises what it raised).
+
+        Where calls are round trips the write overlaps the caller's next steps; locally
+        it is done before this returns. The caller must wait before writing again.
+        """
+        return in_background(self._concurrent, lambda: self.save(job))
+
     def claim_stage(self, job_id: str, stage: Stage, epoch: int, attempt: int = 0) -> bool:
-        """Take one stage message; False for a duplicate or a message of an older epoch."""
-        if not self.is_current(job_id, epoch, _lane(stage)):
-            return False
-        return self.jobs.put_if_absent(claim_key(job_id, stage, epoch, attempt), str(self.clock()))
+        """Take one stage message; False for a duplicate or a message of an older epoch.
+
+        The fence read and the claim overlap: a fenced message's claim key names its own
+        (old) epoch, so taking it blocks no one, and the job's purge removes it.
+        """
+        current, won = both(
+            self._concurrent,
+            lambda: self.is_current(job_id, epoch, _lane(stage)),
+            lambda: self.jobs.put_if_absent(
+                claim_key(job_id, stage, epoch, attempt), str(self.clock())
+            ),
+        )
+        return current and won
+
+    def holder_state(self, job_id: str, epoch: int, *, cancelled: bool) -> tuple[bool, bool]:
+        """`(is_current, has a terminal decision)` for a work-stage holder, read at once;
+        the second is only read if `cancelled` asks for it (else False)."""
+        current, decided = both(
+            self._concurrent,
+            lambda: self.is_current(job_id, epoch),
+            lambda: cancelled and self.jobs.contains(terminal_key(job_id)),
+        )
+        return current, decided
 
     def is_current(self, job_id: str, epoch: int, lane: str = "work") -> bool:
         """Whether a holder of `epoch` still holds the job (no newer epoch was handed out)."""
@@ -490,6 +724,47 @@ class JobStore:
             ):
                 report.slots_released += release_slot(self.slots, ref)
         return report
+
+
+def _merged(raw: str | None, decided: str | None) -> Job | None:
+    """A job record with its terminal decision (if any) merged over it."""
+    if raw is None:
+        return None
+    job = Job.model_validate_json(raw)
+    if decided is None:
+        return job
+    terminal = TerminalDecision.model_validate_json(decided)
+    return job.model_copy(
+        update={
+            "status": terminal.status,
+            "finished_at": terminal.decided_at,
+            "error": terminal.error,
+            "outputs": terminal.outputs or job.outputs,
+            "progress": 1.0 if terminal.status is JobStatus.COMPLETED else job.progress,
+            "lease_until": None,
+        }
+    )
+
+
+def first_stage(new: NewJob) -> Stage:
+    """Where an admitted job starts: a job with no inputs has nothing to fetch."""
+    return Stage.FETCH if new.inputs else Stage.RENDER
+
+
+def _refusal(kind: str, limits: Limits) -> AdmissionRejected:
+    if kind == "user":
+        return AdmissionRejected(
+            "user_concurrency_limit",
+            f"user already has {limits.max_active_per_user} active jobs",
+            limits.cap_retry_after_s,
+            limits.max_active_per_user,
+        )
+    return AdmissionRejected(
+        "tenant_concurrency_limit",
+        f"tenant already has {limits.max_active_per_tenant} active jobs",
+        limits.cap_retry_after_s,
+        limits.max_active_per_tenant,
+    )
 
 
 def _lane(stage: Stage) -> str:

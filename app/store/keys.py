@@ -17,7 +17,7 @@ dict                      key                                        owner
 ``active``                ``{id}``                                   the job
 ``admission``             ``idem:{tenant}:{key}``                    the job it names
                           ``index:{tenant}:{user}:{n}``              the job it names
-                          ``index:{tenant}:{user}:hint``             the user
+                          ``index:{tenant}:{user}:hint``             the user (*)
                           ``rate:{tenant}:{window}:{n|hint}``        the window
 ``slots``                 ``slot:{scope}:{i}:{g}``                   the job holding it
                           ``released:{scope}:{i}:{g}``               that same job
@@ -31,6 +31,9 @@ dict                      key                                        owner
 ``catalog``               ``comfy:catalog``                          the deploy
 ``breaker``               ``render``                                 the deploy
 ========================  =========================================  ==========
+
+(*) Written before issue 12 and still read as a fallback: the user's index hint and the
+tenant's rate-window hint now ride in ``slothints:{scope}`` (see `claims.SlotHints`).
 
 Queues are named after the stage they feed (``fetch``, ``render``, ...).
 """

@@ -3,8 +3,12 @@
 Keys are `csk_<key id>_<secret>`: the key id is a short visible prefix that identifies the
 key in listings and logs; the secret carries 190 random bits. Only a SHA-256 of the whole
 key is stored, looked up by that hash and compared in constant time. A tenant may hold
-several keys; revoking one takes effect on the next request. The tenant always comes
-from the key, never from a request body.
+several keys. The tenant always comes from the key, never from a request body.
+
+Where each lookup is a round trip (Modal), a registry may remember a key's tenant for
+`cache_ttl_s` (the `auth_cache_ttl_s` setting, at most 60 s): a revoked key, a disabled
+tenant or a changed limit then takes effect in every container within that bound, and
+at once in the container that made the change. Locally nothing is cached.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import hashlib
 import hmac
 import re
 import secrets
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -41,6 +46,9 @@ from app.store.keys import (
 KEY_PREFIX = "csk_"
 _KEY_SHAPE = re.compile(r"^csk_([a-z0-9]{8})_([A-Za-z0-9_-]{32})$")
 TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+#: The most keys one container remembers; past it the cache starts again (a bound on
+#: memory, not on staleness: the TTL bounds that).
+AUTH_CACHE_MAX = 10_000
 
 
 class Tenant(Record):
@@ -113,9 +121,20 @@ def hash_key(api_key: str) -> str:
 class TenantRegistry:
     """Tenants and keys in the `tenants` dict."""
 
-    def __init__(self, backend: Backend, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, backend: Backend, clock: Callable[[], float], cache_ttl_s: float = 0.0
+    ) -> None:
         self.kv: KV = backend.kv(TENANTS_DICT)
         self.clock = clock
+        self.cache_ttl_s = cache_ttl_s
+        #: key hash -> (valid until, tenant); only keys that authenticated are kept.
+        self._cache: dict[str, tuple[float, Tenant]] = {}
+        self._cache_lock = threading.Lock()
+
+    def forget(self) -> None:
+        """Drop every remembered key (after a change made through this registry)."""
+        with self._cache_lock:
+            self._cache.clear()
 
     def create(
         self,
@@ -150,6 +169,7 @@ class TenantRegistry:
     def save(self, tenant: Tenant) -> None:
         """Write a tenant record (operator commands only)."""
         self.kv.put(tenant_key(tenant.id), tenant.model_dump_json())
+        self.forget()
 
     def get(self, tenant_id: str) -> Tenant | None:
         raw = self.kv.get(tenant_key(tenant_id))
@@ -212,6 +232,7 @@ class TenantRegistry:
         revoked = record.model_copy(update={"revoked_at": self.clock()})
         self.kv.put(key_hash_key(record.key_hash), revoked.model_dump_json())
         self.kv.put(key_id_key(record.key_id), revoked.model_dump_json())
+        self.forget()
         return revoked
 
     def _key_by_id(self, key_id: str) -> ApiKey | None:
@@ -219,10 +240,29 @@ class TenantRegistry:
         return None if raw is None else ApiKey.model_validate_json(raw)
 
     def authenticate(self, api_key: str) -> Tenant | None:
-        """The tenant owning a valid, unrevoked key, or None."""
+        """The tenant owning a valid, unrevoked key, or None (see the module docstring
+        for how long a remembered answer may be used)."""
         if not _KEY_SHAPE.fullmatch(api_key):
             return None
         digest = hash_key(api_key)
+        if self.cache_ttl_s <= 0:
+            return self._lookup(digest)
+        now = self.clock()
+        with self._cache_lock:
+            hit = self._cache.get(digest)
+        if hit is not None and now < hit[0]:
+            return hit[1]
+        tenant = self._lookup(digest)
+        with self._cache_lock:
+            if tenant is None:
+                self._cache.pop(digest, None)
+            else:
+                if len(self._cache) >= AUTH_CACHE_MAX:
+                    self._cache.clear()
+                self._cache[digest] = (now + self.cache_ttl_s, tenant)
+        return tenant
+
+    def _lookup(self, digest: str) -> Tenant | None:
         raw = self.kv.get(key_hash_key(digest))
         if raw is None:
             return None

@@ -58,19 +58,23 @@ def test_adapter_objects_are_the_emulators(emulator: ModalEmulator) -> None:
     assert isinstance(modal.Dict.from_name("x"), object)
 
 
-def test_adapter_each_call_is_a_round_trip_plus_a_lookup_per_handle(
+def test_adapter_each_call_is_a_round_trip_plus_one_lookup_per_name(
     emulator: ModalEmulator,
 ) -> None:
-    """Today's adapter builds a new lazy handle per `kv()` call (issue 12): visible here."""
+    """One handle per dict or queue name per backend (issue 12): one lookup, then calls."""
     backend = ModalBackend("t", "dev")
     with emulator.ledger.step("s"):
         backend.kv("d").put("a", "1")
         backend.kv("d").get("a")
+        backend.queue("q").put("x")
+        backend.queue("q").len()
     assert [r.op for r in emulator.ledger.calls(step="s")] == [
         "from_name",
         "put",
-        "from_name",
         "get",
+        "from_name",
+        "put",
+        "len",
     ]
 
 

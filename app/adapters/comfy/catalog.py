@@ -231,14 +231,14 @@ def load(kv: KV, max_age_s: float, now: float, version: str = "") -> NodeCatalog
     catalog published under the caller's own non-empty `version` (the same pinned node
     set) is valid at any age.
     """
-    raw = kv.get(CATALOG_KEY)
-    if raw is None:
-        return None
-    try:
-        record = json.loads(raw)
-    except ValueError:
-        return None
-    if not isinstance(record, dict) or record.get("format") != _FORMAT:
+    return _valid(_record(kv), max_age_s, now, version)
+
+
+def _valid(
+    record: dict[str, Any] | None, max_age_s: float, now: float, version: str
+) -> NodeCatalog | None:
+    """`load`'s decision on a record already read."""
+    if record is None:
         return None
     published_at = record.get("published_at")
     nodes = record.get("nodes")
@@ -250,15 +250,41 @@ def load(kv: KV, max_age_s: float, now: float, version: str = "") -> NodeCatalog
     return NodeCatalog.from_record(nodes)
 
 
+def _record(kv: KV) -> dict[str, Any] | None:
+    raw = kv.get(CATALOG_KEY)
+    if raw is None:
+        return None
+    try:
+        record = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(record, dict) or record.get("format") != _FORMAT:
+        return None
+    return record
+
+
 class CatalogStore:
-    """The published node catalog, kept in the `catalog` dict of the state backend."""
+    """The published node catalog, kept in the `catalog` dict of the state backend.
+
+    A catalog published under this deploy's own pinned node set never changes while the
+    deploy lives, so it is read once per process (a round trip per request saved on
+    Modal); any other catalog is read each time, as its age matters.
+    """
 
     def __init__(self, kv: KV) -> None:
         self.kv = kv
+        self._pinned: dict[str, NodeCatalog] = {}
 
     def load(self, max_age_s: float, now: float, version: str = "") -> NodeCatalog | None:
         """The published catalog if still valid (see `load`), else None."""
-        return load(self.kv, max_age_s, now, version)
+        if version and version in self._pinned:
+            return self._pinned[version]
+        record = _record(self.kv)
+        catalog = _valid(record, max_age_s, now, version)
+        pinned = record is not None and bool(version) and record.get("version") == version
+        if catalog is not None and pinned:
+            self._pinned[version] = catalog
+        return catalog
 
     def publish(self, object_info: Mapping[str, Any], now: float, version: str = "") -> NodeCatalog:
         """Publish the catalog of `object_info` (see `publish`)."""

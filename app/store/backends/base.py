@@ -12,7 +12,7 @@ backend must behave the same for the contract suite in `tests/contract/`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Protocol
 
 from app.core.errors import (
@@ -85,3 +85,17 @@ def check_queue_item(item: str) -> None:
     """Refuse an item Modal would refuse."""
     if len(item.encode()) > MAX_QUEUE_ITEM_BYTES:
         raise QueueItemTooLarge(f"queue item is {len(item.encode())} bytes (limit 1 MiB)")
+
+
+def put_all(kv: KV, items: Mapping[str, str]) -> None:
+    """Write several keys unconditionally, in one round trip where the dict offers it.
+
+    Not atomic as a whole (Modal's `Dict.update` is one RPC, nothing more is promised):
+    only for writes that need no order among themselves.
+    """
+    update = getattr(kv, "put_many", None)
+    if update is not None:
+        update(items)
+        return
+    for key, value in items.items():
+        kv.put(key, value)

@@ -12,7 +12,7 @@ enforce the installed `modal` package's real method signatures.
 from __future__ import annotations
 
 import queue as stdlib_queue
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from app.core.errors import BackendError, QueueFull
@@ -102,6 +102,13 @@ class ModalKV:
         except Exception as exc:
             raise _wrap(exc) from exc
 
+    def put_many(self, items: Mapping[str, str]) -> None:
+        """Several keys in one `Dict.update` round trip (see `base.put_all`)."""
+        try:
+            self._d.update(dict(items))
+        except Exception as exc:
+            raise _wrap(exc) from exc
+
     def put_if_absent(self, key: str, value: str) -> bool:
         try:
             return bool(self._d.put(key, value, skip_if_exists=True))
@@ -131,7 +138,14 @@ class ModalKV:
 
 
 class ModalBackend:
-    """Queues and dicts named `{prefix}-{name}` in one Modal environment."""
+    """Queues and dicts named `{prefix}-{name}` in one Modal environment.
+
+    One handle per name per process: a fresh `from_name` handle costs a lookup RPC on its
+    first use, so handing out the same one saves a round trip per call site.
+    """
+
+    #: Each call is a network round trip: independent ones are worth running at once.
+    concurrent_calls = True
 
     def __init__(
         self,
@@ -151,21 +165,27 @@ class ModalBackend:
         self._queue_factory = queue_factory
         self._dict_factory = dict_factory
         self._put_timeout_s = put_timeout_s
+        self._queues: dict[str, ModalQueue] = {}
+        self._dicts: dict[str, ModalKV] = {}
 
     def _name(self, name: str) -> str:
         return f"{self._prefix}-{name}"
 
     def queue(self, name: str) -> ModalQueue:
-        handle = self._queue_factory(
-            self._name(name), environment_name=self._env, create_if_missing=True
-        )
-        return ModalQueue(handle, name, self._put_timeout_s)
+        if name not in self._queues:  # a race builds two handles: harmless, one is kept
+            handle = self._queue_factory(
+                self._name(name), environment_name=self._env, create_if_missing=True
+            )
+            self._queues.setdefault(name, ModalQueue(handle, name, self._put_timeout_s))
+        return self._queues[name]
 
     def kv(self, name: str) -> ModalKV:
-        handle = self._dict_factory(
-            self._name(name), environment_name=self._env, create_if_missing=True
-        )
-        return ModalKV(handle)
+        if name not in self._dicts:
+            handle = self._dict_factory(
+                self._name(name), environment_name=self._env, create_if_missing=True
+            )
+            self._dicts.setdefault(name, ModalKV(handle))
+        return self._dicts[name]
 
     def close(self) -> None:
         """Modal handles hold no connections of ours."""

@@ -153,7 +153,7 @@ async def test_submit_admits_and_queues(http: httpx.AsyncClient, harness: Harnes
     assert response.headers["location"] == f"/v1/jobs/{view['id']}"
     job = harness.deps.jobs.get(view["id"])
     assert (job.tenant_id, job.user_id) == (harness.acme.id, "alice")
-    assert harness.deps.queue(Stage.FETCH).len() == 1
+    assert harness.deps.queue(Stage.RENDER).len() == 1  # no inputs: straight to render
 
 
 @pytest.mark.parametrize(
@@ -197,7 +197,7 @@ async def test_unknown_node_type_is_400_naming_it(
     response = await submit(http, harness, workflow=workflow)
     error = assert_error(response, 400, "invalid_workflow")
     assert "NoSuchNode" in error["message"]
-    assert harness.deps.queue(Stage.FETCH).len() == 0
+    assert harness.deps.queue(Stage.FETCH).len() == harness.deps.queue(Stage.RENDER).len() == 0
 
 
 async def test_ui_format_workflow_is_400(http: httpx.AsyncClient, harness: Harness) -> None:

@@ -55,7 +55,7 @@ def test_burst_of_8_for_one_user_with_cap_5_gives_5_accepted_and_3_429(
             assert response.headers["retry-after"]
     accepted = {r.json()["id"] for r in responses if r.status_code == 202}
     assert len(accepted) == 5
-    assert harness.deps.queue(Stage.FETCH).len() == 5
+    assert harness.deps.queue(Stage.RENDER).len() == 5  # no inputs: straight to render
 
 
 def test_chunked_body_over_the_limit_is_413_on_a_real_server(served: tuple[Harness, str]) -> None:

@@ -160,7 +160,8 @@ def test_submit_status_jobs_cancel(served: Served, workflow_file: Path) -> None:
 
 
 def _play_pipeline(harness: Harness, done: threading.Event) -> None:
-    """Stand in for the stage workers: run the first queued job, report progress, finish."""
+    """Stand in for the stage workers: run the first queued job (no inputs: on the render
+    queue), report progress, finish."""
     # Note when a status read (the CLI's poll) finds the job running.
     seen_running = threading.Event()
     find = harness.deps.jobs.find
@@ -174,7 +175,7 @@ def _play_pipeline(harness: Harness, done: threading.Event) -> None:
     harness.deps.jobs.find = noting_find  # type: ignore[method-assign]
     deadline = time.monotonic() + 20
     while not done.is_set() and time.monotonic() < deadline:
-        raw = harness.deps.queue(Stage.FETCH).get(timeout_s=0.05)
+        raw = harness.deps.queue(Stage.RENDER).get(timeout_s=0.05)
         if raw is None:
             continue
         job = harness.deps.jobs.get(json.loads(raw)["job_id"])

@@ -44,7 +44,7 @@ def test_reusing_another_tenants_job_id_gets_nothing(harness: Harness) -> None:
     assert after.metadata == {"owner": "alice"} and after.created_at == before.created_at
     with pytest.raises(JobNotFound):
         Client(harness.deps, harness.beta.api_key, "bob").get(job_id)
-    assert harness.deps.queue(Stage.FETCH).len() == 1
+    assert harness.deps.queue(Stage.RENDER).len() == 1  # no inputs: straight to render
 
 
 @pytest.mark.parametrize(
@@ -56,5 +56,5 @@ def test_path_like_or_malformed_ids_are_refused(harness: Harness, job_id: str) -
     drain_stage(Stage.INTAKE, harness.deps)
 
     assert harness.deps.jobs.find(job_id) is None
-    assert harness.deps.queue(Stage.FETCH).len() == 0
+    assert harness.deps.queue(Stage.FETCH).len() == harness.deps.queue(Stage.RENDER).len() == 0
     assert not harness.settings.work_dir.exists() or not any(harness.settings.work_dir.iterdir())

@@ -59,10 +59,10 @@ def test_enqueued_job_is_admitted_by_intake_and_readable_by_its_owner_only(
         alice.get(job_id)
     # When intake runs
     assert drain_stage(Stage.INTAKE, harness.deps) == 1
-    # Then alice sees it queued for fetch, and nobody else sees it at all
+    # Then alice sees it queued (for render: it has no inputs), and nobody else sees it
     view = alice.get(job_id)
     assert view.status is JobStatus.QUEUED and view.metadata == {"n": 1}
-    assert harness.deps.queue(Stage.FETCH).len() == 1
+    assert harness.deps.queue(Stage.RENDER).len() == 1  # no inputs: straight to render
     for other in (client(harness, "bob"), client(harness, tenant="beta")):
         with pytest.raises(UnknownJob):
             other.get(job_id)

@@ -108,6 +108,8 @@ def pipeline(tmp_path: Path, comfy: tuple[str, str], site: Site) -> Iterator[Dep
         webhook_retry_schedule_s=[1, 1],
         webhook_timeout_s=5,
         public_url="http://127.0.0.1:9",
+        # Progress and cancel checks often enough to see a render's first nodes (default 2 s).
+        progress_interval_s=0.2,
     )
     deps = build_deps(settings)
     runner = Pipeline(settings)

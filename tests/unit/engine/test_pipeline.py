@@ -10,7 +10,7 @@ import pytest
 
 from app.core.config import Settings
 from app.core.errors import AlreadyTerminal, ComfyUnavailable, RenderFailed
-from app.core.models import Job, JobStatus, Stage, StageMessage
+from app.core.models import InputSpec, Job, JobStatus, Stage, StageMessage
 from app.engine.deps import Deps
 from app.engine.maintenance import fail_stale, recover_after_restart, sweep
 from app.engine.pipeline import cancel_job, enqueue, process_message
@@ -27,7 +27,10 @@ def deps(tmp_path: Path) -> Deps:
 
 
 def admit(deps: Deps, job_id: str = "j1", **overrides: Any) -> Job:
-    job = deps.jobs.create(new_job(**overrides), job_id, Limits()).job
+    """A job with one input, so it starts at fetch (a job without inputs skips it)."""
+    values: dict[str, Any] = {"inputs": [InputSpec(name="a.png", url="https://x.example/a.png")]}
+    values.update(overrides)
+    job = deps.jobs.create(new_job(**values), job_id, Limits()).job
     enqueue(deps, job_id, Stage.FETCH)
     return job
 

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from app.adapters.comfy.messages import ComfyOutput
+from app.adapters.comfy.tracker import RenderProgress
 from app.core.errors import ComfyUnavailable, RenderFailed
 from app.core.models import JobStatus, Stage
 from app.engine.pipeline import cancel_job, release_due
@@ -47,18 +48,55 @@ def test_inputs_go_up_the_graph_is_scoped_and_outputs_are_staged(world: World) -
     assert world.queued(Stage.UPLOAD) == 1
 
 
-def test_progress_is_written_to_the_job_with_a_renewed_lease(world: World) -> None:
-    fetched(world)
-    seen: list[tuple[float | None, float | None]] = []
+PROGRESS = RenderProgress(0.5, "2", "SaveImage", 1, 2, 1, 2)
 
-    def look() -> None:
-        job = world.job("j1")
-        seen.append((job.progress, job.lease_until))
 
-    world.comfy.during_run = look
-    world.clock.advance(30)
-    world.step(Stage.RENDER)
-    assert seen == [(0.5, world.clock.now + 100)]
+def test_progress_is_written_with_a_renewed_lease_once_the_interval_has_passed(
+    world: World,
+) -> None:
+    job = fetched(world)
+    beat = render.Heartbeat(world.deps, job)
+    beat.on_progress(PROGRESS)
+    assert world.job("j1").progress == 0.0  # within the interval: nothing written yet
+    world.clock.advance(world.deps.settings.progress_interval_s)
+    assert not beat.should_cancel()
+    stored = world.job("j1")
+    assert stored.progress == 0.5 and stored.lease_until == world.clock.now + 100
+    assert stored.progress_detail is not None and stored.progress_detail["node_id"] == "2"
+
+
+def test_a_cancel_is_noticed_at_the_first_check_after_the_interval(world: World) -> None:
+    job = fetched(world)
+    beat = render.Heartbeat(world.deps, job)
+    cancel_job(world.deps, "j1")
+    assert not beat.should_cancel()  # the pipeline read the record just before
+    world.clock.advance(world.deps.settings.progress_interval_s)
+    assert beat.should_cancel()
+
+
+class CountingKV:
+    """Counts every call made through a dict (each one a round trip on Modal)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.calls = inner, 0
+
+    def __getattr__(self, name: str) -> Any:
+        self.calls += 1
+        return getattr(self.inner, name)
+
+
+def test_cancel_checks_and_progress_cost_at_most_one_call_per_render_second(
+    world: World,
+) -> None:
+    job = fetched(world)
+    counting = CountingKV(world.deps.jobs.jobs)
+    world.deps.jobs.jobs = counting
+    beat = render.Heartbeat(world.deps, job)
+    for _ in range(600):  # a 60 s render: progress and a cancel poll every 0.1 s
+        world.clock.advance(0.1)
+        beat.on_progress(PROGRESS)
+        beat.should_cancel()
+    assert 0 < counting.calls <= 60
 
 
 def test_the_comfy_side_folders_are_wiped(world: World, tmp_path: Path) -> None:

@@ -1,0 +1,66 @@
+"""Sequence hints ride in the scope's slot-hint record: one read serves both."""
+
+from __future__ import annotations
+
+import json
+
+from app.store import keys
+from app.store.backends.memory import MemoryBackend
+from app.store.jobs import RATE_WINDOW_S, JobStore, Limits
+from tests.state_helpers import FakeClock, new_job
+
+
+def store() -> tuple[JobStore, FakeClock]:
+    clock = FakeClock()
+    return JobStore(MemoryBackend(), clock), clock
+
+
+def record(store: JobStore, scope: str) -> dict[str, object]:
+    raw = store.slots.get(keys.slot_hints_key(scope))
+    assert raw is not None
+    value: dict[str, object] = json.loads(raw)
+    return value
+
+
+def test_the_index_hint_is_in_the_users_record_and_no_hint_key_is_written() -> None:
+    jobs, _clock = store()
+    for n in range(3):
+        jobs.create(new_job(), f"j{n}", Limits())
+    index = keys.index_prefix("t1", "u1")
+    assert record(jobs, keys.user_scope("t1", "u1"))["seq"] == {index: 3}
+    assert jobs.admission.get(keys.sequence_hint_key(index)) is None
+    assert [job.id for job in jobs.list_for_user("t1", "u1").jobs] == ["j2", "j1", "j0"]
+
+
+def test_a_record_from_before_falls_back_to_the_old_hint_key() -> None:
+    jobs, _clock = store()
+    scope, index = keys.user_scope("t1", "u1"), keys.index_prefix("t1", "u1")
+    jobs.slots.put(keys.slot_hints_key(scope), json.dumps({"gen": {}, "held": []}))
+    jobs.admission.put(keys.sequence_hint_key(index), "3")  # entries 0-2 were purged
+    jobs.create(new_job(), "j", Limits())
+    assert jobs.admission.get(keys.sequence_key(index, 3)) == "j"
+    assert jobs.admission.get(keys.sequence_key(index, 0)) is None
+
+
+def test_the_rate_hint_is_in_the_tenants_record_for_the_current_window_only() -> None:
+    jobs, clock = store()
+    limits = Limits(rate_per_minute=10)
+    jobs.create(new_job(), "a", limits)
+    jobs.create(new_job(), "b", limits)
+    window = int(clock.now // RATE_WINDOW_S)
+    tenant = keys.tenant_scope("t1")
+    assert record(jobs, tenant)["seq"] == {keys.rate_prefix("t1", window): 2}
+    clock.advance(RATE_WINDOW_S)
+    jobs.create(new_job(), "c", limits)
+    assert record(jobs, tenant)["seq"] == {keys.rate_prefix("t1", window + 1): 1}
+
+
+def test_a_refused_queued_request_is_indexed_through_the_users_record() -> None:
+    from app.core.models import JobError
+
+    jobs, _clock = store()
+    jobs.create(new_job(), "a", Limits())
+    assert jobs.reject("b", "t1", "u1", JobError(code="x", message="refused"))
+    index = keys.index_prefix("t1", "u1")
+    assert record(jobs, keys.user_scope("t1", "u1"))["seq"] == {index: 2}
+    assert [job.id for job in jobs.list_for_user("t1", "u1").jobs] == ["b", "a"]
