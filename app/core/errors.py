@@ -213,6 +213,14 @@ class IdempotencyConflict(JobStateError):
         self.job_id = job_id
 
 
+class JobIdTaken(JobStateError):
+    """A job record under this id already exists (a racing create with the same id won)."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"a job with id {job_id} already exists")
+        self.job_id = job_id
+
+
 class AlreadyTerminal(JobStateError):
     """The job had already ended; its terminal state cannot change."""
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from app.core.errors import AdmissionRejected, IdempotencyConflict, PipelineError
+from app.core.errors import AdmissionRejected, IdempotencyConflict, JobIdTaken, PipelineError
 from app.core.ids import is_job_id
 from app.core.logs import get_logger
 from app.core.models import Job, JobError, JobStatus, Stage, StageMessage, StageTimes
@@ -307,6 +307,9 @@ def process_intake_message(raw: str, deps: Deps, intake: IntakeFn) -> None:
     )
     try:
         intake(submission, deps)
+        return
+    except JobIdTaken:
+        log.warning("intake_job_id_refused")  # lost a race for the id: the winner's job stands
         return
     except AdmissionRejected as exc:
         error = JobError(code=exc.code, message=exc.message)

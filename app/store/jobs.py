@@ -35,6 +35,7 @@ from app.core.errors import (
     AdmissionRejected,
     AlreadyTerminal,
     IdempotencyConflict,
+    JobIdTaken,
     JobNotFound,
 )
 from app.core.models import (
@@ -173,7 +174,11 @@ class JobStore:
     # ---- admission -------------------------------------------------------------------
 
     def create(self, new: NewJob, job_id: str, limits: Limits) -> Admission:
-        """Admit a job strictly under the caps, or replay the job its idempotency key made."""
+        """Admit a job strictly under the caps, or replay the job its idempotency key made.
+
+        Raises `JobIdTaken` if a job under `job_id` exists (its record is written with
+        put-if-absent); what this call had taken is given back first.
+        """
         now = self.clock()
         idem = idem_key(new.tenant_id, new.idempotency_key) if new.idempotency_key else None
         if idem is not None:
@@ -200,8 +205,15 @@ class JobStore:
             stage=Stage.FETCH,
             stage_times={Stage.FETCH: StageTimes(queued_at=now)},
         )
+        # Put-if-absent: two messages racing with one new id cannot both create. The
+        # request is written after, so the loser never replaces the winner's workflow.
+        if not self.jobs.put_if_absent(job_key(job_id), _dump(job)):
+            for ref in slots:
+                release_slot(self.slots, ref)
+            if idem is not None:
+                self.admission.pop(idem)  # ours alone, as for a rejection
+            raise JobIdTaken(job_id)
         self.jobs.put(request_key(job_id), json.dumps(new.workflow))
-        self.jobs.put(job_key(job_id), _dump(job))
         self.active.put(active_key(job_id), json.dumps({"at": now}))
         claim_next(self.admission, index_prefix(new.tenant_id, new.user_id), job_id)
         return Admission(job=job, replayed=False)
