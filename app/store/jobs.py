@@ -180,7 +180,11 @@ class JobStore:
         put-if-absent); what this call had taken is given back first.
         """
         now = self.clock()
-        idem = idem_key(new.tenant_id, new.idempotency_key) if new.idempotency_key else None
+        idem = (
+            idem_key(new.tenant_id, new.user_id, new.idempotency_key)
+            if new.idempotency_key
+            else None
+        )
         if idem is not None:
             claim = json.dumps({"job_id": job_id, "body_hash": new.body_hash, "at": now})
             if not self.admission.put_if_absent(idem, claim):

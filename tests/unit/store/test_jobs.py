@@ -343,3 +343,30 @@ def test_create_never_overwrites_a_job_a_racing_create_wrote() -> None:
         new_job(user="bob", idempotency_key="k", body_hash="h"), "j2", Limits()
     )
     assert not admission.replayed
+
+
+def test_idempotency_keys_are_per_user_and_a_replay_never_crosses_users() -> None:
+    store, _, _ = memory_store()
+    body = body_fingerprint({"workflow": {"a": 1}})
+    store.create(new_job(user="alice", idempotency_key="k", body_hash=body), "ja", Limits())
+    bob = store.create(new_job(user="bob", idempotency_key="k", body_hash=body), "jb", Limits())
+    assert not bob.replayed and bob.job.id == "jb" and bob.job.user_id == "bob"
+    # Bob's key now conflicts only with Bob's own job; nothing of Alice's is named.
+    with pytest.raises(IdempotencyConflict) as info:
+        store.create(new_job(user="bob", idempotency_key="k", body_hash="x"), "jc", Limits())
+    assert info.value.job_id == "jb"
+    assert (
+        store.create(
+            new_job(user="alice", idempotency_key="k", body_hash=body), "jd", Limits()
+        ).job.id
+        == "ja"
+    )
+
+
+def test_user_ids_with_colons_do_not_share_idempotency_keys() -> None:
+    store, _, _ = memory_store()
+    store.create(new_job(user="a:b", idempotency_key="c", body_hash="h"), "j1", Limits())
+    admission = store.create(
+        new_job(user="a", idempotency_key="b:c", body_hash="h"), "j2", Limits()
+    )
+    assert not admission.replayed and admission.job.id == "j2"
