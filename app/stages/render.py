@@ -2,24 +2,30 @@
 
 The graph is rewritten so everything of this job lives in per-job folders on the
 ComfyUI side: inputs are uploaded into the subfolder `<job id>` and every
-`filename_prefix` is put under `<job id>/`. Those folders are removed afterwards when
-this process can see ComfyUI's base folder (`comfyui_base_dir`), so no tenant ever sees
-another's files in a warm container.
+`filename_prefix` is put under `<job id>/<run token>-`. Only files ComfyUI reports in
+that folder (or this run's previews) are collected; anything else is dropped with a log
+line. Afterwards the job's folders and previews are removed whenever ComfyUI's folders
+are on this machine (`comfyui_base_dir`, or what a loopback ComfyUI reports about itself;
+see `app.adapters.comfy.job_files`), so nothing a job wrote outlives it.
 """
 
 from __future__ import annotations
 
-import shutil
+import ipaddress
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from app.adapters.comfy.client import ComfyClient
 from app.adapters.comfy.file_policy import scope_prefixes
+from app.adapters.comfy.job_files import ComfyDirs, dirs_from_server, owned_outputs, wipe_job
+from app.adapters.comfy.messages import ComfyOutput
 from app.adapters.comfy.tracker import RenderProgress
 from app.adapters.comfy.workflow import bind_inputs
+from app.core.errors import ComfyUnavailable
 from app.core.logs import get_logger
 from app.core.models import Job, OutputRef
 from app.engine.deps import Deps
@@ -27,6 +33,11 @@ from app.engine.scratch import OUTPUTS, SCRATCH_KEY_PREFIX, inputs_folder, outpu
 
 #: How often the render loop asks the store whether the job was cancelled.
 CANCEL_CHECK_INTERVAL_S = 0.5
+
+
+def new_prompt_id() -> str:
+    """A fresh ComfyUI prompt id; its first 8 characters are the run token of the files."""
+    return str(uuid.uuid4())
 
 
 def scope_outputs(graph: dict[str, Any], job_id: str, run_token: str) -> dict[str, Any]:
@@ -85,12 +96,48 @@ def _abandon(client: ComfyClient, prompt_id: str, cause: BaseException) -> None:
         get_logger().warning("render_abandon_failed", cause=type(cause).__name__)
 
 
-def wipe_comfy_folders(base_dir: str, job_id: str) -> None:
-    """Remove the job's input and output folders on the ComfyUI side."""
-    if not base_dir:
-        return
-    for kind in ("input", "output", "temp"):
-        shutil.rmtree(Path(base_dir) / kind / job_id, ignore_errors=True)
+#: ComfyUI's folders per ComfyUI URL, once found (None: not on this machine).
+_FOUND_DIRS: dict[str, ComfyDirs | None] = {}
+
+
+def comfy_dirs(deps: Deps) -> ComfyDirs | None:
+    """ComfyUI's folders on this machine: the setting, or what a loopback ComfyUI reports."""
+    if deps.settings.comfyui_base_dir:
+        return ComfyDirs.under(deps.settings.comfyui_base_dir)
+    url = deps.comfy.base_url
+    if url in _FOUND_DIRS:
+        return _FOUND_DIRS[url]
+    dirs: ComfyDirs | None = None
+    if _is_loopback(url):
+        try:
+            system = deps.comfy.health().get("system")
+            argv = system.get("argv") if isinstance(system, dict) else None
+            folders = deps.comfy.folder_paths()
+        except ComfyUnavailable:
+            return None  # ask again next time
+        if isinstance(argv, list):
+            dirs = dirs_from_server([str(a) for a in argv], folders)
+    if dirs is None:
+        get_logger().warning("comfy_job_files_not_wiped", reason="ComfyUI folders not visible")
+    _FOUND_DIRS[url] = dirs
+    return dirs
+
+
+def _is_loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def wipe_comfy_folders(deps: Deps, job_id: str, outputs: Sequence[ComfyOutput] = ()) -> None:
+    """Remove everything the job wrote on the ComfyUI side, where this machine can."""
+    dirs = comfy_dirs(deps)
+    if dirs is not None:
+        wipe_job(dirs, job_id, outputs)
 
 
 def run(job: Job, deps: Deps) -> Job:
@@ -100,6 +147,7 @@ def run(job: Job, deps: Deps) -> Job:
     log = get_logger(job_id=job.id, tenant_id=job.tenant_id, stage="render")
     job = job.model_copy(update={"render_call_id": deps.current_call_id()})
     deps.jobs.save(job)
+    owned: list[ComfyOutput] = []
     try:
         uploaded = {
             spec.name: client.upload_input(
@@ -107,10 +155,9 @@ def run(job: Job, deps: Deps) -> Job:
             )
             for spec in job.inputs
         }
-        prompt_id = str(uuid.uuid4())
-        graph = scope_outputs(
-            bind_inputs(deps.jobs.workflow(job.id), uploaded), job.id, prompt_id[:8]
-        )
+        prompt_id = new_prompt_id()
+        token = prompt_id[:8]
+        graph = scope_outputs(bind_inputs(deps.jobs.workflow(job.id), uploaded), job.id, token)
         try:
             result = client.run(
                 graph,
@@ -126,10 +173,19 @@ def run(job: Job, deps: Deps) -> Job:
             if not isinstance(exc, Exception):
                 _abandon(client, prompt_id, exc)
             raise
+        owned, foreign = owned_outputs(result.outputs, job.id, token)
+        for output in foreign:  # reported by ComfyUI, but not in this job's folder
+            log.warning(
+                "render_output_dropped",
+                node_id=output.node_id,
+                type=output.type,
+                subfolder=output.subfolder,
+                filename=output.filename,
+            )
         folder = outputs_folder(deps, job.id)
         folder.mkdir(parents=True, exist_ok=True)
         staged: list[OutputRef] = []
-        for index, output in enumerate(result.outputs):
+        for index, output in enumerate(owned):
             local_name = f"{index:02d}-{Path(output.filename).name}"
             size = client.download(output, folder / local_name)
             staged.append(
@@ -147,6 +203,6 @@ def run(job: Job, deps: Deps) -> Job:
             elapsed_s=round(result.elapsed_s, 3),
         )
     finally:
-        wipe_comfy_folders(deps.settings.comfyui_base_dir, job.id)
+        wipe_comfy_folders(deps, job.id, owned)
     deps.scratch_commit()
     return job.model_copy(update={"outputs": staged, "progress": 1.0})

@@ -110,6 +110,10 @@ class ComfyClient:
         """`GET /object_info`: every node class the server has."""
         return self._get_json("/object_info")
 
+    def folder_paths(self) -> dict[str, Any]:
+        """`GET /internal/folder_paths`: the model folders, from which the base folder shows."""
+        return self._get_json("/internal/folder_paths")
+
     def upload_input(self, data: bytes, filename: str, subfolder: str) -> str:
         """Store an input file in ComfyUI's input folder; returns the name LoadImage takes."""
         response = self._request(

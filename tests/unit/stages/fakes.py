@@ -123,6 +123,14 @@ class FakeComfy:
     runs: list[RunCall] = field(default_factory=list)
     abandoned: list[str] = field(default_factory=list)
     object_info_calls: int = 0
+    #: Not a loopback address: without `comfyui_base_dir` render finds no folders to wipe.
+    base_url: str = "http://comfy.test:8188"
+
+    def health(self) -> dict[str, Any]:
+        return {"system": {"argv": ["main.py"]}}
+
+    def folder_paths(self) -> dict[str, Any]:
+        return {}
 
     def object_info(self) -> dict[str, Any]:
         self.object_info_calls += 1
