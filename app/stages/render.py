@@ -14,7 +14,7 @@ from __future__ import annotations
 import ipaddress
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -133,11 +133,13 @@ def _is_loopback(url: str) -> bool:
         return False
 
 
-def wipe_comfy_folders(deps: Deps, job_id: str, outputs: Sequence[ComfyOutput] = ()) -> None:
-    """Remove everything the job wrote on the ComfyUI side, where this machine can."""
-    dirs = comfy_dirs(deps)
-    if dirs is not None:
-        wipe_job(dirs, job_id, outputs)
+def _written_by(client: ComfyClient, prompt_id: str, job_id: str, token: str) -> list[ComfyOutput]:
+    """The files a prompt that did not finish wrote (its previews), as its history says."""
+    try:
+        entry = client.history(prompt_id, timeout_s=5.0)
+    except Exception:  # noqa: BLE001 - the wipe is best effort; folders go regardless
+        return []
+    return owned_outputs(entry.outputs, job_id, token)[0] if entry is not None else []
 
 
 def run(job: Job, deps: Deps) -> Job:
@@ -147,7 +149,9 @@ def run(job: Job, deps: Deps) -> Job:
     log = get_logger(job_id=job.id, tenant_id=job.tenant_id, stage="render")
     job = job.model_copy(update={"render_call_id": deps.current_call_id()})
     deps.jobs.save(job)
-    owned: list[ComfyOutput] = []
+    written: list[ComfyOutput] | None = None  # None: the prompt did not finish
+    prompt_id = new_prompt_id()
+    token = prompt_id[:8]
     try:
         uploaded = {
             spec.name: client.upload_input(
@@ -155,8 +159,6 @@ def run(job: Job, deps: Deps) -> Job:
             )
             for spec in job.inputs
         }
-        prompt_id = new_prompt_id()
-        token = prompt_id[:8]
         graph = scope_outputs(bind_inputs(deps.jobs.workflow(job.id), uploaded), job.id, token)
         try:
             result = client.run(
@@ -173,6 +175,7 @@ def run(job: Job, deps: Deps) -> Job:
             if not isinstance(exc, Exception):
                 _abandon(client, prompt_id, exc)
             raise
+        written = owned_outputs(result.written or result.outputs, job.id, token)[0]
         owned, foreign = owned_outputs(result.outputs, job.id, token)
         for output in foreign:  # reported by ComfyUI, but not in this job's folder
             log.warning(
@@ -203,6 +206,10 @@ def run(job: Job, deps: Deps) -> Job:
             elapsed_s=round(result.elapsed_s, 3),
         )
     finally:
-        wipe_comfy_folders(deps, job.id, owned)
+        dirs = comfy_dirs(deps)
+        if dirs is not None:
+            if written is None:
+                written = _written_by(client, prompt_id, job.id, token)
+            wipe_job(dirs, job.id, written)
     deps.scratch_commit()
     return job.model_copy(update={"outputs": staged, "progress": 1.0})

@@ -15,7 +15,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
@@ -57,6 +57,9 @@ class RenderResult:
     #: earlier identical prompt (same names), not new ones.
     cached: bool
     elapsed_s: float
+    #: Every file ComfyUI reported, delivered or not (previews beside saved files): what
+    #: the prompt wrote, for the wipe.
+    written: list[ComfyOutput] = field(default_factory=list)
 
 
 class ComfyClient:
@@ -232,6 +235,7 @@ class ComfyClient:
             outputs=outputs,
             cached=any(o.node_id in cached_nodes for o in outputs),
             elapsed_s=time.time() - started,
+            written=list(produced),
         )
 
     def _submit(self, workflow: dict[str, Any], prompt_id: str, client_id: str) -> None:
