@@ -16,6 +16,7 @@
     │   ├── FetchFailed               an input could not be downloaded or is not valid media
     │   ├── RenderFailed              ComfyUI reported an error while running the graph
     │   ├── RenderTimeout             the job's deadline passed during render
+    │   ├── RendererStuck             ComfyUI did not honour the interrupt: it is restarted
     │   ├── RenderCancelled           the client cancelled the job during render
     │   └── UploadFailed              storage refused the outputs for good
     ├── BackendError                  the queue/dict backend failed (HTTP 503)
@@ -23,6 +24,7 @@
     ├── JobStateError                 the job state core refused an operation
     │   ├── AdmissionRejected         a cap or rate limit refused a new job (HTTP 429)
     │   ├── IdempotencyConflict       an idempotency key reused with another body (HTTP 409)
+    │   ├── JobIdTaken                a racing create with the same job id won
     │   ├── AlreadyTerminal           the job had already ended (HTTP 409)
     │   └── JobNotFound               no such job (HTTP 404; also a KeyError)
     ├── TenantError                   a tenant operation was refused
@@ -165,6 +167,12 @@ class RenderTimeout(PipelineError):
     """The job's deadline passed while it was rendering."""
 
     code = "timeout"
+
+
+class RendererStuck(PipelineError):
+    """ComfyUI did not stop this job's prompt within the interrupt grace: it holds the renderer."""
+
+    code = "renderer_stuck"
 
 
 class RenderCancelled(PipelineError):

@@ -25,7 +25,7 @@ from app.adapters.comfy.job_files import ComfyDirs, dirs_from_server, owned_outp
 from app.adapters.comfy.messages import ComfyOutput
 from app.adapters.comfy.tracker import RenderProgress
 from app.adapters.comfy.workflow import bind_inputs
-from app.core.errors import ComfyUnavailable
+from app.core.errors import ComfyUnavailable, RendererStuck
 from app.core.logs import get_logger
 from app.core.models import Job, OutputRef
 from app.engine.deps import Deps
@@ -169,6 +169,12 @@ def run(job: Job, deps: Deps) -> Job:
                 on_progress=progress_writer(deps, job),
                 progress_interval_s=deps.settings.progress_interval_s,
             )
+        except RendererStuck as exc:
+            # This job holds the shared renderer; the others on it are retried once it
+            # is restarted (their prompts vanish: ComfyUnavailable, retryable).
+            log.error("renderer_stuck", error=exc.message)
+            deps.renderer_stuck(f"job {job.id}: {exc.message}")
+            raise
         except BaseException as exc:
             # Not an error of the run but the worker being stopped (Modal's
             # InputCancellation, Ctrl-C): do not leave the prompt burning GPU behind us.

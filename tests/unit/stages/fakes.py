@@ -126,7 +126,7 @@ class FakeComfy:
     #: Not a loopback address: without `comfyui_base_dir` render finds no folders to wipe.
     base_url: str = "http://comfy.test:8188"
 
-    def health(self) -> dict[str, Any]:
+    def health(self, timeout_s: float = 3.0) -> dict[str, Any]:
         return {"system": {"argv": ["main.py"]}}
 
     def folder_paths(self) -> dict[str, Any]:
