@@ -75,6 +75,13 @@ def api(api_url: str | None, api_key: str | None, user: str) -> Iterator[ApiClie
 def dev(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    comfyui_cmd: Annotated[
+        str | None,
+        typer.Option(
+            help="Start ComfyUI with this command and restart it when it is stuck "
+            "(COMFYUI_SAAS_COMFYUI_CMD).",
+        ),
+    ] = None,
 ) -> None:
     """Run the local pipeline: ingress, intake, fetch, render, upload and notify workers."""
     with friendly_errors():
@@ -85,7 +92,10 @@ def dev(
         typer.echo(
             f"comfyui-saas dev: http://{host}:{port} (docs at /docs); Ctrl-C stops", err=True
         )
-        run_dev(settings(), host=host, port=port)
+        config = settings()
+        if comfyui_cmd is not None:
+            config = config.model_copy(update={"comfyui_cmd": comfyui_cmd})
+        run_dev(config, host=host, port=port)
 
 
 @cli.command()

@@ -100,6 +100,16 @@ class Settings(BaseSettings):
     #: folders under it are wiped after each job. Empty: not visible, nothing to wipe.
     comfyui_base_dir: str = ""
     comfyui_connect_timeout_s: float = Field(default=10.0, gt=0)
+    #: After a cancel or a deadline, how long ComfyUI may take to honour the interrupt
+    #: (it interrupts only between nodes) before the job fails `renderer_stuck` and the
+    #: renderer is restarted (docs/security.md, "Renderer watchdog").
+    render_interrupt_grace_s: float = Field(default=15.0, gt=0)
+    #: `dev` only: the command that starts ComfyUI. Set, `dev` runs ComfyUI as its own
+    #: child and restarts it when a render worker reports it stuck or when it stops
+    #: answering /system_stats for comfyui_unhealthy_s. Empty: ComfyUI is not ours.
+    comfyui_cmd: str = ""
+    #: A managed ComfyUI that answers no health check for this long is restarted.
+    comfyui_unhealthy_s: float = Field(default=30.0, gt=0)
     #: The render checks for a cancel and writes progress (one read and at most one
     #: write) at most this often: each is a round trip on Modal.
     progress_interval_s: float = Field(default=2.0, gt=0)

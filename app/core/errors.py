@@ -16,6 +16,7 @@
     │   ├── FetchFailed               an input could not be downloaded or is not valid media
     │   ├── RenderFailed              ComfyUI reported an error while running the graph
     │   ├── RenderTimeout             the job's deadline passed during render
+    │   ├── RendererStuck             ComfyUI did not honour the interrupt: it is restarted
     │   ├── RenderCancelled           the client cancelled the job during render
     │   └── UploadFailed              storage refused the outputs for good
     ├── BackendError                  the queue/dict backend failed (HTTP 503)
@@ -25,6 +26,7 @@
     │   ├── AdmissionRejected         a cap or rate limit refused a new job (HTTP 429)
     │   ├── Backpressure              queues or render backlog at capacity (HTTP 503)
     │   ├── IdempotencyConflict       an idempotency key reused with another body (HTTP 409)
+    │   ├── JobIdTaken                a racing create with the same job id won
     │   ├── AlreadyTerminal           the job had already ended (HTTP 409)
     │   └── JobNotFound               no such job (HTTP 404; also a KeyError)
     ├── TenantError                   a tenant operation was refused
@@ -169,6 +171,12 @@ class RenderTimeout(PipelineError):
     code = "timeout"
 
 
+class RendererStuck(PipelineError):
+    """ComfyUI did not stop this job's prompt within the interrupt grace: it holds the renderer."""
+
+    code = "renderer_stuck"
+
+
 class RenderCancelled(PipelineError):
     """The job was cancelled while it was rendering."""
 
@@ -235,6 +243,14 @@ class IdempotencyConflict(JobStateError):
 
     def __init__(self, message: str, job_id: str | None) -> None:
         super().__init__(message)
+        self.job_id = job_id
+
+
+class JobIdTaken(JobStateError):
+    """A job record under this id already exists (a racing create with the same id won)."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"a job with id {job_id} already exists")
         self.job_id = job_id
 
 

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from app.core.config import Settings
@@ -37,6 +38,11 @@ def _no_wake(stage: Stage) -> None:
 
 def no_cancel_hook(job: Job) -> None:
     """Locally the render stage's cooperative interrupt is all there is."""
+
+
+def restart_request_path(settings: Settings) -> Path:
+    """The file a render worker writes to ask `dev`'s supervisor to restart ComfyUI."""
+    return settings.data_dir / "comfyui.restart"
 
 
 def _nothing() -> None:
@@ -79,6 +85,9 @@ class Deps:
     #: Whether intake may ask ComfyUI for the node catalog when none is published. Locally
     #: no render container publishes it, so intake does; the Modal wiring turns this off.
     catalog_from_comfy: bool = True
+    #: Modal: retire this container (its ComfyUI is stuck). None: ask `dev`'s supervisor,
+    #: which restarts ComfyUI if it manages it (`renderer_stuck`).
+    on_renderer_stuck: Callable[[str], None] | None = None
     _queues: dict[Stage, Queue] = field(default_factory=dict)
 
     @cached_property
@@ -121,7 +130,17 @@ class Deps:
         return ComfyClient(
             self.comfy_url or self.settings.comfyui_url,
             connect_timeout_s=self.settings.comfyui_connect_timeout_s,
+            interrupt_grace_s=self.settings.render_interrupt_grace_s,
         )
+
+    def renderer_stuck(self, reason: str) -> None:
+        """ComfyUI holds a prompt it was told to stop: have the renderer restarted."""
+        if self.on_renderer_stuck is not None:
+            self.on_renderer_stuck(reason)
+            return
+        path = restart_request_path(self.settings)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(reason)
 
     def queue(self, stage: Stage) -> Queue:
         """The queue feeding `stage`."""

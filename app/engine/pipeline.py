@@ -26,6 +26,7 @@ from app.core.errors import (
     AdmissionRejected,
     Backpressure,
     IdempotencyConflict,
+    JobIdTaken,
     PipelineError,
     QueueFull,
 )
@@ -359,6 +360,9 @@ def process_intake_message(raw: str, deps: Deps, intake: IntakeFn) -> None:
     )
     try:
         intake(submission, deps)
+        return
+    except JobIdTaken:
+        log.warning("intake_job_id_refused")  # lost a race for the id: the winner's job stands
         return
     except AdmissionRejected as exc:
         error = JobError(code=exc.code, message=exc.message)

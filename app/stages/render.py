@@ -2,27 +2,38 @@
 
 The graph is rewritten so everything of this job lives in per-job folders on the
 ComfyUI side: inputs are uploaded into the subfolder `<job id>` and every
-`filename_prefix` is put under `<job id>/`. Those folders are removed afterwards when
-this process can see ComfyUI's base folder (`comfyui_base_dir`), so no tenant ever sees
-another's files in a warm container.
+`filename_prefix` is put under `<job id>/<run token>-`. Only files ComfyUI reports in
+that folder (or this run's previews) are collected; anything else is dropped with a log
+line. Afterwards the job's folders and previews are removed whenever ComfyUI's folders
+are on this machine (`comfyui_base_dir`, or what a loopback ComfyUI reports about itself;
+see `app.adapters.comfy.job_files`), so nothing a job wrote outlives it.
 """
 
 from __future__ import annotations
 
-import shutil
+import ipaddress
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from app.adapters.comfy.client import ComfyClient
 from app.adapters.comfy.file_policy import scope_prefixes
+from app.adapters.comfy.job_files import ComfyDirs, dirs_from_server, owned_outputs, wipe_job
+from app.adapters.comfy.messages import ComfyOutput
 from app.adapters.comfy.tracker import RenderProgress
 from app.adapters.comfy.workflow import bind_inputs
+from app.core.errors import ComfyUnavailable, RendererStuck
 from app.core.logs import get_logger
 from app.core.models import Job, OutputRef
 from app.engine.deps import Deps
 from app.engine.scratch import OUTPUTS, SCRATCH_KEY_PREFIX, inputs_folder, outputs_folder
 from app.store.parallel import both
+
+
+def new_prompt_id() -> str:
+    """A fresh ComfyUI prompt id; its first 8 characters are the run token of the files."""
+    return str(uuid.uuid4())
 
 
 def scope_outputs(graph: dict[str, Any], job_id: str, run_token: str) -> dict[str, Any]:
@@ -106,12 +117,50 @@ def _abandon(client: ComfyClient, prompt_id: str, cause: BaseException) -> None:
         get_logger().warning("render_abandon_failed", cause=type(cause).__name__)
 
 
-def wipe_comfy_folders(base_dir: str, job_id: str) -> None:
-    """Remove the job's input and output folders on the ComfyUI side."""
-    if not base_dir:
-        return
-    for kind in ("input", "output", "temp"):
-        shutil.rmtree(Path(base_dir) / kind / job_id, ignore_errors=True)
+#: ComfyUI's folders per ComfyUI URL, once found (None: not on this machine).
+_FOUND_DIRS: dict[str, ComfyDirs | None] = {}
+
+
+def comfy_dirs(deps: Deps) -> ComfyDirs | None:
+    """ComfyUI's folders on this machine: the setting, or what a loopback ComfyUI reports."""
+    if deps.settings.comfyui_base_dir:
+        return ComfyDirs.under(deps.settings.comfyui_base_dir)
+    url = deps.comfy.base_url
+    if url in _FOUND_DIRS:
+        return _FOUND_DIRS[url]
+    dirs: ComfyDirs | None = None
+    if _is_loopback(url):
+        try:
+            system = deps.comfy.health().get("system")
+            argv = system.get("argv") if isinstance(system, dict) else None
+            folders = deps.comfy.folder_paths()
+        except ComfyUnavailable:
+            return None  # ask again next time
+        if isinstance(argv, list):
+            dirs = dirs_from_server([str(a) for a in argv], folders)
+    if dirs is None:
+        get_logger().warning("comfy_job_files_not_wiped", reason="ComfyUI folders not visible")
+    _FOUND_DIRS[url] = dirs
+    return dirs
+
+
+def _is_loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _written_by(client: ComfyClient, prompt_id: str, job_id: str, token: str) -> list[ComfyOutput]:
+    """The files a prompt that did not finish wrote (its previews), as its history says."""
+    try:
+        entry = client.history(prompt_id, timeout_s=5.0)
+    except Exception:  # noqa: BLE001 - the wipe is best effort; folders go regardless
+        return []
+    return owned_outputs(entry.outputs, job_id, token)[0] if entry is not None else []
 
 
 def run(job: Job, deps: Deps) -> Job:
@@ -121,6 +170,9 @@ def run(job: Job, deps: Deps) -> Job:
     client = deps.comfy
     log = get_logger(job_id=job.id, tenant_id=job.tenant_id, stage="render")
     heartbeat = Heartbeat(deps, job)
+    written: list[ComfyOutput] | None = None  # None: the prompt did not finish
+    prompt_id = new_prompt_id()
+    token = prompt_id[:8]
     try:
         uploaded = {
             spec.name: client.upload_input(
@@ -128,10 +180,7 @@ def run(job: Job, deps: Deps) -> Job:
             )
             for spec in job.inputs
         }
-        prompt_id = str(uuid.uuid4())
-        graph = scope_outputs(
-            bind_inputs(deps.jobs.workflow(job.id), uploaded), job.id, prompt_id[:8]
-        )
+        graph = scope_outputs(bind_inputs(deps.jobs.workflow(job.id), uploaded), job.id, token)
         try:
             result = client.run(
                 graph,
@@ -141,16 +190,32 @@ def run(job: Job, deps: Deps) -> Job:
                 on_progress=heartbeat.on_progress,
                 progress_interval_s=deps.settings.progress_interval_s,
             )
+        except RendererStuck as exc:
+            # This job holds the shared renderer; the others on it are retried once it
+            # is restarted (their prompts vanish: ComfyUnavailable, retryable).
+            log.error("renderer_stuck", error=exc.message)
+            deps.renderer_stuck(f"job {job.id}: {exc.message}")
+            raise
         except BaseException as exc:
             # Not an error of the run but the worker being stopped (Modal's
             # InputCancellation, Ctrl-C): do not leave the prompt burning GPU behind us.
             if not isinstance(exc, Exception):
                 _abandon(client, prompt_id, exc)
             raise
+        written = owned_outputs(result.written or result.outputs, job.id, token)[0]
+        owned, foreign = owned_outputs(result.outputs, job.id, token)
+        for output in foreign:  # reported by ComfyUI, but not in this job's folder
+            log.warning(
+                "render_output_dropped",
+                node_id=output.node_id,
+                type=output.type,
+                subfolder=output.subfolder,
+                filename=output.filename,
+            )
         folder = outputs_folder(deps, job.id)
         folder.mkdir(parents=True, exist_ok=True)
         staged: list[OutputRef] = []
-        for index, output in enumerate(result.outputs):
+        for index, output in enumerate(owned):
             local_name = f"{index:02d}-{Path(output.filename).name}"
             size = client.download(output, folder / local_name)
             staged.append(
@@ -168,6 +233,10 @@ def run(job: Job, deps: Deps) -> Job:
             elapsed_s=round(result.elapsed_s, 3),
         )
     finally:
-        wipe_comfy_folders(deps.settings.comfyui_base_dir, job.id)
+        dirs = comfy_dirs(deps)
+        if dirs is not None:
+            if written is None:
+                written = _written_by(client, prompt_id, job.id, token)
+            wipe_job(dirs, job.id, written)
     deps.scratch_commit()
     return job.model_copy(update={"outputs": staged, "progress": 1.0})

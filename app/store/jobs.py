@@ -37,6 +37,7 @@ from app.core.errors import (
     AdmissionRejected,
     AlreadyTerminal,
     IdempotencyConflict,
+    JobIdTaken,
     JobNotFound,
 )
 from app.core.models import (
@@ -203,10 +204,17 @@ class JobStore:
         overlaps on a backend whose calls are round trips: the idempotency claim with
         every hint read, each floor check with the next claim, and the writes of an
         admitted job with each other.
+
+        Raises `JobIdTaken` if a job under `job_id` exists (its record is written with
+        put-if-absent); what this call had taken is given back first.
         """
         now = self.clock()
         par = self._concurrent
-        idem = idem_key(new.tenant_id, new.idempotency_key) if new.idempotency_key else None
+        idem = (
+            idem_key(new.tenant_id, new.user_id, new.idempotency_key)
+            if new.idempotency_key
+            else None
+        )
         claim = json.dumps({"job_id": job_id, "body_hash": new.body_hash, "at": now})
         user = user_scope(new.tenant_id, new.user_id)
         tenant = tenant_scope(new.tenant_id) if limits.max_active_per_tenant > 0 else None
@@ -262,15 +270,25 @@ class JobStore:
             if rate is not None:  # only the current window's hint is worth keeping
                 tenant_hints.seq = {rate: ticket + 1}
             slot_hints[slot_hints_key(scope_of_rate)] = tenant_hints.dumps()
-        run_calls(
+        # Put-if-absent: two messages racing with one new id cannot both create. The
+        # request and the index entry go out after, so a loser never replaces the
+        # winner's workflow nor lists the winner's job as its own.
+        created, _, _ = run_calls(
             par,
-            lambda: claim_next_from(self.admission, index, job_id, index_start),
-            lambda: put_all(
-                self.jobs,
-                {request_key(job_id): json.dumps(new.workflow), job_key(job_id): _dump(job)},
-            ),
+            lambda: self.jobs.put_if_absent(job_key(job_id), _dump(job)),
             lambda: self.active.put(active_key(job_id), json.dumps({"at": now})),
             lambda: put_all(self.slots, slot_hints),
+        )
+        if not created:
+            for ref in slots:
+                release_slot(self.slots, ref)
+            if idem is not None:
+                self.admission.pop(idem)  # ours alone, as for a rejection
+            raise JobIdTaken(job_id)
+        run_calls(
+            par,
+            lambda: self.jobs.put(request_key(job_id), json.dumps(new.workflow)),
+            lambda: claim_next_from(self.admission, index, job_id, index_start),
         )
         return Admission(job=job, replayed=False)
 

@@ -15,7 +15,7 @@ dict                      key                                        owner
                           ``claim:{id}:{stage}:{epoch}:{attempt}``   the job
                           ``epoch:{id}:{lane}:{n}``                  the job
 ``active``                ``{id}``                                   the job
-``admission``             ``idem:{tenant}:{key}``                    the job it names
+``admission``             ``idem:{tenant}:{len}:{user}:{key}``       the job it names
                           ``index:{tenant}:{user}:{n}``              the job it names
                           ``index:{tenant}:{user}:hint``             the user (*)
                           ``rate:{tenant}:{window}:{n|hint}``        the window
@@ -163,8 +163,13 @@ INDEX_PREFIX = "index:"
 HINT = "hint"
 
 
-def idem_key(tenant_id: str, idempotency_key: str) -> str:
-    return f"{IDEM_PREFIX}{tenant_id}:{idempotency_key}"
+def idem_key(tenant_id: str, user_id: str, idempotency_key: str) -> str:
+    """One user's idempotency record: a key is scoped to (tenant, user), never shared.
+
+    The user id carries its length because user ids (and keys) may contain ``:``; without
+    it user ``a:b`` with key ``c`` and user ``a`` with key ``b:c`` would share a record.
+    """
+    return f"{IDEM_PREFIX}{tenant_id}:{len(user_id)}:{user_id}:{idempotency_key}"
 
 
 def idem_prefix(tenant_id: str) -> str:

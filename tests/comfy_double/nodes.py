@@ -115,6 +115,10 @@ def _primitive_int(ctx: NodeContext, value: int) -> NodeResult:
     return NodeResult((value,))
 
 
+def _primitive_string(ctx: NodeContext, value: str) -> NodeResult:
+    return NodeResult((value,))
+
+
 def _batch(ctx: NodeContext, image1: Batch, image2: Batch) -> NodeResult:
     return NodeResult(([*image1, *(img.resize(image1[0].size) for img in image2)],))
 
@@ -173,6 +177,7 @@ NODES: dict[str, Callable[..., NodeResult]] = {
     "ImageBlend": _blend,
     "GetImageSize": _image_size,
     "PrimitiveInt": _primitive_int,
+    "PrimitiveString": _primitive_string,
     "ImageBatch": _batch,
     "SaveImage": _save_image,
     "PreviewImage": _preview_image,

@@ -58,6 +58,9 @@ class ComfyDouble:
             folder.mkdir(parents=True, exist_ok=True)
         self.object_info: dict[str, Any] = json.loads((FIXTURES / "object_info.json").read_text())
         self.system_stats = json.loads((FIXTURES / "system_stats.json").read_text())
+        # Report this double's own folders, as a real ComfyUI started with them would.
+        self.system_stats["system"]["argv"] = ["main.py", "--cpu", "--base-directory", str(root)]
+        self.root = root
         self.history: dict[str, dict[str, Any]] = {}
         self.pending: list[QueueItem] = []
         self.running: QueueItem | None = None
@@ -79,11 +82,11 @@ class ComfyDouble:
 
     # --- lifecycle ------------------------------------------------------------------
 
-    def start(self) -> str:
+    def start(self, port: int = 0) -> str:
         self._thread.start()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
+        sock.bind(("127.0.0.1", port))
         self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
         self._call(self._start(sock), timeout_s=10)
         return self.url
@@ -105,6 +108,7 @@ class ComfyDouble:
         app = web.Application(client_max_size=100 * 1024 * 1024)
         routes = [
             web.get("/system_stats", self._system_stats),
+            web.get("/internal/folder_paths", self._folder_paths),
             web.get("/object_info", self._object_info),
             web.get("/object_info/{cls}", self._object_info_one),
             web.get("/prompt", self._get_prompt),
@@ -174,6 +178,9 @@ class ComfyDouble:
 
     async def _system_stats(self, request: web.Request) -> web.Response:
         return web.json_response(self.system_stats)
+
+    async def _folder_paths(self, request: web.Request) -> web.Response:
+        return web.json_response({"custom_nodes": [str(self.root / "custom_nodes")]})
 
     async def _object_info(self, request: web.Request) -> web.Response:
         info = json.loads(json.dumps(self.object_info))

@@ -15,7 +15,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
@@ -37,6 +37,7 @@ from app.core.errors import (
     InvalidRequest,
     InvalidWorkflow,
     RenderCancelled,
+    RendererStuck,
     RenderFailed,
     RenderTimeout,
 )
@@ -46,6 +47,9 @@ log = structlog.get_logger()
 
 #: Bound on each call made while giving a prompt up (cancel, deadline, failure).
 _CLEANUP_TIMEOUT_S = 2.0
+HEALTH_TIMEOUT_S = 3.0
+#: How often an interrupted prompt is looked for while ComfyUI may still be stopping it.
+_RELEASE_POLL_S = 0.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +61,9 @@ class RenderResult:
     #: earlier identical prompt (same names), not new ones.
     cached: bool
     elapsed_s: float
+    #: Every file ComfyUI reported, delivered or not (previews beside saved files): what
+    #: the prompt wrote, for the wipe.
+    written: list[ComfyOutput] = field(default_factory=list)
 
 
 class ComfyClient:
@@ -71,6 +78,7 @@ class ComfyClient:
         client_id: str | None = None,
         unavailable_grace_s: float = 5.0,
         history_check_s: float = 5.0,
+        interrupt_grace_s: float = 15.0,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.connect_timeout_s = connect_timeout_s
@@ -83,6 +91,9 @@ class ComfyClient:
         #: While the websocket is up, the history is still read this often, so a prompt
         #: that vanished from ComfyUI (deleted by someone else) is noticed.
         self.history_check_s = history_check_s
+        #: How long an interrupted prompt may keep running (ComfyUI interrupts only between
+        #: nodes) before `run` raises `RendererStuck`: the renderer must be restarted.
+        self.interrupt_grace_s = interrupt_grace_s
         self._owns_http = http is None
         # ComfyUI is a private service beside us: proxy variables must not reroute it.
         self._http = http or httpx.Client(
@@ -102,13 +113,21 @@ class ComfyClient:
 
     # --- plain calls -----------------------------------------------------------------
 
-    def health(self) -> dict[str, Any]:
-        """`GET /system_stats`; raises `ComfyUnavailable` unless ComfyUI answers 200."""
-        return self._get_json("/system_stats")
+    def health(self, timeout_s: float = HEALTH_TIMEOUT_S) -> dict[str, Any]:
+        """`GET /system_stats`; raises `ComfyUnavailable` unless ComfyUI answers 200 in time.
+
+        A short timeout: a frozen ComfyUI must not hold a render worker's health gate for
+        the 30 s a render request may take.
+        """
+        return self._get_json("/system_stats", timeout=timeout_s)
 
     def object_info(self) -> dict[str, Any]:
         """`GET /object_info`: every node class the server has."""
         return self._get_json("/object_info")
+
+    def folder_paths(self) -> dict[str, Any]:
+        """`GET /internal/folder_paths`: the model folders, from which the base folder shows."""
+        return self._get_json("/internal/folder_paths")
 
     def upload_input(self, data: bytes, filename: str, subfolder: str) -> str:
         """Store an input file in ComfyUI's input folder; returns the name LoadImage takes."""
@@ -205,10 +224,19 @@ class ComfyClient:
             terminal, entry = run.follow(on_progress, poll_interval_s, progress_interval_s)
         except InvalidWorkflow:
             raise  # nothing is left queued: refused outright, or taken back by _submit
+        except (RenderTimeout, RenderCancelled) as exc:
+            self._give_up(prompt_id)
+            if not self._released(prompt_id, self.interrupt_grace_s):
+                log.error("comfy_interrupt_not_honoured", prompt_id=prompt_id, cause=exc.code)
+                raise RendererStuck(
+                    f"{exc.message}; ComfyUI did not stop the workflow within "
+                    f"{self.interrupt_grace_s:g} s of the interrupt, so the renderer is restarted"
+                ) from exc
+            raise
         except BaseException:
-            # Whatever stopped us (cancel, deadline, lost server, a failing callback), the
-            # prompt must not keep a GPU busy for nobody. Also covers a POST whose answer
-            # was lost after ComfyUI had queued it.
+            # Whatever stopped us (lost server, a failing callback, the worker stopping),
+            # the prompt must not keep a GPU busy for nobody. Also covers a POST whose
+            # answer was lost after ComfyUI had queued it.
             self._give_up(prompt_id)
             raise
         finally:
@@ -228,6 +256,7 @@ class ComfyClient:
             outputs=outputs,
             cached=any(o.node_id in cached_nodes for o in outputs),
             elapsed_s=time.time() - started,
+            written=list(produced),
         )
 
     def _submit(self, workflow: dict[str, Any], prompt_id: str, client_id: str) -> None:
@@ -256,6 +285,24 @@ class ComfyClient:
                 self._http.post(self.base_url + path, json=body, timeout=_CLEANUP_TIMEOUT_S)
             except httpx.HTTPError as exc:
                 log.warning("comfy_cleanup_failed", path=path, prompt_id=prompt_id, error=str(exc))
+
+    def _released(self, prompt_id: str, grace_s: float) -> bool:
+        """Whether ComfyUI let go of the prompt (neither running nor queued) within `grace_s`.
+
+        A ComfyUI frozen inside a node may not even answer (a regular expression holds
+        Python's GIL): no answer counts as still holding it.
+        """
+        until = time.monotonic() + grace_s
+        while True:
+            left = until - time.monotonic()
+            try:
+                if not self.is_queued(prompt_id, timeout_s=max(0.1, min(2.0, left))):
+                    return True
+            except ComfyUnavailable:
+                pass
+            if time.monotonic() >= until:
+                return False
+            time.sleep(min(_RELEASE_POLL_S, max(0.0, until - time.monotonic())))
 
     def history(self, prompt_id: str, *, timeout_s: float = POLL_TIMEOUT_S) -> HistoryEntry | None:
         """The prompt's history entry once it has finished, else None."""

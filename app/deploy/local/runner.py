@@ -14,6 +14,8 @@ of the main process, whose main thread supervises the children:
   its stage at the next start (or by `fail_stale` once its lease runs out).
 * No child outlives the main process, even when that is killed with SIGKILL (see
   `_ChildStop`).
+* With `comfyui_cmd` ComfyUI is a child too, restarted by its watchdog when it is stuck
+  (`app.deploy.local.comfy_child`).
 * One pipeline per data folder: the main process and every child hold a lock on a file
   in it (see `single_runner`), so a second `dev` refuses to start while any process of
   the first is alive.
@@ -46,6 +48,7 @@ from app.core.errors import (
 )
 from app.core.logs import configure_logging, get_logger
 from app.core.models import Stage
+from app.deploy.local.comfy_child import ManagedComfy
 from app.engine.deps import Deps, build_deps
 
 SWEEP_INTERVAL_S = 1.0
@@ -335,12 +338,16 @@ class Pipeline:
         self.stopping = False  # set by the first stop signal: restart nothing from now on
         self.children: list[_Child] = []
         self.log = get_logger()
+        #: ComfyUI as our own child, restarted by its watchdog (`comfyui_cmd`); else None.
+        self.comfy = ManagedComfy.from_settings(settings) if settings.comfyui_cmd else None
 
     @property
     def processes(self) -> list[BaseProcess]:
         return [child.process for child in self.children]
 
     def start(self) -> None:
+        if self.comfy is not None:
+            self.comfy.start()
         for spec in worker_specs(self.settings):
             self._add(
                 f"{spec.stage.value}-{spec.index}",
@@ -437,6 +444,8 @@ class Pipeline:
                 )
                 process.kill()  # SIGTERM would only ask again; the job goes back at next start
                 process.join(5)
+        if self.comfy is not None:
+            self.comfy.stop()  # after the render workers: none of them is waiting on it
 
 
 def _signal_name(exit_code: int | None) -> str | None:
@@ -483,6 +492,17 @@ def prepare(settings: Settings, deps: Deps) -> None:
     from app.engine.maintenance import recover_after_restart
 
     log = get_logger()
+    if settings.comfyui_cmd:
+        log.info("comfyui_managed", url=settings.comfyui_url)  # started with the workers
+    else:
+        _check_comfy(settings, deps)
+    recovered = recover_after_restart(deps)
+    if recovered:
+        log.warning("jobs_recovered_after_restart", count=recovered)
+
+
+def _check_comfy(settings: Settings, deps: Deps) -> None:
+    log = get_logger()
     try:
         stats = deps.comfy.health()
         version = stats.get("system", {}).get("comfyui_version", "?")
@@ -490,9 +510,6 @@ def prepare(settings: Settings, deps: Deps) -> None:
     except ComfyUnavailable:
         print(comfy_help(settings.comfyui_url), flush=True)
         log.warning("comfyui_unreachable", url=settings.comfyui_url)
-    recovered = recover_after_restart(deps)
-    if recovered:
-        log.warning("jobs_recovered_after_restart", count=recovered)
 
 
 def listening_settings(settings: Settings, host: str, port: int) -> Settings:

@@ -379,6 +379,7 @@ class Render:
             if SNAPSHOT.helper_mode:
                 log.info("comfy_device_selected", result=comfy_server.select_device(url))
             self.deps = container_deps(comfy_url=url)
+            self.deps.on_renderer_stuck = self.retire
             _publish_catalog(self.deps, self.deps.comfy.object_info())
         except Exception:
             _record_startup_failure()
@@ -387,6 +388,19 @@ class Render:
             _breaker().record_success()
         except Exception as exc:  # noqa: BLE001 - rendering works without the record
             log.warning("render_success_unrecorded", error=type(exc).__name__)
+
+    def retire(self, reason: str) -> None:
+        """ComfyUI did not honour an interrupt: take this container out and end it.
+
+        No further inputs come here; killing ComfyUI makes the other renders in this
+        container see ComfyUnavailable (retried elsewhere), and Modal ends the container
+        once its inputs are done (`modal.exit` has nothing left to stop).
+        """
+        from app.deploy.modal.hooks import stop_fetching_inputs
+
+        log.error("renderer_retired", reason=reason)
+        stop_fetching_inputs()
+        self.comfy.stop(grace_s=1.0)
 
     def health_gate(self) -> None:
         """Before each job: an unhealthy ComfyUI retires this container, the job requeues."""

@@ -284,6 +284,23 @@ async def test_idempotency_key_replays_and_conflicts(
     assert (await http.post("/v1/jobs", json=body(), headers=beta)).status_code == 202
 
 
+async def test_another_users_idempotency_key_gets_a_new_job_and_reveals_nothing(
+    http: httpx.AsyncClient, harness: Harness
+) -> None:
+    alice = {**harness.headers(harness.acme, "alice"), "Idempotency-Key": "order-1"}
+    bob = {**harness.headers(harness.acme, "bob"), "Idempotency-Key": "order-1"}
+    first = await http.post("/v1/jobs", json=body(), headers=alice)
+    same_body = await http.post("/v1/jobs", json=body(), headers=bob)
+    other_body = await http.post("/v1/jobs", json=body(metadata={"x": 1}), headers=bob)
+    assert (first.status_code, same_body.status_code) == (202, 202)
+    assert same_body.json()["id"] != first.json()["id"]
+    # Bob's key is his own: another body conflicts with Bob's job only, never Alice's.
+    assert_error(other_body, 409, "idempotency_conflict")
+    assert first.json()["id"] not in other_body.text
+    replay = await http.post("/v1/jobs", json=body(), headers=alice)
+    assert (replay.status_code, replay.json()["id"]) == (200, first.json()["id"])
+
+
 async def test_idempotency_key_over_255_chars_is_422(
     http: httpx.AsyncClient, harness: Harness
 ) -> None:

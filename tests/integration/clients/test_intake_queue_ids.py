@@ -58,3 +58,23 @@ def test_path_like_or_malformed_ids_are_refused(harness: Harness, job_id: str) -
     assert harness.deps.jobs.find(job_id) is None
     assert harness.deps.queue(Stage.FETCH).len() == harness.deps.queue(Stage.RENDER).len() == 0
     assert not harness.settings.work_dir.exists() or not any(harness.settings.work_dir.iterdir())
+
+
+def test_a_reused_id_that_slips_past_the_check_is_refused_by_create(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two messages racing with one id both pass the guard's look-up; only one creates."""
+    alice = Client(harness.deps, harness.acme.api_key, "alice")
+    job_id = alice.enqueue({"workflow": WORKFLOW, "metadata": {"owner": "alice"}})
+    drain_stage(Stage.INTAKE, harness.deps)
+    before = alice.get(job_id)
+    monkeypatch.setattr(harness.deps.jobs, "find", lambda _job_id: None)  # the race window
+
+    put(harness, job_id, harness.beta.api_key)
+    drain_stage(Stage.INTAKE, harness.deps)
+    monkeypatch.undo()
+
+    after = alice.get(job_id)
+    assert after.metadata == {"owner": "alice"} and after.created_at == before.created_at
+    assert harness.deps.jobs.get(job_id).user_id == "alice"
+    assert harness.deps.queue(Stage.FETCH).len() == 1

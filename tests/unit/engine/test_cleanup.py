@@ -188,11 +188,11 @@ def test_cleanup_removes_the_user_index_entry_and_the_idempotency_record(deps: D
     admission = deps.backend.kv(keys.ADMISSION_DICT)
     index = keys.index_prefix(owner.id, "u1")
     assert admission.get(keys.sequence_key(index, 0)) == "j1"
-    assert admission.contains(keys.idem_key(owner.id, "idem-j1"))
+    assert admission.contains(keys.idem_key(owner.id, "u1", "idem-j1"))
     past_retention(deps)
     cleanup(deps)
     assert not admission.contains(keys.sequence_key(index, 0))
-    assert not admission.contains(keys.idem_key(owner.id, "idem-j1"))
+    assert not admission.contains(keys.idem_key(owner.id, "u1", "idem-j1"))
     assert deps.jobs.list_for_user(owner.id, "u1").jobs == []
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from PIL import Image
 
 from app.adapters.comfy.client import RenderResult
-from app.adapters.comfy.messages import ComfyOutput
+from app.adapters.comfy.messages import ComfyOutput, HistoryEntry
 from app.adapters.comfy.tracker import RenderProgress
 from app.adapters.net.safe_client import DownloadResult
 from app.adapters.storage.memory import MemoryStore
@@ -123,6 +123,17 @@ class FakeComfy:
     runs: list[RunCall] = field(default_factory=list)
     abandoned: list[str] = field(default_factory=list)
     object_info_calls: int = 0
+    #: Not a loopback address: without `comfyui_base_dir` render finds no folders to wipe.
+    base_url: str = "http://comfy.test:8188"
+
+    def health(self, timeout_s: float = 3.0) -> dict[str, Any]:
+        return {"system": {"argv": ["main.py"]}}
+
+    def folder_paths(self) -> dict[str, Any]:
+        return {}
+
+    def history(self, prompt_id: str, *, timeout_s: float = 5.0) -> HistoryEntry | None:
+        return None  # a prompt that did not finish left nothing the fake knows of
 
     def object_info(self) -> dict[str, Any]:
         self.object_info_calls += 1

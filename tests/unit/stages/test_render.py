@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +22,17 @@ IMAGE = png_bytes(5, 5)
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> World:
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> World:
+    # ComfyUI names files after the run token (the prompt id's first 8 characters).
+    runs = itertools.count()
+    monkeypatch.setattr(
+        render, "new_prompt_id", lambda: f"r0000000-0000-4000-8000-{next(runs):012d}"
+    )
     world = make_world(tmp_path, comfyui_base_dir=str(tmp_path / "comfy"))
     world.comfy.outputs = [
-        ComfyOutput(node_id="2", filename="j1/abc-t_00001_.png", subfolder="j1", type="output")
+        ComfyOutput(node_id="2", filename="r0000000-t_00001_.png", subfolder="j1", type="output")
     ]
-    world.comfy.files = {"j1/abc-t_00001_.png": IMAGE}
+    world.comfy.files = {"r0000000-t_00001_.png": IMAGE}
     return world
 
 
@@ -42,9 +48,9 @@ def test_inputs_go_up_the_graph_is_scoped_and_outputs_are_staged(world: World) -
     assert job.status is JobStatus.RUNNING and job.stage is Stage.UPLOAD
     assert job.progress == 1.0
     assert [(o.filename, o.size, o.key) for o in job.outputs] == [
-        ("abc-t_00001_.png", len(IMAGE), "scratch:outputs/00-abc-t_00001_.png")
+        ("r0000000-t_00001_.png", len(IMAGE), "scratch:outputs/00-r0000000-t_00001_.png")
     ]
-    assert (outputs_folder(world.deps, "j1") / "00-abc-t_00001_.png").read_bytes() == IMAGE
+    assert (outputs_folder(world.deps, "j1") / "00-r0000000-t_00001_.png").read_bytes() == IMAGE
     assert world.queued(Stage.UPLOAD) == 1
 
 
@@ -107,6 +113,47 @@ def test_the_comfy_side_folders_are_wiped(world: World, tmp_path: Path) -> None:
     assert not any(
         (tmp_path / "comfy" / kind / "j1").exists() for kind in ("input", "output", "temp")
     )
+
+
+def test_a_local_comfyui_without_base_dir_is_wiped_where_it_says_its_folders_are(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world = make_world(tmp_path)  # the local default: comfyui_base_dir unset
+    base = tmp_path / "comfy-elsewhere"
+    world.comfy.base_url = "http://127.0.0.1:8188"
+    monkeypatch.setattr(
+        world.comfy,
+        "health",
+        lambda: {"system": {"argv": ["main.py", "--base-directory", str(base)]}},
+    )
+    monkeypatch.setattr(render, "_FOUND_DIRS", {})  # nothing found yet for this URL
+    fetched(world)
+    for kind in ("input", "output", "temp"):
+        (base / kind / "j1").mkdir(parents=True)
+    preview = base / "temp" / "ComfyUI_temp_abcde_00001_.png"
+    preview.write_bytes(IMAGE)
+    world.comfy.outputs = [
+        ComfyOutput(node_id="3", filename=preview.name, subfolder="", type="temp")
+    ]
+    world.comfy.files = {preview.name: IMAGE}
+    world.step(Stage.RENDER)
+    assert [o.filename for o in world.job("j1").outputs] == [preview.name]
+    assert sorted(str(p.relative_to(base)) for p in base.rglob("*")) == ["input", "output", "temp"]
+
+
+def test_files_comfyui_reports_outside_the_jobs_folder_are_not_collected(world: World) -> None:
+    mine = world.comfy.outputs[0]
+    theirs = ComfyOutput(
+        node_id="2", filename="secret_00001_.png", subfolder="job_other", type="output"
+    )
+    unscoped = ComfyOutput(
+        node_id="2", filename="r0000000-t_00002_.png", subfolder="", type="output"
+    )
+    world.comfy.outputs = [mine, theirs, unscoped]
+    world.comfy.files = {**world.comfy.files, theirs.filename: b"A's secret"}
+    fetched(world)
+    world.step(Stage.RENDER)
+    assert [o.filename for o in world.job("j1").outputs] == [mine.filename]
 
 
 def test_comfy_down_parks_a_retry(world: World) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from app.core.errors import StorageUnavailable
 from app.core.models import JobStatus, OutputRef, Stage
 from app.engine.pipeline import release_due
 from app.engine.scratch import job_folder, outputs_folder
-from app.stages import upload
+from app.stages import render, upload
 from tests.unit.stages.fakes import World, make_world, png_bytes
 from tests.unit.stages.helpers import HOOK_URL, fetched, parked
 
@@ -21,13 +22,18 @@ IMAGE = png_bytes(6, 6)
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> World:
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> World:
+    # ComfyUI names files after the run token (the prompt id's first 8 characters).
+    runs = itertools.count()
+    monkeypatch.setattr(
+        render, "new_prompt_id", lambda: f"r0000000-0000-4000-8000-{next(runs):012d}"
+    )
     world = make_world(tmp_path)
     world.comfy.outputs = [
-        ComfyOutput(node_id="2", filename="j1/r-t-1.png", subfolder="j1", type="output"),
-        ComfyOutput(node_id="2", filename="j1/r-t-2.bin", subfolder="j1", type="output"),
+        ComfyOutput(node_id="2", filename="r0000000-t-1.png", subfolder="j1", type="output"),
+        ComfyOutput(node_id="2", filename="r0000000-t-2.bin", subfolder="j1", type="output"),
     ]
-    world.comfy.files = {"j1/r-t-1.png": IMAGE, "j1/r-t-2.bin": b"\x00\x01raw"}
+    world.comfy.files = {"r0000000-t-1.png": IMAGE, "r0000000-t-2.bin": b"\x00\x01raw"}
     return world
 
 
@@ -42,9 +48,9 @@ def test_outputs_are_stored_under_tenant_user_job_keys_and_the_job_completes(wor
     world.step(Stage.UPLOAD)
     job = world.job("j1")
     assert job.status is JobStatus.COMPLETED
-    first = output_key("t1", "u1", "j1", 0, "r-t-1.png")
-    second = output_key("t1", "u1", "j1", 1, "r-t-2.bin")
-    assert first == "outputs/t1/u1/j1/00-r-t-1.png"
+    first = output_key("t1", "u1", "j1", 0, "r0000000-t-1.png")
+    second = output_key("t1", "u1", "j1", 1, "r0000000-t-2.bin")
+    assert first == "outputs/t1/u1/j1/00-r0000000-t-1.png"
     assert [(o.key, o.content_type, o.size) for o in job.outputs] == [
         (first, "image/png", len(IMAGE)),
         (second, "application/octet-stream", 5),
@@ -60,17 +66,17 @@ def test_outputs_are_stored_under_tenant_user_job_keys_and_the_job_completes(wor
 def test_outputs_stored_by_an_earlier_attempt_are_kept(world: World) -> None:
     rendered(world)
     job = world.job("j1")
-    done = OutputRef(filename="r-t-1.png", content_type="image/png", size=1, key="outputs/x")
+    done = OutputRef(filename="r0000000-t-1.png", content_type="image/png", size=1, key="outputs/x")
     job = job.model_copy(update={"outputs": [done, job.outputs[1]]})
     result = upload.run(job, world.deps)
     assert result.outputs[0] == done
-    assert result.outputs[1].key == output_key("t1", "u1", "j1", 1, "r-t-2.bin")
+    assert result.outputs[1].key == output_key("t1", "u1", "j1", 1, "r0000000-t-2.bin")
     assert "outputs/x" not in world.objects.objects
 
 
 def test_a_missing_staged_file_fails_the_job(world: World) -> None:
     rendered(world)
-    (outputs_folder(world.deps, "j1") / "00-r-t-1.png").unlink()
+    (outputs_folder(world.deps, "j1") / "00-r0000000-t-1.png").unlink()
     world.step(Stage.UPLOAD)
     job = world.job("j1")
     assert job.status is JobStatus.FAILED and job.error is not None

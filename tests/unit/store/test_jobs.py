@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from app.core.errors import AdmissionRejected, AlreadyTerminal, IdempotencyConflict
+from app.core.errors import AdmissionRejected, AlreadyTerminal, IdempotencyConflict, JobIdTaken
 from app.core.models import JobError, JobStatus, OutputRef
+from app.store.backends.base import KV
 from app.store.claims import SlotHolder, active_count, claim_slot, release_slot
 from app.store.jobs import (
     ABANDONED_SLOT_GRACE_S,
@@ -15,7 +16,7 @@ from app.store.jobs import (
     Limits,
     body_fingerprint,
 )
-from app.store.keys import tenant_scope, user_scope
+from app.store.keys import job_key, tenant_scope, user_scope
 from tests.state_helpers import CountingKV, job_id, memory_store, new_job
 
 
@@ -304,3 +305,68 @@ def test_job_store_works_over_sqlite(tmp_path: Path) -> None:
     with pytest.raises(AdmissionRejected):
         store.create(new_job(), "j2", Limits(max_active_per_user=1))
     assert store.cancel("j1").status is JobStatus.CANCELLED
+
+
+class _RacingKV:
+    """A jobs dict where another writer creates `job:{id}` between a check and a write."""
+
+    def __init__(self, inner: KV, job_id: str, record: str) -> None:
+        self.inner = inner
+        self.job_id = job_id
+        self.record = record
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    def put(self, key: str, value: str) -> None:
+        if key == job_key(self.job_id) and not self.inner.contains(key):
+            self.inner.put(key, self.record)  # the rival wins the race just now
+        self.inner.put(key, value)
+
+    def put_if_absent(self, key: str, value: str) -> bool:
+        if key == job_key(self.job_id) and not self.inner.contains(key):
+            self.inner.put(key, self.record)
+        return self.inner.put_if_absent(key, value)
+
+
+def test_create_never_overwrites_a_job_a_racing_create_wrote() -> None:
+    store, backend, _ = memory_store()
+    rival = store.create(new_job(user="alice"), "other", Limits()).job
+    record = rival.model_copy(update={"id": "j1"}).model_dump_json()
+    store.jobs = _RacingKV(store.jobs, "j1", record)  # type: ignore[assignment]
+    with pytest.raises(JobIdTaken):
+        store.create(new_job(user="bob", idempotency_key="k", body_hash="h"), "j1", Limits())
+    assert store.get("j1").user_id == "alice"  # the first writer's job stands
+    # What the refused create took is given back: its slot and its idempotency key.
+    assert active_count(backend.kv("slots"), user_scope("t1", "bob")) == 0
+    admission = store.create(
+        new_job(user="bob", idempotency_key="k", body_hash="h"), "j2", Limits()
+    )
+    assert not admission.replayed
+
+
+def test_idempotency_keys_are_per_user_and_a_replay_never_crosses_users() -> None:
+    store, _, _ = memory_store()
+    body = body_fingerprint({"workflow": {"a": 1}})
+    store.create(new_job(user="alice", idempotency_key="k", body_hash=body), "ja", Limits())
+    bob = store.create(new_job(user="bob", idempotency_key="k", body_hash=body), "jb", Limits())
+    assert not bob.replayed and bob.job.id == "jb" and bob.job.user_id == "bob"
+    # Bob's key now conflicts only with Bob's own job; nothing of Alice's is named.
+    with pytest.raises(IdempotencyConflict) as info:
+        store.create(new_job(user="bob", idempotency_key="k", body_hash="x"), "jc", Limits())
+    assert info.value.job_id == "jb"
+    assert (
+        store.create(
+            new_job(user="alice", idempotency_key="k", body_hash=body), "jd", Limits()
+        ).job.id
+        == "ja"
+    )
+
+
+def test_user_ids_with_colons_do_not_share_idempotency_keys() -> None:
+    store, _, _ = memory_store()
+    store.create(new_job(user="a:b", idempotency_key="c", body_hash="h"), "j1", Limits())
+    admission = store.create(
+        new_job(user="a", idempotency_key="b:c", body_hash="h"), "j2", Limits()
+    )
+    assert not admission.replayed and admission.job.id == "j2"
