@@ -61,6 +61,10 @@ class Settings(BaseSettings):
     max_workflow_bytes: int = Field(default=512 * 1024, ge=256)
     max_workflow_nodes: int = Field(default=500, ge=1)
     max_inputs: int = Field(default=16, ge=0)
+    #: Requests one `POST /v1/jobs/batch` may carry (each is admitted on its own).
+    max_batch_jobs: int = Field(default=20, ge=1, le=1000)
+    #: Named inputs one workflow template may declare.
+    max_template_inputs: int = Field(default=64, ge=1)
     default_job_timeout_s: int = Field(default=600, ge=1)
     max_job_timeout_s: int = Field(default=3600, ge=1)
 

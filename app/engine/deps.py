@@ -18,6 +18,7 @@ from app.store.backends import KV, Backend, Queue, open_backend
 from app.store.deliveries import DeliveryStore
 from app.store.jobs import JobStore
 from app.store.keys import queue_name
+from app.store.templates import TemplateStore
 from app.store.tenants import TenantRegistry
 
 if TYPE_CHECKING:
@@ -87,6 +88,10 @@ class Deps:
     @cached_property
     def tenants(self) -> TenantRegistry:
         return TenantRegistry(self.backend, self.clock)
+
+    @cached_property
+    def templates(self) -> TemplateStore:
+        return TemplateStore(self.backend)
 
     @cached_property
     def deliveries(self) -> DeliveryStore:

@@ -46,6 +46,7 @@ from app.core.models import (
     SlotRef,
     Stage,
     StageTimes,
+    TemplateRef,
     TerminalDecision,
 )
 from app.store.backends.base import KV, Backend
@@ -121,6 +122,8 @@ class NewJob:
     idempotency_key: str | None = None
     #: Fingerprint of the request body for idempotency; same key + other body = 409.
     body_hash: str = ""
+    #: The template the workflow was resolved from, if any.
+    template: TemplateRef | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +202,7 @@ class JobStore:
             slots=slots,
             stage=Stage.FETCH,
             stage_times={Stage.FETCH: StageTimes(queued_at=now)},
+            template=new.template,
         )
         self.jobs.put(request_key(job_id), json.dumps(new.workflow))
         self.jobs.put(job_key(job_id), _dump(job))
