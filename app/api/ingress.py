@@ -297,6 +297,7 @@ def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
                 request_schema = model.model_json_schema(ref_template=_REF)
                 components.update(request_schema.pop("$defs", {}))
                 components[model.__name__] = request_schema
+            components["BatchRequest"]["properties"]["jobs"]["items"] = BatchRequest.ITEM_SCHEMA
             app.openapi_schema = schema
         return app.openapi_schema
 

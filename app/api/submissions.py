@@ -8,7 +8,7 @@ the presence of `workflow_id`, so a body is never half read as the other.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -100,15 +100,14 @@ class BatchRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    jobs: list[dict[str, Any]] = Field(
-        min_length=1,
-        json_schema_extra={
-            "items": {
-                "oneOf": [
-                    {"$ref": "#/components/schemas/JobRequest"},
-                    {"$ref": "#/components/schemas/TemplateJobRequest"},
-                ],
-                "description": "Either body of POST /v1/jobs, plus `idempotency_key`.",
-            }
-        },
-    )
+    jobs: list[dict[str, Any]] = Field(min_length=1)
+
+    #: The schema of one item, put in place by the OpenAPI builder (pydantic would try to
+    #: resolve these references itself).
+    ITEM_SCHEMA: ClassVar[dict[str, Any]] = {
+        "oneOf": [
+            {"$ref": "#/components/schemas/JobRequest"},
+            {"$ref": "#/components/schemas/TemplateJobRequest"},
+        ],
+        "description": "Either body of POST /v1/jobs, plus an optional `idempotency_key`.",
+    }
