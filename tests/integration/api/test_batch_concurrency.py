@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import multiprocessing as mp
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import pytest
