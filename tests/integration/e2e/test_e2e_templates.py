@@ -44,7 +44,7 @@ def test_a_template_job_runs_end_to_end(pipeline: Deps, site: Site) -> None:
                 "height": 8,
                 "crop": "disabled",
             },
-        },  # fmt: skip
+        },
         "3": {"class_type": "ImageInvert", "inputs": {"image": ["2", 0]}},
         "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "t"}},
     }
