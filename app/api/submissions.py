@@ -56,7 +56,7 @@ class Prepared:
     fingerprint: str | None = None
 
 
-def prepare(deps: Deps, tenant: Tenant, submission: Submission) -> Prepared:
+def prepare_submission(deps: Deps, tenant: Tenant, submission: Submission) -> Prepared:
     """A raw request as is; a template run resolved into its graph (refused by input)."""
     if isinstance(submission, JobRequest):
         return Prepared(request=submission)
@@ -79,7 +79,7 @@ def submit(
     """Check, resolve and admit one submission; raises as `admit` does."""
     if submission.user_id is not None and submission.user_id != user_id:
         raise ApiError(403, "user_mismatch", "user_id in the body does not match X-User-ID")
-    prepared = prepare(deps, tenant, submission)
+    prepared = prepare_submission(deps, tenant, submission)
     return admit(
         deps,
         tenant,

@@ -144,7 +144,7 @@ def push(
 
 
 @workflow_app.command("list")
-def list_workflows(api_url: ApiUrl = None, api_key: ApiKey = None, as_json: AsJson = False) -> None:
+def list_templates(api_url: ApiUrl = None, api_key: ApiKey = None, as_json: AsJson = False) -> None:
     """The tenant's templates, their versions and where `latest` points."""
     with friendly_errors(), _client(api_url, api_key) as client:
         listed = client.list_workflows()

@@ -332,8 +332,9 @@ def resolve(
     for name in values:
         if name not in known:
             takes = ", ".join(sorted(known)) or "none"
+            shown = name if len(name) <= 64 else name[:61] + "..."  # never echo a huge key
             problems.append(
-                Problem(f"this template has no such input (it takes: {takes})", input=name)
+                Problem(f"this template has no such input (it takes: {takes})", input=shown)
             )
     used: dict[str, Any] = {}
     for name, spec in known.items():
