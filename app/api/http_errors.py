@@ -42,6 +42,8 @@ INVALID_REQUEST_STATUS: Mapping[str, int] = {
     "signed_url_invalid": 403,
     "signed_url_expired": 403,
     "not_found": 404,
+    "templates_only": 403,
+    "template_not_found": 404,
 }
 #: IETF RateLimit policy names for each admission refusal.
 RATE_POLICY_NAMES: Mapping[str, str] = {
@@ -163,13 +165,21 @@ async def _validation(request: Request, exc: Exception) -> JSONResponse:
 
 async def _invalid_request(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, InvalidRequest)
-    extra = {
+    status, extra = invalid_request_fields(exc)
+    return error_response(status, exc.code, exc.message, **extra)
+
+
+def invalid_request_fields(exc: InvalidRequest) -> tuple[int, dict[str, Any]]:
+    """The status of an `InvalidRequest` and the fields that locate it (node, input...)."""
+    extra: dict[str, Any] = {
         name: value
-        for name in ("node_id", "node_type")
+        for name in ("node_id", "node_type", "input", "field")
         if (value := getattr(exc, name, None)) is not None
     }
-    status = INVALID_REQUEST_STATUS.get(exc.code, 400)
-    return error_response(status, exc.code, exc.message, **extra)
+    problems = getattr(exc, "problems", None)
+    if problems:
+        extra["problems"] = [p.as_dict() for p in problems]
+    return INVALID_REQUEST_STATUS.get(exc.code, 400), extra
 
 
 async def _pipeline_error(request: Request, exc: Exception) -> JSONResponse:

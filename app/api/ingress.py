@@ -11,25 +11,32 @@ both call `create_app(deps)`.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
-from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from app.api.files import files_router
 from app.api.http_errors import BodyLimit, ErrorResponse, install_error_handlers
+from app.api.submissions import (
+    BatchRequest,
+    Submission,
+    parse_model,
+    parse_submission,
+    submit,
+)
 from app.core.errors import ApiError, BackendError
 from app.core.models import JobStatus
 from app.core.schemas import USER_ID_PATTERN, JobRequest, JobView
+from app.core.templates import TemplateJobRequest, WorkflowCreate
 from app.engine.backpressure import check_backlog
 from app.engine.deps import Deps
 from app.engine.pipeline import cancel_job
 from app.engine.views import JobList, owned_job, present
-from app.stages.intake import admit
 from app.store.breaker import RenderBreaker
 from app.store.tenants import Tenant
 
@@ -42,7 +49,14 @@ takes `X-User-ID`, the end user the job belongs to. Errors always look like
 `{"error": {"code": "...", "message": "..."}}`.
 """
 MAX_PAGE = 100
-_JOB_REQUEST_REF = "#/components/schemas/JobRequest"
+_REF = "#/components/schemas/{model}"
+#: Bodies the routes parse by hand (after authentication): their schemas are added here.
+HAND_PARSED: tuple[type[BaseModel], ...] = (
+    JobRequest,
+    TemplateJobRequest,
+    WorkflowCreate,
+    BatchRequest,
+)
 
 #: A complete request using only core ComfyUI nodes (shown in /docs, used by fuzzing).
 EXAMPLE_REQUEST: dict[str, Any] = {
@@ -54,6 +68,16 @@ EXAMPLE_REQUEST: dict[str, Any] = {
         "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}},
     },
     "metadata": {"order": "A-1001"},
+}
+
+#: A template run (`POST /v1/workflows` registered `portrait`; see the README).
+EXAMPLE_TEMPLATE_RUN: dict[str, Any] = {
+    "workflow_id": "portrait@1",
+    "inputs": {
+        "prompt": "a cat in a hat",
+        "seed": 42,
+        "photo": {"url": "https://example.com/p.png"},
+    },
 }
 
 _bearer = HTTPBearer(auto_error=False, description="A tenant API key (`csk_...`).")
@@ -122,19 +146,19 @@ TenantDep = Annotated[Tenant, Depends(authenticated_tenant)]
 UserDep = Annotated[str, Depends(caller_user)]
 
 
-def parse_job_request(raw: bytes) -> JobRequest:
-    """The body as a `JobRequest`; errors read like FastAPI's own 422s.
+def parse_job_request(raw: bytes) -> Submission:
+    """The body as a `JobRequest` or a template run; errors read like FastAPI's own 422s.
 
     Parsed by hand, after authentication, so an anonymous client gets a 401 for any
     body and the server does no work for it.
     """
     try:
-        return JobRequest.model_validate_json(raw)
-    except ValidationError as exc:
-        errors = exc.errors(include_url=False, include_context=False, include_input=False)
-        raise RequestValidationError(
-            [{**error, "loc": ("body", *error["loc"])} for error in errors]
-        ) from None
+        document = json.loads(raw)
+    except ValueError:
+        document = None
+    if not isinstance(document, dict):
+        return parse_model(JobRequest, raw)  # the same 422 any non-object body gets
+    return parse_submission(document)
 
 
 router = APIRouter()
@@ -191,8 +215,19 @@ def health(deps: DepsDep) -> Health:
             "required": True,
             "content": {
                 "application/json": {
-                    "schema": {"$ref": _JOB_REQUEST_REF},
-                    "example": EXAMPLE_REQUEST,
+                    "schema": {
+                        "oneOf": [
+                            {"$ref": _REF.format(model="JobRequest")},
+                            {"$ref": _REF.format(model="TemplateJobRequest")},
+                        ]
+                    },
+                    "examples": {
+                        "template": {
+                            "summary": "Run a registered template (recommended)",
+                            "value": EXAMPLE_TEMPLATE_RUN,
+                        },
+                        "graph": {"summary": "Run a raw graph", "value": EXAMPLE_REQUEST},
+                    },
                 }
             },
         },
@@ -214,12 +249,12 @@ def create_job(
         ),
     ] = None,
 ) -> JobView:
-    """Submit a job; 202 with its view, or 200 when an Idempotency-Key replays."""
-    request = parse_job_request(body)
-    if request.user_id is not None and request.user_id != user_id:
-        raise ApiError(403, "user_mismatch", "user_id in the body does not match X-User-ID")
+    """Submit a job, a raw graph or a template run (`workflow_id` + `inputs`).
+
+    202 with its view, or 200 when an Idempotency-Key replays.
+    """
     check_backlog(deps)  # before anything is written: a refusal never holds a slot
-    admission = admit(deps, tenant, user_id, request, idempotency_key=idempotency_key)
+    admission = submit(deps, tenant, user_id, parse_job_request(body), idempotency_key)
     response.status_code = 200 if admission.replayed else 202
     response.headers["Location"] = f"/v1/jobs/{admission.job.id}"
     return present(deps, admission.job)
@@ -267,7 +302,7 @@ def delete_job(deps: DepsDep, tenant: TenantDep, user_id: UserDep, job_id: str) 
 
 
 def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
-    """FastAPI's schema plus `JobRequest`, whose body the route parses itself."""
+    """FastAPI's schema plus the bodies the routes parse themselves (`HAND_PARSED`)."""
 
     def build() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -278,11 +313,11 @@ def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
                 routes=app.routes,
             )
             components = schema.setdefault("components", {}).setdefault("schemas", {})
-            request_schema = JobRequest.model_json_schema(
-                ref_template="#/components/schemas/{model}"
-            )
-            components.update(request_schema.pop("$defs", {}))
-            components["JobRequest"] = request_schema
+            for model in HAND_PARSED:
+                request_schema = model.model_json_schema(ref_template=_REF)
+                components.update(request_schema.pop("$defs", {}))
+                components[model.__name__] = request_schema
+            components["BatchRequest"]["properties"]["jobs"]["items"] = BatchRequest.ITEM_SCHEMA
             app.openapi_schema = schema
         return app.openapi_schema
 
@@ -304,5 +339,11 @@ def create_app(deps: Deps) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=deps.settings.max_request_bytes)
     app.include_router(router)
     app.include_router(files_router)
+    # Imported here: these routers use this module's auth dependencies.
+    from app.api.batch import batch_router
+    from app.api.workflows import workflows_router
+
+    app.include_router(workflows_router)
+    app.include_router(batch_router)
     app.openapi = _openapi(app)  # type: ignore[method-assign]
     return app

@@ -10,6 +10,8 @@ from typing import NoReturn
 import typer
 from pydantic import ValidationError
 
+from app.clients.http_client import ApiClient
+from app.clients.proxy_auth import proxy_auth_headers
 from app.core.config import Settings, get_settings
 from app.core.errors import BackendError, ComfySaasError, HttpApiError, PipelineError
 from app.engine.deps import Deps, build_deps
@@ -42,6 +44,18 @@ def friendly_errors() -> Iterator[None]:
         fail(f"invalid {exc.title}: {where}: {first['msg']}")
     except OSError as exc:
         fail(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "))
+
+
+@contextmanager
+def api(api_url: str | None, api_key: str | None, user: str) -> Iterator[ApiClient]:
+    """An HTTP client from the flags, falling back to the settings."""
+    config = settings()
+    key = api_key if api_key is not None else config.api_key.get_secret_value()
+    if not key:
+        fail("no API key: pass --api-key or set COMFYUI_SAAS_API_KEY")
+    proxy = proxy_auth_headers(config)
+    with ApiClient(api_url or config.api_url, key, user, proxy_headers=proxy) as client:
+        yield client
 
 
 def settings() -> Settings:

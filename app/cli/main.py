@@ -12,18 +12,16 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, TypeGuard
 
 import structlog
 import typer
 
-from app.cli.common import fail, friendly_errors, local_deps, settings, table, when
+from app.cli.common import api, fail, friendly_errors, local_deps, settings, table, when
 from app.cli.tenants import tenant_app
-from app.clients.http_client import ApiClient
-from app.clients.proxy_auth import proxy_auth_headers
+from app.cli.workflows import run_inputs, workflow_app
 from app.core.logs import configure_logging
 from app.core.models import JobStatus
 from app.core.schemas import JobView
@@ -37,6 +35,7 @@ cli = typer.Typer(
     add_completion=False,
 )
 cli.add_typer(tenant_app, name="tenant")
+cli.add_typer(workflow_app, name="workflow")
 
 
 @cli.callback()
@@ -57,18 +56,6 @@ ApiKey = Annotated[
 User = Annotated[str, typer.Option("--user", "-u", help="X-User-ID: the end user.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print the job view as JSON.")]
 DEFAULT_USER = "cli"
-
-
-@contextmanager
-def api(api_url: str | None, api_key: str | None, user: str) -> Iterator[ApiClient]:
-    """An HTTP client from the flags, falling back to the settings."""
-    config = settings()
-    key = api_key if api_key is not None else config.api_key.get_secret_value()
-    if not key:
-        fail("no API key: pass --api-key or set COMFYUI_SAAS_API_KEY")
-    proxy = proxy_auth_headers(config)
-    with ApiClient(api_url or config.api_url, key, user, proxy_headers=proxy) as client:
-        yield client
 
 
 @cli.command()
@@ -156,6 +143,61 @@ def submit(
                 raise typer.Exit(1)
     if not as_json and not wait and out is None:
         typer.echo(f"follow it with: comfyui-saas status {view.id} --user {user}", err=True)
+
+
+@cli.command()
+def run(
+    workflow_id: Annotated[str, typer.Argument(help="Template: name, name@latest or name@3.")],
+    sets: Annotated[
+        list[str] | None,
+        typer.Option("--set", "-s", help="NAME=VALUE: an input, typed by the template."),
+    ] = None,
+    media: Annotated[
+        list[str] | None,
+        typer.Option("--input", "-i", help="NAME=URL: a media input (image, video, ...)."),
+    ] = None,
+    webhook: Annotated[str | None, typer.Option(help="Webhook URL told when it ends.")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Follow progress until it ends.")] = False,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Download the outputs here (implies --wait).", file_okay=False),
+    ] = None,
+    timeout_s: Annotated[
+        float, typer.Option("--timeout", min=1, help="Give up waiting after this many seconds.")
+    ] = 3600,
+    poll_s: Annotated[
+        float, typer.Option("--poll", min=0.05, help="Seconds between status reads while waiting.")
+    ] = 1.0,
+    idempotency_key: Annotated[
+        str | None,
+        typer.Option(help="Send an Idempotency-Key (a retry with it returns the same job)."),
+    ] = None,
+    user: User = DEFAULT_USER,
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
+    as_json: AsJson = False,
+) -> None:
+    """Run a workflow template with named inputs; --wait follows it, --out downloads."""
+    with friendly_errors(), api(api_url, api_key, user) as client:
+        schema = client.get_workflow(workflow_id)["input_schema"]
+        body: dict[str, Any] = {
+            "workflow_id": workflow_id,
+            "inputs": run_inputs(sets or [], media or [], schema),
+        }
+        if webhook is not None:
+            body["webhook_url"] = webhook
+        view = client.submit(body, idempotency_key=idempotency_key)
+        typer.echo(f"submitted {view.id} ({view.status.value}) from {schema['title']}", err=True)
+        if wait or out is not None:
+            view = client.wait(
+                view.id, timeout_s=timeout_s, poll_s=poll_s, on_update=ProgressPrinter()
+            )
+        _print_view(view, as_json)
+        if view.status is JobStatus.COMPLETED and out is not None:
+            for path in client.download_outputs(view, out):
+                typer.echo(f"saved {path}", err=True)
+        if view.status in (JobStatus.FAILED, JobStatus.CANCELLED):
+            raise typer.Exit(1)
 
 
 @cli.command()

@@ -146,6 +146,13 @@ def update(
         bool | None,
         typer.Option("--enable/--disable", help="A disabled tenant's keys are refused at once."),
     ] = None,
+    templates_only: Annotated[
+        bool | None,
+        typer.Option(
+            "--templates-only/--allow-raw-graphs",
+            help="Let its callers run registered templates only (recommended in production).",
+        ),
+    ] = None,
 ) -> None:
     """Change a tenant's limits, or disable/enable it."""
     changes: dict[str, object] = {
@@ -159,6 +166,8 @@ def update(
     }
     if enabled is not None:
         changes["disabled"] = not enabled
+    if templates_only is not None:
+        changes["templates_only"] = templates_only
     with friendly_errors():
         if not changes:
             typer.echo("nothing to change; see --help", err=True)
@@ -166,7 +175,8 @@ def update(
         tenant = local_deps().tenants.update(name, **changes)
         limits = ", ".join(f"{k}={v}" for k, v in _limits(tenant).items())
         state = "disabled" if tenant.disabled else "active"
-        typer.echo(f"updated tenant {tenant.name}: {limits}, {state}")
+        graphs = "templates only" if tenant.templates_only else "raw graphs allowed"
+        typer.echo(f"updated tenant {tenant.name}: {limits}, {state}, {graphs}")
 
 
 @tenant_app.command("rotate-secret")

@@ -117,6 +117,33 @@ class ApiClient:
             params["cursor"] = cursor
         return _parse(JobList, self._call("GET", "/v1/jobs", params=params))
 
+    # ---- workflow templates (tenant-wide; the user header is ignored) ------------------
+
+    def push_workflow(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """POST /v1/workflows: a new version; its view (id, input_schema, ...)."""
+        return _json(self._call("POST", "/v1/workflows", json=dict(body)))
+
+    def list_workflows(self) -> list[dict[str, Any]]:
+        """GET /v1/workflows: the tenant's templates with their versions."""
+        listed: list[dict[str, Any]] = _json(self._call("GET", "/v1/workflows"))["workflows"]
+        return listed
+
+    def get_workflow(self, workflow_id: str) -> dict[str, Any]:
+        """GET /v1/workflows/{name[@version]}: one version with its JSON Schema."""
+        return _json(self._call("GET", f"/v1/workflows/{_segment(workflow_id)}"))
+
+    def delete_workflow(self, workflow_id: str) -> list[str]:
+        """DELETE /v1/workflows/{name[@version]}: the ids deleted."""
+        deleted: list[str] = _json(self._call("DELETE", f"/v1/workflows/{_segment(workflow_id)}"))[
+            "deleted"
+        ]
+        return deleted
+
+    def set_latest(self, name: str, version: int) -> dict[str, Any]:
+        """PUT /v1/workflows/{name}/latest."""
+        path = f"/v1/workflows/{_segment(name)}/latest"
+        return _json(self._call("PUT", path, json={"version": version}))
+
     def wait(
         self,
         job_id: str,
@@ -194,6 +221,16 @@ def _error_of(response: httpx.Response) -> HttpApiError:
     except (ValueError, KeyError, TypeError):
         text = response.text[:200].strip() or response.reason_phrase
         return HttpApiError(response.status_code, "http_error", text, {})
+
+
+def _json(response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError as exc:
+        raise ApiClientError("unexpected answer from the API: not JSON") from exc
+    if not isinstance(body, dict):
+        raise ApiClientError("unexpected answer from the API: not an object")
+    return body
 
 
 def _parse(model: type[_M], response: httpx.Response) -> _M:

@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     max_render_backlog: int = Field(default=1000, ge=1)
     #: ... or any stage queue holds more than this (a Modal partition takes 5,000 items).
     queue_high_water_items: int = Field(default=4000, ge=1, le=5000)
+    #: How long a queue-length reading is reused by the backpressure check (each is a
+    #: round trip on Modal); 0 reads the queues on every admission.
+    backpressure_check_interval_s: float = Field(default=2.0, ge=0, le=30)
     #: The Retry-After of a backpressure 503.
     backpressure_retry_after_s: int = Field(default=30, ge=1)
     #: A put on a full queue waits this long, then fails with QueueFull (never forever).
@@ -75,6 +78,10 @@ class Settings(BaseSettings):
     max_workflow_bytes: int = Field(default=512 * 1024, ge=256)
     max_workflow_nodes: int = Field(default=500, ge=1)
     max_inputs: int = Field(default=16, ge=0)
+    #: Requests one `POST /v1/jobs/batch` may carry (each is admitted on its own).
+    max_batch_jobs: int = Field(default=20, ge=1, le=1000)
+    #: Named inputs one workflow template may declare.
+    max_template_inputs: int = Field(default=64, ge=1)
     default_job_timeout_s: int = Field(default=600, ge=1)
     max_job_timeout_s: int = Field(default=3600, ge=1)
 

@@ -9,6 +9,11 @@
     │   │   └── DeliveryFailed        a webhook endpoint could not be reached
     │   ├── InvalidRequest            the client's request is wrong (a 4xx)
     │   │   ├── InvalidWorkflow
+    │   │   ├── ProblemList           problems, each naming its input, node and field
+    │   │   │   ├── InvalidTemplate   a template's graph or input schema is refused
+    │   │   │   └── InvalidInput      a template run's input is refused
+    │   │   ├── TemplatesOnly         the tenant runs registered templates only (HTTP 403)
+    │   │   ├── TemplateNotFound      no such template or version (HTTP 404)
     │   │   ├── UrlRefused            the URL policy refused an input or webhook URL
     │   │   ├── SignedUrlInvalid      a signed download URL does not verify
     │   │   │   └── SignedUrlExpired  ... or verifies but has expired
@@ -115,6 +120,77 @@ class InvalidWorkflow(InvalidRequest):
     """The workflow is not a valid ComfyUI API-format graph."""
 
     code = "invalid_workflow"
+
+
+class Problem:
+    """One problem of a template or a run: where it is (input, node, field) and why."""
+
+    __slots__ = ("field", "input", "node_id", "reason")
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        input: str | None = None,
+        node_id: str | None = None,
+        field: str | None = None,
+    ) -> None:
+        self.reason = reason
+        self.input = input
+        self.node_id = node_id
+        self.field = field
+
+    def text(self) -> str:
+        where = []
+        if self.input is not None:
+            where.append(f"input '{self.input}'")
+        if self.node_id is not None:
+            where.append(f"node {self.node_id}")
+        if self.field is not None:
+            where.append(f"field '{self.field}'")
+        return f"{' '.join(where)}: {self.reason}" if where else self.reason
+
+    def as_dict(self) -> dict[str, str]:
+        found = {"input": self.input, "node_id": self.node_id, "field": self.field}
+        return {"reason": self.reason, **{k: v for k, v in found.items() if v is not None}}
+
+
+class ProblemList(InvalidRequest):
+    """Problems, each naming its input, node and field; the first one's are echoed."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        first = problems[0] if problems else Problem("refused")
+        self.input = first.input
+        self.node_id = first.node_id
+        self.field = first.field
+        shown = "; ".join(p.text() for p in problems[:8])
+        more = f"; and {len(problems) - 8} more problems" if len(problems) > 8 else ""
+        super().__init__(shown + more)
+
+
+class InvalidTemplate(ProblemList):
+    """The template's graph or input schema is not valid."""
+
+    code = "invalid_template"
+
+
+class InvalidInput(ProblemList):
+    """An input of the template run is not valid."""
+
+    code = "invalid_input"
+
+
+class TemplatesOnly(InvalidRequest):
+    """This tenant runs registered workflow templates only; send `workflow_id`."""
+
+    code = "templates_only"
+
+
+class TemplateNotFound(InvalidRequest):
+    """No such workflow template or version."""
+
+    code = "template_not_found"
 
 
 class UrlRefused(InvalidRequest):

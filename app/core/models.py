@@ -62,6 +62,16 @@ class InputSpec(Record):
     url: str
 
 
+class TemplateRef(Record):
+    """The template a job was made from, and the values its inputs resolved to."""
+
+    id: str  #: `name@version`
+    name: str
+    version: int
+    #: Every input's resolved value (a random seed as drawn; media as `{"url": ...}`).
+    inputs: dict[str, Any] = Field(default_factory=dict)
+
+
 class SlotRef(Record):
     """One admission slot held by a job: scope, index, generation."""
 
@@ -106,6 +116,8 @@ class Job(Record):
     lease_until: float | None = None
     #: Modal FunctionCall id of the render holding the job (cancel stops it).
     render_call_id: str | None = None
+    #: Set when the job ran a registered template (its graph is stored resolved).
+    template: TemplateRef | None = None
 
     @property
     def is_terminal(self) -> bool:

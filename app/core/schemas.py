@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from app.core.models import InputSpec, Job, JobStatus, Stage
+from app.core.models import InputSpec, Job, JobStatus, Stage, TemplateRef
 
 USER_ID_PATTERN = r"^[A-Za-z0-9._:@-]{1,128}$"
 USER_ID = re.compile(USER_ID_PATTERN)
@@ -132,6 +132,9 @@ class JobView(BaseModel):
     error: ErrorView | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     webhook: WebhookView | None = None
+    template: TemplateRef | None = Field(
+        default=None, description="The template and version the job ran, with its inputs."
+    )
 
 
 def _span(start: float | None, end: float | None) -> float | None:
@@ -170,4 +173,5 @@ def job_view(job: Job, output_urls: list[str], webhook: WebhookView | None = Non
         error=ErrorView(**job.error.model_dump()) if job.error else None,
         metadata=job.metadata,
         webhook=webhook,
+        template=job.template,
     )

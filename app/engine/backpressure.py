@@ -26,16 +26,34 @@ CLIENT_ADMISSION_QUEUES = (Stage.INTAKE, *HTTP_ADMISSION_QUEUES)
 def check_backlog(deps: Deps, stages: Iterable[Stage] = HTTP_ADMISSION_QUEUES) -> None:
     """Raise `Backpressure` if a queue is over its high-water mark or render is backed up.
 
-    One `len` round trip per queue named; nothing is written.
+    At most one `len` round trip per queue named every `backpressure_check_interval_s`
+    (per process or container); nothing is written.
     """
     settings = deps.settings
     for stage in stages:
-        length = deps.queue(stage).len()
+        length = _queue_length(deps, stage)
         limit = settings.max_render_backlog if stage is Stage.RENDER else 0
         if limit and length > limit:
             _refuse(deps, stage, length, limit, "the render backlog")
         if length > settings.queue_high_water_items:
             _refuse(deps, stage, length, settings.queue_high_water_items, f"the {stage} queue")
+
+
+def _queue_length(deps: Deps, stage: Stage) -> int:
+    """The queue's length, read again only when the last reading is older than the interval.
+
+    A length is a round trip on Modal, and it moves slowly next to a burst of POSTs: a
+    reading a second or two old lets at most that much more work in past the high-water
+    mark, which sits a thousand items under the partition's hard limit, and a put that
+    still finds the queue full times out into a clean failure, never a hang.
+    """
+    now = deps.clock()
+    seen = deps.backlog_seen.get(stage)
+    if seen is not None and now - seen[0] < deps.settings.backpressure_check_interval_s:
+        return seen[1]
+    length = deps.queue(stage).len()
+    deps.backlog_seen[stage] = (now, length)
+    return length
 
 
 def _refuse(deps: Deps, stage: Stage, length: int, limit: int, what: str) -> None:

@@ -20,6 +20,7 @@ from app.store.deliveries import DeliveryStore
 from app.store.jobs import JobStore
 from app.store.keys import queue_name
 from app.store.parallel import is_concurrent
+from app.store.templates import TemplateStore
 from app.store.tenants import TenantRegistry
 
 if TYPE_CHECKING:
@@ -88,6 +89,8 @@ class Deps:
     #: Modal: retire this container (its ComfyUI is stuck). None: ask `dev`'s supervisor,
     #: which restarts ComfyUI if it manages it (`renderer_stuck`).
     on_renderer_stuck: Callable[[str], None] | None = None
+    #: Backpressure's last queue-length readings: stage -> (when, length).
+    backlog_seen: dict[Stage, tuple[float, int]] = field(default_factory=dict)
     _queues: dict[Stage, Queue] = field(default_factory=dict)
 
     @cached_property
@@ -99,6 +102,10 @@ class Deps:
         # Remembered keys only where each lookup is a round trip (Modal); see tenants.py.
         ttl = self.settings.auth_cache_ttl_s if is_concurrent(self.backend) else 0.0
         return TenantRegistry(self.backend, self.clock, cache_ttl_s=ttl)
+
+    @cached_property
+    def templates(self) -> TemplateStore:
+        return TemplateStore(self.backend)
 
     @cached_property
     def deliveries(self) -> DeliveryStore:

@@ -17,10 +17,10 @@ from app.adapters.comfy.file_policy import check_file_names
 from app.adapters.comfy.node_policy import NodePolicy, check_nodes
 from app.adapters.comfy.workflow import check_workflow
 from app.adapters.net.policy import UrlPolicy, parse_url
-from app.core.errors import Backpressure, ComfyUnavailable, InvalidRequest
+from app.core.errors import Backpressure, ComfyUnavailable, InvalidRequest, TemplatesOnly
 from app.core.ids import new_job_id
 from app.core.logs import get_logger
-from app.core.models import Job, Stage
+from app.core.models import Job, Stage, TemplateRef
 from app.core.schemas import USER_ID, JobRequest
 from app.engine.deps import Deps
 from app.engine.pipeline import Submission, hand_off
@@ -85,11 +85,17 @@ def admit(
     *,
     idempotency_key: str | None = None,
     job_id: str | None = None,
+    template: TemplateRef | None = None,
+    fingerprint: str | None = None,
 ) -> Admission:
-    """Check and admit a request.
+    """Check and admit a request (`template`: the one it was resolved from).
 
+    `fingerprint` is the idempotency hash of what the client sent, when that is not
+    `request` itself (a template run: a drawn seed must not make a retry look different).
     Raises InvalidRequest (and subclasses), AdmissionRejected or IdempotencyConflict.
     """
+    if tenant.templates_only and template is None:
+        raise TemplatesOnly()
     if not USER_ID.fullmatch(user_id):
         raise InvalidRequest("user id must match ^[A-Za-z0-9._:@-]{1,128}$")
     if request.user_id is not None and request.user_id != user_id:
@@ -104,9 +110,12 @@ def admit(
         webhook_url=request.webhook_url,
         metadata=request.metadata,
         idempotency_key=idempotency_key,
-        body_hash=body_fingerprint(request.model_dump(mode="json")),
+        body_hash=fingerprint or body_fingerprint(request.model_dump(mode="json")),
+        template=template,
     )
-    admission = deps.jobs.create(new, job_id or new_job_id(), tenant.limits(deps.settings))
+    admission = deps.jobs.create(
+        new, job_id or new_job_id(), tenant.limits(deps.settings), id_from_client=job_id is not None
+    )
     log = get_logger(job_id=admission.job.id, tenant_id=tenant.id, stage=Stage.INTAKE.value)
     if admission.replayed:
         log.info("job_replayed", idempotency_key=idempotency_key)

@@ -49,6 +49,7 @@ from app.core.models import (
     SlotRef,
     Stage,
     StageTimes,
+    TemplateRef,
     TerminalDecision,
 )
 from app.store.backends.base import KV, Backend, put_all
@@ -135,6 +136,8 @@ class NewJob:
     idempotency_key: str | None = None
     #: Fingerprint of the request body for idempotency; same key + other body = 409.
     body_hash: str = ""
+    #: The template the workflow was resolved from, if any.
+    template: TemplateRef | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,7 +198,9 @@ class JobStore:
 
     # ---- admission -------------------------------------------------------------------
 
-    def create(self, new: NewJob, job_id: str, limits: Limits) -> Admission:
+    def create(
+        self, new: NewJob, job_id: str, limits: Limits, *, id_from_client: bool = False
+    ) -> Admission:
         """Admit a job strictly under the caps, or replay the job its idempotency key made.
 
         Only what must be decided in order is: the rate ticket and the user's slot, then
@@ -205,8 +210,9 @@ class JobStore:
         every hint read, each floor check with the next claim, and the writes of an
         admitted job with each other.
 
-        Raises `JobIdTaken` if a job under `job_id` exists (its record is written with
-        put-if-absent); what this call had taken is given back first.
+        Raises `JobIdTaken` if a job under a client-chosen `job_id` exists (that record is
+        written with put-if-absent); what this call had taken is given back first. An id
+        we made ourselves is unguessable and new, so its record goes out in the one batch.
         """
         now = self.clock()
         par = self._concurrent
@@ -261,6 +267,7 @@ class JobStore:
             slots=slots,
             stage=stage,
             stage_times={stage: StageTimes(queued_at=now)},
+            template=new.template,
         )
         # Search hints only speed up the next search, so they go out with the rest; the
         # index hint assumes the first probe wins (a loser's hint is low: extra probes).
@@ -270,9 +277,21 @@ class JobStore:
             if rate is not None:  # only the current window's hint is worth keeping
                 tenant_hints.seq = {rate: ticket + 1}
             slot_hints[slot_hints_key(scope_of_rate)] = tenant_hints.dumps()
-        # Put-if-absent: two messages racing with one new id cannot both create. The
-        # request and the index entry go out after, so a loser never replaces the
-        # winner's workflow nor lists the winner's job as its own.
+        if not id_from_client:
+            run_calls(
+                par,
+                lambda: claim_next_from(self.admission, index, job_id, index_start),
+                lambda: put_all(
+                    self.jobs,
+                    {request_key(job_id): json.dumps(new.workflow), job_key(job_id): _dump(job)},
+                ),
+                lambda: self.active.put(active_key(job_id), json.dumps({"at": now})),
+                lambda: put_all(self.slots, slot_hints),
+            )
+            return Admission(job=job, replayed=False)
+        # A client chose the id (the intake queue): put-if-absent, so two messages racing
+        # with one new id cannot both create. The request and the index entry go out
+        # after, so a loser never replaces the winner's workflow nor lists its job.
         created, _, _ = run_calls(
             par,
             lambda: self.jobs.put_if_absent(job_key(job_id), _dump(job)),

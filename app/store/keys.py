@@ -30,6 +30,11 @@ dict                      key                                        owner
                           ``keyid:{key id}`` ``key:{sha256}``        the tenant
 ``catalog``               ``comfy:catalog``                          the deploy
 ``breaker``               ``render``                                 the deploy
+``templates``             ``tpl:{tenant}:{name}:{version}``          the template
+                          ``tplver:{tenant}:{name}:{n|hint}``        the template
+                          ``tpllatest:{tenant}:{name}``              the template
+                          ``tplname:{tenant}:{name}``                the tenant
+                          ``tplnames:{tenant}:{n|hint}``             the tenant
 ========================  =========================================  ==========
 
 (*) Written before issue 12 and still read as a fallback: the user's index hint and the
@@ -64,6 +69,10 @@ PENDING_DICT = "deliveries_pending"
 TENANTS_DICT = "tenants"
 #: The ComfyUI node catalog.
 CATALOG_DICT = "catalog"
+#: Workflow templates: durable records, kept until deleted (never touched by job purge;
+#: on Modal they need the durable-record refresh like `tenants`).
+TEMPLATES_DICT = "templates"
+
 #: Circuit breakers (render container start-up failures).
 BREAKER_DICT = "breaker"
 #: The render class's breaker record.
@@ -74,7 +83,7 @@ RENDER_BREAKER_KEY = "render"
 #: these on a schedule. Only durable records live here (no per-job keys), so the scan
 #: costs what the durable records are, never the job history. Workflow templates
 #: (issue 15) add their dict here.
-DURABLE_DICTS = (TENANTS_DICT,)
+DURABLE_DICTS = (TENANTS_DICT, TEMPLATES_DICT)
 
 #: Every dict a job writes to (tests enumerate these; `JobStore.purge` empties them).
 JOB_DICTS = (
@@ -322,6 +331,34 @@ def key_hash_key(key_hash: str) -> str:
 
 #: The published node catalog.
 CATALOG_KEY = "comfy:catalog"
+
+
+# ---- templates dict ------------------------------------------------------------------
+
+
+def template_key(tenant_id: str, name: str, version: int) -> str:
+    """One immutable template version (a tombstone-free record; deleting pops it)."""
+    return f"tpl:{tenant_id}:{name}:{version}"
+
+
+def template_versions_prefix(tenant_id: str, name: str) -> str:
+    """The sequence that hands out version numbers (never reused: entries stay)."""
+    return f"tplver:{tenant_id}:{name}"
+
+
+def template_latest_key(tenant_id: str, name: str) -> str:
+    """The movable `latest` alias: a version number."""
+    return f"tpllatest:{tenant_id}:{name}"
+
+
+def template_name_key(tenant_id: str, name: str) -> str:
+    """Marks a name as listed in the tenant's name sequence (listed once)."""
+    return f"tplname:{tenant_id}:{name}"
+
+
+def template_names_prefix(tenant_id: str) -> str:
+    """The sequence of a tenant's template names, so listing needs no dict scan."""
+    return f"tplnames:{tenant_id}"
 
 
 def _strip(key: str, prefix: str) -> str:

@@ -63,6 +63,8 @@ class Tenant(Record):
     #: Standard Webhooks secrets; the first signs, all are sent during a rotation.
     webhook_secrets: list[str] = Field(default_factory=list)
     disabled: bool = False
+    #: Its callers may run registered templates only, never raw graphs (recommended).
+    templates_only: bool = False
 
     def limits(self, settings: Settings) -> Limits:
         """The admission limits in force for this tenant."""

@@ -5,7 +5,8 @@ check workflows before they are queued, so a job with an unknown node fails at o
 instead of after a GPU container has started.
 
 Only what validation needs is kept: the full document is ~0.5 MB for 500 node classes,
-the compact form ~60 KB. Every intake reads it; we rely on no documented size limit for a
+the compact form ~190 KB (each input's type, bounds and choices: templates take their
+inputs' bounds from them). Every intake reads it; we rely on no documented size limit for a
 `modal.Dict` value (Queue items are capped at 1 MiB), and a small value keeps the read
 cheap and far from any such limit.
 """
@@ -20,9 +21,19 @@ from typing import Any
 from app.store.backends.base import KV
 from app.store.keys import CATALOG_DICT, CATALOG_KEY
 
-__all__ = ["CATALOG_DICT", "CATALOG_KEY", "NodeCatalog", "NodeSpec", "load", "publish"]
+__all__ = [
+    "CATALOG_DICT",
+    "CATALOG_KEY",
+    "FieldSpec",
+    "NodeCatalog",
+    "NodeSpec",
+    "load",
+    "publish",
+]
 #: Bumped when the stored layout changes; an older layout is ignored, not misread.
-_FORMAT = 2
+_FORMAT = 3
+#: Input types whose value is written in the graph (a widget); any other type is a link.
+VALUE_KINDS = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"})
 #: Input options that make an input a file upload (the front end shows an upload button,
 #: and ComfyUI's loader accepts any existing file under its folder, not just the list).
 UPLOAD_FLAGS = frozenset(
@@ -47,6 +58,24 @@ class FileInput:
     upload: bool
     #: The names the server listed (models a deployment ships); empty if it listed none.
     choices: tuple[str, ...] = ()
+    #: The upload flag that made it one (`image_upload`, ...); "" for lists of files.
+    kind: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class FieldSpec:
+    """One input of a node class: its type and, where the server declares them, bounds.
+
+    `kind` is ComfyUI's type: INT, FLOAT, STRING, BOOLEAN, COMBO (a list of choices) for a
+    value written in the graph, anything else (IMAGE, MODEL, ...) for a link. Templates
+    take their inputs' bounds and allowed values from here.
+    """
+
+    kind: str
+    minimum: float | None = None
+    maximum: float | None = None
+    #: The allowed values of a COMBO that is not a file list (file lists: `file_inputs`).
+    choices: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +91,8 @@ class NodeSpec:
     file_inputs: Mapping[str, FileInput] = field(default_factory=dict)
     #: A ComfyUI "API node": it calls a paid third-party service with the server's account.
     api_node: bool = False
+    #: Every declared (required or optional) input, by name.
+    fields: Mapping[str, FieldSpec] = field(default_factory=dict)
 
 
 class NodeCatalog:
@@ -92,6 +123,7 @@ class NodeCatalog:
                     if (found := file_input(spec)) is not None
                 },
                 api_node=info.get("api_node") is True,
+                fields={key: field_spec(spec) for key, spec in declared.items()},
             )
         return cls(nodes)
 
@@ -136,6 +168,7 @@ class NodeCatalog:
                 required_inputs=_strings(entry.get("req")),
                 file_inputs=_file_inputs(entry.get("f")),
                 api_node=entry.get("a") is True,
+                fields=_fields(entry.get("i")),
             )
         return cls(nodes)
 
@@ -150,9 +183,44 @@ def _spec_record(spec: NodeSpec) -> dict[str, Any]:
         record["a"] = True
     if spec.file_inputs:
         record["f"] = {
-            key: {"u": f.upload, "c": list(f.choices)} for key, f in spec.file_inputs.items()
+            key: {"u": f.upload, "c": list(f.choices), **({"k": f.kind} if f.kind else {})}
+            for key, f in spec.file_inputs.items()
         }
+    if spec.fields:
+        record["i"] = {key: _field_record(f) for key, f in spec.fields.items()}
     return record
+
+
+def _field_record(spec: FieldSpec) -> dict[str, Any]:
+    record: dict[str, Any] = {"t": spec.kind}
+    if spec.minimum is not None:
+        record["min"] = spec.minimum
+    if spec.maximum is not None:
+        record["max"] = spec.maximum
+    if spec.choices:
+        record["c"] = list(spec.choices)
+    return record
+
+
+def _fields(value: object) -> dict[str, FieldSpec]:
+    if not isinstance(value, Mapping):
+        return {}
+    return {
+        str(key): FieldSpec(
+            kind=str(entry.get("t", "")),
+            minimum=_number(entry.get("min")),
+            maximum=_number(entry.get("max")),
+            choices=_strings(entry.get("c")),
+        )
+        for key, entry in value.items()
+        if isinstance(entry, Mapping)
+    }
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return value
 
 
 def _strings(value: object) -> tuple[str, ...]:
@@ -163,7 +231,11 @@ def _file_inputs(value: object) -> dict[str, FileInput]:
     if not isinstance(value, Mapping):
         return {}
     return {
-        str(key): FileInput(upload=entry.get("u") is True, choices=_strings(entry.get("c")))
+        str(key): FileInput(
+            upload=entry.get("u") is True,
+            choices=_strings(entry.get("c")),
+            kind=str(entry.get("k", "")),
+        )
         for key, entry in value.items()
         if isinstance(entry, Mapping)
     }
@@ -193,8 +265,9 @@ def file_input(spec: object) -> FileInput | None:
         return None
     kind = spec[0]
     options = spec[1] if len(spec) > 1 and isinstance(spec[1], Mapping) else {}
-    if any(options.get(flag) for flag in UPLOAD_FLAGS) or options.get(_FOLDER_FLAG):
-        return FileInput(upload=True)
+    flags = sorted(flag for flag in UPLOAD_FLAGS if options.get(flag))
+    if flags or options.get(_FOLDER_FLAG):
+        return FileInput(upload=True, kind=flags[0] if flags else "image_upload")
     if isinstance(kind, list):
         choices = kind
     elif kind == "COMBO" and isinstance(options.get("options"), list):
@@ -205,6 +278,26 @@ def file_input(spec: object) -> FileInput | None:
     if not names or any(n.lower().endswith(FILE_SUFFIXES) or "/" in n for n in names):
         return FileInput(upload=False, choices=names)
     return None
+
+
+def field_spec(spec: object) -> FieldSpec:
+    """The type and bounds of an `/object_info` input spec (`["INT", {"min": 1}]`, ...).
+
+    A file list keeps its choices in `NodeSpec.file_inputs`, not here.
+    """
+    if not isinstance(spec, list) or not spec:
+        return FieldSpec(kind="")
+    kind = spec[0]
+    options = spec[1] if len(spec) > 1 and isinstance(spec[1], Mapping) else {}
+    if isinstance(kind, list) or kind == "COMBO":
+        listed = kind if isinstance(kind, list) else options.get("options")
+        choices = tuple(str(c) for c in listed) if isinstance(listed, list) else ()
+        return FieldSpec(kind="COMBO", choices=() if file_input(spec) else choices)
+    return FieldSpec(
+        kind=str(kind),
+        minimum=_number(options.get("min")),
+        maximum=_number(options.get("max")),
+    )
 
 
 def publish(kv: KV, object_info: Mapping[str, Any], now: float, version: str = "") -> NodeCatalog:

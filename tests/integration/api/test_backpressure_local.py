@@ -13,7 +13,9 @@ from tests.integration.ingress_harness import WORKFLOW, make_harness
 
 
 def test_the_render_backlog_setting_refuses_before_any_slot(tmp_path: Path) -> None:
-    harness = make_harness(Settings(data_dir=tmp_path, max_render_backlog=2))
+    harness = make_harness(
+        Settings(data_dir=tmp_path, max_render_backlog=2, backpressure_check_interval_s=0)
+    )
     harness.deps.queue(Stage.RENDER).put_many(["a", "b", "c"])
     with TestClient(create_app(harness.deps)) as http:
         response = http.post(

@@ -79,7 +79,8 @@ async def test_openapi_and_docs_are_served(http: httpx.AsyncClient) -> None:
     schema = (await http.get("/openapi.json")).json()
     assert {"/v1/jobs", "/v1/jobs/{job_id}", "/health"} <= set(schema["paths"])
     request_body = schema["paths"]["/v1/jobs"]["post"]["requestBody"]
-    assert request_body["content"]["application/json"]["schema"]["$ref"].endswith("/JobRequest")
+    refs = [s["$ref"] for s in request_body["content"]["application/json"]["schema"]["oneOf"]]
+    assert refs == ["#/components/schemas/JobRequest", "#/components/schemas/TemplateJobRequest"]
     assert "workflow" in schema["components"]["schemas"]["JobRequest"]["properties"]
     assert (await http.get("/docs")).status_code == 200
 

@@ -77,4 +77,9 @@ def test_a_reused_id_that_slips_past_the_check_is_refused_by_create(
     after = alice.get(job_id)
     assert after.metadata == {"owner": "alice"} and after.created_at == before.created_at
     assert harness.deps.jobs.get(job_id).user_id == "alice"
-    assert harness.deps.queue(Stage.FETCH).len() == 1
+    assert queued(harness) == 1
+
+
+def queued(harness: Harness) -> int:
+    """Admitted jobs waiting for their first stage (render when a job has no inputs)."""
+    return harness.deps.queue(Stage.FETCH).len() + harness.deps.queue(Stage.RENDER).len()

@@ -71,7 +71,7 @@ def test_the_secret_is_never_in_the_settings_repr(tmp_path: Path) -> None:
 
 
 def test_the_cli_passes_them_to_its_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from app.cli import main as cli_main
+    from app.cli import common as cli_common
 
     made: list[dict[str, object]] = []
 
@@ -85,8 +85,8 @@ def test_the_cli_passes_them_to_its_client(tmp_path: Path, monkeypatch: pytest.M
         def __exit__(self, *exc: object) -> None:
             return None
 
-    monkeypatch.setattr(cli_main, "ApiClient", Recorder)
-    monkeypatch.setattr(cli_main, "settings", lambda: _settings(tmp_path))
-    with cli_main.api("https://x.modal.run", "csk_k", "alice"):
+    monkeypatch.setattr(cli_common, "ApiClient", Recorder)
+    monkeypatch.setattr(cli_common, "settings", lambda: _settings(tmp_path))
+    with cli_common.api("https://x.modal.run", "csk_k", "alice"):
         pass
     assert made[0]["proxy_headers"] == {"Modal-Key": "wk-abc", "Modal-Secret": "ws-xyz"}

@@ -330,12 +330,18 @@ class _RacingKV:
 
 
 def test_create_never_overwrites_a_job_a_racing_create_wrote() -> None:
+    # A client-chosen id (the intake queue) may race another message with the same id
     store, backend, _ = memory_store()
     rival = store.create(new_job(user="alice"), "other", Limits()).job
     record = rival.model_copy(update={"id": "j1"}).model_dump_json()
     store.jobs = _RacingKV(store.jobs, "j1", record)  # type: ignore[assignment]
     with pytest.raises(JobIdTaken):
-        store.create(new_job(user="bob", idempotency_key="k", body_hash="h"), "j1", Limits())
+        store.create(
+            new_job(user="bob", idempotency_key="k", body_hash="h"),
+            "j1",
+            Limits(),
+            id_from_client=True,
+        )
     assert store.get("j1").user_id == "alice"  # the first writer's job stands
     # What the refused create took is given back: its slot and its idempotency key.
     assert active_count(backend.kv("slots"), user_scope("t1", "bob")) == 0

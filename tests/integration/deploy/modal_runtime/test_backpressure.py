@@ -47,7 +47,9 @@ def test_a_full_render_queue_answers_503_with_retry_after_and_holds_no_slot(
 def test_the_backlog_setting_refuses_before_the_queue_is_full(
     emu: ModalEmulator, tmp_path: Path
 ) -> None:
-    deployment = deployment_for(emu, tmp_path, max_render_backlog=10)
+    deployment = deployment_for(
+        emu, tmp_path, max_render_backlog=10, backpressure_check_interval_s=0
+    )
     _fill(deployment, Stage.RENDER, 11)
     with TestClient(create_app(deployment.deps)) as http:
         refused = http.post("/v1/jobs", json={"workflow": WORKFLOW}, headers=deployment.headers())
@@ -60,9 +62,16 @@ def test_the_backlog_setting_refuses_before_the_queue_is_full(
 def test_a_put_that_fails_after_admission_fails_the_job_and_frees_its_slots(
     emu: ModalEmulator, tmp_path: Path
 ) -> None:
-    # The check passes (high-water at the hard limit), then fetch's put times out.
-    deployment = deployment_for(emu, tmp_path, queue_high_water_items=MAX_PARTITION_ITEMS)
-    _fill(deployment, Stage.FETCH)
+    # The check passes (high-water and backlog at the hard limit), then the put times out
+    # (a job with no inputs is handed straight to render).
+    deployment = deployment_for(
+        emu,
+        tmp_path,
+        queue_high_water_items=MAX_PARTITION_ITEMS,
+        max_render_backlog=MAX_PARTITION_ITEMS,
+        backpressure_check_interval_s=0,
+    )
+    _fill(deployment, Stage.RENDER)
     with TestClient(create_app(deployment.deps)) as http:
         response = http.post("/v1/jobs", json={"workflow": WORKFLOW}, headers=deployment.headers())
     assert response.status_code == 503

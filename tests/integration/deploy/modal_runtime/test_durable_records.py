@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from app.core.config import Settings
 from app.engine.durable import refresh_durable
-from app.store.keys import TENANTS_DICT, key_id_key, tenant_name_key
+from app.store.keys import DURABLE_DICTS, TENANTS_DICT, key_id_key, tenant_name_key
 from tests.integration.deploy.modal_runtime.conftest import Deployment, make_deps
 from tests.modal_emulator import ModalEmulator
 
@@ -71,7 +71,7 @@ def test_the_refresh_reads_only_durable_records_and_counts_its_cost(
     # tenant:, name:, keyid:, key: of the one tenant.
     assert report["touched"] == 4
     calls = emu.ledger.by_op(step="refresh")
-    assert all(name.endswith("-" + TENANTS_DICT) for (_kind, name, _op) in calls)
+    assert all(name.endswith(tuple("-" + n for n in DURABLE_DICTS)) for (_kind, name, _op) in calls)
     assert report["rpcs"] + 1 == emu.ledger.count(step="refresh")  # +1: the handle's lookup
 
 
