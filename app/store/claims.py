@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from itertools import chain
 from dataclasses import dataclass
 
 from app.core.models import SlotRef
@@ -102,7 +103,11 @@ def claim_slot(kv: KV, scope: str, cap: int, holder: SlotHolder) -> SlotRef | No
     wrong hint only costs probes. A refusal checks every place for real.
     """
     generations, held = _read_hints(kv, scope)
-    order = sorted(range(cap), key=lambda index: index in held)  # likely-free places first
+    # Likely-free places first, then the held ones, each in index order. Lazily: the
+    # first free place is found after skipping at most len(held) places, so a huge cap
+    # (a tenant's "unlimited") costs nothing; materialising range(cap) cost 171 ms at 1e6.
+    free_first = (index for index in range(cap) if index not in held)
+    order = chain(free_first, sorted(index for index in held if index < cap))
     for index in order:
         generation = generations.get(index, 0)
         while True:
