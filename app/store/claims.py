@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from itertools import chain
 from dataclasses import dataclass
+from itertools import chain
 
 from app.core.models import SlotRef
 from app.store.backends.base import KV
