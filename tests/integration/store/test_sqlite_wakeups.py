@@ -6,6 +6,7 @@ put's notification would wait out the test's timeout instead of passing.
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -71,7 +72,7 @@ def test_without_named_pipes_the_queue_polls(
     def refuse(*_args: object, **_kwargs: object) -> None:
         raise OSError("no fifos here")
 
-    monkeypatch.setattr(sqlite.os, "mkfifo", refuse)
+    monkeypatch.setattr(os, "mkfifo", refuse)
     backend = sqlite.SqliteBackend(tmp_path / "state.db")
     got: list[str] = []
     waiting = consume(backend.queue("q"), got)
