@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from app.store.backends.base import KV
@@ -234,6 +235,24 @@ def load(kv: KV, max_age_s: float, now: float, version: str = "") -> NodeCatalog
     raw = kv.get(CATALOG_KEY)
     if raw is None:
         return None
+    parsed = _parse(raw)
+    if parsed is None:
+        return None
+    published_at, published_version, catalog = parsed
+    same_node_set = bool(version) and published_version == version
+    if now - published_at > max_age_s and not same_node_set:
+        return None
+    return catalog
+
+
+@lru_cache(maxsize=4)
+def _parse(raw: str) -> tuple[float, object, NodeCatalog] | None:
+    """(published_at, version, catalog) of a stored record; None if not this format.
+
+    Cached by the stored text: every admission reads the record, but it changes only
+    when a catalog is published, and parsing ~50 KB cost 2.8 ms, over half of intake's
+    CPU. A catalog is never changed after it is built, so one can be shared.
+    """
     try:
         record = json.loads(raw)
     except ValueError:
@@ -244,10 +263,7 @@ def load(kv: KV, max_age_s: float, now: float, version: str = "") -> NodeCatalog
     nodes = record.get("nodes")
     if not isinstance(published_at, int | float) or not isinstance(nodes, dict):
         return None
-    same_node_set = bool(version) and record.get("version") == version
-    if now - published_at > max_age_s and not same_node_set:
-        return None
-    return NodeCatalog.from_record(nodes)
+    return float(published_at), record.get("version"), NodeCatalog.from_record(nodes)
 
 
 class CatalogStore:
