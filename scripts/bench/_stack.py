@@ -120,8 +120,9 @@ class Stack:
         return {"Authorization": f"Bearer {self.api_key}", "X-User-ID": user}
 
     def processes(self) -> dict[str, int]:
-        """Process name -> pid: `ingress+supervisor` (the dev process) and each worker."""
-        found = {"ingress+supervisor": self.process.pid}
+        """Process name -> pid: `ingress+supervisor` (the dev process), each worker
+        process, and `engine` for the one process of `local_engine=threads`."""
+        names: dict[int, list[str]] = {self.process.pid: ["ingress+supervisor"]}
         for line in self.log_path.read_text(errors="replace").splitlines():
             try:
                 event = json.loads(line)
@@ -133,8 +134,18 @@ class Stack:
                     if "stage" in event
                     else str(event.get("worker"))
                 )
-                found[name] = int(event["pid"])
+                names.setdefault(int(event["pid"]), []).append(name)
+        found = {}
+        for pid, of_pid in names.items():
+            latest = list(dict.fromkeys(of_pid))  # a restarted worker logs again
+            found["engine" if len(latest) > 1 else latest[0]] = pid
         return {n: p for n, p in found.items() if Path(f"/proc/{p}").exists()}
+
+    def workers_started(self) -> int:
+        count = 0
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            count += '"worker_started"' in line
+        return count
 
 
 def _started_workers(log_path: Path) -> int:
@@ -238,7 +249,7 @@ def dev_stack(
         ready = Stack(url, url_of_comfy, api_key, settings, data_dir, process, log_path, child_env)
         # /health answers before the spawned workers have imported everything: wait for
         # every worker's `worker_started`, so no benchmark measures start-up.
-        while len(ready.processes()) - 1 < _started_workers(log_path):
+        while ready.workers_started() < _started_workers(log_path):
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("workers did not start:\n" + log_path.read_text()[-3000:])
             time.sleep(0.1)

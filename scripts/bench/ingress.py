@@ -118,14 +118,22 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--comfyui-url", default="")
     parser.add_argument("--tool", choices=("auto", "wrk", "python"), default="auto")
+    parser.add_argument(
+        "--ingress-workers", type=int, default=0, help="COMFYUI_SAAS_LOCAL_INGRESS_WORKERS"
+    )
     parser.add_argument("--json", action="store_true", help="end with one JSON line")
     args = parser.parse_args()
+    env = (
+        {"COMFYUI_SAAS_LOCAL_INGRESS_WORKERS": str(args.ingress_workers)}
+        if args.ingress_workers
+        else {}
+    )
     tool = args.tool
     if tool == "auto":
         tool = "wrk" if shutil.which("wrk") else "python"
     load = _wrk if tool == "wrk" else _python_load
     results: dict[str, dict[str, Any]] = {}
-    with _stack.dev_stack(args.comfyui_url or None) as stack:
+    with _stack.dev_stack(args.comfyui_url or None, env) as stack:
         headers = stack.headers()
         body = json.dumps({"workflow": _stack.workflow(7)})
         with httpx.Client(base_url=stack.url, headers=headers, trust_env=False) as http:

@@ -114,9 +114,10 @@ def profile(pid: int, seconds: float) -> list[tuple[str, int]] | str:
     return leaves.most_common(8)
 
 
-def measure(args: argparse.Namespace, config: str) -> dict[str, Any]:
+def measure(args: argparse.Namespace, config: str, engine: str) -> dict[str, Any]:
     load_before = _stack.load_average()
-    with _stack.dev_stack(args.comfyui_url or None, config_env(config), cap=args.cap) as stack:
+    env = config_env(config) | {"COMFYUI_SAAS_LOCAL_ENGINE": engine}
+    with _stack.dev_stack(args.comfyui_url or None, env, cap=args.cap) as stack:
         load = Load(stack, args.in_flight)
         driver = threading.Thread(target=load.run, daemon=True)
         driver.start()
@@ -141,6 +142,7 @@ def measure(args: argparse.Namespace, config: str) -> dict[str, Any]:
     per_job = max(1, completed)
     return {
         "config": config,
+        "engine": engine,
         "seconds": round(elapsed, 2),
         "completed": completed,
         "failed": failed,
@@ -163,16 +165,27 @@ def state_files(data_dir: Path) -> dict[str, int]:
     sizes: dict[str, int] = {}
     for path in sorted(data_dir.iterdir()):
         if path.is_file():
-            sizes[path.name] = path.stat().st_size
-        else:
-            sizes[path.name + "/"] = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+            sizes[path.name] = _size(path)
+        else:  # the workers keep changing these folders: skip what vanishes mid-walk
+            sizes[path.name + "/"] = sum(
+                _size(Path(root) / name) for root, _, names in os.walk(path) for name in names
+            )
     return sizes
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     results = []
+    # Interleaved: each configuration under each engine, in turn.
     for config in args.config or ["1/2/1/1/1"]:
-        results.append(measure(args, config))
+        for engine in args.engine or ["processes"]:
+            results.append(measure(args, config, engine))
     return results
 
 
@@ -181,6 +194,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--in-flight", type=int, default=64)
     p.add_argument("--config", action="append", help="intake/fetch/render/upload/notify workers")
+    p.add_argument(
+        "--engine", action="append", choices=("processes", "threads"), help="local_engine"
+    )
     p.add_argument("--comfyui-url", default="")
     p.add_argument("--profile-s", type=float, default=5.0)
     p.add_argument("--cap", type=int, default=1000, help="the tenant's per-user active-job cap")
@@ -194,10 +210,20 @@ def main() -> None:
     _stack.print_table(
         f"sustained, {args.in_flight} in flight, {args.seconds:g} s per configuration; "
         f"comfyui={'double' if not args.comfyui_url else args.comfyui_url}",
-        ["workers i/f/r/u/n", "jobs/s", "completed", "failed", "CPU ms/job", "saturating", "load"],
+        [
+            "workers i/f/r/u/n",
+            "engine",
+            "jobs/s",
+            "completed",
+            "failed",
+            "CPU ms/job",
+            "saturating",
+            "load",
+        ],
         [
             [
                 r["config"],
+                r["engine"],
                 r["jobs_per_s"],
                 r["completed"],
                 r["failed"],
@@ -210,7 +236,7 @@ def main() -> None:
     )
     for r in results:
         _stack.print_table(
-            f"CPU per completed job, {r['config']}",
+            f"CPU per completed job, {r['config']} ({r['engine']})",
             ["process", "CPU ms/job", "CPU share"],
             [[n, r["cpu_ms_per_job"][n], r["cpu_share"][n]] for n in sorted(r["cpu_ms_per_job"])]
             + [["(load generator)", r["load_generator_cpu_ms_per_job"], ""]],
