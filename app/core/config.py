@@ -146,6 +146,12 @@ class Settings(BaseSettings):
     local_upload_workers: int = Field(default=1, ge=1)
     local_notify_workers: int = Field(default=1, ge=1)
     local_intake_workers: int = Field(default=1, ge=1)
+    #: How `dev` runs the stage workers: one process each, or all as threads of one
+    #: engine process (same stage code and durable queues; less memory and start-up).
+    local_engine: Literal["processes", "threads"] = "processes"
+    #: Processes serving the HTTP port of `dev` (one listening socket, shared): the
+    #: main process's ingress thread and this many minus one ingress children.
+    local_ingress_workers: int = Field(default=2, ge=1)
     #: On SIGINT/SIGTERM of `dev`, how long workers may finish the message in hand before
     #: they are killed (the job they held is handed back to its stage on the next start).
     shutdown_grace_s: float = Field(default=20.0, ge=0)

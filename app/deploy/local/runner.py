@@ -28,6 +28,7 @@ import fcntl
 import multiprocessing as mp
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -39,7 +40,7 @@ from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event
 from pathlib import Path
 from types import FrameType
-from typing import IO, Self
+from typing import IO, TYPE_CHECKING, Self
 
 from app.core.config import Settings
 from app.core.errors import (
@@ -50,6 +51,9 @@ from app.core.logs import configure_logging, get_logger
 from app.core.models import Stage
 from app.deploy.local.comfy_child import ManagedComfy
 from app.engine.deps import Deps, build_deps
+
+if TYPE_CHECKING:
+    import uvicorn
 
 SWEEP_INTERVAL_S = 1.0
 FAIL_STALE_INTERVAL_S = 30.0
@@ -204,6 +208,11 @@ def run_worker(
     """A worker process: drain its stage's queue until asked to stop."""
     name = f"{spec.stage.value}-{spec.index}"
     stopping = _child_setup(settings, name, stop, parent_pid or os.getppid(), lock_path)
+    _drain_loop(settings, spec, stopping)
+
+
+def _drain_loop(settings: Settings, spec: WorkerSpec, stopping: _ChildStop) -> None:
+    """One worker: drain its stage's queue until asked to stop (a process or a thread)."""
     deps = build_deps(settings)
     log = get_logger(stage=spec.stage.value, worker=spec.index, pid=os.getpid())
     log.info("worker_started")
@@ -225,6 +234,42 @@ def run_worker(
             log.exception("worker_loop_error")  # keep serving; the job itself was failed
             stopping.wait(1.0)
     log.info("worker_stopped", reason=stopping.reason or "stop_requested")
+
+
+def run_engine(
+    settings: Settings,
+    stop: Event,
+    parent_pid: int | None = None,
+    lock_path: Path | None = None,
+) -> None:
+    """Every stage worker as a thread of one process (`local_engine = "threads"`).
+
+    The same drain loops and stage functions as the worker processes, over the same
+    durable SQLite queues (a put wakes the waiting thread through the queue's pipe); one
+    process instead of one per worker saves its memory and start-up, and the supervisor
+    restarts the whole engine if it dies. A thread that ends unexpectedly ends the
+    process, so the supervisor sees it.
+    """
+    stopping = _child_setup(settings, "engine", stop, parent_pid or os.getppid(), lock_path)
+    threads = [
+        threading.Thread(
+            target=_drain_loop,
+            args=(settings, spec, stopping),
+            name=f"{spec.stage.value}-{spec.index}",
+            daemon=True,
+        )
+        for spec in worker_specs(settings)
+    ]
+    for thread in threads:
+        thread.start()
+    while not stopping.requested():
+        if not all(thread.is_alive() for thread in threads):
+            get_logger(worker="engine", pid=os.getpid()).error("engine_thread_died")
+            os._exit(1)
+        stopping.event.wait(SUPERVISE_TICK_S)
+    deadline = time.monotonic() + settings.shutdown_grace_s
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def run_maintenance(
@@ -253,6 +298,67 @@ def run_maintenance(
                 last_cleanup = now
         except Exception:
             log.exception("maintenance_error")
+    log.info("worker_stopped", reason=stopping.reason or "stop_requested")
+
+
+def ingress_server(settings: Settings, deps: Deps) -> uvicorn.Server:
+    """The uvicorn server of one ingress process (httptools and uvloop when installed)."""
+    import uvicorn
+
+    from app.api.ingress import create_app
+
+    config = uvicorn.Config(
+        create_app(deps),
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=max(1, round(settings.shutdown_grace_s)),
+    )
+    return uvicorn.Server(config)
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """The one listening socket every ingress process of `dev` accepts on.
+
+    Bound once, in the main process, without SO_REUSEPORT, so a port already in use is
+    an error rather than silently shared; the ingress children receive it.
+    """
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise RunnerError(f"could not serve on {host}:{port}: {exc.strerror or exc}") from exc
+    sock.set_inheritable(False)
+    return sock
+
+
+def run_ingress(
+    settings: Settings,
+    sock: socket.socket,
+    stop: Event,
+    parent_pid: int | None = None,
+    lock_path: Path | None = None,
+    index: int = 1,
+) -> None:
+    """An ingress child: serve the shared socket until asked to stop."""
+    stopping = _child_setup(
+        settings, f"ingress-{index}", stop, parent_pid or os.getppid(), lock_path
+    )
+    server = ingress_server(settings, build_deps(settings))
+    serving = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name="ingress", daemon=True
+    )
+    serving.start()
+    log = get_logger(stage="ingress", worker=index, pid=os.getpid())
+    log.info("worker_started")
+    while not stopping.requested() and serving.is_alive():
+        stopping.event.wait(SUPERVISE_TICK_S)
+    server.should_exit = True
+    serving.join(settings.shutdown_grace_s + 1)
     log.info("worker_stopped", reason=stopping.reason or "stop_requested")
 
 
@@ -329,9 +435,17 @@ class Pipeline:
     main thread for `dev`; see `_ChildStop`), and `shutdown()` at the end.
     """
 
-    def __init__(self, settings: Settings, *, lock_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        lock_path: Path | None = None,
+        ingress_socket: socket.socket | None = None,
+    ) -> None:
         self.settings = settings
         self.lock_path = lock_path
+        #: Given by `dev`: the ingress children serve it beside the main process's thread.
+        self.ingress_socket = ingress_socket
         self.ctx = mp.get_context("spawn")  # no inherited sockets, locks or threads
         self.stop = self.ctx.Event()
         self.force = threading.Event()  # a second stop signal: do not wait out the grace
@@ -348,19 +462,42 @@ class Pipeline:
     def start(self) -> None:
         if self.comfy is not None:
             self.comfy.start()
-        for spec in worker_specs(self.settings):
+        if self.settings.local_engine == "threads":
             self._add(
-                f"{spec.stage.value}-{spec.index}",
-                spec.stage.value,
-                run_worker,
-                (self.settings, spec, self.stop, os.getpid(), self.lock_path),
+                "engine",
+                "engine",
+                run_engine,
+                (self.settings, self.stop, os.getpid(), self.lock_path),
             )
+        else:
+            for spec in worker_specs(self.settings):
+                self._add(
+                    f"{spec.stage.value}-{spec.index}",
+                    spec.stage.value,
+                    run_worker,
+                    (self.settings, spec, self.stop, os.getpid(), self.lock_path),
+                )
         self._add(
             "maintenance",
             "maintenance",
             run_maintenance,
             (self.settings, self.stop, os.getpid(), self.lock_path),
         )
+        if self.ingress_socket is not None:
+            for index in range(1, self.settings.local_ingress_workers):
+                self._add(
+                    f"ingress-{index}",
+                    "ingress",
+                    run_ingress,
+                    (
+                        self.settings,
+                        self.ingress_socket,
+                        self.stop,
+                        os.getpid(),
+                        self.lock_path,
+                        index,
+                    ),
+                )
 
     def _spawn(
         self, target: Callable[..., None], args: tuple[object, ...], name: str
@@ -531,30 +668,24 @@ def listening_settings(settings: Settings, host: str, port: int) -> Settings:
 
 def run_dev(settings: Settings, *, host: str | None = None, port: int | None = None) -> None:
     """Run the whole local pipeline until SIGINT (Ctrl-C), SIGTERM or SIGHUP."""
-    import uvicorn
-
-    from app.api.ingress import create_app
-
     settings = listening_settings(settings, host or settings.host, port or settings.port)
     configure_logging(settings.log_level, settings.log_json)
     with single_runner(settings.data_dir) as lock_path:
         deps = build_deps(settings)
         prepare(settings, deps)
         log = get_logger()
-        config = uvicorn.Config(
-            create_app(deps),
-            host=settings.host,
-            port=settings.port,
-            log_level="warning",
-            access_log=False,
-            timeout_graceful_shutdown=max(1, round(settings.shutdown_grace_s)),
-        )
+        sock = listening_socket(settings.host, settings.port)
         # In a thread, uvicorn installs no signal handlers of its own (its handlers
         # re-raise SIGTERM after serving, which killed this process before its children
         # were stopped): the main thread owns the signals and supervises the children.
-        server = uvicorn.Server(config)
-        ingress = threading.Thread(target=server.run, name="ingress", daemon=True)
-        pipeline = Pipeline(settings, lock_path=lock_path)
+        server = ingress_server(settings, deps)
+        ingress = threading.Thread(
+            target=server.run,
+            kwargs={"sockets": [sock]},
+            name="ingress",
+            daemon=True,
+        )
+        pipeline = Pipeline(settings, lock_path=lock_path, ingress_socket=sock)
         ingress_failed = False
         with StopSignals(pipeline) as signals:
             pipeline.start()
@@ -575,6 +706,7 @@ def run_dev(settings: Settings, *, host: str | None = None, port: int | None = N
                 log.info("pipeline_stopping", signal=signals.received)
                 server.should_exit = True
                 pipeline.shutdown()
+                sock.close()
                 ingress.join(settings.shutdown_grace_s + 5)
                 log.info("pipeline_stopped")
         if ingress_failed:

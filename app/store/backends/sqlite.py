@@ -6,14 +6,25 @@ put-if-absent and `DELETE ... RETURNING` an atomic destructive get. Each process
 thread gets its own connection (connections must not cross a fork). WAL with
 `synchronous=NORMAL` survives a crash of any process; only an OS crash or power loss can
 drop the last few commits.
+
+A put wakes a waiting consumer at once, in any process: beside the database each queue
+has a named pipe (`<db>.wake/<hash of the queue name>`), a put writes a byte to it after
+its commit, and a waiting `get` sleeps in `select` on it. The pipe carries no data that
+matters (the queue rows are the truth), so a lost or extra byte only costs a poll: a
+consumer still re-reads the table at least every `_WAKE_FALLBACK_S`, and where named
+pipes are not available it polls as before.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import os
+import select
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -40,6 +51,95 @@ CREATE INDEX IF NOT EXISTS queue_by_name ON queue (name, id);
 _POLL_MIN_S = 0.005
 _POLL_MAX_S = 0.1
 _BUSY_TIMEOUT_MS = 30_000
+#: With a wake-up pipe a consumer still re-reads its queue this often (a missed byte).
+_WAKE_FALLBACK_S = 0.5
+#: Most bytes one wake-up reads (each put writes one per item).
+_WAKE_READ_BYTES = 4096
+
+
+def _close_all(fds: dict[str, tuple[int, int] | None]) -> None:
+    for pair in fds.values():
+        for fd in pair or ():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+class _Wakeups:
+    """Per-queue named pipes: `notify` after a commit, `wait` instead of a sleep.
+
+    Each process opens a queue's pipe once, for reading and (so the reader never sees
+    end-of-file when the last writer goes) for writing; the descriptors are not inherited
+    and are opened again after a fork. Every waiter on a pipe wakes on any byte; one
+    drains it, and all of them re-read the table.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._fds: dict[str, tuple[int, int] | None] = {}
+        # Backends are built freely (tests, CLI calls): their pipes close with them.
+        weakref.finalize(self, _close_all, self._fds)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pid == os.getpid():
+                _close_all(self._fds)
+            self._fds.clear()
+
+    def _path(self, queue: str) -> Path:
+        return self.folder / hashlib.sha256(queue.encode()).hexdigest()[:24]
+
+    def _open(self, queue: str) -> tuple[int, int] | None:
+        """(read fd, write fd) of this queue's pipe in this process, or None (poll)."""
+        with self._lock:
+            if self._pid != os.getpid():
+                self._fds.clear()  # a forked child: the parent's pipes are not ours
+                self._pid = os.getpid()
+            if queue in self._fds:
+                return self._fds[queue]
+            fds: tuple[int, int] | None = None
+            try:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                path = self._path(queue)
+                try:
+                    os.mkfifo(path, 0o600)
+                except FileExistsError:
+                    pass
+                reader = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+                fds = (reader, os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+            except (OSError, AttributeError):  # no FIFOs here (or no os.mkfifo): poll
+                fds = None
+            self._fds[queue] = fds
+            return fds
+
+    def notify(self, queue: str, count: int) -> None:
+        """Wake consumers of `queue`: one byte per item put (best effort)."""
+        fds = self._open(queue)
+        if fds is None:
+            return
+        try:
+            os.write(fds[1], b"\0" * max(1, min(count, _WAKE_READ_BYTES)))
+        except OSError as exc:  # a full pipe already holds enough wake-ups
+            if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
+                raise BackendError(f"sqlite wake-up: {exc}") from exc
+
+    def wait(self, queue: str, timeout_s: float) -> int | None:
+        """Sleep until a put on `queue` or `timeout_s`; the wake-up bytes taken, or None
+        when this queue has no pipe (the caller then sleeps instead)."""
+        fds = self._open(queue)
+        if fds is None:
+            return None
+        poller = select.poll()  # not select(): that fails on descriptors past 1023
+        poller.register(fds[0], select.POLLIN)
+        if not poller.poll(max(0, round(timeout_s * 1000))):
+            return 0
+        try:
+            return len(os.read(fds[0], _WAKE_READ_BYTES))
+        except BlockingIOError:  # another waiter took the bytes; re-read the table anyway
+            return 0
 
 
 class SqliteBackend:
@@ -49,6 +149,7 @@ class SqliteBackend:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
+        self.wakeups = _Wakeups(self.path.with_name(self.path.name + ".wake"))
         conn = self._connect()
         try:
             conn.executescript(_SCHEMA)
@@ -90,6 +191,7 @@ class SqliteBackend:
         return SqliteKV(self, name)
 
     def close(self) -> None:
+        self.wakeups.close()
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is not None and getattr(self._local, "pid", None) == os.getpid():
             conn.close()
@@ -120,6 +222,7 @@ class SqliteQueue:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise BackendError(f"sqlite: {exc}") from exc
+        self._db.wakeups.notify(self.name, len(items))
 
     def get(self, timeout_s: float | None = 0.0) -> str | None:
         got = self.get_many(1, timeout_s)
@@ -128,13 +231,23 @@ class SqliteQueue:
     def get_many(self, max_items: int, timeout_s: float | None = 0.0) -> list[str]:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         pause = _POLL_MIN_S
+        woken = 0
         while True:
             got = self._take(max_items)
             if got:
+                if woken > len(got) and len(got) == max_items:
+                    # The queue may hold more than we took: pass the spare wake-ups on,
+                    # so a consumer that waits now is not left asleep beside them.
+                    self._db.wakeups.notify(self.name, woken - len(got))
                 return got
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return []
+            fallback = _WAKE_FALLBACK_S if remaining is None else min(_WAKE_FALLBACK_S, remaining)
+            taken = self._db.wakeups.wait(self.name, fallback)
+            if taken is not None:
+                woken = taken
+                continue
             time.sleep(pause if remaining is None else min(pause, remaining))
             pause = min(pause * 2, _POLL_MAX_S)
 

@@ -7,6 +7,7 @@ after Ctrl-C and completes once ComfyUI is back and the pipeline restarted.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -43,7 +44,9 @@ def free_port() -> int:
 class Dev:
     """One `comfyui-saas dev` process."""
 
-    def __init__(self, data_dir: Path, comfy_url: str, log: Path) -> None:
+    def __init__(
+        self, data_dir: Path, comfy_url: str, log: Path, extra_env: dict[str, str] | None = None
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("COMFYUI_SAAS_")}
@@ -54,6 +57,7 @@ class Dev:
                 "PYTHONUNBUFFERED": "1",
             }
         )
+        env.update(extra_env or {})
         self.log_path = log
         self.log = log.open("ab")
         self.process = subprocess.Popen(
@@ -179,3 +183,38 @@ def test_dev_says_clearly_when_comfyui_is_not_reachable(
 
 def _wait(condition: Callable[[], object], timeout_s: float = 60.0) -> None:
     wait_until(condition, timeout_s=timeout_s, interval_s=0.1)
+
+
+@pytest.mark.timeout(240)
+def test_the_threads_engine_runs_every_stage_in_one_process(tmp_path: Path) -> None:
+    # Given dev with local_engine = threads
+    settings = Settings(data_dir=tmp_path / "data")
+    deps = build_deps(settings)
+    key = deps.tenants.create("acme").api_key
+    comfy = ComfyDouble(tmp_path / "comfy")
+    comfy.start()
+    engine = {"COMFYUI_SAAS_LOCAL_ENGINE": "threads"}
+    dev = Dev(tmp_path / "data", comfy.url, tmp_path / "dev.log", extra_env=engine)
+    try:
+        # When a job is submitted over HTTP
+        headers = {"Authorization": f"Bearer {key}", "X-User-ID": "ann"}
+        job = httpx.post(f"{dev.url}/v1/jobs", json={"workflow": WORKFLOW}, headers=headers)
+        assert job.status_code == 202, job.text
+        # Then it passes every stage and completes
+        _wait(lambda: deps.jobs.get(job.json()["id"]).status is JobStatus.COMPLETED)
+        # And every stage worker ran in one process, which stops cleanly on Ctrl-C
+        assert dev.ctrl_c() in (0, 130)
+    finally:
+        dev.kill()
+        comfy.stop()
+    log = (tmp_path / "dev.log").read_text()
+    started = [line for line in log.splitlines() if "worker_started" in line and "stage=" in line]
+    stages = {re.search(r"stage=(\w+)", line).group(1) for line in started}  # type: ignore[union-attr]
+    assert {"intake", "fetch", "render", "upload", "notify"} <= stages
+    pids = {
+        re.search(r"pid=(\d+)", line).group(1)  # type: ignore[union-attr]
+        for line in started
+        if "stage=ingress" not in line
+    }
+    assert len(pids) == 1
+    assert "Traceback" not in log

@@ -34,8 +34,9 @@ WORKFLOW: dict[str, dict[str, Any]] = {
     "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
     "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "sup"}},
 }
-#: 1 intake + 2 fetch + 1 render + 1 upload + 1 notify workers, and maintenance.
-CHILDREN = 7
+#: 1 intake + 2 fetch + 1 render + 1 upload + 1 notify workers, maintenance, and the
+#: second ingress process (local_ingress_workers = 2).
+CHILDREN = 8
 #: Slack for a loaded CI machine on top of the bounds under test.
 SLACK_S = 10.0
 

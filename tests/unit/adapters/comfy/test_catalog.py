@@ -78,3 +78,19 @@ def test_node_set_version_follows_the_pins() -> None:
     moved = replace(MANIFEST, comfyui=replace(MANIFEST.comfyui, commit="0" * 40))
     assert node_set_version(MANIFEST) == node_set_version(MANIFEST)
     assert node_set_version(moved) != node_set_version(MANIFEST)
+
+
+def test_a_published_catalog_is_parsed_once_until_the_next_publication() -> None:
+    # Given a published catalog read by two admissions
+    kv = MemoryKV()
+    publish(kv, OBJECT_INFO, now=1000.0)
+    first = load(kv, max_age_s=60, now=1001.0)
+    second = load(kv, max_age_s=60, now=1002.0)
+    # Then the second got the already parsed catalog, and its age was still checked
+    assert first is not None and second is first
+    assert load(kv, max_age_s=60, now=1061.0) is None
+    # When a new catalog is published (another node set), it is parsed afresh
+    smaller = {name: OBJECT_INFO[name] for name in list(OBJECT_INFO)[:3]}
+    publish(kv, smaller, now=1003.0)
+    third = load(kv, max_age_s=60, now=1004.0)
+    assert third is not None and third is not first and len(third) == 3

@@ -1,0 +1,188 @@
+"""The ingress under load: GET /health, GET /v1/jobs/{id}, GET /v1/jobs, POST /v1/jobs.
+
+    python scripts/bench/ingress.py [--seconds 10] [--connections 64] [--comfyui-url URL] [--json]
+
+Each endpoint is hit at `--connections` concurrent connections for `--seconds` by `wrk`
+(Debian: `apt-get install -y wrk`), or, without it, by a Python asyncio + httpx load
+generator (which itself costs CPU on the same cores: prefer wrk). Reports req/s,
+p50/p95/p99 latency and errors (non-2xx answers and socket errors). Goals on 2 cores:
+GET /v1/jobs/{id} >= 2,000 req/s at 64 connections, POST >= 500 req/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import _stack
+import httpx
+
+#: wrk's `done` hook: one JSON line with the numbers wrk itself keeps (microseconds).
+_WRK_REPORT = """
+done = function(summary, latency, requests)
+  local errors = summary.errors.connect + summary.errors.read + summary.errors.write
+    + summary.errors.status + summary.errors.timeout
+  io.write(string.format(
+    'WRKJSON {"requests":%d,"duration_us":%d,"errors":%d,"p50":%d,"p95":%d,"p99":%d}\\n',
+    summary.requests, summary.duration, errors,
+    latency:percentile(50), latency:percentile(95), latency:percentile(99)))
+end
+"""
+
+
+def _wrk(
+    url: str,
+    method: str,
+    headers: dict[str, str],
+    body: str | None,
+    seconds: float,
+    connections: int,
+) -> dict[str, Any]:
+    script = _WRK_REPORT
+    if body is not None:
+        script = f"wrk.method = {json.dumps(method)}\nwrk.body = {json.dumps(body)}\n" + script
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as file:
+        file.write(script)
+    command = ["wrk", "-t", "2", "-c", str(connections), "-d", f"{max(1, round(seconds))}s"]
+    command += ["--timeout", "10s", "-s", file.name]
+    for name, value in headers.items():
+        command += ["-H", f"{name}: {value}"]
+    done = subprocess.run([*command, url], capture_output=True, text=True, check=False)
+    Path(file.name).unlink()
+    line = next((x for x in done.stdout.splitlines() if x.startswith("WRKJSON ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk failed: {done.stdout[-500:]} {done.stderr[-500:]}")
+    raw = json.loads(line.removeprefix("WRKJSON "))
+    return {
+        "req_per_s": round(raw["requests"] / (raw["duration_us"] / 1e6), 1),
+        "requests": raw["requests"],
+        "errors": raw["errors"],
+        "p50_ms": round(raw["p50"] / 1000, 2),
+        "p95_ms": round(raw["p95"] / 1000, 2),
+        "p99_ms": round(raw["p99"] / 1000, 2),
+    }
+
+
+def _python_load(
+    url: str,
+    method: str,
+    headers: dict[str, str],
+    body: str | None,
+    seconds: float,
+    connections: int,
+) -> dict[str, Any]:
+    async def go() -> dict[str, Any]:
+        latencies: list[float] = []
+        errors = 0
+        limits = httpx.Limits(max_connections=connections)
+        async with httpx.AsyncClient(limits=limits, timeout=10, trust_env=False) as client:
+            end = time.perf_counter() + seconds
+
+            async def worker() -> None:
+                nonlocal errors
+                while time.perf_counter() < end:
+                    started = time.perf_counter()
+                    try:
+                        response = await client.request(method, url, headers=headers, content=body)
+                        errors += response.status_code >= 400
+                    except httpx.HTTPError:
+                        errors += 1
+                    latencies.append(time.perf_counter() - started)
+
+            started = time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(connections)))
+            elapsed = time.perf_counter() - started
+        stats = _stack.summary_ms(latencies)
+        return {
+            "req_per_s": round(len(latencies) / elapsed, 1),
+            "requests": len(latencies),
+            "errors": errors,
+            "p50_ms": stats["p50"],
+            "p95_ms": stats["p95"],
+            "p99_ms": stats["p99"],
+        }
+
+    return asyncio.run(go())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=10.0, help="per endpoint")
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--comfyui-url", default="")
+    parser.add_argument("--tool", choices=("auto", "wrk", "python"), default="auto")
+    parser.add_argument(
+        "--ingress-workers", type=int, default=0, help="COMFYUI_SAAS_LOCAL_INGRESS_WORKERS"
+    )
+    parser.add_argument("--json", action="store_true", help="end with one JSON line")
+    args = parser.parse_args()
+    env = (
+        {"COMFYUI_SAAS_LOCAL_INGRESS_WORKERS": str(args.ingress_workers)}
+        if args.ingress_workers
+        else {}
+    )
+    tool = args.tool
+    if tool == "auto":
+        tool = "wrk" if shutil.which("wrk") else "python"
+    load = _wrk if tool == "wrk" else _python_load
+    results: dict[str, dict[str, Any]] = {}
+    with _stack.dev_stack(args.comfyui_url or None, env) as stack:
+        headers = stack.headers()
+        body = json.dumps({"workflow": _stack.workflow(7)})
+        with httpx.Client(base_url=stack.url, headers=headers, trust_env=False) as http:
+            ids = [
+                http.post(
+                    "/v1/jobs", content=body, headers={"Content-Type": "application/json"}
+                ).json()["id"]
+                for _ in range(25)
+            ]
+            _stack.wait_terminal(http, ids[-1], 0.05, 60)
+        json_headers = headers | {"Content-Type": "application/json"}
+        endpoints = [
+            ("GET /health", "GET", "/health", {}, None),
+            ("GET /v1/jobs/{id}", "GET", f"/v1/jobs/{ids[0]}", headers, None),
+            ("GET /v1/jobs", "GET", "/v1/jobs?limit=20", headers, None),
+            ("POST /v1/jobs", "POST", "/v1/jobs", json_headers, body),
+        ]
+        for name, method, path, hdrs, payload in endpoints:
+            results[name] = load(
+                stack.url + path, method, hdrs, payload, args.seconds, args.connections
+            )
+            results[name]["load"] = _stack.load_average()
+    _stack.print_table(
+        f"ingress at {args.connections} connections, {args.seconds:g} s each, tool={tool}",
+        ["endpoint", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors", "requests", "load"],
+        [
+            [
+                n,
+                r["req_per_s"],
+                r["p50_ms"],
+                r["p95_ms"],
+                r["p99_ms"],
+                r["errors"],
+                r["requests"],
+                r["load"],
+            ]
+            for n, r in results.items()
+        ],
+    )
+    if args.json:
+        _stack.print_json(
+            {
+                "bench": "ingress",
+                "tool": tool,
+                "connections": args.connections,
+                "endpoints": results,
+            }
+        )
+
+
+if __name__ == "__main__":
+    main()
