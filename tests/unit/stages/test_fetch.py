@@ -141,3 +141,22 @@ def test_a_message_for_a_cancelled_job_downloads_nothing(world: World) -> None:
     cancel_job(world.deps, "j1")
     assert world.step(Stage.FETCH) == 1
     assert world.http.downloads == []
+
+
+def test_each_retry_waits_twice_as_long_as_the_last(world: World) -> None:
+    # The back-off is 2 s, then 4 s (base * 2**attempt): a flaky origin gets room, and a
+    # retry never lands at once on the server that just failed.
+    from app.store.keys import parse_parked_key
+
+    admit(world)
+    world.http.sites[PHOTO_URL] = FetchUnavailable("HTTP 503")
+    waits = []
+    for _ in range(2):
+        started = world.clock.now
+        world.step(Stage.FETCH)
+        (key,) = parked(world)
+        due = parse_parked_key(key).not_before
+        waits.append(due - started)
+        world.clock.now = due
+        assert release_due(world.deps) == 1
+    assert waits == [2.0, 4.0]

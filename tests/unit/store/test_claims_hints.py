@@ -1,0 +1,39 @@
+"""Slot hints only speed up the search: a missing or stale hint costs probes, never a
+wrong answer. These kill the mutants that survived in `claim_slot`'s probe loop."""
+
+from __future__ import annotations
+
+from app.store.backends.memory import MemoryKV
+from app.store.claims import SlotHolder, active_count, claim_slot, release_slot
+from app.store.keys import slot_hints_key
+
+
+def forget_hints(kv: MemoryKV, scope: str) -> None:
+    """What a lost or stale hint record looks like to the next claimer: no hint at all."""
+    kv.pop(slot_hints_key(scope))
+
+
+def test_without_hints_a_held_place_is_skipped_for_a_free_one() -> None:
+    kv = MemoryKV()
+    first = claim_slot(kv, "s", 2, SlotHolder("a", 0))
+    assert first is not None and first.index == 0
+    forget_hints(kv, "s")
+    second = claim_slot(kv, "s", 2, SlotHolder("b", 0))
+    # Place 0 is probed first (no hint says it is held), found held, and place 1 is taken
+    assert second is not None and second.index == 1
+    assert active_count(kv, "s") == 2
+    assert claim_slot(kv, "s", 2, SlotHolder("c", 0)) is None
+
+
+def test_without_hints_released_generations_are_walked_to_the_next_free_one() -> None:
+    kv = MemoryKV()
+    for round_ in range(3):  # place 0 held and released three times: generations 0, 1, 2
+        ref = claim_slot(kv, "s", 1, SlotHolder(f"j{round_}", 0))
+        assert ref is not None and ref.generation == round_
+        assert release_slot(kv, ref)
+    forget_hints(kv, "s")
+    ref = claim_slot(kv, "s", 1, SlotHolder("next", 0))
+    # The claimer probes generation 0, 1, 2 (each released) and wins 3, the next one
+    assert ref is not None and (ref.index, ref.generation) == (0, 3)
+    assert active_count(kv, "s") == 1
+    assert claim_slot(kv, "s", 1, SlotHolder("over", 0)) is None
