@@ -22,6 +22,7 @@ import typer
 from app.cli.common import api, fail, friendly_errors, local_deps, settings, table, when
 from app.cli.tenants import tenant_app
 from app.cli.workflows import run_inputs, workflow_app
+from app.clients.http_client import ApiClient
 from app.core.logs import configure_logging
 from app.core.models import JobStatus
 from app.core.schemas import JobView
@@ -56,6 +57,20 @@ ApiKey = Annotated[
 User = Annotated[str, typer.Option("--user", "-u", help="X-User-ID: the end user.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print the job view as JSON.")]
 DEFAULT_USER = "cli"
+Webhook = Annotated[str | None, typer.Option(help="Webhook URL told when it ends.")]
+Wait = Annotated[bool, typer.Option("--wait", help="Follow progress until it ends.")]
+Out = Annotated[
+    Path | None, typer.Option(help="Download the outputs here (implies --wait).", file_okay=False)
+]
+TimeoutS = Annotated[
+    float, typer.Option("--timeout", min=1, help="Give up waiting after this many seconds.")
+]
+PollS = Annotated[
+    float, typer.Option("--poll", min=0.05, help="Seconds between status reads while waiting.")
+]
+IdempotencyKey = Annotated[
+    str | None, typer.Option(help="Send an Idempotency-Key (a retry with it returns the same job).")
+]
 
 
 @cli.command()
@@ -100,22 +115,12 @@ def submit(
         list[str] | None,
         typer.Option("--input", "-i", help="NAME=URL: a media input the workflow loads as NAME."),
     ] = None,
-    webhook: Annotated[str | None, typer.Option(help="Webhook URL told when it ends.")] = None,
-    wait: Annotated[bool, typer.Option("--wait", help="Follow progress until it ends.")] = False,
-    out: Annotated[
-        Path | None,
-        typer.Option(help="Download the outputs here (implies --wait).", file_okay=False),
-    ] = None,
-    timeout_s: Annotated[
-        float, typer.Option("--timeout", min=1, help="Give up waiting after this many seconds.")
-    ] = 3600,
-    poll_s: Annotated[
-        float, typer.Option("--poll", min=0.05, help="Seconds between status reads while waiting.")
-    ] = 1.0,
-    idempotency_key: Annotated[
-        str | None,
-        typer.Option(help="Send an Idempotency-Key (a retry with it returns the same job)."),
-    ] = None,
+    webhook: Webhook = None,
+    wait: Wait = False,
+    out: Out = None,
+    timeout_s: TimeoutS = 3600,
+    poll_s: PollS = 1.0,
+    idempotency_key: IdempotencyKey = None,
     user: User = DEFAULT_USER,
     api_url: ApiUrl = None,
     api_key: ApiKey = None,
@@ -131,16 +136,7 @@ def submit(
         with api(api_url, api_key, user) as client:
             view = client.submit(body, idempotency_key=idempotency_key)
             typer.echo(f"submitted {view.id} ({view.status.value})", err=True)
-            if wait or out is not None:
-                view = client.wait(
-                    view.id, timeout_s=timeout_s, poll_s=poll_s, on_update=ProgressPrinter()
-                )
-            _print_view(view, as_json)
-            if view.status is JobStatus.COMPLETED and out is not None:
-                for path in client.download_outputs(view, out):
-                    typer.echo(f"saved {path}", err=True)
-            if view.status in (JobStatus.FAILED, JobStatus.CANCELLED):
-                raise typer.Exit(1)
+            _follow(client, view, wait, out, timeout_s, poll_s, as_json)
     if not as_json and not wait and out is None:
         typer.echo(f"follow it with: comfyui-saas status {view.id} --user {user}", err=True)
 
@@ -156,22 +152,12 @@ def run(
         list[str] | None,
         typer.Option("--input", "-i", help="NAME=URL: a media input (image, video, ...)."),
     ] = None,
-    webhook: Annotated[str | None, typer.Option(help="Webhook URL told when it ends.")] = None,
-    wait: Annotated[bool, typer.Option("--wait", help="Follow progress until it ends.")] = False,
-    out: Annotated[
-        Path | None,
-        typer.Option(help="Download the outputs here (implies --wait).", file_okay=False),
-    ] = None,
-    timeout_s: Annotated[
-        float, typer.Option("--timeout", min=1, help="Give up waiting after this many seconds.")
-    ] = 3600,
-    poll_s: Annotated[
-        float, typer.Option("--poll", min=0.05, help="Seconds between status reads while waiting.")
-    ] = 1.0,
-    idempotency_key: Annotated[
-        str | None,
-        typer.Option(help="Send an Idempotency-Key (a retry with it returns the same job)."),
-    ] = None,
+    webhook: Webhook = None,
+    wait: Wait = False,
+    out: Out = None,
+    timeout_s: TimeoutS = 3600,
+    poll_s: PollS = 1.0,
+    idempotency_key: IdempotencyKey = None,
     user: User = DEFAULT_USER,
     api_url: ApiUrl = None,
     api_key: ApiKey = None,
@@ -188,16 +174,27 @@ def run(
             body["webhook_url"] = webhook
         view = client.submit(body, idempotency_key=idempotency_key)
         typer.echo(f"submitted {view.id} ({view.status.value}) from {schema['title']}", err=True)
-        if wait or out is not None:
-            view = client.wait(
-                view.id, timeout_s=timeout_s, poll_s=poll_s, on_update=ProgressPrinter()
-            )
-        _print_view(view, as_json)
-        if view.status is JobStatus.COMPLETED and out is not None:
-            for path in client.download_outputs(view, out):
-                typer.echo(f"saved {path}", err=True)
-        if view.status in (JobStatus.FAILED, JobStatus.CANCELLED):
-            raise typer.Exit(1)
+        _follow(client, view, wait, out, timeout_s, poll_s, as_json)
+
+
+def _follow(
+    client: ApiClient,
+    view: JobView,
+    wait: bool,
+    out: Path | None,
+    timeout_s: float,
+    poll_s: float,
+    as_json: bool,
+) -> None:
+    """After a submit: wait with progress if asked, print, download; exit 1 if it failed."""
+    if wait or out is not None:
+        view = client.wait(view.id, timeout_s=timeout_s, poll_s=poll_s, on_update=ProgressPrinter())
+    _print_view(view, as_json)
+    if view.status is JobStatus.COMPLETED and out is not None:
+        for path in client.download_outputs(view, out):
+            typer.echo(f"saved {path}", err=True)
+    if view.status in (JobStatus.FAILED, JobStatus.CANCELLED):
+        raise typer.Exit(1)
 
 
 @cli.command()

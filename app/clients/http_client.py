@@ -23,8 +23,8 @@ from app.core.errors import (
     HttpApiError,
     WaitTimedOut,
 )
-from app.core.models import TERMINAL_STATUSES, JobStatus
-from app.core.polling import poll_until
+from app.core.models import JobStatus
+from app.core.polling import poll_until_ended
 from app.core.schemas import JobView
 from app.engine.views import JobList
 
@@ -163,9 +163,8 @@ class ApiClient:
         def timed_out(last: JobView | None) -> NoReturn:
             raise WaitTimedOut(f"job {job_id} did not end within {timeout_s:g} s")
 
-        return poll_until(
+        return poll_until_ended(
             fetch,
-            lambda view: view.status in TERMINAL_STATUSES,
             timeout_s=timeout_s,
             poll_s=poll_s,
             on_timeout=timed_out,

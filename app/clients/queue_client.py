@@ -33,8 +33,8 @@ from app.core.errors import (
     WaitTimeout,
 )
 from app.core.ids import new_job_id
-from app.core.models import TERMINAL_STATUSES, Stage
-from app.core.polling import poll_until
+from app.core.models import Stage
+from app.core.polling import poll_until_ended
 from app.core.schemas import USER_ID, IntakeMessage, JobRequest, JobView
 from app.engine.backpressure import CLIENT_ADMISSION_QUEUES, check_backlog
 from app.engine.deps import Deps, Waker, build_deps
@@ -143,9 +143,8 @@ class Client:
         def timed_out(last: JobView | None) -> NoReturn:
             raise WaitTimeout(job_id, timeout_s, last)
 
-        return poll_until(
+        return poll_until_ended(
             fetch,
-            lambda view: view.status in TERMINAL_STATUSES,
             timeout_s=timeout_s,
             poll_s=poll_s,
             on_timeout=timed_out,

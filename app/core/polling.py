@@ -9,6 +9,9 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from app.core.models import TERMINAL_STATUSES
+from app.core.schemas import JobView
+
 T = TypeVar("T")
 
 
@@ -40,3 +43,24 @@ def poll_until(
         if remaining <= 0:
             return on_timeout(last)
         sleep(min(poll_s, remaining))
+
+
+def poll_until_ended(
+    fetch: Callable[[], JobView | None],
+    *,
+    timeout_s: float,
+    poll_s: float,
+    on_timeout: Callable[[JobView | None], JobView],
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> JobView:
+    """`poll_until` a job view reaches a terminal status (both clients' `wait`)."""
+    return poll_until(
+        fetch,
+        lambda view: view.status in TERMINAL_STATUSES,
+        timeout_s=timeout_s,
+        poll_s=poll_s,
+        on_timeout=on_timeout,
+        clock=clock,
+        sleep=sleep,
+    )
