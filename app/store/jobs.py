@@ -276,7 +276,10 @@ class JobStore:
         terminal = self.terminal(job_id)
         if terminal is None:
             return job
-        outputs = terminal.outputs or job.outputs
+        # Only a completed job has outputs: a job cancelled mid-upload may have saved some
+        # to its record after the decision, and those must not be shown (or signed).
+        completed = terminal.status is JobStatus.COMPLETED
+        outputs = (terminal.outputs or job.outputs) if completed else []
         return job.model_copy(
             update={
                 "status": terminal.status,
