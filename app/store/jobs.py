@@ -53,8 +53,8 @@ from app.store.claims import (
     SlotHolder,
     claim_next,
     claim_slot,
-    held_slots,
     purge_slot,
+    release_held_by,
     release_slot,
     sequence_end,
 )
@@ -63,8 +63,12 @@ from app.store.keys import (
     ADMISSION_DICT,
     DELAYED_DICT,
     DELIVERIES_DICT,
+    IDEM_DICT,
     JOBS_DICT,
     PENDING_DICT,
+    RATES_DICT,
+    RETENTION_CURSOR_KEY,
+    RETENTION_DICT,
     SLOTS_DICT,
     TERMINAL_PREFIX,
     active_key,
@@ -75,14 +79,15 @@ from app.store.keys import (
     idem_prefix,
     index_prefix,
     job_key,
-    job_owned_prefixes,
-    parse_job_owned_key,
     parse_parked_key,
     parse_sequence_key,
     parse_terminal_key,
     pending_key,
     rate_prefix,
     request_key,
+    retention_bucket,
+    retention_prefix,
+    sequence_hint_key,
     sequence_key,
     tenant_scope,
     terminal_key,
@@ -163,6 +168,9 @@ class JobStore:
     def __init__(self, backend: Backend, clock: Callable[[], float]) -> None:
         self.jobs: KV = backend.kv(JOBS_DICT)
         self.admission: KV = backend.kv(ADMISSION_DICT)
+        self.idem: KV = backend.kv(IDEM_DICT)
+        self.rates: KV = backend.kv(RATES_DICT)
+        self.retention: KV = backend.kv(RETENTION_DICT)
         self.slots: KV = backend.kv(SLOTS_DICT)
         self.active: KV = backend.kv(ACTIVE_DICT)
         self.delayed: KV = backend.kv(DELAYED_DICT)
@@ -178,14 +186,19 @@ class JobStore:
         idem = idem_key(new.tenant_id, new.idempotency_key) if new.idempotency_key else None
         if idem is not None:
             claim = json.dumps({"job_id": job_id, "body_hash": new.body_hash, "at": now})
-            if not self.admission.put_if_absent(idem, claim):
+            if not self.idem.put_if_absent(idem, claim):
                 return self._replay(idem, new)
+        owned = _Owned(at=now, idem=idem, scopes=_scopes(new, limits))
         try:
             self._check_rate(new.tenant_id, limits, now)
+            # In the reaper's working set before any place is won: an admission that
+            # dies half-way is found there, never by scanning every slot ever held.
+            self.active.put(active_key(job_id), owned.dumps())
             slots = self._claim_slots(new, job_id, limits, now)
         except AdmissionRejected:
             if idem is not None:
-                self.admission.pop(idem)  # ours alone: let the client retry the key
+                self.idem.pop(idem)  # ours alone: let the client retry the key
+            self.active.pop(active_key(job_id))
             raise
         job = Job(
             id=job_id,
@@ -202,12 +215,13 @@ class JobStore:
         )
         self.jobs.put(request_key(job_id), json.dumps(new.workflow))
         self.jobs.put(job_key(job_id), _dump(job))
-        self.active.put(active_key(job_id), json.dumps({"at": now}))
-        claim_next(self.admission, index_prefix(new.tenant_id, new.user_id), job_id)
+        owned.index = claim_next(self.admission, index_prefix(new.tenant_id, new.user_id), job_id)
+        # What the job owns beyond its id, so its purge deletes by key, scanning nothing.
+        self.active.put(active_key(job_id), owned.dumps())
         return Admission(job=job, replayed=False)
 
     def _replay(self, idem: str, new: NewJob) -> Admission:
-        raw = self.admission.get(idem)
+        raw = self.idem.get(idem)
         if raw is None:  # released by a rejected first attempt just now
             raise IdempotencyConflict("request with this idempotency key is in flight", None)
         first = json.loads(raw)
@@ -227,7 +241,7 @@ class JobStore:
             return
         window = int(now // RATE_WINDOW_S)
         taken = claim_next(
-            self.admission, rate_prefix(tenant_id, window), "1", limit=limits.rate_per_minute
+            self.rates, rate_prefix(tenant_id, window), "1", limit=limits.rate_per_minute
         )
         if taken is None:
             retry = max(1, math.ceil((window + 1) * RATE_WINDOW_S - now))
@@ -370,7 +384,8 @@ class JobStore:
         )
         if not self.jobs.put_if_absent(job_key(job_id), _dump(record)):
             return False
-        claim_next(self.admission, index_prefix(tenant_id, user_id), job_id)
+        index = claim_next(self.admission, index_prefix(tenant_id, user_id), job_id)
+        self.active.put(active_key(job_id), _Owned(at=now, index=index).dumps())
         return self.finish(job_id, JobStatus.FAILED, error=error)
 
     def cancel(self, job_id: str) -> Job:
@@ -381,11 +396,18 @@ class JobStore:
         return self.get(job_id)
 
     def _release(self, job_id: str) -> int:
+        """After the terminal decision: free the slots, index the job for retention, and
+        leave the reaper's working set, in that order (reconcile redoes a cut-short one)."""
         raw = self.jobs.get(job_key(job_id))
         freed = 0
         if raw is not None:
             for ref in Job.model_validate_json(raw).slots:
                 freed += release_slot(self.slots, ref)
+        owned = _Owned.loads(self.active.get(active_key(job_id)))
+        bucket = retention_bucket(self.clock())
+        n = claim_next(self.retention, retention_prefix(bucket), owned.retention_entry(job_id))
+        if n == 0:  # the first job of its hour: the cursor starts no later than this
+            self.retention.put_if_absent(RETENTION_CURSOR_KEY, str(bucket))
         self.active.pop(active_key(job_id))
         return freed
 
@@ -421,24 +443,60 @@ class JobStore:
         """Ids of jobs with a terminal decision (cleanup's working set)."""
         return (parse_terminal_key(key) for key in self.jobs.keys(TERMINAL_PREFIX))
 
-    def purge(self, job_id: str) -> int:
+    def purge_due(self, cutoff: float) -> int:
+        """Purge every job that ended at or before `cutoff`; returns how many.
+
+        Walks the retention index hour by hour from its cursor to `cutoff`'s hour, so a
+        run costs the jobs now due plus one read per hour, whatever the history. Hours
+        wholly before the cutoff are emptied and passed; the cutoff's own hour keeps its
+        jobs not yet due for the next run. One cleanup runs at a time (like `purge_slot`).
+        """
+        raw_cursor = self.retention.get(RETENTION_CURSOR_KEY)
+        if raw_cursor is None:
+            return 0  # no job has ever ended
+        last = retention_bucket(cutoff)
+        purged = 0
+        bucket = int(raw_cursor)
+        while bucket <= last:
+            prefix = retention_prefix(bucket)
+            kept = False
+            for n in range(sequence_end(self.retention, prefix)):
+                raw = self.retention.get(sequence_key(prefix, n))
+                if raw is None:
+                    continue  # purged by an earlier run
+                entry = json.loads(raw)
+                job_id = str(entry["job"])
+                terminal = self.terminal(job_id)
+                if terminal is not None and terminal.decided_at > cutoff:
+                    kept = True
+                    continue
+                if terminal is not None or self.jobs.contains(job_key(job_id)):
+                    self.purge(job_id, _Owned.from_entry(entry))
+                    purged += 1
+                self.retention.pop(sequence_key(prefix, n))
+            if kept or bucket == last:
+                break  # this hour is not over for cleanup yet
+            self.retention.pop(sequence_hint_key(prefix))
+            bucket += 1
+            self.retention.put(RETENTION_CURSOR_KEY, str(bucket))
+        return purged
+
+    def purge(self, job_id: str, owned: _Owned | None = None) -> int:
         """Remove every key the job owns, in every dict; returns how many were removed.
 
-        Only for an ended job past its retention (the caller checks). The terminal
-        decision goes last: it is how cleanup finds the job, so a purge cut short is
+        Only for an ended job past its retention (the caller checks). `owned` (from the
+        retention index) names its index entry and idempotency record; without it they
+        are found by scanning. The terminal decision goes last, so a purge cut short is
         finished by the next one.
         """
         removed = 0
         raw = self.jobs.get(job_key(job_id))
         if raw is not None:
             job = Job.model_validate_json(raw)
-            removed += self._purge_admission(job)
+            removed += self._purge_admission(job, owned)
             for ref in job.slots:
                 removed += purge_slot(self.slots, ref)
-        for prefix in job_owned_prefixes(job_id):
-            for key in list(self.jobs.keys(prefix)):
-                if parse_job_owned_key(key) == job_id:  # not a job whose id extends ours
-                    removed += self.jobs.pop(key) is not None
+        removed += self._purge_stage_records(job_id)
         for key in list(self.delayed.keys()):
             if parse_parked_key(key).job_id == job_id:
                 removed += self.delayed.pop(key) is not None
@@ -453,18 +511,45 @@ class JobStore:
             removed += kv.pop(key) is not None
         return removed
 
-    def _purge_admission(self, job: Job) -> int:
+    def _purge_stage_records(self, job_id: str) -> int:
+        """The job's stage claims and fencing epochs, by key: per lane, epochs count up
+        from 1 and each stage's attempts from 0 without gaps, so probing to the first
+        missing key finds them all."""
+        removed = 0
+        for lane, stages in _LANES:
+            top = 0
+            while self.jobs.pop(epoch_key(job_id, lane, top + 1)) is not None:
+                top += 1
+                removed += 1
+            for epoch in range(top + 1):
+                for stage in stages:
+                    attempt = 0
+                    while self.jobs.pop(claim_key(job_id, stage, epoch, attempt)) is not None:
+                        attempt += 1
+                        removed += 1
+        return removed
+
+    def _purge_admission(self, job: Job, owned: _Owned | None) -> int:
         """The job's entry in its user's index and the idempotency record naming it."""
         removed = 0
         prefix = index_prefix(job.tenant_id, job.user_id)
+        if owned is not None and owned.index is not None:
+            key = sequence_key(prefix, owned.index)
+            if self.admission.get(key) == job.id:
+                removed += self.admission.pop(key) is not None
+            if owned.idem is not None:
+                raw = self.idem.get(owned.idem)
+                if raw is not None and json.loads(raw).get("job_id") == job.id:
+                    removed += self.idem.pop(owned.idem) is not None
+            return removed
         for key in list(self.admission.keys(f"{prefix}:")):
             entry = parse_sequence_key(key)
             if entry is not None and entry[0] == prefix and self.admission.get(key) == job.id:
                 removed += self.admission.pop(key) is not None
-        for key in list(self.admission.keys(idem_prefix(job.tenant_id))):
-            raw = self.admission.get(key)
+        for key in list(self.idem.keys(idem_prefix(job.tenant_id))):
+            raw = self.idem.get(key)
             if raw is not None and json.loads(raw).get("job_id") == job.id:
-                removed += self.admission.pop(key) is not None
+                removed += self.idem.pop(key) is not None
         return removed
 
     # ---- reconciliation ----------------------------------------------------------------
@@ -476,9 +561,12 @@ class JobStore:
     def reconcile(self) -> ReconcileReport:
         """Free slots still held by terminal jobs or by admissions that never finished.
 
-        A slot is released only if its holder is terminal (a terminal state never
-        changes) or has no record long after claiming it; releases name one tenure, so
-        racing the winner of a terminal decision is harmless.
+        Walks only the active index (every unreleased slot's job is in it: admission
+        adds the job before winning a place, `_release` removes it last), so its cost
+        follows the jobs in flight, not the history. A slot is released only if its
+        holder is terminal (a terminal state never changes) or has no record long after
+        admission began; releases name one tenure, so racing a terminal decision is
+        harmless.
         """
         report = ReconcileReport()
         now = self.clock()
@@ -486,13 +574,67 @@ class JobStore:
             if self.jobs.contains(terminal_key(job_id)):
                 report.slots_released += self._release(job_id)
                 report.active_removed += 1
-        for ref, holder in list(held_slots(self.slots)):
-            if self.jobs.contains(terminal_key(holder.job_id)) or (
-                now - holder.claimed_at > ABANDONED_SLOT_GRACE_S
-                and not self.jobs.contains(job_key(holder.job_id))
-            ):
-                report.slots_released += release_slot(self.slots, ref)
+                continue
+            owned = _Owned.loads(self.active.get(active_key(job_id)))
+            if now - owned.at > ABANDONED_SLOT_GRACE_S and not self.jobs.contains(job_key(job_id)):
+                for scope, cap in owned.scopes.items():
+                    report.slots_released += release_held_by(self.slots, scope, cap, job_id)
+                self.active.pop(active_key(job_id))
+                report.active_removed += 1
         return report
+
+
+#: The fencing lanes and the stages that claim messages in each.
+_LANES: tuple[tuple[str, tuple[Stage, ...]], ...] = (
+    ("work", (Stage.FETCH, Stage.RENDER, Stage.UPLOAD)),
+    ("notify", (Stage.NOTIFY,)),
+)
+
+
+@dataclass(slots=True)
+class _Owned:
+    """A job's active-index entry: when admission began, the slot scopes it claims in
+    (with their caps), and the keys it owns beyond its id (idempotency, index position)."""
+
+    at: float = 0.0
+    idem: str | None = None
+    index: int | None = None
+    scopes: dict[str, int] = field(default_factory=dict)
+
+    def dumps(self) -> str:
+        payload = {"at": self.at, "idem": self.idem, "index": self.index, "scopes": self.scopes}
+        return json.dumps(payload, separators=(",", ":"))
+
+    @classmethod
+    def loads(cls, raw: str | None) -> _Owned:
+        if raw is None:
+            return cls()
+        data = json.loads(raw)
+        return cls(
+            at=float(data.get("at", 0.0)),
+            idem=data.get("idem"),
+            index=data.get("index"),
+            scopes={str(k): int(v) for k, v in (data.get("scopes") or {}).items()},
+        )
+
+    def retention_entry(self, job_id: str) -> str:
+        return json.dumps({"job": job_id, "idem": self.idem, "index": self.index})
+
+    @classmethod
+    def from_entry(cls, entry: dict[str, object]) -> _Owned | None:
+        index = entry.get("index")
+        if not isinstance(index, int):
+            return None  # unknown: the purge scans for them
+        idem = entry.get("idem")
+        return cls(idem=idem if isinstance(idem, str) else None, index=index)
+
+
+def _scopes(new: NewJob, limits: Limits) -> dict[str, int]:
+    """The slot scopes an admission claims in, with their caps."""
+    scopes = {user_scope(new.tenant_id, new.user_id): limits.max_active_per_user}
+    if limits.max_active_per_tenant > 0:
+        scopes[tenant_scope(new.tenant_id)] = limits.max_active_per_tenant
+    return scopes
 
 
 def _lane(stage: Stage) -> str:
