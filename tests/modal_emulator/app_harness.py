@@ -166,9 +166,9 @@ class ModalApp:
     def _register(self) -> None:
         cpu, render = modal_app.CPU_SCALING, modal_app.RENDER_SCALING
         cpu_volumes = modal_app.CPU_OPTIONS["volumes"]
-        for name, fn in modal_app.CPU_CONSUMERS.items():
-            self.functions[name.value] = self.emu.function(
-                name.value,
+        for stage, fn in modal_app.CPU_CONSUMERS.items():
+            self.functions[stage.value] = self.emu.function(
+                stage.value,
                 raw_body(fn),
                 max_containers=cpu.max_containers,
                 max_inputs=cpu.max_inputs,
