@@ -70,7 +70,6 @@ from app.store.keys import (
     RETENTION_CURSOR_KEY,
     RETENTION_DICT,
     SLOTS_DICT,
-    TERMINAL_PREFIX,
     active_key,
     claim_key,
     delivery_key,
@@ -81,7 +80,6 @@ from app.store.keys import (
     job_key,
     parse_parked_key,
     parse_sequence_key,
-    parse_terminal_key,
     pending_key,
     rate_prefix,
     request_key,
@@ -438,10 +436,6 @@ class JobStore:
         return epoch + 1
 
     # ---- retention -------------------------------------------------------------------
-
-    def ended_ids(self) -> Iterator[str]:
-        """Ids of jobs with a terminal decision (cleanup's working set)."""
-        return (parse_terminal_key(key) for key in self.jobs.keys(TERMINAL_PREFIX))
 
     def purge_due(self, cutoff: float) -> int:
         """Purge every job that ended at or before `cutoff`; returns how many.
