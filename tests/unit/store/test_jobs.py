@@ -261,9 +261,21 @@ def test_a_stale_release_never_frees_the_next_holder() -> None:
 
 
 def test_reconcile_frees_slots_of_an_admission_that_never_wrote_its_job() -> None:
-    store, backend, clock = memory_store()
-    slots = backend.kv("slots")
-    claim_slot(slots, user_scope("t1", "u1"), 1, SlotHolder("ghost", clock.now))
+    store, _backend, clock = memory_store()
+
+    def crash(key: str, value: str) -> bool:
+        raise RuntimeError("the admitting process died")
+
+    # An admission that dies after winning its place, before writing the job record
+    # (created by put-if-absent)
+    real_put_if_absent = store.jobs.put_if_absent
+    store.jobs.put_if_absent = crash  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError):
+        store.create(new_job(), "ghost", Limits(max_active_per_user=1))
+    store.jobs.put_if_absent = real_put_if_absent  # type: ignore[method-assign]
+    assert not store.jobs.contains(job_key("ghost"))
+    with pytest.raises(AdmissionRejected):
+        store.create(new_job(), "j0", Limits(max_active_per_user=1))
     assert store.reconcile().slots_released == 0  # within the grace period
     clock.advance(ABANDONED_SLOT_GRACE_S + 1)
     assert store.reconcile().slots_released == 1
