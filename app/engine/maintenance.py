@@ -23,11 +23,10 @@ from app.engine.pipeline import enqueue, fail_job, release_due
 from app.store.deliveries import load_delivery
 from app.store.jobs import RATE_WINDOW_S, REQUEUE_AFTER_S
 from app.store.keys import (
-    ADMISSION_DICT,
     DELAYED_DICT,
-    IDEM_PREFIX,
+    IDEM_DICT,
     PENDING_DICT,
-    RATE_PREFIX,
+    RATES_DICT,
     parse_parked_key,
     parse_rate_window,
     pending_key,
@@ -237,22 +236,21 @@ def cleanup(deps: Deps) -> dict[str, int]:
     report = {"outputs_deleted": 0, "jobs_deleted": 0, "keys_deleted": 0, "scratch_removed": 0}
     old_outputs = deps.objects.list_older_than("outputs/", now - settings.output_retention_s)
     report["outputs_deleted"] = deps.objects.delete_keys(old_outputs)
-    for job_id in list(deps.jobs.ended_ids()):
-        terminal = deps.jobs.terminal(job_id)
-        if terminal is None or now - terminal.decided_at < settings.job_retention_s:
-            continue
-        deps.jobs.purge(job_id)
-        report["jobs_deleted"] += 1
-    admission = deps.backend.kv(ADMISSION_DICT)
-    for key in list(admission.keys(IDEM_PREFIX)):
-        raw = admission.get(key)
+    # The retention index, not a scan of every ended job: the cost is the jobs now due.
+    report["jobs_deleted"] = deps.jobs.purge_due(now - settings.job_retention_s)
+    # Idempotency records and rate windows live in dicts of their own, so these scans
+    # read only records of the last day or so, never the job history.
+    idem = deps.backend.kv(IDEM_DICT)
+    for key in list(idem.keys()):
+        raw = idem.get(key)
         if raw is not None and now - float(json.loads(raw)["at"]) > settings.idempotency_ttl_s:
-            admission.pop(key)
+            idem.pop(key)
             report["keys_deleted"] += 1
     current_window = int(now // RATE_WINDOW_S)
-    for key in list(admission.keys(RATE_PREFIX)):
+    rates = deps.backend.kv(RATES_DICT)
+    for key in list(rates.keys()):
         if parse_rate_window(key) < current_window - 1:
-            admission.pop(key)
+            rates.pop(key)
             report["keys_deleted"] += 1
     report["scratch_removed"] = _remove_orphan_scratch(deps)
     get_logger().info("cleanup_done", **report)

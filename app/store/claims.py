@@ -246,6 +246,26 @@ def purge_slot(kv: KV, ref: SlotRef) -> int:
     return removed
 
 
+def release_held_by(kv: KV, scope: str, cap: int, job_id: str) -> int:
+    """Free every tenure of `scope` that `job_id` holds; how many were freed.
+
+    For an admission that crashed after winning a place but before its job record named
+    it: no scan of the slots dict, a few probes per place. The won generation is never
+    below the place's hint or floor (neither passes an unreleased tenure), and a place's
+    tenures are contiguous from there, so probing up to the first absent key finds it.
+    """
+    generations = read_hints(kv, scope).generations
+    freed = 0
+    for index in range(cap):
+        generation = max(generations.get(index, 0), _floor(kv, scope, index))
+        while (raw := kv.get(slot_key(scope, index, generation))) is not None:
+            if SlotHolder.loads(raw).job_id == job_id:
+                ref = SlotRef(scope=scope, index=index, generation=generation)
+                freed += release_slot(kv, ref)
+            generation += 1
+    return freed
+
+
 def slot_holder(kv: KV, ref: SlotRef) -> SlotHolder | None:
     """Who holds this tenure, if anyone still does."""
     if kv.contains(released_key(ref.scope, ref.index, ref.generation)):

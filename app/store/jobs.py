@@ -58,11 +58,11 @@ from app.store.claims import (
     SlotHolder,
     claim_next_from,
     give_back_if_purged,
-    held_slots,
     mark_released,
     note_released,
     purge_slot,
     read_hints,
+    release_held_by,
     release_slot,
     sequence_end,
     sequence_start,
@@ -74,10 +74,13 @@ from app.store.keys import (
     ADMISSION_DICT,
     DELAYED_DICT,
     DELIVERIES_DICT,
+    IDEM_DICT,
     JOBS_DICT,
     PENDING_DICT,
+    RATES_DICT,
+    RETENTION_CURSOR_KEY,
+    RETENTION_DICT,
     SLOTS_DICT,
-    TERMINAL_PREFIX,
     active_key,
     claim_key,
     delivery_key,
@@ -86,14 +89,14 @@ from app.store.keys import (
     idem_prefix,
     index_prefix,
     job_key,
-    job_owned_prefixes,
-    parse_job_owned_key,
     parse_parked_key,
     parse_sequence_key,
-    parse_terminal_key,
     pending_key,
     rate_prefix,
     request_key,
+    retention_bucket,
+    retention_prefix,
+    sequence_hint_key,
     sequence_key,
     slot_hints_key,
     tenant_scope,
@@ -180,6 +183,9 @@ class JobStore:
     def __init__(self, backend: Backend, clock: Callable[[], float]) -> None:
         self.jobs: KV = backend.kv(JOBS_DICT)
         self.admission: KV = backend.kv(ADMISSION_DICT)
+        self.idem: KV = backend.kv(IDEM_DICT)
+        self.rates: KV = backend.kv(RATES_DICT)
+        self.retention: KV = backend.kv(RETENTION_DICT)
         self.slots: KV = backend.kv(SLOTS_DICT)
         self.active: KV = backend.kv(ACTIVE_DICT)
         self.delayed: KV = backend.kv(DELAYED_DICT)
@@ -207,8 +213,13 @@ class JobStore:
         the tenant's slot (a tenant slot held by a request its user's cap refuses could
         refuse another user's request that fits; see `_claim_slots`). Everything else
         overlaps on a backend whose calls are round trips: the idempotency claim with
-        every hint read, each floor check with the next claim, and the writes of an
-        admitted job with each other.
+        every hint read and the job's active-index entry, each floor check with the next
+        claim, and the writes of an admitted job with each other.
+
+        The active entry (`_Owned`: when admission began, the scopes it claims in) is
+        written before any place is won, so an admission that dies half-way is found by
+        `reconcile` there, never by scanning every slot tenure; the last batch adds what
+        the job owns beyond its id (idempotency record, index position) for its purge.
 
         Raises `JobIdTaken` if a job under a client-chosen `job_id` exists (that record is
         written with put-if-absent); what this call had taken is given back first. An id
@@ -232,13 +243,19 @@ class JobStore:
         index = index_prefix(new.tenant_id, new.user_id)
         # The tenant's record also holds its rate window's hint, the user's its index hint.
         scope_of_rate = tenant_scope(new.tenant_id) if tenant or rate else None
-        won, user_hints, tenant_hints = run_calls(
+        owned = _Owned(at=now, scopes=_scopes(new, limits))
+        # Put-if-absent, so a failed admission pops only an entry it wrote (never that
+        # of a job already under this id).
+        won, user_hints, tenant_hints, listed = run_calls(
             par,
-            lambda: True if idem is None else self.admission.put_if_absent(idem, claim),
+            lambda: True if idem is None else self.idem.put_if_absent(idem, claim),
             lambda: read_hints(self.slots, user),
             lambda: None if scope_of_rate is None else read_hints(self.slots, scope_of_rate),
+            lambda: self.active.put_if_absent(active_key(job_id), owned.dumps()),
         )
         if not won:
+            if listed:
+                self.active.pop(active_key(job_id))
             return self._replay(str(idem), new)
         user_hints = cast(SlotHints, user_hints)
         index_start = self._index_start(index, user_hints)
@@ -251,8 +268,8 @@ class JobStore:
                 holder, limits, user, user_hints, tenant, tenant_hints, rate, rate_start, now
             )
         except AdmissionRejected:
-            if idem is not None:
-                self.admission.pop(idem)  # ours alone: let the client retry the key
+            # The idempotency record is ours alone: let the client retry the key.
+            self._unlist(job_id, idem, bool(listed))
             raise
         stage = first_stage(new)
         job = Job(
@@ -277,39 +294,57 @@ class JobStore:
             if rate is not None:  # only the current window's hint is worth keeping
                 tenant_hints.seq = {rate: ticket + 1}
             slot_hints[slot_hints_key(scope_of_rate)] = tenant_hints.dumps()
+        owned.idem, owned.index = idem, index_start
         if not id_from_client:
-            run_calls(
+            # An id we made is new by construction: every write goes out in one group.
+            _, position, _, _ = run_calls(
                 par,
-                lambda: claim_next_from(self.admission, index, job_id, index_start),
                 lambda: put_all(
                     self.jobs,
                     {request_key(job_id): json.dumps(new.workflow), job_key(job_id): _dump(job)},
                 ),
-                lambda: self.active.put(active_key(job_id), json.dumps({"at": now})),
+                lambda: claim_next_from(self.admission, index, job_id, index_start),
+                lambda: self.active.put(active_key(job_id), owned.dumps()),
                 lambda: put_all(self.slots, slot_hints),
             )
+            if position != index_start:
+                owned.index = cast(int, position)
+                self.active.put(active_key(job_id), owned.dumps())
             return Admission(job=job, replayed=False)
         # A client chose the id (the intake queue): put-if-absent, so two messages racing
         # with one new id cannot both create. The request and the index entry go out
         # after, so a loser never replaces the winner's workflow nor lists its job.
-        created, _, _ = run_calls(
+        created, _ = run_calls(
             par,
             lambda: self.jobs.put_if_absent(job_key(job_id), _dump(job)),
-            lambda: self.active.put(active_key(job_id), json.dumps({"at": now})),
             lambda: put_all(self.slots, slot_hints),
         )
         if not created:
             for ref in slots:
                 release_slot(self.slots, ref)
-            if idem is not None:
-                self.admission.pop(idem)  # ours alone, as for a rejection
+            self._unlist(job_id, idem, bool(listed))  # as for a rejection
             raise JobIdTaken(job_id)
-        run_calls(
+        # The entry's index position assumes the first probe wins, like the hint; a
+        # loser writes its entry again (rare: concurrent admissions of one user).
+        owned.idem, owned.index = idem, index_start
+        _, position, _ = run_calls(
             par,
             lambda: self.jobs.put(request_key(job_id), json.dumps(new.workflow)),
             lambda: claim_next_from(self.admission, index, job_id, index_start),
+            lambda: self.active.put(active_key(job_id), owned.dumps()),
         )
+        if position != index_start:
+            owned.index = cast(int, position)
+            self.active.put(active_key(job_id), owned.dumps())
         return Admission(job=job, replayed=False)
+
+    def _unlist(self, job_id: str, idem: str | None, listed: bool) -> None:
+        """Undo a failed admission's idempotency claim and active entry (at once)."""
+        run_calls(
+            self._concurrent,
+            lambda: None if idem is None else self.idem.pop(idem),
+            lambda: self.active.pop(active_key(job_id)) if listed else None,
+        )
 
     def _index_start(self, index: str, hints: SlotHints) -> int:
         """Where the search for a user's next index number starts: the hint in the user's
@@ -319,7 +354,7 @@ class JobStore:
         return sequence_start(self.admission, index)
 
     def _replay(self, idem: str, new: NewJob) -> Admission:
-        raw = self.admission.get(idem)
+        raw = self.idem.get(idem)
         if raw is None:  # released by a rejected first attempt just now
             raise IdempotencyConflict("request with this idempotency key is in flight", None)
         first = json.loads(raw)
@@ -338,7 +373,7 @@ class JobStore:
         """A ticket of this window's rate limit (its number; 0 without a limit), or None."""
         if rate is None:
             return 0
-        return claim_next_from(self.admission, rate, "1", start, limit=limits.rate_per_minute)
+        return claim_next_from(self.rates, rate, "1", start, limit=limits.rate_per_minute)
 
     def _claim_slots(
         self,
@@ -590,16 +625,22 @@ class JobStore:
         )
         if not self.jobs.put_if_absent(job_key(job_id), _dump(record)):
             return False
-        self._index(tenant_id, user_id, job_id)
+        index = self._index(tenant_id, user_id, job_id)
+        # Its index position goes to retention with it (via `_release`), so its purge
+        # deletes the entry by key.
+        self.active.put(active_key(job_id), _Owned(at=now, index=index).dumps())
         return self.finish(job_id, JobStatus.FAILED, error=error)
 
-    def _index(self, tenant_id: str, user_id: str, job_id: str) -> None:
+    def _index(self, tenant_id: str, user_id: str, job_id: str) -> int:
         """Add a job to its user's index (the slow way: a refused queued request)."""
         scope, prefix = user_scope(tenant_id, user_id), index_prefix(tenant_id, user_id)
         hints = read_hints(self.slots, scope)
-        position = claim_next_from(self.admission, prefix, job_id, self._index_start(prefix, hints))
-        hints.seq[prefix] = int(position or 0) + 1
+        position = int(
+            claim_next_from(self.admission, prefix, job_id, self._index_start(prefix, hints)) or 0
+        )
+        hints.seq[prefix] = position + 1
         self.slots.put(slot_hints_key(scope), hints.dumps())
+        return position
 
     def cancel(self, job_id: str) -> Job:
         """Cancel now, whatever the stage; raises `AlreadyTerminal` if it had ended."""
@@ -609,25 +650,54 @@ class JobStore:
         return self.get(job_id)
 
     def _release(self, job_id: str, slots: list[SlotRef] | None = None) -> int:
+        """After the terminal decision: free the slots, index the job for retention, and
+        leave the reaper's working set, in that order (reconcile redoes a cut-short one:
+        the job stays in the active index until the retention entry is written)."""
         if slots is None:
             raw = self.jobs.get(job_key(job_id))
             slots = [] if raw is None else Job.model_validate_json(raw).slots
-        # Markers, hint reads and the active entry at once; the freed places' hints after,
-        # in one batch (a hint is only a search aid: a stale one costs probes, not slots).
-        results = run_calls(
-            self._concurrent,
-            lambda: self.active.pop(active_key(job_id)),
+        par = self._concurrent
+        bucket = retention_bucket(self.clock())
+        prefix = retention_prefix(bucket)
+        # Markers, hint reads, the active entry and the hour's retention hint at once;
+        # then the freed places' hints in one batch (a hint is only a search aid: a stale
+        # one costs probes, not slots) alongside the retention claim; then the hour's
+        # hint alongside leaving the active index.
+        entry_raw, start_raw, *results = run_calls(
+            par,
+            lambda: self.active.get(active_key(job_id)),
+            lambda: self.retention.get(sequence_hint_key(prefix)),
             *(lambda ref=ref: mark_released(self.slots, ref) for ref in slots),
             *(lambda ref=ref: read_hints(self.slots, ref.scope) for ref in slots),
         )
-        freed = results[1 : 1 + len(slots)]
+        freed = results[: len(slots)]
         updates: dict[str, str] = {}
-        for ref, was_freed, hints in zip(slots, freed, results[1 + len(slots) :], strict=True):
+        for ref, was_freed, hints in zip(slots, freed, results[len(slots) :], strict=True):
             if was_freed and isinstance(hints, SlotHints):
                 note_released(hints, ref)
                 updates[slot_hints_key(ref.scope)] = hints.dumps()
-        if updates:
-            put_all(self.slots, updates)
+        entry = _Owned.loads(None if entry_raw is None else str(entry_raw)).retention_entry(job_id)
+        start = int(str(start_raw or 0))
+        _, position = run_calls(
+            par,
+            lambda: put_all(self.slots, updates) if updates else None,
+            lambda: claim_next_from(self.retention, prefix, entry, start),
+        )
+        n = cast(int, position)
+
+        def hint() -> None:
+            self.retention.put(sequence_hint_key(prefix), str(n + 1))
+
+        def leave() -> None:
+            self.active.pop(active_key(job_id))
+
+        if n == 0:  # the first job of its hour: the cleanup cursor starts no later than it
+            run_calls(
+                par, hint, lambda: self.retention.put_if_absent(RETENTION_CURSOR_KEY, str(bucket))
+            )
+            leave()
+        else:
+            run_calls(par, hint, leave)
         return sum(1 for was_freed in freed if was_freed)
 
     # ---- stage hand-offs -------------------------------------------------------------
@@ -685,28 +755,60 @@ class JobStore:
 
     # ---- retention -------------------------------------------------------------------
 
-    def ended_ids(self) -> Iterator[str]:
-        """Ids of jobs with a terminal decision (cleanup's working set)."""
-        return (parse_terminal_key(key) for key in self.jobs.keys(TERMINAL_PREFIX))
+    def purge_due(self, cutoff: float) -> int:
+        """Purge every job that ended at or before `cutoff`; returns how many.
 
-    def purge(self, job_id: str) -> int:
+        Walks the retention index hour by hour from its cursor to `cutoff`'s hour, so a
+        run costs the jobs now due plus one read per hour, whatever the history. Hours
+        wholly before the cutoff are emptied and passed; the cutoff's own hour keeps its
+        jobs not yet due for the next run. One cleanup runs at a time (like `purge_slot`).
+        """
+        raw_cursor = self.retention.get(RETENTION_CURSOR_KEY)
+        if raw_cursor is None:
+            return 0  # no job has ever ended
+        last = retention_bucket(cutoff)
+        purged = 0
+        bucket = int(raw_cursor)
+        while bucket <= last:
+            prefix = retention_prefix(bucket)
+            kept = False
+            for n in range(sequence_end(self.retention, prefix)):
+                raw = self.retention.get(sequence_key(prefix, n))
+                if raw is None:
+                    continue  # purged by an earlier run
+                entry = json.loads(raw)
+                job_id = str(entry["job"])
+                terminal = self.terminal(job_id)
+                if terminal is not None and terminal.decided_at > cutoff:
+                    kept = True
+                    continue
+                if terminal is not None or self.jobs.contains(job_key(job_id)):
+                    self.purge(job_id, _Owned.from_entry(entry))
+                    purged += 1
+                self.retention.pop(sequence_key(prefix, n))
+            if kept or bucket == last:
+                break  # this hour is not over for cleanup yet
+            self.retention.pop(sequence_hint_key(prefix))
+            bucket += 1
+            self.retention.put(RETENTION_CURSOR_KEY, str(bucket))
+        return purged
+
+    def purge(self, job_id: str, owned: _Owned | None = None) -> int:
         """Remove every key the job owns, in every dict; returns how many were removed.
 
-        Only for an ended job past its retention (the caller checks). The terminal
-        decision goes last: it is how cleanup finds the job, so a purge cut short is
+        Only for an ended job past its retention (the caller checks). `owned` (from the
+        retention index) names its index entry and idempotency record; without it they
+        are found by scanning. The terminal decision goes last, so a purge cut short is
         finished by the next one.
         """
         removed = 0
         raw = self.jobs.get(job_key(job_id))
         if raw is not None:
             job = Job.model_validate_json(raw)
-            removed += self._purge_admission(job)
+            removed += self._purge_admission(job, owned)
             for ref in job.slots:
                 removed += purge_slot(self.slots, ref)
-        for prefix in job_owned_prefixes(job_id):
-            for key in list(self.jobs.keys(prefix)):
-                if parse_job_owned_key(key) == job_id:  # not a job whose id extends ours
-                    removed += self.jobs.pop(key) is not None
+        removed += self._purge_stage_records(job_id)
         for key in list(self.delayed.keys()):
             if parse_parked_key(key).job_id == job_id:
                 removed += self.delayed.pop(key) is not None
@@ -721,18 +823,45 @@ class JobStore:
             removed += kv.pop(key) is not None
         return removed
 
-    def _purge_admission(self, job: Job) -> int:
+    def _purge_stage_records(self, job_id: str) -> int:
+        """The job's stage claims and fencing epochs, by key: per lane, epochs count up
+        from 1 and each stage's attempts from 0 without gaps, so probing to the first
+        missing key finds them all."""
+        removed = 0
+        for lane, stages in _LANES:
+            top = 0
+            while self.jobs.pop(epoch_key(job_id, lane, top + 1)) is not None:
+                top += 1
+                removed += 1
+            for epoch in range(top + 1):
+                for stage in stages:
+                    attempt = 0
+                    while self.jobs.pop(claim_key(job_id, stage, epoch, attempt)) is not None:
+                        attempt += 1
+                        removed += 1
+        return removed
+
+    def _purge_admission(self, job: Job, owned: _Owned | None) -> int:
         """The job's entry in its user's index and the idempotency record naming it."""
         removed = 0
         prefix = index_prefix(job.tenant_id, job.user_id)
+        if owned is not None and owned.index is not None:
+            key = sequence_key(prefix, owned.index)
+            if self.admission.get(key) == job.id:
+                removed += self.admission.pop(key) is not None
+            if owned.idem is not None:
+                raw = self.idem.get(owned.idem)
+                if raw is not None and json.loads(raw).get("job_id") == job.id:
+                    removed += self.idem.pop(owned.idem) is not None
+            return removed
         for key in list(self.admission.keys(f"{prefix}:")):
             entry = parse_sequence_key(key)
             if entry is not None and entry[0] == prefix and self.admission.get(key) == job.id:
                 removed += self.admission.pop(key) is not None
-        for key in list(self.admission.keys(idem_prefix(job.tenant_id))):
-            raw = self.admission.get(key)
+        for key in list(self.idem.keys(idem_prefix(job.tenant_id))):
+            raw = self.idem.get(key)
             if raw is not None and json.loads(raw).get("job_id") == job.id:
-                removed += self.admission.pop(key) is not None
+                removed += self.idem.pop(key) is not None
         return removed
 
     # ---- reconciliation ----------------------------------------------------------------
@@ -744,9 +873,12 @@ class JobStore:
     def reconcile(self) -> ReconcileReport:
         """Free slots still held by terminal jobs or by admissions that never finished.
 
-        A slot is released only if its holder is terminal (a terminal state never
-        changes) or has no record long after claiming it; releases name one tenure, so
-        racing the winner of a terminal decision is harmless.
+        Walks only the active index (every unreleased slot's job is in it: admission
+        adds the job before winning a place, `_release` removes it last), so its cost
+        follows the jobs in flight, not the history. A slot is released only if its
+        holder is terminal (a terminal state never changes) or has no record long after
+        admission began; releases name one tenure, so racing a terminal decision is
+        harmless.
         """
         report = ReconcileReport()
         now = self.clock()
@@ -754,13 +886,67 @@ class JobStore:
             if self.jobs.contains(terminal_key(job_id)):
                 report.slots_released += self._release(job_id)
                 report.active_removed += 1
-        for ref, holder in list(held_slots(self.slots)):
-            if self.jobs.contains(terminal_key(holder.job_id)) or (
-                now - holder.claimed_at > ABANDONED_SLOT_GRACE_S
-                and not self.jobs.contains(job_key(holder.job_id))
-            ):
-                report.slots_released += release_slot(self.slots, ref)
+                continue
+            owned = _Owned.loads(self.active.get(active_key(job_id)))
+            if now - owned.at > ABANDONED_SLOT_GRACE_S and not self.jobs.contains(job_key(job_id)):
+                for scope, cap in owned.scopes.items():
+                    report.slots_released += release_held_by(self.slots, scope, cap, job_id)
+                self.active.pop(active_key(job_id))
+                report.active_removed += 1
         return report
+
+
+#: The fencing lanes and the stages that claim messages in each.
+_LANES: tuple[tuple[str, tuple[Stage, ...]], ...] = (
+    ("work", (Stage.FETCH, Stage.RENDER, Stage.UPLOAD)),
+    ("notify", (Stage.NOTIFY,)),
+)
+
+
+@dataclass(slots=True)
+class _Owned:
+    """A job's active-index entry: when admission began, the slot scopes it claims in
+    (with their caps), and the keys it owns beyond its id (idempotency, index position)."""
+
+    at: float = 0.0
+    idem: str | None = None
+    index: int | None = None
+    scopes: dict[str, int] = field(default_factory=dict)
+
+    def dumps(self) -> str:
+        payload = {"at": self.at, "idem": self.idem, "index": self.index, "scopes": self.scopes}
+        return json.dumps(payload, separators=(",", ":"))
+
+    @classmethod
+    def loads(cls, raw: str | None) -> _Owned:
+        if raw is None:
+            return cls()
+        data = json.loads(raw)
+        return cls(
+            at=float(data.get("at", 0.0)),
+            idem=data.get("idem"),
+            index=data.get("index"),
+            scopes={str(k): int(v) for k, v in (data.get("scopes") or {}).items()},
+        )
+
+    def retention_entry(self, job_id: str) -> str:
+        return json.dumps({"job": job_id, "idem": self.idem, "index": self.index})
+
+    @classmethod
+    def from_entry(cls, entry: dict[str, object]) -> _Owned | None:
+        index = entry.get("index")
+        if not isinstance(index, int):
+            return None  # unknown: the purge scans for them
+        idem = entry.get("idem")
+        return cls(idem=idem if isinstance(idem, str) else None, index=index)
+
+
+def _scopes(new: NewJob, limits: Limits) -> dict[str, int]:
+    """The slot scopes an admission claims in, with their caps."""
+    scopes = {user_scope(new.tenant_id, new.user_id): limits.max_active_per_user}
+    if limits.max_active_per_tenant > 0:
+        scopes[tenant_scope(new.tenant_id)] = limits.max_active_per_tenant
+    return scopes
 
 
 def _merged(raw: str | None, decided: str | None) -> Job | None:
@@ -771,12 +957,15 @@ def _merged(raw: str | None, decided: str | None) -> Job | None:
     if decided is None:
         return job
     terminal = TerminalDecision.model_validate_json(decided)
+    # Only a completed job has outputs: a job cancelled mid-upload may have saved some
+    # to its record after the decision, and those must not be shown (or signed).
+    completed = terminal.status is JobStatus.COMPLETED
     return job.model_copy(
         update={
             "status": terminal.status,
             "finished_at": terminal.decided_at,
             "error": terminal.error,
-            "outputs": terminal.outputs or job.outputs,
+            "outputs": (terminal.outputs or job.outputs) if completed else [],
             "progress": 1.0 if terminal.status is JobStatus.COMPLETED else job.progress,
             "lease_until": None,
         }

@@ -15,10 +15,12 @@ dict                      key                                        owner
                           ``claim:{id}:{stage}:{epoch}:{attempt}``   the job
                           ``epoch:{id}:{lane}:{n}``                  the job
 ``active``                ``{id}``                                   the job
-``admission``             ``idem:{tenant}:{len}:{user}:{key}``       the job it names
-                          ``index:{tenant}:{user}:{n}``              the job it names
+``admission``             ``index:{tenant}:{user}:{n}``              the job it names
                           ``index:{tenant}:{user}:hint``             the user (*)
-                          ``rate:{tenant}:{window}:{n|hint}``        the window
+``idempotency``           ``idem:{tenant}:{len}:{user}:{key}``       the job it names
+``rates``                 ``rate:{tenant}:{window}:{n}``             the window
+``retention``             ``due:{hour}:{n}``                         the job it names
+                          ``due:{hour}:hint`` ``cursor``             cleanup
 ``slots``                 ``slot:{scope}:{i}:{g}``                   the job holding it
                           ``released:{scope}:{i}:{g}``               that same job
                           ``slothints:{scope}``                      the scope
@@ -38,7 +40,8 @@ dict                      key                                        owner
 ========================  =========================================  ==========
 
 (*) Written before issue 12 and still read as a fallback: the user's index hint and the
-tenant's rate-window hint now ride in ``slothints:{scope}`` (see `claims.SlotHints`).
+tenant's rate-window hint now ride in ``slothints:{scope}`` (see `claims.SlotHints`), so
+the ``rates`` dict holds tickets only.
 
 Queues are named after the stage they feed (``fetch``, ``render``, ...).
 """
@@ -53,8 +56,15 @@ from app.core.models import Stage
 
 #: Job records, requests, terminal decisions, stage claims and fencing epochs.
 JOBS_DICT = "jobs"
-#: Idempotency records, per-user job indexes, rate-limit windows.
+#: Per-user job indexes.
 ADMISSION_DICT = "admission"
+#: Idempotency records, apart so cleanup's expiry scan reads only them.
+IDEM_DICT = "idempotency"
+#: Rate-limit windows, apart so cleanup's scan reads only recent windows.
+RATES_DICT = "rates"
+#: Ended jobs by the hour of their end: cleanup walks only the hours now due, never
+#: the whole history (a `keys()` scan streams a whole Modal Dict).
+RETENTION_DICT = "retention"
 #: Slot tenures apart from everything else, so the reaper's scan stays small.
 SLOTS_DICT = "slots"
 #: Ids of jobs admitted and not yet released (the reaper's working set).
@@ -89,6 +99,9 @@ DURABLE_DICTS = (TENANTS_DICT, TEMPLATES_DICT)
 JOB_DICTS = (
     JOBS_DICT,
     ADMISSION_DICT,
+    IDEM_DICT,
+    RATES_DICT,
+    RETENTION_DICT,
     SLOTS_DICT,
     ACTIVE_DICT,
     DELAYED_DICT,
@@ -213,6 +226,25 @@ def parse_sequence_key(key: str) -> tuple[str, int] | None:
     """`(prefix, n)` of a sequence entry; None for its hint."""
     prefix, last = key.rsplit(":", 1)
     return None if last == HINT else (prefix, int(last))
+
+
+# ---- retention dict ------------------------------------------------------------------
+
+RETENTION_PREFIX = "due:"
+#: One sequence of ended jobs per hour of end.
+RETENTION_BUCKET_S = 3600
+#: The first hour cleanup has not finished (set by the first job ever indexed).
+RETENTION_CURSOR_KEY = "cursor"
+
+
+def retention_bucket(at: float) -> int:
+    """The hour bucket of a time."""
+    return int(at // RETENTION_BUCKET_S)
+
+
+def retention_prefix(bucket: int) -> str:
+    """The sequence of jobs that ended in hour `bucket`."""
+    return f"{RETENTION_PREFIX}{bucket}"
 
 
 # ---- slots dict ----------------------------------------------------------------------

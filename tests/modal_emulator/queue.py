@@ -81,6 +81,8 @@ class QueueStore:
         self.ledger = ledger
         self.faults = faults
         self.hang_bound_s = hang_bound_s
+        #: Items per partition; a simulation may scale it down (Modal's is 5,000).
+        self.max_items = MAX_PARTITION_ITEMS
         self.cond = threading.Condition()
         self._partitions: dict[bytes, _Partition] = {}
 
@@ -103,7 +105,7 @@ class QueueStore:
         items = 0 if part is None else len(part.items)
         size = 0 if part is None else part.size
         return (
-            items + len(encoded) <= MAX_PARTITION_ITEMS
+            items + len(encoded) <= self.max_items
             and size + sum(map(len, encoded)) <= MAX_PARTITION_BYTES
         )
 

@@ -105,8 +105,12 @@ def all_keys(deps: Deps) -> set[tuple[str, str]]:
 
 def shared(name: str, key: str) -> bool:
     """Keys owned by a user, a scope or a tenant, not by any one job."""
-    if name == keys.ADMISSION_DICT and key.startswith((keys.INDEX_PREFIX, keys.RATE_PREFIX)):
+    if name in (keys.ADMISSION_DICT, keys.RATES_DICT) and key.startswith(
+        (keys.INDEX_PREFIX, keys.RATE_PREFIX)
+    ):
         return keys.parse_sequence_key(key) is None  # a sequence's search hint
+    if name == keys.RETENTION_DICT:  # cleanup's cursor and the hour's search hint
+        return key == keys.RETENTION_CURSOR_KEY or keys.parse_sequence_key(key) is None
     if name == keys.SLOTS_DICT:
         return key.startswith((keys.SLOT_HINTS_PREFIX, keys.SLOT_FLOOR_PREFIX))
     return False
@@ -186,13 +190,14 @@ def test_cleanup_removes_the_user_index_entry_and_the_idempotency_record(deps: D
     admit(deps, owner, "j1", webhook=False)
     finish(deps, "j1", JobStatus.COMPLETED)
     admission = deps.backend.kv(keys.ADMISSION_DICT)
+    idem = deps.backend.kv(keys.IDEM_DICT)
     index = keys.index_prefix(owner.id, "u1")
     assert admission.get(keys.sequence_key(index, 0)) == "j1"
-    assert admission.contains(keys.idem_key(owner.id, "u1", "idem-j1"))
+    assert idem.contains(keys.idem_key(owner.id, "u1", "idem-j1"))
     past_retention(deps)
     cleanup(deps)
     assert not admission.contains(keys.sequence_key(index, 0))
-    assert not admission.contains(keys.idem_key(owner.id, "u1", "idem-j1"))
+    assert not idem.contains(keys.idem_key(owner.id, "u1", "idem-j1"))
     assert deps.jobs.list_for_user(owner.id, "u1").jobs == []
 
 

@@ -260,10 +260,39 @@ def test_a_stale_release_never_frees_the_next_holder() -> None:
     assert claim_slot(slots, "s", 1, SlotHolder("c", 0)) is None
 
 
-def test_reconcile_frees_slots_of_an_admission_that_never_wrote_its_job() -> None:
-    store, backend, clock = memory_store()
-    slots = backend.kv("slots")
-    claim_slot(slots, user_scope("t1", "u1"), 1, SlotHolder("ghost", clock.now))
+@pytest.mark.parametrize("id_from_client", [False, True], ids=["our id", "client id"])
+def test_reconcile_frees_slots_of_an_admission_that_never_wrote_its_job(
+    id_from_client: bool,
+) -> None:
+    store, _backend, clock = memory_store()
+    real_put, real_put_if_absent = store.jobs.put, store.jobs.put_if_absent
+
+    def died(key: str) -> None:
+        if key == job_key("ghost"):
+            raise RuntimeError("the admitting process died")
+
+    def crash_put(key: str, value: str) -> None:
+        died(key)
+        real_put(key, value)
+
+    def crash_put_if_absent(key: str, value: str) -> bool:
+        died(key)
+        return real_put_if_absent(key, value)
+
+    # An admission that dies after winning its place, before writing the job record
+    # (a plain write for our ids, put-if-absent for a client's)
+    if id_from_client:
+        store.jobs.put_if_absent = crash_put_if_absent  # type: ignore[method-assign]
+    else:
+        store.jobs.put = crash_put  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError):
+        store.create(
+            new_job(), "ghost", Limits(max_active_per_user=1), id_from_client=id_from_client
+        )
+    store.jobs.put, store.jobs.put_if_absent = real_put, real_put_if_absent  # type: ignore[method-assign]
+    assert not store.jobs.contains(job_key("ghost"))
+    with pytest.raises(AdmissionRejected):
+        store.create(new_job(), "j0", Limits(max_active_per_user=1))
     assert store.reconcile().slots_released == 0  # within the grace period
     clock.advance(ABANDONED_SLOT_GRACE_S + 1)
     assert store.reconcile().slots_released == 1
