@@ -124,6 +124,10 @@ class Settings(BaseSettings):
     s3_secret_access_key: SecretStr = SecretStr("")
     presign_expiry_s: int = Field(default=900, ge=1, le=7 * 86_400)
     upload_max_attempts: int = Field(default=4, ge=1)
+    #: Attempts of a stage that meets a transient storage error (full disk, permissions,
+    #: I/O error, S3 5xx/throttling) before the job fails; with the stage back-off of
+    #: 2 s doubling, 6 attempts ride out about a minute of storage trouble.
+    storage_retry_attempts: int = Field(default=6, ge=1)
     #: HMAC key for the local store's signed URLs; empty: one is generated and kept
     #: in the data folder.
     signing_key: SecretStr = SecretStr("")

@@ -22,7 +22,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from app.core.errors import AdmissionRejected, IdempotencyConflict, PipelineError
+from app.core.errors import (
+    AdmissionRejected,
+    IdempotencyConflict,
+    PipelineError,
+    StorageUnavailable,
+)
 from app.core.ids import is_job_id
 from app.core.logs import get_logger
 from app.core.models import Job, JobError, JobStatus, Stage, StageMessage, StageTimes
@@ -325,9 +330,16 @@ def _job_id_of(raw: str) -> Any:
         return None
 
 
+def _max_attempts(deps: Deps, exc: PipelineError) -> int:
+    """Storage outages last longer than a flaky call: they get their own, larger budget."""
+    if isinstance(exc, StorageUnavailable):
+        return max(deps.settings.storage_retry_attempts, deps.settings.stage_max_attempts)
+    return deps.settings.stage_max_attempts
+
+
 def _on_stage_error(deps: Deps, job: Job, message: StageMessage, exc: PipelineError) -> None:
     logger = get_logger(job_id=job.id, stage=message.stage.value, tenant_id=job.tenant_id)
-    attempts_left = message.attempt + 1 < deps.settings.stage_max_attempts
+    attempts_left = message.attempt + 1 < _max_attempts(deps, exc)
     if exc.retryable and attempts_left and deps.jobs.terminal(job.id) is None:
         delay = RETRY_BASE_S * 2**message.attempt
         logger.warning(

@@ -100,3 +100,28 @@ def test_storage_down_parks_a_retry_that_then_stores_everything(
     job = world.job("j1")
     assert job.status is JobStatus.COMPLETED
     assert sorted(world.objects.objects) == sorted(o.key for o in job.outputs)
+
+
+def test_a_storage_outage_longer_than_the_stage_attempts_is_ridden_out(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Five failed uploads in a row (a full disk for ~30 s): retried with back-off, then stored."""
+    rendered(world)
+    real = world.objects.put_file
+    outage = [StorageUnavailable("could not store: No space left on device")] * 5
+
+    def full_disk(key: str, path: Path, content_type: str) -> int:
+        if outage:
+            raise outage.pop()
+        return real(key, path, content_type)
+
+    monkeypatch.setattr(world.objects, "put_file", full_disk)
+    for _ in range(5):
+        world.step(Stage.UPLOAD)
+        assert world.job("j1").status is JobStatus.RUNNING
+        world.clock.advance(64)
+        release_due(world.deps)
+    world.step(Stage.UPLOAD)
+    job = world.job("j1")
+    assert job.status is JobStatus.COMPLETED
+    assert sorted(world.objects.objects) == sorted(o.key for o in job.outputs)
