@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.core.node_policy import DENIED_BY_DEFAULT
@@ -102,8 +102,10 @@ class Settings(BaseSettings):
     allow_api_nodes: bool = False
 
     # --- stages and workers ------------------------------------------------------------
-    #: How long a stage may hold a job before fail_stale takes it back.
-    stage_lease_s: int = Field(default=900, ge=10)
+    #: How long a stage holds a job without a heartbeat before fail_stale takes it back;
+    #: the holder renews it every stage_lease_renew_s while it works (a long render too).
+    stage_lease_s: int = Field(default=30, ge=10)
+    stage_lease_renew_s: float = Field(default=10.0, gt=0)
     stage_max_attempts: int = Field(default=3, ge=1)
     queue_poll_timeout_s: float = Field(default=1.0, gt=0)
     local_fetch_workers: int = Field(default=2, ge=1)
@@ -213,6 +215,12 @@ class Settings(BaseSettings):
         "node_allowlist",
         mode="before",
     )(_split_csv)
+
+    @model_validator(mode="after")
+    def _renew_within_lease(self) -> Settings:
+        if self.stage_lease_renew_s >= self.stage_lease_s:
+            raise ValueError("stage_lease_renew_s must be shorter than stage_lease_s")
+        return self
 
     @property
     def state_db_path(self) -> Path:

@@ -139,7 +139,8 @@ def _reap(
             report.timed_out += 1
             log.warning("job_timed_out")
         return
-    holder_died = job.lease_until is not None and now > job.lease_until
+    lease_until = deps.jobs.lease_until(job)  # heartbeats included
+    holder_died = lease_until is not None and now > lease_until
     queued = job.stage_times.get(job.stage, StageTimes()).queued_at
     message_lost = (
         job.lease_until is None

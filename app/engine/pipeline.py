@@ -33,6 +33,7 @@ from app.core.logs import get_logger
 from app.core.models import Job, JobError, JobStatus, Stage, StageMessage, StageTimes
 from app.core.schemas import IntakeMessage, JobRequest
 from app.engine.deps import Deps
+from app.engine.heartbeat import heartbeat
 from app.engine.scratch import job_folder
 from app.store.keys import DELAYED_DICT, parked_key, parse_parked_key
 from app.store.tenants import Tenant
@@ -204,7 +205,8 @@ def _work(deps: Deps, message: StageMessage, stages: Mapping[Stage, StageFn]) ->
     job = _start(deps, job, message.stage, message.epoch)
     log.info("stage_started", attempt=message.attempt)
     try:
-        result = stages[message.stage](job, deps)
+        with heartbeat(deps, job.id, message.stage, message.epoch):
+            result = stages[message.stage](job, deps)
     except PipelineError as exc:
         _on_stage_error(deps, job, message, exc)
         return

@@ -85,6 +85,7 @@ REQUEST_PREFIX = "request:"
 TERMINAL_PREFIX = "terminal:"
 CLAIM_PREFIX = "claim:"
 EPOCH_PREFIX = "epoch:"
+LEASE_PREFIX = "lease:"
 
 
 def job_key(job_id: str) -> str:
@@ -102,6 +103,11 @@ def terminal_key(job_id: str) -> str:
 def parse_terminal_key(key: str) -> str:
     """The job id of a `terminal:{id}` key."""
     return _strip(key, TERMINAL_PREFIX)
+
+
+def lease_key(job_id: str) -> str:
+    """The holder's heartbeat: `{stage, epoch, until}`, renewed while a stage works."""
+    return f"{LEASE_PREFIX}{job_id}"
 
 
 def claim_key(job_id: str, stage: Stage, epoch: int, attempt: int) -> str:

@@ -49,7 +49,8 @@ from app.core.models import Stage
 from app.engine.deps import Deps, build_deps
 
 SWEEP_INTERVAL_S = 1.0
-FAIL_STALE_INTERVAL_S = 30.0
+#: With the 30 s lease, a dead holder is taken back within 40 s of its last heartbeat.
+FAIL_STALE_INTERVAL_S = 10.0
 CLEANUP_INTERVAL_S = 3600.0
 #: While ComfyUI is down the render worker leaves messages queued and checks again.
 COMFY_RETRY_S = 5.0
@@ -230,7 +231,7 @@ def run_maintenance(
     parent_pid: int | None = None,
     lock_path: Path | None = None,
 ) -> None:
-    """Sweep every second, fail_stale every 30 s, cleanup hourly."""
+    """Sweep every second, fail_stale every 10 s, cleanup hourly."""
     stopping = _child_setup(settings, "maintenance", stop, parent_pid or os.getppid(), lock_path)
     from app.engine.maintenance import cleanup, fail_stale, sweep
 
