@@ -72,6 +72,7 @@ class IntakeMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     job_id: str = Field(min_length=1, max_length=64)
+    #: Empty on a message maintenance re-admitted: its pending-intake marker vouches.
     api_key: str
     user_id: str
     request: JobRequest

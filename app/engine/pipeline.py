@@ -300,8 +300,10 @@ def process_intake_message(raw: str, deps: Deps, intake: IntakeFn) -> None:
     log = get_logger(job_id=message.job_id, stage=Stage.INTAKE.value)
     if not is_job_id(message.job_id) or deps.jobs.find(message.job_id) is not None:
         log.warning("intake_job_id_refused")  # not ours, or taken: nothing is written under it
+        if is_job_id(message.job_id):
+            deps.intakes.clear(message.job_id)  # a duplicate of an admitted request
         return
-    tenant = deps.tenants.authenticate(message.api_key)
+    tenant = _intake_tenant(deps, message)
     if tenant is None:
         log.warning("intake_unauthenticated")  # no tenant to record a failure under
         return
@@ -314,6 +316,7 @@ def process_intake_message(raw: str, deps: Deps, intake: IntakeFn) -> None:
     )
     try:
         intake(submission, deps)
+        deps.intakes.clear(message.job_id)  # the record exists: nothing left to lose
         return
     except AdmissionRejected as exc:
         error = JobError(code=exc.code, message=exc.message)
@@ -322,7 +325,19 @@ def process_intake_message(raw: str, deps: Deps, intake: IntakeFn) -> None:
     except PipelineError as exc:
         error = JobError(code=exc.code, message=exc.message)
     deps.jobs.reject(message.job_id, tenant.id, message.user_id, error)
+    deps.intakes.clear(message.job_id)
     log.bind(tenant_id=tenant.id).warning("job_rejected", code=error.code, error=error.message)
+
+
+def _intake_tenant(deps: Deps, message: IntakeMessage) -> Tenant | None:
+    """The message's tenant: by its API key, or (re-admitted, no key) by its marker."""
+    if message.api_key:
+        return deps.tenants.authenticate(message.api_key)
+    pending = deps.intakes.get(message.job_id)
+    if pending is None or pending.user_id != message.user_id:
+        return None
+    tenant = deps.tenants.get(pending.tenant_id)
+    return None if tenant is None or tenant.disabled else tenant
 
 
 def _job_id_of(raw: str) -> Any:

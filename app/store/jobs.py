@@ -66,6 +66,7 @@ from app.store.keys import (
     ADMISSION_DICT,
     DELAYED_DICT,
     DELIVERIES_DICT,
+    INTAKE_DICT,
     JOBS_DICT,
     PENDING_DICT,
     SLOTS_DICT,
@@ -77,6 +78,7 @@ from app.store.keys import (
     idem_key,
     idem_prefix,
     index_prefix,
+    intake_key,
     job_key,
     job_owned_prefixes,
     lease_key,
@@ -172,6 +174,7 @@ class JobStore:
         self.delayed: KV = backend.kv(DELAYED_DICT)
         self.deliveries: KV = backend.kv(DELIVERIES_DICT)
         self.pending: KV = backend.kv(PENDING_DICT)
+        self.intakes: KV = backend.kv(INTAKE_DICT)
         self.clock = clock
 
     # ---- admission -------------------------------------------------------------------
@@ -470,6 +473,7 @@ class JobStore:
         for kv, key in (
             (self.deliveries, delivery_key(job_id)),
             (self.pending, pending_key(job_id)),
+            (self.intakes, intake_key(job_id)),
             (self.active, active_key(job_id)),
             (self.jobs, lease_key(job_id)),
             (self.jobs, request_key(job_id)),

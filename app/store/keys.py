@@ -56,6 +56,8 @@ DELAYED_DICT = "delayed"
 DELIVERIES_DICT = "deliveries"
 #: Jobs whose webhook delivery is not finished.
 PENDING_DICT = "deliveries_pending"
+#: Requests a Python client put on the intake queue whose job record does not exist yet.
+INTAKE_DICT = "intake_pending"
 #: Tenants, their names and API keys.
 TENANTS_DICT = "tenants"
 #: The ComfyUI node catalog.
@@ -70,6 +72,7 @@ JOB_DICTS = (
     DELAYED_DICT,
     DELIVERIES_DICT,
     PENDING_DICT,
+    INTAKE_DICT,
 )
 
 
@@ -269,6 +272,10 @@ def pending_key(job_id: str) -> str:
 
 
 def active_key(job_id: str) -> str:
+    return job_id
+
+
+def intake_key(job_id: str) -> str:
     return job_id
 
 
