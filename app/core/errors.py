@@ -16,7 +16,8 @@
     │   ├── FetchFailed               an input could not be downloaded or is not valid media
     │   ├── RenderFailed              ComfyUI reported an error while running the graph
     │   ├── RenderTimeout             the job's deadline passed during render
-    │   ├── RenderCancelled           the client cancelled the job during render
+    │   ├── StageCancelled            the client cancelled the job while a stage worked
+    │   │   └── RenderCancelled       ... during render
     │   └── UploadFailed              storage refused the outputs for good
     ├── BackendError                  the queue/dict backend failed (HTTP 503)
     │   └── QueueItemTooLarge         a queue item is over 1 MiB (also a ValueError)
@@ -167,10 +168,14 @@ class RenderTimeout(PipelineError):
     code = "timeout"
 
 
-class RenderCancelled(PipelineError):
-    """The job was cancelled while it was rendering."""
+class StageCancelled(PipelineError):
+    """The job was cancelled while a stage worked on it."""
 
     code = "cancelled"
+
+
+class RenderCancelled(StageCancelled):
+    """The job was cancelled while it was rendering."""
 
 
 class UploadFailed(PipelineError):

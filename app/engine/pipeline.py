@@ -30,11 +30,19 @@ from app.core.errors import (
 )
 from app.core.ids import is_job_id
 from app.core.logs import get_logger
-from app.core.models import Job, JobError, JobStatus, Stage, StageMessage, StageTimes
+from app.core.models import (
+    Job,
+    JobError,
+    JobStatus,
+    OutputRef,
+    Stage,
+    StageMessage,
+    StageTimes,
+)
 from app.core.schemas import IntakeMessage, JobRequest
 from app.engine.deps import Deps
 from app.engine.heartbeat import heartbeat
-from app.engine.scratch import job_folder
+from app.engine.scratch import SCRATCH_KEY_PREFIX, job_folder
 from app.store.keys import DELAYED_DICT, parked_key, parse_parked_key
 from app.store.tenants import Tenant
 
@@ -229,6 +237,7 @@ def _work(deps: Deps, message: StageMessage, stages: Mapping[Stage, StageFn]) ->
     if deps.jobs.terminal(job.id) is not None:
         # Cancelled while this stage ran: stop here; the canceller already notified.
         shutil.rmtree(job_folder(deps, job.id), ignore_errors=True)
+        discard_outputs(deps, job.outputs)
         return
     if following is not None:
         enqueue(deps, job.id, following, epoch=message.epoch)
@@ -236,6 +245,18 @@ def _work(deps: Deps, message: StageMessage, stages: Mapping[Stage, StageFn]) ->
     if deps.jobs.finish(job.id, JobStatus.COMPLETED, outputs=job.outputs):
         log.info("job_completed", outputs=len(job.outputs))
         after_terminal(deps, job)
+    else:
+        discard_outputs(deps, job.outputs)  # ended by someone else just now: keep nothing
+
+
+def discard_outputs(deps: Deps, outputs: list[OutputRef]) -> None:
+    """Delete a job's outputs already in the object store (scratch references skipped).
+
+    For a job that ended without completing: its view lists no outputs, so none stay.
+    """
+    keys = [o.key for o in outputs if not o.key.startswith(SCRATCH_KEY_PREFIX)]
+    if keys:
+        deps.objects.delete_keys(keys)
 
 
 def _run_again(deps: Deps, job: Job, message: StageMessage, at: float) -> None:

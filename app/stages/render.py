@@ -10,7 +10,6 @@ another's files in a warm container.
 from __future__ import annotations
 
 import shutil
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -22,11 +21,9 @@ from app.adapters.comfy.tracker import RenderProgress
 from app.adapters.comfy.workflow import bind_inputs
 from app.core.logs import get_logger
 from app.core.models import Job, OutputRef
+from app.engine.cancel import cancel_checker
 from app.engine.deps import Deps
 from app.engine.scratch import OUTPUTS, SCRATCH_KEY_PREFIX, inputs_folder, outputs_folder
-
-#: How often the render loop asks the store whether the job was cancelled.
-CANCEL_CHECK_INTERVAL_S = 0.5
 
 
 def scope_outputs(graph: dict[str, Any], job_id: str, run_token: str) -> dict[str, Any]:
@@ -36,20 +33,6 @@ def scope_outputs(graph: dict[str, Any], job_id: str, run_token: str) -> dict[st
     naming files that the previous attempt's clean-up already removed.
     """
     return scope_prefixes(graph, job_id, run_token)  # literal or linked prefixes alike
-
-
-def cancel_checker(deps: Deps, job_id: str) -> Callable[[], bool]:
-    """A cheap `should_cancel`: reads the terminal record at most every half second."""
-    state = {"at": 0.0, "cancelled": False}
-
-    def should_cancel() -> bool:
-        now = time.monotonic()
-        if not state["cancelled"] and now - state["at"] >= CANCEL_CHECK_INTERVAL_S:
-            state["at"] = now
-            state["cancelled"] = deps.jobs.terminal(job_id) is not None
-        return bool(state["cancelled"])
-
-    return should_cancel
 
 
 def progress_writer(deps: Deps, job: Job) -> Callable[[RenderProgress], None]:

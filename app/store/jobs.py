@@ -283,14 +283,16 @@ class JobStore:
         terminal = self.terminal(job_id)
         if terminal is None:
             return job
-        outputs = terminal.outputs or job.outputs
+        # Only a completed job has outputs: a cancelled or failed one's were never kept.
+        completed = terminal.status is JobStatus.COMPLETED
+        outputs = (terminal.outputs or job.outputs) if completed else []
         return job.model_copy(
             update={
                 "status": terminal.status,
                 "finished_at": terminal.decided_at,
                 "error": terminal.error,
                 "outputs": outputs,
-                "progress": 1.0 if terminal.status is JobStatus.COMPLETED else job.progress,
+                "progress": 1.0 if completed else job.progress,
                 "lease_until": None,
             }
         )

@@ -10,9 +10,10 @@ import pytest
 from app.adapters.comfy.messages import ComfyOutput
 from app.adapters.storage.base import output_key
 from app.core.errors import StorageUnavailable
-from app.core.models import JobStatus, OutputRef, Stage
-from app.engine.pipeline import release_due
+from app.core.models import JobStatus, OutputRef, Stage, TerminalDecision
+from app.engine.pipeline import cancel_job, release_due
 from app.engine.scratch import job_folder, outputs_folder
+from app.engine.views import present
 from app.stages import upload
 from tests.unit.stages.fakes import World, make_world, png_bytes
 from tests.unit.stages.helpers import HOOK_URL, fetched, parked
@@ -125,3 +126,45 @@ def test_a_storage_outage_longer_than_the_stage_attempts_is_ridden_out(
     job = world.job("j1")
     assert job.status is JobStatus.COMPLETED
     assert sorted(world.objects.objects) == sorted(o.key for o in job.outputs)
+
+
+def test_a_cancel_during_upload_leaves_no_stored_output_and_the_view_lists_none(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rendered(world)
+    real = world.objects.put_file
+
+    def cancel_after_first(key: str, path: Path, content_type: str) -> int:
+        size = real(key, path, content_type)
+        cancel_job(world.deps, "j1")  # the client cancels while the outputs go up
+        return size
+
+    monkeypatch.setattr(world.objects, "put_file", cancel_after_first)
+    world.step(Stage.UPLOAD)
+    job = world.job("j1")
+    assert job.status is JobStatus.CANCELLED
+    assert world.objects.objects == {}  # the output stored before the cancel is gone
+    assert job.outputs == []
+    assert present(world.deps, job).outputs == []
+
+
+def test_a_cancel_right_after_the_last_upload_check_keeps_no_output(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rendered(world)
+    real_terminal = world.deps.jobs.terminal
+    checks = {"n": 0}
+
+    def cancel_at_the_hand_off(job_id: str) -> TerminalDecision | None:
+        # Upload's own checks see a live job; the cancel lands as the engine hands off.
+        checks["n"] += 1
+        if checks["n"] == 4:
+            cancel_job(world.deps, job_id)
+        return real_terminal(job_id)
+
+    monkeypatch.setattr(world.deps.jobs, "terminal", cancel_at_the_hand_off)
+    world.step(Stage.UPLOAD)
+    job = world.job("j1")
+    assert job.status is JobStatus.CANCELLED
+    assert world.objects.objects == {}
+    assert job.outputs == []  # the record has them, the cancelled view does not
