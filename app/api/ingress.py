@@ -284,5 +284,8 @@ def create_app(deps: Deps) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=deps.settings.max_request_bytes)
     app.include_router(router)
     app.include_router(files_router)
+    from app.api.webhook_routes import webhook_router  # it uses this module's dependencies
+
+    app.include_router(webhook_router)
     app.openapi = _openapi(app)  # type: ignore[method-assign]
     return app

@@ -137,9 +137,11 @@ class Settings(BaseSettings):
 
     # --- webhooks ----------------------------------------------------------------------
     webhook_timeout_s: float = Field(default=15.0, gt=0)
-    #: Delay before each retry (the Standard Webhooks reference schedule, ~3 days).
+    #: Delay before each retry, as Standard Webhooks suggests: immediately, then 5 s,
+    #: 5 min, 30 min, 2 h, 5 h, 10 h, 10 h (8 attempts over ~27.5 h), each spread by
+    #: +-10% jitter. Retries are parked messages, so they survive restarts.
     webhook_retry_schedule_s: CsvIntList = Field(
-        default_factory=lambda: [5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400]
+        default_factory=lambda: [5, 300, 1800, 7200, 18000, 36000, 36000]
     )
 
     # --- ingress and the command line's client ----------------------------------------

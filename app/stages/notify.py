@@ -83,6 +83,7 @@ def run(job: Job, deps: Deps) -> Job | Later:
         log.info("webhook_retry_parked", attempt=attempt.attempt, next_attempt_at=retry_at)
         return Later(retry_at)
     if state == "dead":
+        deps.deliveries.mark_dead(job.tenant_id, job.id, deps.clock())
         log.warning("webhook_dead_lettered", attempts=attempt.attempt, reason=attempt.reason)
     else:
         log.info("webhook_delivered", attempts=attempt.attempt)

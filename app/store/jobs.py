@@ -64,6 +64,7 @@ from app.store.claims import (
 from app.store.keys import (
     ACTIVE_DICT,
     ADMISSION_DICT,
+    DEAD_DICT,
     DELAYED_DICT,
     DELIVERIES_DICT,
     INTAKE_DICT,
@@ -73,6 +74,7 @@ from app.store.keys import (
     TERMINAL_PREFIX,
     active_key,
     claim_key,
+    dead_key,
     delivery_key,
     epoch_key,
     idem_key,
@@ -175,6 +177,7 @@ class JobStore:
         self.deliveries: KV = backend.kv(DELIVERIES_DICT)
         self.pending: KV = backend.kv(PENDING_DICT)
         self.intakes: KV = backend.kv(INTAKE_DICT)
+        self.dead: KV = backend.kv(DEAD_DICT)
         self.clock = clock
 
     # ---- admission -------------------------------------------------------------------
@@ -463,6 +466,7 @@ class JobStore:
         if raw is not None:
             job = Job.model_validate_json(raw)
             removed += self._purge_admission(job)
+            removed += self.dead.pop(dead_key(job.tenant_id, job_id)) is not None
             for ref in job.slots:
                 removed += purge_slot(self.slots, ref)
         for prefix in job_owned_prefixes(job_id):

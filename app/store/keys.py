@@ -56,6 +56,8 @@ DELAYED_DICT = "delayed"
 DELIVERIES_DICT = "deliveries"
 #: Jobs whose webhook delivery is not finished.
 PENDING_DICT = "deliveries_pending"
+#: Deliveries that ended `dead`, per tenant (what `GET /v1/webhooks/failed` lists).
+DEAD_DICT = "deliveries_dead"
 #: Requests a Python client put on the intake queue whose job record does not exist yet.
 INTAKE_DICT = "intake_pending"
 #: Tenants, their names and API keys.
@@ -73,6 +75,7 @@ JOB_DICTS = (
     DELIVERIES_DICT,
     PENDING_DICT,
     INTAKE_DICT,
+    DEAD_DICT,
 )
 
 
@@ -277,6 +280,19 @@ def active_key(job_id: str) -> str:
 
 def intake_key(job_id: str) -> str:
     return job_id
+
+
+def dead_prefix(tenant_id: str) -> str:
+    return f"{tenant_id}:"
+
+
+def dead_key(tenant_id: str, job_id: str) -> str:
+    return f"{dead_prefix(tenant_id)}{job_id}"
+
+
+def parse_dead_key(key: str) -> str:
+    """The job id of a dead-delivery key."""
+    return key.split(":", 1)[1]
 
 
 # ---- tenants dict --------------------------------------------------------------------
