@@ -89,6 +89,10 @@ class Settings(BaseSettings):
     #: Progress is written to the job at most this often.
     progress_interval_s: float = Field(default=0.5, gt=0)
     object_info_ttl_s: int = Field(default=3600, ge=1)
+    #: How long a job may wait for a renderer (queued behind others, ComfyUI down or
+    #: restarting) before it fails with `queue_wait_timeout`. That wait does not count
+    #: against the job's own timeout, which bounds its work.
+    render_queue_wait_limit_s: int = Field(default=1800, ge=1)
 
     # --- node policy: which node classes a tenant's workflow may use --------------------
     #: Refused at submit (nodes that read folders or arbitrary host paths, write outside

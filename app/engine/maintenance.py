@@ -22,7 +22,7 @@ from app.core.logs import get_logger
 from app.core.models import Job, JobError, JobStatus, Stage, StageTimes
 from app.core.schemas import IntakeMessage
 from app.engine.deps import Deps
-from app.engine.pipeline import enqueue, fail_job, release_due
+from app.engine.pipeline import enqueue, fail_job, queue_wait_error, release_due
 from app.store.deliveries import load_delivery
 from app.store.jobs import RATE_WINDOW_S, REQUEUE_AFTER_S
 from app.store.keys import (
@@ -145,7 +145,15 @@ def _reap(
     report: StaleReport,
 ) -> None:
     log = get_logger(job_id=job.id, tenant_id=job.tenant_id, stage=job.stage.value)
-    if now > job.deadline + DEADLINE_GRACE_S:
+    if (
+        job.waiting_for_renderer()
+        and job.renderer_wait_at(now) > deps.settings.render_queue_wait_limit_s
+    ):
+        if fail_job(deps, job, queue_wait_error(deps, job.renderer_wait_at(now))):
+            report.timed_out += 1
+            log.warning("job_queue_wait_timed_out")
+        return
+    if now > job.deadline_at(now) + DEADLINE_GRACE_S:
         error = JobError(code="timeout", message=f"job exceeded its timeout of {job.timeout_s} s")
         if fail_job(deps, job, error):
             report.timed_out += 1

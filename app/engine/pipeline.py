@@ -24,6 +24,7 @@ from pydantic import ValidationError
 
 from app.core.errors import (
     AdmissionRejected,
+    ComfyUnavailable,
     IdempotencyConflict,
     PipelineError,
     StorageUnavailable,
@@ -78,6 +79,8 @@ NEXT_STAGE: Mapping[Stage, Stage | None] = {
 }
 #: Backoff before retrying a stage after a transient error: base * 2**attempt seconds.
 RETRY_BASE_S = 2.0
+#: Longest pause between tries of a render while ComfyUI is down.
+RENDERER_RETRY_MAX_S = 30.0
 
 
 def enqueue(
@@ -149,6 +152,9 @@ def cancel_job(deps: Deps, job_id: str) -> Job:
 def _start(deps: Deps, job: Job, stage: Stage, epoch: int) -> Job:
     now = deps.clock()
     times = dict(job.stage_times)
+    if stage is Stage.RENDER:
+        # The time since it was queued for render was spent waiting for a renderer.
+        job = job.model_copy(update={"renderer_wait_s": job.renderer_wait_at(now)})
     times[stage] = times.get(stage, StageTimes()).model_copy(
         update={"started_at": now, "finished_at": None}
     )
@@ -211,6 +217,10 @@ def _work(deps: Deps, message: StageMessage, stages: Mapping[Stage, StageFn]) ->
         log.info("message_duplicate_dropped")
         return
     job = _start(deps, job, message.stage, message.epoch)
+    if job.renderer_wait_s > deps.settings.render_queue_wait_limit_s:
+        if fail_job(deps, job, queue_wait_error(deps, job.renderer_wait_s)):
+            log.warning("job_failed", code="queue_wait_timeout")
+        return
     log.info("stage_started", attempt=message.attempt)
     try:
         with heartbeat(deps, job.id, message.stage, message.epoch):
@@ -368,6 +378,39 @@ def _job_id_of(raw: str) -> Any:
         return None
 
 
+def queue_wait_error(deps: Deps, waited_s: float) -> JobError:
+    """The failure of a job that waited too long for a renderer (not its own timeout)."""
+    limit = deps.settings.render_queue_wait_limit_s
+    return JobError(
+        code="queue_wait_timeout",
+        message=f"waited {waited_s:.0f} s for a renderer, over the limit of {limit} s",
+    )
+
+
+def _wait_for_renderer(deps: Deps, job: Job, message: StageMessage) -> None:
+    """ComfyUI is down: try again later without using up an attempt, within the wait limit.
+
+    The failed attempt and the time until the next one count as waiting for a renderer
+    (`renderer_wait_s`), not against the job's timeout.
+    """
+    now = deps.clock()
+    times = dict(job.stage_times)
+    started = times.get(Stage.RENDER, StageTimes()).started_at or now
+    waited = job.renderer_wait_s + max(0.0, now - started)
+    if waited > deps.settings.render_queue_wait_limit_s:
+        fail_job(deps, job, queue_wait_error(deps, waited))
+        return
+    times[Stage.RENDER] = times.get(Stage.RENDER, StageTimes()).model_copy(
+        update={"queued_at": now}
+    )
+    delay = min(RETRY_BASE_S * 2 ** min(message.attempt, 8), RENDERER_RETRY_MAX_S)
+    get_logger(job_id=job.id, stage=Stage.RENDER.value, tenant_id=job.tenant_id).warning(
+        "renderer_unavailable_waiting", waited_s=round(waited, 1), retry_in_s=delay
+    )
+    waiting = job.model_copy(update={"renderer_wait_s": waited, "stage_times": times})
+    _run_again(deps, waiting, message, now + delay)
+
+
 def _max_attempts(deps: Deps, exc: PipelineError) -> int:
     """Storage outages last longer than a flaky call: they get their own, larger budget."""
     if isinstance(exc, StorageUnavailable):
@@ -377,6 +420,13 @@ def _max_attempts(deps: Deps, exc: PipelineError) -> int:
 
 def _on_stage_error(deps: Deps, job: Job, message: StageMessage, exc: PipelineError) -> None:
     logger = get_logger(job_id=job.id, stage=message.stage.value, tenant_id=job.tenant_id)
+    if (
+        isinstance(exc, ComfyUnavailable)
+        and message.stage is Stage.RENDER
+        and deps.jobs.terminal(job.id) is None
+    ):
+        _wait_for_renderer(deps, job, message)
+        return
     attempts_left = message.attempt + 1 < _max_attempts(deps, exc)
     if exc.retryable and attempts_left and deps.jobs.terminal(job.id) is None:
         delay = RETRY_BASE_S * 2**message.attempt
