@@ -284,8 +284,11 @@ def create_app(deps: Deps) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=deps.settings.max_request_bytes)
     app.include_router(router)
     app.include_router(files_router)
-    from app.api.webhook_routes import webhook_router  # it uses this module's dependencies
+    from app.api.metrics_route import metrics_router  # these use this module's dependencies
+    from app.api.webhook_routes import webhook_router
 
     app.include_router(webhook_router)
+    if deps.settings.backend == "local":
+        app.include_router(metrics_router)  # on Modal the counters go to the logs instead
     app.openapi = _openapi(app)  # type: ignore[method-assign]
     return app

@@ -22,6 +22,7 @@ from app.core.logs import get_logger
 from app.core.models import Job, JobError, JobStatus, Stage, StageTimes
 from app.core.schemas import IntakeMessage
 from app.engine.deps import Deps
+from app.engine.metrics import log_counters
 from app.engine.pipeline import enqueue, fail_job, queue_wait_error, release_due
 from app.store.deliveries import load_delivery
 from app.store.jobs import RATE_WINDOW_S, REQUEUE_AFTER_S
@@ -133,6 +134,7 @@ def fail_stale(deps: Deps) -> dict[str, int]:
     _recover_intakes(deps, now, report)
     result = asdict(report)
     get_logger().info("fail_stale_done", **result)
+    log_counters(deps, "fail_stale")
     return result
 
 
@@ -303,6 +305,7 @@ def cleanup(deps: Deps) -> dict[str, int]:
             report["keys_deleted"] += 1
     report["scratch_removed"] = _remove_orphan_scratch(deps)
     get_logger().info("cleanup_done", **report)
+    log_counters(deps, "cleanup")
     return report
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +42,7 @@ from app.core.models import (
     StageTimes,
 )
 from app.core.schemas import IntakeMessage, JobRequest
+from app.engine import metrics
 from app.engine.deps import Deps
 from app.engine.heartbeat import heartbeat
 from app.engine.scratch import SCRATCH_KEY_PREFIX, job_folder
@@ -136,6 +138,7 @@ def fail_job(deps: Deps, job: Job, error: JobError) -> bool:
     """Decide `failed`; True if this call decided it."""
     decided = deps.jobs.finish(job.id, JobStatus.FAILED, error=error)
     if decided:
+        metrics.JOBS_FINISHED.labels(JobStatus.FAILED.value).inc()
         after_terminal(deps, job)
     return decided
 
@@ -143,6 +146,7 @@ def fail_job(deps: Deps, job: Job, error: JobError) -> bool:
 def cancel_job(deps: Deps, job_id: str) -> Job:
     """Cancel a job at once (raises `AlreadyTerminal`); stages notice at their next check."""
     job = deps.jobs.cancel(job_id)
+    metrics.JOBS_FINISHED.labels(JobStatus.CANCELLED.value).inc()
     deps.on_cancel(job)
     after_terminal(deps, job)
     get_logger(job_id=job_id, tenant_id=job.tenant_id).info("job_cancelled", stage=job.stage)
@@ -222,17 +226,21 @@ def _work(deps: Deps, message: StageMessage, stages: Mapping[Stage, StageFn]) ->
             log.warning("job_failed", code="queue_wait_timeout")
         return
     log.info("stage_started", attempt=message.attempt)
+    began = time.monotonic()
     try:
         with heartbeat(deps, job.id, message.stage, message.epoch):
             result = stages[message.stage](job, deps)
     except PipelineError as exc:
+        _observe(job, message.stage, began, "retry" if exc.retryable else "failed")
         _on_stage_error(deps, job, message, exc)
         return
     except Exception:  # a bug: fail the job cleanly, keep the traceback in logs only
+        _observe(job, message.stage, began, "failed")
         log.exception("stage_crashed")
         internal = PipelineError(f"internal error in {message.stage}")
         _on_stage_error(deps, job, message, internal)
         return
+    _observe(job, message.stage, began, "parked" if isinstance(result, Later) else "ok")
     if not deps.jobs.is_current(job.id, message.epoch):
         log.warning("stage_result_from_stale_holder_dropped")
         return
@@ -253,6 +261,7 @@ def _work(deps: Deps, message: StageMessage, stages: Mapping[Stage, StageFn]) ->
         enqueue(deps, job.id, following, epoch=message.epoch)
         return
     if deps.jobs.finish(job.id, JobStatus.COMPLETED, outputs=job.outputs):
+        metrics.JOBS_FINISHED.labels(JobStatus.COMPLETED.value).inc()
         log.info("job_completed", outputs=len(job.outputs))
         after_terminal(deps, job)
     else:
@@ -267,6 +276,13 @@ def discard_outputs(deps: Deps, outputs: list[OutputRef]) -> None:
     keys = [o.key for o in outputs if not o.key.startswith(SCRATCH_KEY_PREFIX)]
     if keys:
         deps.objects.delete_keys(keys)
+
+
+def _observe(job: Job, stage: Stage, began: float, outcome: str) -> None:
+    elapsed = time.monotonic() - began
+    metrics.STAGE_SECONDS.labels(stage.value, outcome).observe(elapsed)
+    if stage is Stage.RENDER:
+        metrics.RENDER_SECONDS.labels(job.tenant_id).inc(elapsed)
 
 
 def _run_again(deps: Deps, job: Job, message: StageMessage, at: float) -> None:
@@ -355,7 +371,8 @@ def process_intake_message(raw: str, deps: Deps, intake: IntakeFn) -> None:
         error = JobError(code="idempotency_conflict", message=str(exc))
     except PipelineError as exc:
         error = JobError(code=exc.code, message=exc.message)
-    deps.jobs.reject(message.job_id, tenant.id, message.user_id, error)
+    if deps.jobs.reject(message.job_id, tenant.id, message.user_id, error):
+        metrics.JOBS_FINISHED.labels(JobStatus.FAILED.value).inc()
     deps.intakes.clear(message.job_id)
     log.bind(tenant_id=tenant.id).warning("job_rejected", code=error.code, error=error.message)
 
@@ -407,6 +424,7 @@ def _wait_for_renderer(deps: Deps, job: Job, message: StageMessage) -> None:
     get_logger(job_id=job.id, stage=Stage.RENDER.value, tenant_id=job.tenant_id).warning(
         "renderer_unavailable_waiting", waited_s=round(waited, 1), retry_in_s=delay
     )
+    metrics.RETRIES.labels(Stage.RENDER.value, ComfyUnavailable.code).inc()
     waiting = job.model_copy(update={"renderer_wait_s": waited, "stage_times": times})
     _run_again(deps, waiting, message, now + delay)
 
@@ -430,6 +448,7 @@ def _on_stage_error(deps: Deps, job: Job, message: StageMessage, exc: PipelineEr
     attempts_left = message.attempt + 1 < _max_attempts(deps, exc)
     if exc.retryable and attempts_left and deps.jobs.terminal(job.id) is None:
         delay = RETRY_BASE_S * 2**message.attempt
+        metrics.RETRIES.labels(message.stage.value, exc.code).inc()
         logger.warning(
             "stage_retry_scheduled",
             code=exc.code,

@@ -47,6 +47,7 @@ from app.core.errors import (
 from app.core.logs import configure_logging, get_logger
 from app.core.models import Stage
 from app.engine.deps import Deps, build_deps
+from app.engine.metrics import enable_multiprocess
 
 SWEEP_INTERVAL_S = 1.0
 #: With the 30 s lease, a dead holder is taken back within 40 s of its last heartbeat.
@@ -522,6 +523,8 @@ def run_dev(settings: Settings, *, host: str | None = None, port: int | None = N
     settings = listening_settings(settings, host or settings.host, port or settings.port)
     configure_logging(settings.log_level, settings.log_json)
     with single_runner(settings.data_dir) as lock_path:
+        # Before any child starts: they inherit the folder and share their counters.
+        enable_multiprocess(settings.data_dir / "metrics")
         deps = build_deps(settings)
         prepare(settings, deps)
         log = get_logger()
