@@ -8,7 +8,9 @@ For code that runs next to the pipeline (a Modal function, a local script):
 
 `enqueue` puts an `IntakeMessage` on the intake queue and wakes the intake stage; the
 intake worker authenticates the key and admits the job exactly as `POST /v1/jobs` does.
-A refusal (a cap, a bad workflow) becomes a `failed` job under the same id, so `get`
+Before the put, a pending-intake marker (the request and the tenant, no key) is written
+under the job id, so a request lost with an intake worker is re-admitted by
+`fail_stale`. A refusal (a cap, a bad workflow) becomes a `failed` job under the same id, so `get`
 and `wait` report it. Code that puts an `IntakeMessage` on the `modal.Queue` itself,
 without the wake-up, is not lost: the scheduled sweep drains the intake queue within
 about a minute.
@@ -40,6 +42,7 @@ from app.engine.backpressure import CLIENT_ADMISSION_QUEUES, check_backlog
 from app.engine.deps import Deps, Waker, build_deps
 from app.engine.pipeline import cancel_job
 from app.engine.views import owned_job, present
+from app.store.intakes import PendingIntake
 from app.store.tenants import Tenant
 
 
@@ -89,7 +92,7 @@ class Client:
         `JobRequest` and `Backpressure` (retry after `retry_after_s`) while the queues are
         at capacity; everything else (caps, workflow checks) is decided by intake.
         """
-        self.tenant()  # fail fast; intake authenticates again
+        tenant = self.tenant()  # fail fast; intake authenticates again
         check_backlog(self.deps, CLIENT_ADMISSION_QUEUES)
         if not isinstance(request, JobRequest):
             try:
@@ -105,6 +108,18 @@ class Client:
             user_id=self.user_id,
             request=request,
             idempotency_key=idempotency_key,
+        )
+        # Durable before the message can be lost with an intake worker (the queue's get is
+        # destructive); maintenance re-admits a marker whose job never appeared.
+        self.deps.intakes.mark(
+            PendingIntake(
+                job_id=job_id,
+                tenant_id=tenant.id,
+                user_id=self.user_id,
+                request=request,
+                idempotency_key=idempotency_key,
+                at=self.deps.clock(),
+            )
         )
         self.deps.queue(Stage.INTAKE).put(message.model_dump_json())
         self.deps.waker(Stage.INTAKE)

@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.core.node_policy import DENIED_BY_DEFAULT
@@ -121,6 +121,10 @@ class Settings(BaseSettings):
     #: write) at most this often: each is a round trip on Modal.
     progress_interval_s: float = Field(default=2.0, gt=0)
     object_info_ttl_s: int = Field(default=3600, ge=1)
+    #: How long a job may wait for a renderer (queued behind others, ComfyUI down or
+    #: restarting) before it fails with `queue_wait_timeout`. That wait does not count
+    #: against the job's own timeout, which bounds its work.
+    render_queue_wait_limit_s: int = Field(default=1800, ge=1)
 
     # --- node policy: which node classes a tenant's workflow may use --------------------
     #: Refused at submit (nodes that read folders or arbitrary host paths, write outside
@@ -134,8 +138,10 @@ class Settings(BaseSettings):
     allow_api_nodes: bool = False
 
     # --- stages and workers ------------------------------------------------------------
-    #: How long a stage may hold a job before fail_stale takes it back.
-    stage_lease_s: int = Field(default=900, ge=10)
+    #: How long a stage holds a job without a heartbeat before fail_stale takes it back;
+    #: the holder renews it every stage_lease_renew_s while it works (a long render too).
+    stage_lease_s: int = Field(default=30, ge=10)
+    stage_lease_renew_s: float = Field(default=10.0, gt=0)
     stage_max_attempts: int = Field(default=3, ge=1)
     #: A queued message older than this is presumed lost and re-sent even while its queue
     #: has a backlog (an empty queue re-sends after 5 minutes; a duplicate is fenced).
@@ -165,6 +171,10 @@ class Settings(BaseSettings):
     s3_secret_access_key: SecretStr = SecretStr("")
     presign_expiry_s: int = Field(default=900, ge=1, le=7 * 86_400)
     upload_max_attempts: int = Field(default=4, ge=1)
+    #: Attempts of a stage that meets a transient storage error (full disk, permissions,
+    #: I/O error, S3 5xx/throttling) before the job fails; with the stage back-off of
+    #: 2 s doubling, 6 attempts ride out about a minute of storage trouble.
+    storage_retry_attempts: int = Field(default=6, ge=1)
     #: HMAC key for the local store's signed URLs; empty: one is generated and kept
     #: in the data folder.
     signing_key: SecretStr = SecretStr("")
@@ -172,9 +182,11 @@ class Settings(BaseSettings):
 
     # --- webhooks ----------------------------------------------------------------------
     webhook_timeout_s: float = Field(default=15.0, gt=0)
-    #: Delay before each retry (the Standard Webhooks reference schedule, ~3 days).
+    #: Delay before each retry, as Standard Webhooks suggests: immediately, then 5 s,
+    #: 5 min, 30 min, 2 h, 5 h, 10 h, 10 h (8 attempts over ~27.5 h), each spread by
+    #: +-10% jitter. Retries are parked messages, so they survive restarts.
     webhook_retry_schedule_s: CsvIntList = Field(
-        default_factory=lambda: [5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400]
+        default_factory=lambda: [5, 300, 1800, 7200, 18000, 36000, 36000]
     )
 
     # --- ingress and the command line's client ----------------------------------------
@@ -270,6 +282,12 @@ class Settings(BaseSettings):
         "node_allowlist",
         mode="before",
     )(_split_csv)
+
+    @model_validator(mode="after")
+    def _renew_within_lease(self) -> Settings:
+        if self.stage_lease_renew_s >= self.stage_lease_s:
+            raise ValueError("stage_lease_renew_s must be shorter than stage_lease_s")
+        return self
 
     @property
     def state_db_path(self) -> Path:

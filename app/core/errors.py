@@ -22,7 +22,8 @@
     │   ├── RenderFailed              ComfyUI reported an error while running the graph
     │   ├── RenderTimeout             the job's deadline passed during render
     │   ├── RendererStuck             ComfyUI did not honour the interrupt: it is restarted
-    │   ├── RenderCancelled           the client cancelled the job during render
+    │   ├── StageCancelled            the client cancelled the job while a stage worked
+    │   │   └── RenderCancelled       ... during render
     │   └── UploadFailed              storage refused the outputs for good
     ├── BackendError                  the queue/dict backend failed (HTTP 503)
     │   ├── QueueItemTooLarge         a queue item is over 1 MiB (also a ValueError)
@@ -253,10 +254,14 @@ class RendererStuck(PipelineError):
     code = "renderer_stuck"
 
 
-class RenderCancelled(PipelineError):
-    """The job was cancelled while it was rendering."""
+class StageCancelled(PipelineError):
+    """The job was cancelled while a stage worked on it."""
 
     code = "cancelled"
+
+
+class RenderCancelled(StageCancelled):
+    """The job was cancelled while it was rendering."""
 
 
 class UploadFailed(PipelineError):

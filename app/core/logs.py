@@ -20,6 +20,9 @@ def configure_logging(level: str = "INFO", json_lines: bool = False) -> None:
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
+            # `log.exception` sets exc_info; without this the traceback is dropped and an
+            # error line says nothing about where it came from.
+            structlog.processors.format_exc_info,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),

@@ -114,6 +114,9 @@ class Job(Record):
     slots: list[SlotRef] = Field(default_factory=list)
     stage_times: dict[Stage, StageTimes] = Field(default_factory=dict)
     lease_until: float | None = None
+    #: Seconds this job spent waiting for a renderer (render queue, ComfyUI down) in
+    #: earlier render attempts: the deadline does not count them, the queue-wait limit does.
+    renderer_wait_s: float = 0.0
     #: Modal FunctionCall id of the render holding the job (cancel stops it).
     render_call_id: str | None = None
     #: Set when the job ran a registered template (its graph is stored resolved).
@@ -125,8 +128,22 @@ class Job(Record):
 
     @property
     def deadline(self) -> float:
-        """When the job must be finished, counted from admission."""
-        return self.created_at + self.timeout_s
+        """When the job must be finished: its own work counts, waiting for a renderer not."""
+        return self.created_at + self.timeout_s + self.renderer_wait_s
+
+    def waiting_for_renderer(self) -> bool:
+        """Queued for render (or parked for another try) with no worker holding it."""
+        return self.stage is Stage.RENDER and self.lease_until is None and not self.is_terminal
+
+    def renderer_wait_at(self, now: float) -> float:
+        """All the time spent waiting for a renderer, the current wait included."""
+        queued = self.stage_times.get(Stage.RENDER, StageTimes()).queued_at
+        current = now - queued if self.waiting_for_renderer() and queued is not None else 0.0
+        return self.renderer_wait_s + max(0.0, current)
+
+    def deadline_at(self, now: float) -> float:
+        """`deadline`, with the wait under way (not yet added to `renderer_wait_s`)."""
+        return self.created_at + self.timeout_s + self.renderer_wait_at(now)
 
 
 class TerminalDecision(Record):

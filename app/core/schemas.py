@@ -72,6 +72,7 @@ class IntakeMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     job_id: str = Field(min_length=1, max_length=64)
+    #: Empty on a message maintenance re-admitted: its pending-intake marker vouches.
     api_key: str
     user_id: str
     request: JobRequest
@@ -94,6 +95,8 @@ class ErrorView(BaseModel):
 
 class Timings(BaseModel):
     queue_wait_s: float | None = None
+    #: Time spent waiting for a renderer (busy or down); not counted by the job's timeout.
+    renderer_wait_s: float = 0.0
     fetch_s: float | None = None
     render_s: float | None = None
     upload_s: float | None = None
@@ -147,6 +150,7 @@ def timings_of(job: Job) -> Timings:
     fetch, render, upload = times.get(Stage.FETCH), times.get(Stage.RENDER), times.get(Stage.UPLOAD)
     return Timings(
         queue_wait_s=_span(job.created_at, fetch.started_at if fetch else None),
+        renderer_wait_s=round(job.renderer_wait_s, 3),
         fetch_s=_span(fetch.started_at, fetch.finished_at) if fetch else None,
         render_s=_span(render.started_at, render.finished_at) if render else None,
         upload_s=_span(upload.started_at, upload.finished_at) if upload else None,

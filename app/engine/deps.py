@@ -17,6 +17,7 @@ from app.core.config import Settings
 from app.core.models import Job, Stage
 from app.store.backends import KV, Backend, Queue, open_backend
 from app.store.deliveries import DeliveryStore
+from app.store.intakes import PendingIntakes
 from app.store.jobs import JobStore
 from app.store.keys import queue_name
 from app.store.parallel import is_concurrent
@@ -110,6 +111,10 @@ class Deps:
     @cached_property
     def deliveries(self) -> DeliveryStore:
         return DeliveryStore(self.backend)
+
+    @cached_property
+    def intakes(self) -> PendingIntakes:
+        return PendingIntakes(self.backend)
 
     @cached_property
     def catalog(self) -> CatalogStore:

@@ -4,7 +4,9 @@
   (retries, webhook back-off) onto their queues and wakes any stage whose queue is not
   empty, so a raw `Queue.put` without a wake-up is still picked up.
 * `fail_stale`: takes jobs back from dead holders (lease expired), fails jobs past their
-  deadline or out of attempts, re-sends messages that were lost, frees leaked slots.
+  deadline or out of attempts, re-sends messages that were lost (stage messages, webhook
+  messages, queued requests whose pending-intake marker outlived them), frees leaked
+  slots.
 * `cleanup`: removes outputs and records past their retention, and orphaned scratch
   folders.
 """
@@ -18,8 +20,10 @@ from dataclasses import asdict, dataclass
 
 from app.core.logs import get_logger
 from app.core.models import Job, JobError, JobStatus, Stage, StageTimes
+from app.core.schemas import IntakeMessage
 from app.engine.deps import Deps
-from app.engine.pipeline import enqueue, fail_job, release_due
+from app.engine.metrics import log_counters
+from app.engine.pipeline import enqueue, fail_job, queue_wait_error, release_due
 from app.store.deliveries import load_delivery
 from app.store.jobs import RATE_WINDOW_S, REQUEUE_AFTER_S
 from app.store.keys import (
@@ -36,6 +40,12 @@ from app.store.keys import (
 WORK_STAGES = (Stage.FETCH, Stage.RENDER, Stage.UPLOAD)
 #: Grace after a job's deadline before fail_stale fails it (render enforces it first).
 DEADLINE_GRACE_S = 60
+#: A queued request whose job record has not appeared this long after its marker was
+#: written (or last re-admitted) is put back on the intake queue; intake takes well
+#: under a second, so this is long only for a worker that died with the message.
+INTAKE_RECOVER_AFTER_S = 30
+#: Re-admissions of one request before it is recorded as a failed job.
+INTAKE_MAX_RESENDS = 3
 
 
 @dataclass(slots=True)
@@ -46,6 +56,8 @@ class StaleReport:
     timed_out: int = 0
     lost: int = 0
     requeued: int = 0
+    intakes_recovered: int = 0
+    intakes_failed: int = 0
     slots_released: int = 0
     active_removed: int = 0
 
@@ -118,8 +130,10 @@ def fail_stale(deps: Deps) -> dict[str, int]:
             continue
         _reap(deps, job, now, empty_queues, parked, report)
     report.requeued += _resend_lost_deliveries(deps, now, parked)
+    _recover_intakes(deps, now, report)
     result = asdict(report)
     get_logger().info("fail_stale_done", **result)
+    log_counters(deps, "fail_stale")
     return result
 
 
@@ -132,13 +146,22 @@ def _reap(
     report: StaleReport,
 ) -> None:
     log = get_logger(job_id=job.id, tenant_id=job.tenant_id, stage=job.stage.value)
-    if now > job.deadline + DEADLINE_GRACE_S:
+    if (
+        job.waiting_for_renderer()
+        and job.renderer_wait_at(now) > deps.settings.render_queue_wait_limit_s
+    ):
+        if fail_job(deps, job, queue_wait_error(deps, job.renderer_wait_at(now))):
+            report.timed_out += 1
+            log.warning("job_queue_wait_timed_out")
+        return
+    if now > job.deadline_at(now) + DEADLINE_GRACE_S:
         error = JobError(code="timeout", message=f"job exceeded its timeout of {job.timeout_s} s")
         if fail_job(deps, job, error):
             report.timed_out += 1
             log.warning("job_timed_out")
         return
-    holder_died = job.lease_until is not None and now > job.lease_until
+    lease_until = deps.jobs.lease_until(job)  # heartbeats included
+    holder_died = lease_until is not None and now > lease_until
     queued = job.stage_times.get(job.stage, StageTimes()).queued_at
     # Lost if nobody took it: soon when its queue is empty, and after the job's own
     # queued-at age passes a longer limit even under a sustained backlog (a duplicate
@@ -199,6 +222,38 @@ def _resend_lost_deliveries(deps: Deps, now: float, parked: set[str]) -> int:
     return resent
 
 
+def _recover_intakes(deps: Deps, now: float, report: StaleReport) -> None:
+    """Re-admit queued requests lost with an intake worker; give up after a few tries."""
+    if deps.queue(Stage.INTAKE).len():
+        return  # a backlog: the message is likely still queued
+    for pending in deps.intakes.all():
+        if deps.jobs.find(pending.job_id) is not None:
+            deps.intakes.clear(pending.job_id)  # admitted; the clear was lost
+            continue
+        if now - pending.at < INTAKE_RECOVER_AFTER_S:
+            continue
+        log = get_logger(job_id=pending.job_id, tenant_id=pending.tenant_id, stage="intake")
+        if pending.resent >= INTAKE_MAX_RESENDS:
+            error = JobError(code="intake_lost", message="the request could not be admitted")
+            deps.jobs.reject(pending.job_id, pending.tenant_id, pending.user_id, error)
+            deps.intakes.clear(pending.job_id)
+            report.intakes_failed += 1
+            log.warning("intake_given_up", resent=pending.resent)
+            continue
+        deps.intakes.mark(pending.model_copy(update={"resent": pending.resent + 1, "at": now}))
+        message = IntakeMessage(
+            job_id=pending.job_id,
+            api_key="",  # authenticated by the marker
+            user_id=pending.user_id,
+            request=pending.request,
+            idempotency_key=pending.idempotency_key,
+        )
+        deps.queue(Stage.INTAKE).put(message.model_dump_json())
+        deps.waker(Stage.INTAKE)
+        report.intakes_recovered += 1
+        log.warning("intake_recovered", resent=pending.resent + 1)
+
+
 def _hand_back(deps: Deps, job: Job, epoch: int) -> None:
     """Give the job to its stage again under `epoch` (already taken with `take_back`)."""
     times = dict(job.stage_times)
@@ -254,6 +309,7 @@ def cleanup(deps: Deps) -> dict[str, int]:
             report["keys_deleted"] += 1
     report["scratch_removed"] = _remove_orphan_scratch(deps)
     get_logger().info("cleanup_done", **report)
+    log_counters(deps, "cleanup")
     return report
 
 

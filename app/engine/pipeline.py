@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -25,17 +26,29 @@ from pydantic import ValidationError
 from app.core.errors import (
     AdmissionRejected,
     Backpressure,
+    ComfyUnavailable,
     IdempotencyConflict,
     JobIdTaken,
     PipelineError,
     QueueFull,
+    StorageUnavailable,
 )
 from app.core.ids import is_job_id
 from app.core.logs import get_logger
-from app.core.models import Job, JobError, JobStatus, Stage, StageMessage, StageTimes
+from app.core.models import (
+    Job,
+    JobError,
+    JobStatus,
+    OutputRef,
+    Stage,
+    StageMessage,
+    StageTimes,
+)
 from app.core.schemas import IntakeMessage, JobRequest
+from app.engine import metrics
 from app.engine.deps import Deps
-from app.engine.scratch import job_folder
+from app.engine.heartbeat import heartbeat
+from app.engine.scratch import SCRATCH_KEY_PREFIX, job_folder
 from app.store.keys import DELAYED_DICT, parked_key, parse_parked_key
 from app.store.tenants import Tenant
 
@@ -71,6 +84,8 @@ NEXT_STAGE: Mapping[Stage, Stage | None] = {
 }
 #: Backoff before retrying a stage after a transient error: base * 2**attempt seconds.
 RETRY_BASE_S = 2.0
+#: Longest pause between tries of a render while ComfyUI is down.
+RENDERER_RETRY_MAX_S = 30.0
 
 
 def enqueue(
@@ -148,6 +163,7 @@ def fail_job(deps: Deps, job: Job, error: JobError) -> bool:
     """Decide `failed`; True if this call decided it."""
     decided = deps.jobs.finish(job.id, JobStatus.FAILED, error=error)
     if decided:
+        metrics.JOBS_FINISHED.labels(JobStatus.FAILED.value).inc()
         after_terminal(deps, job)
     return decided
 
@@ -155,6 +171,7 @@ def fail_job(deps: Deps, job: Job, error: JobError) -> bool:
 def cancel_job(deps: Deps, job_id: str) -> Job:
     """Cancel a job at once (raises `AlreadyTerminal`); stages notice at their next check."""
     job = deps.jobs.cancel(job_id)
+    metrics.JOBS_FINISHED.labels(JobStatus.CANCELLED.value).inc()
     deps.on_cancel(job)
     after_terminal(deps, job)
     get_logger(job_id=job_id, tenant_id=job.tenant_id).info("job_cancelled", stage=job.stage)
@@ -169,6 +186,9 @@ def _start(deps: Deps, job: Job, stage: Stage, epoch: int) -> tuple[Job, Callabl
     """
     now = deps.clock()
     times = dict(job.stage_times)
+    if stage is Stage.RENDER:
+        # The time since it was queued for render was spent waiting for a renderer.
+        job = job.model_copy(update={"renderer_wait_s": job.renderer_wait_at(now)})
     times[stage] = times.get(stage, StageTimes()).model_copy(
         update={"started_at": now, "finished_at": None}
     )
@@ -240,20 +260,30 @@ def _work(deps: Deps, message: StageMessage, stages: Mapping[Stage, StageFn]) ->
         log.info("message_duplicate_dropped")
         return
     job, wait_started = _start(deps, found, message.stage, message.epoch)
+    if job.renderer_wait_s > deps.settings.render_queue_wait_limit_s:
+        wait_started()
+        if fail_job(deps, job, queue_wait_error(deps, job.renderer_wait_s)):
+            log.warning("job_failed", code="queue_wait_timeout")
+        return
     log.info("stage_started", attempt=message.attempt)
+    began = time.monotonic()
     try:
-        result = stages[message.stage](job, deps)
+        with heartbeat(deps, job.id, message.stage, message.epoch):
+            result = stages[message.stage](job, deps)
     except PipelineError as exc:
         wait_started()
+        _observe(job, message.stage, began, "retry" if exc.retryable else "failed")
         _on_stage_error(deps, job, message, exc)
         return
     except Exception:  # a bug: fail the job cleanly, keep the traceback in logs only
         wait_started()
+        _observe(job, message.stage, began, "failed")
         log.exception("stage_crashed")
         internal = PipelineError(f"internal error in {message.stage}")
         _on_stage_error(deps, job, message, internal)
         return
     wait_started()
+    _observe(job, message.stage, began, "parked" if isinstance(result, Later) else "ok")
     following = NEXT_STAGE.get(message.stage)
     # Fence and cancel read at once. The last stage needs no cancel read: `complete` is
     # put-if-absent, so a cancel that came first stays decided.
@@ -274,14 +304,35 @@ def _work(deps: Deps, message: StageMessage, stages: Mapping[Stage, StageFn]) ->
         # nothing); the canceller already notified.
         deps.jobs.save(job)
         shutil.rmtree(job_folder(deps, job.id), ignore_errors=True)
+        discard_outputs(deps, job.outputs)
         return
     if following is not None:
         deps.jobs.save(job)
         hand_off(deps, job, following, epoch=message.epoch)
         return
     if deps.jobs.complete(job):
+        metrics.JOBS_FINISHED.labels(JobStatus.COMPLETED.value).inc()
         log.info("job_completed", outputs=len(job.outputs))
         after_terminal(deps, job)
+    else:
+        discard_outputs(deps, job.outputs)  # ended by someone else just now: keep nothing
+
+
+def discard_outputs(deps: Deps, outputs: list[OutputRef]) -> None:
+    """Delete a job's outputs already in the object store (scratch references skipped).
+
+    For a job that ended without completing: its view lists no outputs, so none stay.
+    """
+    keys = [o.key for o in outputs if not o.key.startswith(SCRATCH_KEY_PREFIX)]
+    if keys:
+        deps.objects.delete_keys(keys)
+
+
+def _observe(job: Job, stage: Stage, began: float, outcome: str) -> None:
+    elapsed = time.monotonic() - began
+    metrics.STAGE_SECONDS.labels(stage.value, outcome).observe(elapsed)
+    if stage is Stage.RENDER:
+        metrics.RENDER_SECONDS.labels(job.tenant_id).inc(elapsed)
 
 
 def _run_again(deps: Deps, job: Job, message: StageMessage, at: float) -> None:
@@ -346,8 +397,10 @@ def process_intake_message(raw: str, deps: Deps, intake: IntakeFn) -> None:
     log = get_logger(job_id=message.job_id, stage=Stage.INTAKE.value)
     if not is_job_id(message.job_id) or deps.jobs.find(message.job_id) is not None:
         log.warning("intake_job_id_refused")  # not ours, or taken: nothing is written under it
+        if is_job_id(message.job_id):
+            deps.intakes.clear(message.job_id)  # a duplicate of an admitted request
         return
-    tenant = deps.tenants.authenticate(message.api_key)
+    tenant = _intake_tenant(deps, message)
     if tenant is None:
         log.warning("intake_unauthenticated")  # no tenant to record a failure under
         return
@@ -360,9 +413,11 @@ def process_intake_message(raw: str, deps: Deps, intake: IntakeFn) -> None:
     )
     try:
         intake(submission, deps)
+        deps.intakes.clear(message.job_id)  # the record exists: nothing left to lose
         return
     except JobIdTaken:
         log.warning("intake_job_id_refused")  # lost a race for the id: the winner's job stands
+        deps.intakes.clear(message.job_id)
         return
     except AdmissionRejected as exc:
         error = JobError(code=exc.code, message=exc.message)
@@ -372,9 +427,23 @@ def process_intake_message(raw: str, deps: Deps, intake: IntakeFn) -> None:
         error = JobError(code=exc.code, message=exc.message)
     except Backpressure:
         log.warning("intake_job_failed_backpressure")  # already failed under its id
+        deps.intakes.clear(message.job_id)
         return
-    deps.jobs.reject(message.job_id, tenant.id, message.user_id, error)
+    if deps.jobs.reject(message.job_id, tenant.id, message.user_id, error):
+        metrics.JOBS_FINISHED.labels(JobStatus.FAILED.value).inc()
+    deps.intakes.clear(message.job_id)
     log.bind(tenant_id=tenant.id).warning("job_rejected", code=error.code, error=error.message)
+
+
+def _intake_tenant(deps: Deps, message: IntakeMessage) -> Tenant | None:
+    """The message's tenant: by its API key, or (re-admitted, no key) by its marker."""
+    if message.api_key:
+        return deps.tenants.authenticate(message.api_key)
+    pending = deps.intakes.get(message.job_id)
+    if pending is None or pending.user_id != message.user_id:
+        return None
+    tenant = deps.tenants.get(pending.tenant_id)
+    return None if tenant is None or tenant.disabled else tenant
 
 
 def _job_id_of(raw: str) -> Any:
@@ -384,11 +453,60 @@ def _job_id_of(raw: str) -> Any:
         return None
 
 
+def queue_wait_error(deps: Deps, waited_s: float) -> JobError:
+    """The failure of a job that waited too long for a renderer (not its own timeout)."""
+    limit = deps.settings.render_queue_wait_limit_s
+    return JobError(
+        code="queue_wait_timeout",
+        message=f"waited {waited_s:.0f} s for a renderer, over the limit of {limit} s",
+    )
+
+
+def _wait_for_renderer(deps: Deps, job: Job, message: StageMessage) -> None:
+    """ComfyUI is down: try again later without using up an attempt, within the wait limit.
+
+    The failed attempt and the time until the next one count as waiting for a renderer
+    (`renderer_wait_s`), not against the job's timeout.
+    """
+    now = deps.clock()
+    times = dict(job.stage_times)
+    started = times.get(Stage.RENDER, StageTimes()).started_at or now
+    waited = job.renderer_wait_s + max(0.0, now - started)
+    if waited > deps.settings.render_queue_wait_limit_s:
+        fail_job(deps, job, queue_wait_error(deps, waited))
+        return
+    times[Stage.RENDER] = times.get(Stage.RENDER, StageTimes()).model_copy(
+        update={"queued_at": now}
+    )
+    delay = min(RETRY_BASE_S * 2 ** min(message.attempt, 8), RENDERER_RETRY_MAX_S)
+    get_logger(job_id=job.id, stage=Stage.RENDER.value, tenant_id=job.tenant_id).warning(
+        "renderer_unavailable_waiting", waited_s=round(waited, 1), retry_in_s=delay
+    )
+    metrics.RETRIES.labels(Stage.RENDER.value, ComfyUnavailable.code).inc()
+    waiting = job.model_copy(update={"renderer_wait_s": waited, "stage_times": times})
+    _run_again(deps, waiting, message, now + delay)
+
+
+def _max_attempts(deps: Deps, exc: PipelineError) -> int:
+    """Storage outages last longer than a flaky call: they get their own, larger budget."""
+    if isinstance(exc, StorageUnavailable):
+        return max(deps.settings.storage_retry_attempts, deps.settings.stage_max_attempts)
+    return deps.settings.stage_max_attempts
+
+
 def _on_stage_error(deps: Deps, job: Job, message: StageMessage, exc: PipelineError) -> None:
     logger = get_logger(job_id=job.id, stage=message.stage.value, tenant_id=job.tenant_id)
-    attempts_left = message.attempt + 1 < deps.settings.stage_max_attempts
+    if (
+        isinstance(exc, ComfyUnavailable)
+        and message.stage is Stage.RENDER
+        and deps.jobs.terminal(job.id) is None
+    ):
+        _wait_for_renderer(deps, job, message)
+        return
+    attempts_left = message.attempt + 1 < _max_attempts(deps, exc)
     if exc.retryable and attempts_left and deps.jobs.terminal(job.id) is None:
         delay = RETRY_BASE_S * 2**message.attempt
+        metrics.RETRIES.labels(message.stage.value, exc.code).inc()
         logger.warning(
             "stage_retry_scheduled",
             code=exc.code,

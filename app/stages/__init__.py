@@ -15,6 +15,7 @@ from typing import Any
 
 from app.core.models import Stage
 from app.engine.deps import Deps
+from app.engine.metrics import log_counters
 from app.engine.pipeline import StageFn, process_intake_message, process_message
 from app.engine.worker import MessageHandler, drain_stage
 
@@ -43,4 +44,7 @@ def handler(stage: Stage, deps: Deps) -> MessageHandler:
 
 def drain(stage: Stage, deps: Deps, **options: Any) -> int:
     """Drain `stage`'s queue with its handler (options as `drain_stage`)."""
-    return drain_stage(stage, deps, handler(stage, deps), **options)
+    try:
+        return drain_stage(stage, deps, handler(stage, deps), **options)
+    finally:
+        log_counters(deps, f"drain:{stage.value}")

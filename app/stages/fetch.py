@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from app.adapters.media import check_media
+from app.core.errors import StageCancelled
 from app.core.ids import inside
 from app.core.logs import get_logger
 from app.core.models import Job
+from app.engine.cancel import cancel_checker
 from app.engine.deps import Deps
 from app.engine.scratch import inputs_folder
 
@@ -16,9 +18,12 @@ def run(job: Job, deps: Deps) -> Job:
     folder = inputs_folder(deps, job.id)
     folder.mkdir(parents=True, exist_ok=True)
     log = get_logger(job_id=job.id, tenant_id=job.tenant_id, stage="fetch")
+    # Asked between chunks (throttled): a cancel stops a slow download at once, not at
+    # its end. Between inputs the store is asked every time (one read per input).
+    cancelled = cancel_checker(deps, job.id)
     for spec in job.inputs:
         if deps.jobs.terminal(job.id) is not None:
-            break  # cancelled: the pipeline notices and stops
+            raise StageCancelled("the job was cancelled while its inputs downloaded")
         dest = inside(folder, spec.name)
         result = deps.http.download(
             spec.url,
@@ -26,6 +31,7 @@ def run(job: Job, deps: Deps) -> Job:
             max_bytes=settings.fetch_max_bytes,
             timeout_s=settings.fetch_timeout_s,
             max_redirects=settings.fetch_max_redirects,
+            should_cancel=cancelled,
         )
         info = check_media(
             dest,

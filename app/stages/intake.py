@@ -17,11 +17,18 @@ from app.adapters.comfy.file_policy import check_file_names
 from app.adapters.comfy.node_policy import NodePolicy, check_nodes
 from app.adapters.comfy.workflow import check_workflow
 from app.adapters.net.policy import UrlPolicy, parse_url
-from app.core.errors import Backpressure, ComfyUnavailable, InvalidRequest, TemplatesOnly
+from app.core.errors import (
+    AdmissionRejected,
+    Backpressure,
+    ComfyUnavailable,
+    InvalidRequest,
+    TemplatesOnly,
+)
 from app.core.ids import new_job_id
 from app.core.logs import get_logger
 from app.core.models import Job, Stage, TemplateRef
 from app.core.schemas import USER_ID, JobRequest
+from app.engine import metrics
 from app.engine.deps import Deps
 from app.engine.pipeline import Submission, hand_off
 from app.store.jobs import Admission, NewJob, body_fingerprint
@@ -113,9 +120,16 @@ def admit(
         body_hash=fingerprint or body_fingerprint(request.model_dump(mode="json")),
         template=template,
     )
-    admission = deps.jobs.create(
-        new, job_id or new_job_id(), tenant.limits(deps.settings), id_from_client=job_id is not None
-    )
+    try:
+        admission = deps.jobs.create(
+            new,
+            job_id or new_job_id(),
+            tenant.limits(deps.settings),
+            id_from_client=job_id is not None,
+        )
+    except AdmissionRejected as exc:
+        metrics.ADMISSION_REFUSALS.labels(exc.code).inc()
+        raise
     log = get_logger(job_id=admission.job.id, tenant_id=tenant.id, stage=Stage.INTAKE.value)
     if admission.replayed:
         log.info("job_replayed", idempotency_key=idempotency_key)

@@ -16,6 +16,7 @@ from app.adapters.webhooks.signing import event_payload, event_type_for, new_mes
 from app.core.errors import PipelineError
 from app.core.logs import get_logger
 from app.core.models import Job, Stage
+from app.engine import metrics
 from app.engine.deps import Deps
 from app.engine.pipeline import Later
 from app.store.deliveries import Delivery, DeliveryState
@@ -64,6 +65,7 @@ def run(job: Job, deps: Deps) -> Job | Later:
         timeout_s=settings.webhook_timeout_s,
         clock=deps.clock,
     )
+    metrics.WEBHOOK_ATTEMPTS.labels(attempt.outcome).inc()
     state: DeliveryState = "pending" if attempt.outcome == "retry" else attempt.outcome
     deps.deliveries.save(
         delivery.model_copy(
@@ -83,6 +85,7 @@ def run(job: Job, deps: Deps) -> Job | Later:
         log.info("webhook_retry_parked", attempt=attempt.attempt, next_attempt_at=retry_at)
         return Later(retry_at)
     if state == "dead":
+        deps.deliveries.mark_dead(job.tenant_id, job.id, deps.clock())
         log.warning("webhook_dead_lettered", attempts=attempt.attempt, reason=attempt.reason)
     else:
         log.info("webhook_delivered", attempts=attempt.attempt)

@@ -49,10 +49,11 @@ class Heartbeat:
     """The render's one conversation with the store: cancel check and progress together.
 
     At most once per `progress_interval_s` (a setting, 2 s by default) it reads whether
-    the job was cancelled and, if there is news (progress, or a lease half spent),
-    writes the record, both at once: at most one call per render-second by default.
-    The first check waits a full interval: the pipeline read the job's terminal record
-    just before the stage started.
+    the job was cancelled and, if there is progress news, writes the record, both at
+    once: at most one call per render-second by default. The lease is not renewed here:
+    the engine's heartbeat thread (`app.engine.heartbeat`) renews it for every stage, and
+    one writer of the lease is enough. The first check waits a full interval: the
+    pipeline read the job's terminal record just before the stage started.
     """
 
     def __init__(self, deps: Deps, job: Job) -> None:
@@ -88,25 +89,22 @@ class Heartbeat:
         self.cancelled = decided
 
     def _update(self, now: float) -> Job | None:
-        """The record to write now, or None when nothing changed that is worth a write."""
-        lease_s = self.deps.settings.stage_lease_s
-        lease_due = (self.job.lease_until or 0.0) - now < lease_s / 2
+        """The record to write now, or None when there is no progress news."""
         progress = self.pending
-        if progress is None and not lease_due:
+        if progress is None:
             return None
         self.pending = None
-        update: dict[str, Any] = {"lease_until": now + lease_s}
-        if progress is not None:
-            update["progress"] = progress.fraction
-            update["progress_detail"] = {
-                "node_id": progress.node_id,
-                "node_type": progress.node_type,
-                "value": progress.value,
-                "max": progress.max,
-                "nodes_done": progress.nodes_done,
-                "nodes_total": progress.nodes_total,
-            }
-        return self.job.model_copy(update=update)
+        detail = {
+            "node_id": progress.node_id,
+            "node_type": progress.node_type,
+            "value": progress.value,
+            "max": progress.max,
+            "nodes_done": progress.nodes_done,
+            "nodes_total": progress.nodes_total,
+        }
+        return self.job.model_copy(
+            update={"progress": progress.fraction, "progress_detail": detail}
+        )
 
 
 def _abandon(client: ComfyClient, prompt_id: str, cause: BaseException) -> None:

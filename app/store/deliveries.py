@@ -13,7 +13,16 @@ from pydantic import Field
 
 from app.core.models import DeliveryAttempt, Record
 from app.store.backends.base import KV, Backend
-from app.store.keys import DELIVERIES_DICT, PENDING_DICT, delivery_key, pending_key
+from app.store.keys import (
+    DEAD_DICT,
+    DELIVERIES_DICT,
+    PENDING_DICT,
+    dead_key,
+    dead_prefix,
+    delivery_key,
+    parse_dead_key,
+    pending_key,
+)
 
 DeliveryState = Literal["pending", "delivered", "dead"]
 
@@ -43,6 +52,7 @@ class DeliveryStore:
     def __init__(self, backend: Backend) -> None:
         self.records: KV = backend.kv(DELIVERIES_DICT)
         self.pending: KV = backend.kv(PENDING_DICT)
+        self.dead: KV = backend.kv(DEAD_DICT)
 
     def get(self, job_id: str) -> Delivery | None:
         """The job's delivery record, if a delivery was started."""
@@ -64,3 +74,34 @@ class DeliveryStore:
     def settle(self, job_id: str) -> None:
         """The delivery has ended (`delivered` or `dead`): nothing is pending any more."""
         self.pending.pop(pending_key(job_id))
+
+    def mark_dead(self, tenant_id: str, job_id: str, at: float) -> None:
+        """List the delivery among the tenant's failed ones (until it is re-sent)."""
+        self.dead.put(dead_key(tenant_id, job_id), str(at))
+
+    def failed_for(self, tenant_id: str, limit: int = 100) -> list[Delivery]:
+        """The tenant's dead deliveries, newest first."""
+        entries = sorted(
+            (
+                (float(self.dead.get(key) or 0), parse_dead_key(key))
+                for key in self.dead.keys(dead_prefix(tenant_id))
+            ),
+            reverse=True,
+        )
+        found = (self.get(job_id) for _, job_id in entries[:limit])
+        return [d for d in found if d is not None and d.state == "dead"]
+
+    def reopen(self, tenant_id: str, job_id: str, now: float) -> Delivery | None:
+        """Make a dead delivery pending again, same webhook-id and body; None unless dead.
+
+        The re-send is one more attempt in the same log; if it fails the delivery is dead
+        again (and can be re-sent again).
+        """
+        delivery = self.get(job_id)
+        if delivery is None or delivery.state != "dead":
+            return None
+        reopened = delivery.model_copy(update={"state": "pending", "next_attempt_at": now})
+        self.mark_pending(job_id, now)
+        self.save(reopened)
+        self.dead.pop(dead_key(tenant_id, job_id))
+        return reopened

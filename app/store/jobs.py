@@ -13,6 +13,9 @@ Who writes what (the single-writer rule; no record has two writers at once):
                     ``job:{id}``, so a late writer can never undo it.
 * ``claim:{id}:{stage}:{epoch}:{attempt}`` taken by the worker that runs a stage message, so a
                     duplicate message (queues are at-least-once here) runs nothing.
+* ``lease:{id}``    the holder's heartbeat (stage, epoch, until), renewed every few seconds
+                    while a stage works; a separate key so a renewal never races the
+                    holder's own writes of ``job:{id}``.
 * ``epoch:{id}:{lane}:{n}`` taken by fail_stale when it hands a job to a stage again; a zombie
                     worker of an older epoch sees it and stops (a fencing token).
 
@@ -72,9 +75,11 @@ from app.store.claims import (
 from app.store.keys import (
     ACTIVE_DICT,
     ADMISSION_DICT,
+    DEAD_DICT,
     DELAYED_DICT,
     DELIVERIES_DICT,
     IDEM_DICT,
+    INTAKE_DICT,
     JOBS_DICT,
     PENDING_DICT,
     RATES_DICT,
@@ -83,12 +88,15 @@ from app.store.keys import (
     SLOTS_DICT,
     active_key,
     claim_key,
+    dead_key,
     delivery_key,
     epoch_key,
     idem_key,
     idem_prefix,
     index_prefix,
+    intake_key,
     job_key,
+    lease_key,
     parse_parked_key,
     parse_sequence_key,
     pending_key,
@@ -191,6 +199,8 @@ class JobStore:
         self.delayed: KV = backend.kv(DELAYED_DICT)
         self.deliveries: KV = backend.kv(DELIVERIES_DICT)
         self.pending: KV = backend.kv(PENDING_DICT)
+        self.intakes: KV = backend.kv(INTAKE_DICT)
+        self.dead: KV = backend.kv(DEAD_DICT)
         self.clock = clock
         self._concurrent = is_concurrent(backend)
         #: Requests read alongside a stage claim, by job id, until the stage reads them.
@@ -743,6 +753,30 @@ class JobStore:
         """Whether a holder of `epoch` still holds the job (no newer epoch was handed out)."""
         return not self.jobs.contains(epoch_key(job_id, lane, epoch + 1))
 
+    def renew_lease(self, job_id: str, stage: Stage, epoch: int, until: float) -> bool:
+        """Extend the holder's lease to `until`; False (nothing written) if it was superseded.
+
+        A renewal racing a `take_back` may still land, but it names the old epoch, and
+        `lease_until` ignores a lease of any epoch but the job's.
+        """
+        if not self.is_current(job_id, epoch):
+            return False
+        lease = {"stage": stage.value, "epoch": epoch, "until": until}
+        self.jobs.put(lease_key(job_id), json.dumps(lease))
+        return True
+
+    def lease_until(self, job: Job) -> float | None:
+        """When the job's holder lease runs out, heartbeats included; None if nobody holds it."""
+        if job.lease_until is None:
+            return None
+        raw = self.jobs.get(lease_key(job.id))
+        if raw is None:
+            return job.lease_until
+        lease = json.loads(raw)
+        if lease.get("epoch") != job.epoch or lease.get("stage") != job.stage.value:
+            return job.lease_until  # an older holder's, or an earlier stage's
+        return max(job.lease_until, float(lease["until"]))
+
     def take_back(self, job_id: str, epoch: int, lane: str = "work") -> int | None:
         """Hand a job whose holder (of `epoch`) went silent to a new epoch.
 
@@ -806,6 +840,7 @@ class JobStore:
         if raw is not None:
             job = Job.model_validate_json(raw)
             removed += self._purge_admission(job, owned)
+            removed += self.dead.pop(dead_key(job.tenant_id, job_id)) is not None
             for ref in job.slots:
                 removed += purge_slot(self.slots, ref)
         removed += self._purge_stage_records(job_id)
@@ -815,7 +850,9 @@ class JobStore:
         for kv, key in (
             (self.deliveries, delivery_key(job_id)),
             (self.pending, pending_key(job_id)),
+            (self.intakes, intake_key(job_id)),
             (self.active, active_key(job_id)),
+            (self.jobs, lease_key(job_id)),
             (self.jobs, request_key(job_id)),
             (self.jobs, job_key(job_id)),
             (self.jobs, terminal_key(job_id)),
@@ -966,7 +1003,7 @@ def _merged(raw: str | None, decided: str | None) -> Job | None:
             "finished_at": terminal.decided_at,
             "error": terminal.error,
             "outputs": (terminal.outputs or job.outputs) if completed else [],
-            "progress": 1.0 if terminal.status is JobStatus.COMPLETED else job.progress,
+            "progress": 1.0 if completed else job.progress,
             "lease_until": None,
         }
     )

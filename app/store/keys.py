@@ -75,6 +75,10 @@ DELAYED_DICT = "delayed"
 DELIVERIES_DICT = "deliveries"
 #: Jobs whose webhook delivery is not finished.
 PENDING_DICT = "deliveries_pending"
+#: Deliveries that ended `dead`, per tenant (what `GET /v1/webhooks/failed` lists).
+DEAD_DICT = "deliveries_dead"
+#: Requests a Python client put on the intake queue whose job record does not exist yet.
+INTAKE_DICT = "intake_pending"
 #: Tenants, their names and API keys.
 TENANTS_DICT = "tenants"
 #: The ComfyUI node catalog.
@@ -107,6 +111,8 @@ JOB_DICTS = (
     DELAYED_DICT,
     DELIVERIES_DICT,
     PENDING_DICT,
+    INTAKE_DICT,
+    DEAD_DICT,
 )
 
 
@@ -122,6 +128,7 @@ REQUEST_PREFIX = "request:"
 TERMINAL_PREFIX = "terminal:"
 CLAIM_PREFIX = "claim:"
 EPOCH_PREFIX = "epoch:"
+LEASE_PREFIX = "lease:"
 
 
 def job_key(job_id: str) -> str:
@@ -139,6 +146,11 @@ def terminal_key(job_id: str) -> str:
 def parse_terminal_key(key: str) -> str:
     """The job id of a `terminal:{id}` key."""
     return _strip(key, TERMINAL_PREFIX)
+
+
+def lease_key(job_id: str) -> str:
+    """The holder's heartbeat: `{stage, epoch, until}`, renewed while a stage works."""
+    return f"{LEASE_PREFIX}{job_id}"
 
 
 def claim_key(job_id: str, stage: Stage, epoch: int, attempt: int) -> str:
@@ -325,6 +337,23 @@ def pending_key(job_id: str) -> str:
 
 def active_key(job_id: str) -> str:
     return job_id
+
+
+def intake_key(job_id: str) -> str:
+    return job_id
+
+
+def dead_prefix(tenant_id: str) -> str:
+    return f"{tenant_id}:"
+
+
+def dead_key(tenant_id: str, job_id: str) -> str:
+    return f"{dead_prefix(tenant_id)}{job_id}"
+
+
+def parse_dead_key(key: str) -> str:
+    """The job id of a dead-delivery key."""
+    return key.split(":", 1)[1]
 
 
 # ---- tenants dict --------------------------------------------------------------------

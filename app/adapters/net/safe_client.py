@@ -27,7 +27,14 @@ import httpx
 from app.adapters.net.addresses import IPAddress
 from app.adapters.net.pinned import PinnedBackend, PinnedTransport
 from app.adapters.net.policy import Target, UrlPolicy, check_addresses, parse_url
-from app.core.errors import DeliveryFailed, FetchFailed, FetchUnavailable, PipelineError, UrlRefused
+from app.core.errors import (
+    DeliveryFailed,
+    FetchFailed,
+    FetchUnavailable,
+    PipelineError,
+    StageCancelled,
+    UrlRefused,
+)
 
 __all__ = [
     "DownloadResult",
@@ -44,7 +51,6 @@ Resolver = Callable[[str, int], list[str]]
 DEFAULT_USER_AGENT = "comfyui-saas/0.1"
 #: How much of a webhook receiver's answer is kept (its body is only ever logged).
 MAX_POST_RESPONSE_BYTES = 4096
-_CHUNK_BYTES = 64 * 1024
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 #: Retry-After as delta-seconds: ASCII digits only, so a header can never crash int().
 _DELTA_SECONDS = re.compile(r"[0-9]{1,10}")
@@ -146,10 +152,12 @@ class SafeHttpClient:
         max_bytes: int,
         timeout_s: float,
         max_redirects: int,
+        should_cancel: Callable[[], bool] | None = None,
     ) -> DownloadResult:
         """Download `url` to `dest` within `timeout_s` in all; raise UrlRefused or FetchFailed.
 
         `dest` appears only when the download is complete; a partial file is removed.
+        `should_cancel` is asked between chunks; True stops at once with `StageCancelled`.
         """
         deadline = time.monotonic() + timeout_s
         current = url
@@ -172,7 +180,13 @@ class SafeHttpClient:
                             else FetchFailed
                         )
                         raise failure(f"{target.authority} answered HTTP {response.status_code}")
-                    size = self._save(response, dest, max_bytes=max_bytes, deadline=deadline)
+                    size = self._save(
+                        response,
+                        dest,
+                        max_bytes=max_bytes,
+                        deadline=deadline,
+                        should_cancel=should_cancel or _never,
+                    )
                     return DownloadResult(
                         final_url=target.url,
                         size=size,
@@ -203,7 +217,14 @@ class SafeHttpClient:
         return str(urljoin(target.url, location.strip()))
 
     @staticmethod
-    def _save(response: httpx.Response, dest: Path, *, max_bytes: int, deadline: float) -> int:
+    def _save(
+        response: httpx.Response,
+        dest: Path,
+        *,
+        max_bytes: int,
+        deadline: float,
+        should_cancel: Callable[[], bool],
+    ) -> int:
         encoding = response.headers.get("content-encoding", "identity").strip().lower()
         if encoding not in ("", "identity"):
             raise FetchFailed(f"the server sent content-encoding {encoding!r}, not the raw file")
@@ -217,7 +238,11 @@ class SafeHttpClient:
         size = 0
         try:
             with partial.open("wb") as out:
-                for chunk in response.iter_raw(_CHUNK_BYTES):
+                # No chunk size: each read is handed over as it arrives, so a slow server
+                # cannot hold off the cancel check until 64 KiB have trickled in.
+                for chunk in response.iter_raw():
+                    if should_cancel():
+                        raise StageCancelled("the job was cancelled while its inputs downloaded")
                     size += len(chunk)
                     if size > max_bytes:
                         raise FetchFailed(f"the body is over the limit of {max_bytes} bytes")
@@ -320,3 +345,7 @@ class SafeHttpClient:
                 yield response, backend
             finally:
                 response.close()
+
+
+def _never() -> bool:
+    return False

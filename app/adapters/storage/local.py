@@ -9,6 +9,7 @@ with `Content-Type: {content_type}` and `Content-Disposition:
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import shutil
@@ -19,11 +20,30 @@ from urllib.parse import quote, urlencode
 
 from app.adapters.storage.base import require_safe_key
 from app.adapters.storage.signing import is_expired, parse_expires, sign_path, signature_matches
-from app.core.errors import ObjectNotFound, SignedUrlExpired, SignedUrlInvalid, UploadFailed
+from app.core.errors import (
+    ObjectNotFound,
+    SignedUrlExpired,
+    SignedUrlInvalid,
+    StorageUnavailable,
+    UploadFailed,
+)
 
 #: Where temporary files are written before being renamed into place; keys cannot
 #: reach it because no key segment may start with a dot.
 _TMP_DIR = ".tmp"
+#: OS errors that say "not now" rather than "never": a full disk, a folder whose
+#: permissions an operator is fixing, a flaky mount. They are retried by the stage.
+TRANSIENT_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EIO, errno.EROFS, errno.EAGAIN}
+)
+
+
+def storage_error(key: str, exc: OSError) -> UploadFailed | StorageUnavailable:
+    """The error tree's class for an OS error while storing `key` (no host path in it)."""
+    message = f"could not store {key}: {exc.strerror or type(exc).__name__}"
+    if exc.errno in TRANSIENT_ERRNOS:
+        return StorageUnavailable(message)
+    return UploadFailed(message)
 
 
 class LocalStore:
@@ -54,7 +74,7 @@ class LocalStore:
         try:
             return self._write_atomically(target, lambda tmp: shutil.copyfile(path, tmp))
         except OSError as exc:
-            raise UploadFailed(f"could not store {key}: {exc.strerror}") from exc
+            raise storage_error(key, exc) from exc
 
     def put_bytes(self, key: str, data: bytes, content_type: str) -> int:
         """Write `data` to `key` atomically; return its size."""
@@ -62,7 +82,7 @@ class LocalStore:
         try:
             return self._write_atomically(target, lambda tmp: tmp.write_bytes(data))
         except OSError as exc:
-            raise UploadFailed(f"could not store {key}: {exc.strerror}") from exc
+            raise storage_error(key, exc) from exc
 
     def url(self, key: str, *, filename: str, content_type: str, expires_s: int) -> str:
         """A link to `{public_url}/files/{key}`, signed, valid for `expires_s` seconds."""

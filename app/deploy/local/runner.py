@@ -51,12 +51,14 @@ from app.core.logs import configure_logging, get_logger
 from app.core.models import Stage
 from app.deploy.local.comfy_child import ManagedComfy
 from app.engine.deps import Deps, build_deps
+from app.engine.metrics import enable_multiprocess
 
 if TYPE_CHECKING:
     import uvicorn
 
 SWEEP_INTERVAL_S = 1.0
-FAIL_STALE_INTERVAL_S = 30.0
+#: With the 30 s lease, a dead holder is taken back within 40 s of its last heartbeat.
+FAIL_STALE_INTERVAL_S = 10.0
 CLEANUP_INTERVAL_S = 3600.0
 #: While ComfyUI is down the render worker leaves messages queued and checks again.
 COMFY_RETRY_S = 5.0
@@ -278,7 +280,7 @@ def run_maintenance(
     parent_pid: int | None = None,
     lock_path: Path | None = None,
 ) -> None:
-    """Sweep every second, fail_stale every 30 s, cleanup hourly."""
+    """Sweep every second, fail_stale every 10 s, cleanup hourly."""
     stopping = _child_setup(settings, "maintenance", stop, parent_pid or os.getppid(), lock_path)
     from app.engine.maintenance import cleanup, fail_stale, sweep
 
@@ -671,6 +673,8 @@ def run_dev(settings: Settings, *, host: str | None = None, port: int | None = N
     settings = listening_settings(settings, host or settings.host, port or settings.port)
     configure_logging(settings.log_level, settings.log_json)
     with single_runner(settings.data_dir) as lock_path:
+        # Before any child starts: they inherit the folder and share their counters.
+        enable_multiprocess(settings.data_dir / "metrics")
         deps = build_deps(settings)
         prepare(settings, deps)
         log = get_logger()

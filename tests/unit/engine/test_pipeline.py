@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from app.core.config import Settings
-from app.core.errors import AlreadyTerminal, ComfyUnavailable, RenderFailed
+from app.core.errors import AlreadyTerminal, RenderFailed, TransientError
 from app.core.models import InputSpec, Job, JobStatus, Stage, StageMessage
 from app.engine.deps import Deps
 from app.engine.maintenance import fail_stale, recover_after_restart, sweep
@@ -129,7 +129,7 @@ def test_transient_error_is_retried_later_then_gives_up(deps: Deps) -> None:
     clock: FakeClock = deps.clock  # type: ignore[assignment]
 
     def down(job: Job, deps: Deps) -> Job:
-        raise ComfyUnavailable()
+        raise TransientError()  # (ComfyUI down is waited out instead: test_renderer_wait)
 
     run_queue(deps, Stage.FETCH, ALL_OK)
     fns = {**ALL_OK, Stage.RENDER: down}
@@ -143,7 +143,7 @@ def test_transient_error_is_retried_later_then_gives_up(deps: Deps) -> None:
     run_queue(deps, Stage.RENDER, fns)  # third attempt of three
     job = deps.jobs.get("j1")
     assert job.status is JobStatus.FAILED and job.error is not None
-    assert job.error.code == "comfyui_unavailable"
+    assert job.error.code == "transient_error"
 
 
 def test_cancel_during_a_stage_stops_the_hand_off(deps: Deps) -> None:

@@ -69,7 +69,14 @@ class FakeHttp:
     on_download: Callable[[str], object] | None = None
 
     def download(
-        self, url: str, dest: Path, *, max_bytes: int, timeout_s: float, max_redirects: int
+        self,
+        url: str,
+        dest: Path,
+        *,
+        max_bytes: int,
+        timeout_s: float,
+        max_redirects: int,
+        should_cancel: Callable[[], bool] | None = None,
     ) -> DownloadResult:
         self.downloads.append(Download(url, dest, max_bytes, timeout_s, max_redirects))
         if self.on_download is not None:

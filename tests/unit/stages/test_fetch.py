@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from app.adapters.media import MediaInfo, check_media
-from app.core.errors import FetchUnavailable, UrlRefused
+from app.adapters.net.safe_client import DownloadResult
+from app.core.errors import FetchUnavailable, StageCancelled, UrlRefused
 from app.core.models import InputSpec, JobStatus, Stage
 from app.engine.pipeline import cancel_job, release_due
 from app.engine.scratch import inputs_folder
@@ -160,3 +162,24 @@ def test_each_retry_waits_twice_as_long_as_the_last(world: World) -> None:
         world.clock.now = due
         assert release_due(world.deps) == 1
     assert waits == [2.0, 4.0]
+
+
+def test_the_download_is_given_a_cancel_check_that_sees_the_cancel(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    admit(world)
+    seen: list[bool] = []
+
+    def download(url: str, dest: Path, **options: Any) -> DownloadResult:
+        should_cancel = options["should_cancel"]
+        seen.append(should_cancel())
+        cancel_job(world.deps, "j1")
+        monkeypatch.setattr("app.engine.cancel.time.monotonic", lambda: 10.0**9)  # 0.5 s on
+        seen.append(should_cancel())
+        raise StageCancelled("stopped between chunks")
+
+    monkeypatch.setattr(world.http, "download", download)
+    world.step(Stage.FETCH)
+    assert seen == [False, True]
+    assert world.job("j1").status is JobStatus.CANCELLED
+    assert world.queued(Stage.RENDER) == 0

@@ -11,9 +11,10 @@ import pytest
 from app.adapters.comfy.messages import ComfyOutput
 from app.adapters.storage.base import output_key
 from app.core.errors import StorageUnavailable
-from app.core.models import JobStatus, OutputRef, Stage
-from app.engine.pipeline import release_due
+from app.core.models import Job, JobStatus, OutputRef, Stage
+from app.engine.pipeline import cancel_job, release_due
 from app.engine.scratch import job_folder, outputs_folder
+from app.engine.views import present
 from app.stages import render, upload
 from tests.unit.stages.fakes import World, make_world, png_bytes
 from tests.unit.stages.helpers import HOOK_URL, fetched, parked
@@ -106,3 +107,68 @@ def test_storage_down_parks_a_retry_that_then_stores_everything(
     job = world.job("j1")
     assert job.status is JobStatus.COMPLETED
     assert sorted(world.objects.objects) == sorted(o.key for o in job.outputs)
+
+
+def test_a_storage_outage_longer_than_the_stage_attempts_is_ridden_out(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Five failed uploads in a row (a full disk for ~30 s): retried with back-off, then stored."""
+    rendered(world)
+    real = world.objects.put_file
+    outage = [StorageUnavailable("could not store: No space left on device")] * 5
+
+    def full_disk(key: str, path: Path, content_type: str) -> int:
+        if outage:
+            raise outage.pop()
+        return real(key, path, content_type)
+
+    monkeypatch.setattr(world.objects, "put_file", full_disk)
+    for _ in range(5):
+        world.step(Stage.UPLOAD)
+        assert world.job("j1").status is JobStatus.RUNNING
+        world.clock.advance(64)
+        release_due(world.deps)
+    world.step(Stage.UPLOAD)
+    job = world.job("j1")
+    assert job.status is JobStatus.COMPLETED
+    assert sorted(world.objects.objects) == sorted(o.key for o in job.outputs)
+
+
+def test_a_cancel_during_upload_leaves_no_stored_output_and_the_view_lists_none(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rendered(world)
+    real = world.objects.put_file
+
+    def cancel_after_first(key: str, path: Path, content_type: str) -> int:
+        size = real(key, path, content_type)
+        cancel_job(world.deps, "j1")  # the client cancels while the outputs go up
+        return size
+
+    monkeypatch.setattr(world.objects, "put_file", cancel_after_first)
+    world.step(Stage.UPLOAD)
+    job = world.job("j1")
+    assert job.status is JobStatus.CANCELLED
+    assert world.objects.objects == {}  # the output stored before the cancel is gone
+    assert job.outputs == []
+    assert present(world.deps, job).outputs == []
+
+
+def test_a_cancel_right_after_the_last_upload_check_keeps_no_output(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rendered(world)
+    real_complete = world.deps.jobs.complete
+
+    def cancel_at_the_hand_off(job: Job) -> bool:
+        # Upload's own checks saw a live job; the cancel lands just before `complete`
+        # (put-if-absent), which then loses to it.
+        cancel_job(world.deps, job.id)
+        return real_complete(job)
+
+    monkeypatch.setattr(world.deps.jobs, "complete", cancel_at_the_hand_off)
+    world.step(Stage.UPLOAD)
+    job = world.job("j1")
+    assert job.status is JobStatus.CANCELLED
+    assert world.objects.objects == {}
+    assert job.outputs == []  # the record has them, the cancelled view does not

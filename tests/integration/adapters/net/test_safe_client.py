@@ -18,7 +18,13 @@ from app.adapters.net.addresses import parse_ip
 from app.adapters.net.pinned import PinnedBackend
 from app.adapters.net.policy import UrlPolicy, parse_cidrs
 from app.adapters.net.safe_client import DownloadResult, SafeHttpClient, parse_retry_after
-from app.core.errors import DeliveryFailed, FetchFailed, FetchUnavailable, UrlRefused
+from app.core.errors import (
+    DeliveryFailed,
+    FetchFailed,
+    FetchUnavailable,
+    StageCancelled,
+    UrlRefused,
+)
 from tests.integration.local_http import PNG_1PX, LocalServer, start, start_pair
 
 MAIN_IP = "127.0.0.2"
@@ -502,3 +508,26 @@ def test_retry_after_accepts_only_ascii_delta_seconds() -> None:
     assert parse_retry_after("120") == 120.0
     assert parse_retry_after("\u00b2") is None  # a superscript digit: isdigit() would say yes
     assert parse_retry_after("1" * 11) is None
+
+
+def test_a_cancel_stops_a_slow_download_between_chunks(servers: Servers, tmp_path: Path) -> None:
+    # The server drips for 100 s; the job is cancelled after the first few bytes.
+    client = SafeHttpClient(servers.policy)
+    asked: list[float] = []
+
+    def cancelled() -> bool:
+        asked.append(time.monotonic())
+        return len(asked) > 3
+
+    started = time.monotonic()
+    with pytest.raises(StageCancelled):
+        client.download(
+            servers.url("/drip"),
+            tmp_path / "x",
+            max_bytes=10_000,
+            timeout_s=30.0,
+            max_redirects=0,
+            should_cancel=cancelled,
+        )
+    assert time.monotonic() - started < 1.0  # the acceptance bound: stopped within 1 s
+    assert_no_files(tmp_path)

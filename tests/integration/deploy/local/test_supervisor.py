@@ -94,7 +94,14 @@ def worker_name(record: dict[str, Any]) -> str:
 class Dev:
     """One `comfyui-saas dev` in a session of its own, logging JSON lines to a file."""
 
-    def __init__(self, data_dir: Path, comfy_url: str, log: Path, grace_s: float) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        comfy_url: str,
+        log: Path,
+        grace_s: float,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log
@@ -107,6 +114,7 @@ class Dev:
                 "COMFYUI_SAAS_LOG_JSON": "true",
                 "COMFYUI_SAAS_SHUTDOWN_GRACE_S": str(grace_s),
                 "PYTHONUNBUFFERED": "1",
+                **(extra_env or {}),
             }
         )
         with log.open("ab") as out:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import subprocess
@@ -21,7 +22,13 @@ from app.adapters.storage.signing import (
     sign_path,
     verify_signature,
 )
-from app.core.errors import ObjectNotFound, SignedUrlExpired, SignedUrlInvalid, UploadFailed
+from app.core.errors import (
+    ObjectNotFound,
+    SignedUrlExpired,
+    SignedUrlInvalid,
+    StorageUnavailable,
+    UploadFailed,
+)
 from tests.paths import REPO_ROOT
 from tests.support.settings import SettingsFactory
 
@@ -277,3 +284,30 @@ def test_open_store_builds_a_local_store_sharing_the_key(settings_factory: Setti
 
     assert first.root == settings.local_store_dir
     assert _open(second, link_key, query)[0].read_bytes() == b"x"
+
+
+@pytest.mark.parametrize(
+    ("code", "transient"),
+    [
+        (errno.ENOSPC, True),
+        (errno.EACCES, True),
+        (errno.EPERM, True),
+        (errno.EIO, True),
+        (errno.ENAMETOOLONG, False),
+    ],
+)
+def test_os_errors_while_storing_are_transient_or_permanent(
+    store: LocalStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, transient: bool
+) -> None:
+    source = tmp_path / "out.png"
+    source.write_bytes(b"png")
+
+    def failing_copy(src: object, dst: object) -> None:
+        raise OSError(code, os.strerror(code), str(tmp_path / "secret-host-path"))
+
+    monkeypatch.setattr("app.adapters.storage.local.shutil.copyfile", failing_copy)
+    expected = StorageUnavailable if transient else UploadFailed
+    with pytest.raises(expected) as raised:
+        store.put_file("outputs/t/u/j/00-a.png", source, "image/png")
+    assert type(raised.value) is expected
+    assert "secret-host-path" not in raised.value.message
