@@ -45,6 +45,9 @@ def pipeline(tmp_path: Path) -> Iterator[tuple[Deps, Pipeline]]:
         comfyui_cmd=command,
         local_render_workers=2,
         render_interrupt_grace_s=1.0,
+        # Progress (how the test sees the blocking node start) is written at most this
+        # often; the default 2 s would leave the 3 s job no time to show it.
+        progress_interval_s=0.2,
         public_url="http://127.0.0.1:9",
     )
     runner = Pipeline(settings)
