@@ -253,6 +253,12 @@ def run_engine(
     process, so the supervisor sees it.
     """
     stopping = _child_setup(settings, "engine", stop, parent_pid or os.getppid(), lock_path)
+    # The stages import their modules on first use; threads doing that at once can see a
+    # partly initialised module (an ImportError at start-up), so import them here first.
+    from app.stages import intake, stage_functions
+
+    stage_functions()
+    del intake
     threads = [
         threading.Thread(
             target=_drain_loop,
