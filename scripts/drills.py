@@ -93,9 +93,11 @@ class Drills:
         killed = time.monotonic()
         self.comfy.node_delay_s = {}
         wait_for(lambda: self.deps.jobs.get(job_id).is_terminal, 120, "the job to end")
+        # The terminal decision comes first and the release right after it (from another
+        # process), so the slot is read once the release has had its moment.
+        slot_free = self._released_within(job_id, 10.0)
         took = time.monotonic() - killed
         job = self.deps.jobs.get(job_id)
-        slot_free = job_id not in set(self.deps.jobs.active_ids())
         ok = (
             job.status is JobStatus.COMPLETED
             and job.epoch >= 1
@@ -105,6 +107,14 @@ class Drills:
         )
         detail = {"status": job.status.value, "epoch": job.epoch, "slot_free": slot_free}
         return Result("kill_render_holder", ok, took, detail)
+
+    def _released_within(self, job_id: str, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while job_id in set(self.deps.jobs.active_ids()):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
 
     def cancel_during_render(self) -> Result:
         self.comfy.node_delay_s = {"ImageInvert": 5.0}
