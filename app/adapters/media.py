@@ -26,7 +26,15 @@ from PIL import Image, features
 
 from app.core.errors import FetchFailed
 
-__all__ = ["MAX_FRAMES", "SNIFF_BYTES", "MediaInfo", "check_media", "sniff_content_type"]
+__all__ = [
+    "MAX_FRAMES",
+    "SNIFF_BYTES",
+    "MediaInfo",
+    "accepted_content_type",
+    "check_media",
+    "is_accepted_type",
+    "sniff_content_type",
+]
 
 #: How many leading bytes `sniff_content_type` looks at.
 SNIFF_BYTES = 4096
@@ -165,6 +173,22 @@ def _supported_images() -> dict[str, tuple[str, frozenset[str]]]:
     if features.check("avif"):
         return _IMAGE_FORMATS
     return {k: v for k, v in _IMAGE_FORMATS.items() if k != "image/avif"}
+
+
+def accepted_content_type(head: bytes) -> str | None:
+    """The type the first bytes prove, if it is one `check_media` can accept; else None.
+
+    For uploads, which are refused at once (415) rather than when a job fetches them.
+    """
+    content_type = sniff_content_type(head)
+    if content_type in _supported_images() or content_type in _AUDIO_VIDEO:
+        return content_type
+    return None
+
+
+def is_accepted_type(content_type: str) -> bool:
+    """Whether a declared type (a presigned PUT's) is one `check_media` can accept."""
+    return content_type in _supported_images() or content_type in _AUDIO_VIDEO
 
 
 def check_media(

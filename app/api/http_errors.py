@@ -44,6 +44,10 @@ INVALID_REQUEST_STATUS: Mapping[str, int] = {
     "not_found": 404,
     "templates_only": 403,
     "template_not_found": 404,
+    "upload_not_found": 404,
+    "upload_expired": 410,
+    "upload_too_large": 413,
+    "unsupported_media_type": 415,
 }
 #: IETF RateLimit policy names for each admission refusal.
 RATE_POLICY_NAMES: Mapping[str, str] = {
@@ -59,6 +63,7 @@ _STATUS_CODES: Mapping[int, str] = {
     405: "method_not_allowed",
     406: "not_acceptable",
     409: "conflict",
+    410: "gone",
     413: "request_too_large",
     415: "unsupported_media_type",
     422: "validation_error",
@@ -293,22 +298,27 @@ class BodyLimit:
     client can never make the server buffer more than `max_bytes`.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, per_path: Mapping[str, int] | None = None
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        #: Routes with a limit of their own (exact paths), e.g. `POST /v1/uploads`.
+        self.per_path = dict(per_path or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.per_path.get(scope.get("path", ""), self.max_bytes)
         declared = _content_length(scope)
         if declared == -1:
             await error_response(400, "bad_request", "Content-Length is not a number")(
                 scope, receive, send
             )
             return
-        if declared is not None and declared > self.max_bytes:
-            await self._too_large(scope, receive, send)
+        if declared is not None and declared > limit:
+            await self._too_large(scope, receive, send, limit)
             return
         chunks: list[bytes] = []
         size = 0
@@ -318,20 +328,20 @@ class BodyLimit:
                 return
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_bytes:
-                await self._too_large(scope, receive, send)
+            if size > limit:
+                await self._too_large(scope, receive, send, limit)
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
         await self.app(scope, _replay(b"".join(chunks), receive), send)
 
-    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
         response = error_response(
             413,
             "request_too_large",
-            f"request body is over {self.max_bytes} bytes",
-            limit=self.max_bytes,
+            f"request body is over {limit} bytes",
+            limit=limit,
             headers={"Connection": "close"},
         )
         await response(scope, receive, send)

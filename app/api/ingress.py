@@ -336,7 +336,14 @@ def create_app(deps: Deps) -> FastAPI:
     )
     app.state.deps = deps
     install_error_handlers(app)
-    app.add_middleware(BodyLimit, max_bytes=deps.settings.max_request_bytes)
+    # Imported here: the uploads router uses this module's auth dependencies.
+    from app.api.uploads import MULTIPART_SLACK_BYTES, UPLOADS_PATH, uploads_router
+
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=deps.settings.max_request_bytes,
+        per_path={UPLOADS_PATH: deps.settings.upload_max_bytes + MULTIPART_SLACK_BYTES},
+    )
     app.include_router(router)
     app.include_router(files_router)
     # Imported here: these routers use this module's auth dependencies.
@@ -348,6 +355,7 @@ def create_app(deps: Deps) -> FastAPI:
     app.include_router(workflows_router)
     app.include_router(batch_router)
     app.include_router(webhook_router)
+    app.include_router(uploads_router)
     if deps.settings.backend == "local":
         app.include_router(metrics_router)  # on Modal the counters go to the logs instead
     app.openapi = _openapi(app)  # type: ignore[method-assign]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, TypeGuard
 
@@ -113,7 +113,12 @@ def submit(
     ],
     inputs: Annotated[
         list[str] | None,
-        typer.Option("--input", "-i", help="NAME=URL: a media input the workflow loads as NAME."),
+        typer.Option(
+            "--input",
+            "-i",
+            help="NAME=URL or NAME=./local/file: a media input the workflow loads as NAME "
+            "(a local file is uploaded first).",
+        ),
     ] = None,
     webhook: Webhook = None,
     wait: Wait = False,
@@ -132,8 +137,8 @@ def submit(
             document = json.loads(workflow.read_text())
         except json.JSONDecodeError as exc:
             fail(f"{workflow}: not JSON: {exc.msg} at line {exc.lineno}")
-        body = request_body(document, inputs or [], webhook)
         with api(api_url, api_key, user) as client:
+            body = request_body(document, inputs or [], webhook, upload=client.upload_file)
             view = client.submit(body, idempotency_key=idempotency_key)
             typer.echo(f"submitted {view.id} ({view.status.value})", err=True)
             _follow(client, view, wait, out, timeout_s, poll_s, as_json)
@@ -270,25 +275,37 @@ def cleanup() -> None:
         _print_report(maintenance.cleanup(local_deps()))
 
 
-def request_body(document: Any, inputs: list[str], webhook: str | None) -> dict[str, Any]:
-    """The POST /v1/jobs body from a workflow file and the flags."""
+def request_body(
+    document: Any,
+    inputs: list[str],
+    webhook: str | None,
+    *,
+    upload: Callable[[Path], dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The POST /v1/jobs body from a workflow file and the flags; `upload` sends a
+    local file to POST /v1/uploads and answers its view."""
     if not isinstance(document, dict):
         fail("the workflow file must hold a JSON object")
     body: dict[str, Any] = (
         dict(document) if isinstance(document.get("workflow"), dict) else {"workflow": document}
     )
     if inputs:
-        body["inputs"] = [*body.get("inputs", []), *(_input(spec) for spec in inputs)]
+        body["inputs"] = [*body.get("inputs", []), *(_input(spec, upload) for spec in inputs)]
     if webhook is not None:
         body["webhook_url"] = webhook
     return body
 
 
-def _input(spec: str) -> dict[str, str]:
+def _input(spec: str, upload: Callable[[Path], dict[str, Any]] | None) -> dict[str, str]:
     name, sep, url = spec.partition("=")
     if not sep or not name or not url:
-        fail(f"--input {spec!r}: expected NAME=URL")
-    return {"name": name, "url": url}
+        fail(f"--input {spec!r}: expected NAME=URL or NAME=./local/file")
+    if "://" in url or upload is None:
+        return {"name": name, "url": url}
+    path = Path(url).expanduser()
+    if not path.is_file():
+        fail(f"--input {spec!r}: {url} is neither a URL nor a readable file")
+    return {"name": name, "upload_id": str(upload(path)["upload_id"])}
 
 
 class ProgressPrinter:

@@ -94,6 +94,16 @@ class ApiClient:
         response = self._call("POST", "/v1/jobs", json=dict(body), headers=headers)
         return _parse(JobView, response)
 
+    def upload(self, data: bytes) -> dict[str, Any]:
+        """POST /v1/uploads with the file as the raw body; the upload's view
+        (`upload_id`, `content_type`, `size`, `expires_at`)."""
+        headers = {"Content-Type": "application/octet-stream"}
+        return _json(self._call("POST", "/v1/uploads", content=data, headers=headers))
+
+    def upload_file(self, path: Path) -> dict[str, Any]:
+        """Upload a local file (see `upload`)."""
+        return self.upload(path.read_bytes())
+
     def get(self, job_id: str) -> JobView:
         """GET /v1/jobs/{id}."""
         return _parse(JobView, self._call("GET", f"/v1/jobs/{_segment(job_id)}"))

@@ -41,6 +41,7 @@ from app.core.schemas import USER_ID, IntakeMessage, JobRequest, JobView
 from app.engine.backpressure import CLIENT_ADMISSION_QUEUES, check_backlog
 from app.engine.deps import Deps, Waker, build_deps
 from app.engine.pipeline import cancel_job
+from app.engine.uploads import create_upload
 from app.engine.views import owned_job, present
 from app.store.intakes import PendingIntake
 from app.store.tenants import Tenant
@@ -79,6 +80,11 @@ class Client:
         if tenant is None:
             raise Unauthorized()
         return tenant
+
+    def upload(self, data: bytes) -> str:
+        """Store a file as this user's upload; its `upload_id` for a job's `inputs`
+        (`{"name": "photo.png", "upload_id": ...}`). Raises as `POST /v1/uploads` does."""
+        return create_upload(self.deps, self.tenant().id, self.user_id, data).id
 
     def enqueue(
         self,

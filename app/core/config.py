@@ -74,7 +74,9 @@ class Settings(BaseSettings):
     auth_cache_ttl_s: float = Field(default=30.0, ge=0, le=60)
 
     # --- request limits ----------------------------------------------------------------
-    max_request_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
+    #: Room for a workflow plus the inline base64 inputs (2 MiB decoded is 2.7 MiB as
+    #: base64); `POST /v1/uploads` has its own limit, upload_max_bytes.
+    max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     max_workflow_bytes: int = Field(default=512 * 1024, ge=256)
     max_workflow_nodes: int = Field(default=500, ge=1)
     max_inputs: int = Field(default=16, ge=0)
@@ -100,6 +102,16 @@ class Settings(BaseSettings):
     max_total_pixels: int = Field(default=40_000_000, ge=1)
     #: Frames or pages one image input may have.
     max_frames: int = Field(default=300, ge=1)
+
+    # --- inputs without a public URL: uploads and inline base64 -------------------------
+    #: Largest file `POST /v1/uploads` takes (raw body or multipart), and the largest a
+    #: presigned PUT may declare (S3 storage).
+    upload_max_bytes: int = Field(default=50 * 1024 * 1024, ge=1024)
+    #: How long an upload can be named in jobs; cleanup then removes it. At most 6 days
+    #: (Modal Dict entries expire after 7 idle days).
+    upload_ttl_s: int = Field(default=86_400, ge=60, le=6 * 86_400)
+    #: Decoded bytes of all inline base64 inputs (`{"name", "data"}`) of one job together.
+    inline_input_max_bytes: int = Field(default=2 * 1024 * 1024, ge=0)
 
     # --- render: the ComfyUI server ----------------------------------------------------
     comfyui_url: str = "http://127.0.0.1:8188"

@@ -17,7 +17,13 @@
     │   │   ├── UrlRefused            the URL policy refused an input or webhook URL
     │   │   ├── SignedUrlInvalid      a signed download URL does not verify
     │   │   │   └── SignedUrlExpired  ... or verifies but has expired
-    │   │   └── ObjectNotFound        a signed URL names an object that is not stored
+    │   │   ├── ObjectNotFound        a signed URL names an object that is not stored
+    │   │   ├── UploadNotFound        no such upload for this tenant and user (HTTP 404)
+    │   │   ├── UploadExpired         the upload is past its expiry (HTTP 410)
+    │   │   ├── UploadTooLarge        an upload or the inline inputs are over a limit (413)
+    │   │   ├── UnsupportedUpload     the bytes are not a media type we accept (HTTP 415)
+    │   │   ├── InvalidInlineData     an inline input's `data` is not base64 (HTTP 400)
+    │   │   └── DirectUploadUnavailable  presigned PUTs need S3 storage (HTTP 400)
     │   ├── FetchFailed               an input could not be downloaded or is not valid media
     │   ├── RenderFailed              ComfyUI reported an error while running the graph
     │   ├── RenderTimeout             the job's deadline passed during render
@@ -216,6 +222,42 @@ class ObjectNotFound(InvalidRequest):
     """The requested file does not exist (it may have been removed by retention)."""
 
     code = "not_found"
+
+
+class UploadNotFound(InvalidRequest):
+    """No such upload for this tenant and user."""
+
+    code = "upload_not_found"
+
+
+class UploadExpired(InvalidRequest):
+    """The upload has expired; upload the file again."""
+
+    code = "upload_expired"
+
+
+class UploadTooLarge(InvalidRequest):
+    """The file is over the upload size limit."""
+
+    code = "upload_too_large"
+
+
+class UnsupportedUpload(InvalidRequest):
+    """The file is not an image, video or audio type this service accepts."""
+
+    code = "unsupported_media_type"
+
+
+class InvalidInlineData(InvalidRequest):
+    """An inline input's `data` is not valid base64."""
+
+    code = "invalid_base64"
+
+
+class DirectUploadUnavailable(InvalidRequest):
+    """Presigned uploads need S3 storage; send the file in the body instead."""
+
+    code = "direct_upload_unavailable"
 
 
 class FetchFailed(PipelineError):

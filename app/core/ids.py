@@ -16,7 +16,15 @@ from pathlib import Path
 
 from app.core.errors import InvalidRequest
 
-__all__ = ["JOB_ID", "JOB_ID_PATTERN", "inside", "is_job_id", "new_job_id"]
+__all__ = [
+    "JOB_ID",
+    "JOB_ID_PATTERN",
+    "UPLOAD_ID",
+    "inside",
+    "is_job_id",
+    "new_job_id",
+    "new_upload_id",
+]
 
 JOB_ID_PATTERN = r"job_[0-9a-f]{32}"
 JOB_ID = re.compile(JOB_ID_PATTERN)
@@ -25,6 +33,15 @@ JOB_ID = re.compile(JOB_ID_PATTERN)
 def new_job_id() -> str:
     """An unguessable job id in the one accepted form."""
     return "job_" + uuid.uuid4().hex
+
+
+#: Upload ids are ours too, and only this form is ever looked up.
+UPLOAD_ID = re.compile(r"upl_[0-9a-f]{32}")
+
+
+def new_upload_id() -> str:
+    """An unguessable upload id (it is a capability only together with the owner's key)."""
+    return "upl_" + uuid.uuid4().hex
 
 
 def is_job_id(value: object) -> bool:

@@ -56,10 +56,13 @@ class OutputRef(Record):
 
 
 class InputSpec(Record):
-    """A media input: fetched from `url`, visible to the workflow as `name`."""
+    """A media input visible to the workflow as `name`: fetched from `url`, or read from
+    the upload `upload_id` (a file sent to `POST /v1/uploads` or an inline base64 input,
+    which intake stores as an upload so the job record stays small)."""
 
     name: str
-    url: str
+    url: str = ""
+    upload_id: str | None = None
 
 
 class TemplateRef(Record):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from app.core.models import InputSpec, Job, JobStatus, Stage, TemplateRef
 
@@ -14,13 +14,34 @@ USER_ID = re.compile(USER_ID_PATTERN)
 INPUT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
+UPLOAD_ID_PATTERN = r"^upl_[0-9a-f]{32}$"
+
+
 class InputField(BaseModel):
-    """A media input: downloaded from `url`, visible to the workflow as `name`."""
+    """A media input visible to the workflow as `name`, from exactly one of: `url` (an
+    https URL to download), `upload_id` (from `POST /v1/uploads`) or `data` (base64)."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(description="File name the workflow refers to, e.g. in LoadImage.")
-    url: str = Field(max_length=2048, description="https URL to download the file from.")
+    url: str | None = Field(
+        default=None, max_length=2048, description="https URL to download the file from."
+    )
+    upload_id: str | None = Field(
+        default=None, pattern=UPLOAD_ID_PATTERN, description="An id from POST /v1/uploads."
+    )
+    data: str | None = Field(
+        default=None,
+        description="The file itself, base64 (a `data:...;base64,` prefix is allowed); "
+        "all inline inputs of a job together are limited (inline_input_max_bytes).",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> InputField:
+        given = [n for n in ("url", "upload_id", "data") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError("an input needs exactly one of url, upload_id or data")
+        return self
 
     @field_validator("name")
     @classmethod
@@ -63,7 +84,11 @@ class JobRequest(BaseModel):
         return value
 
     def input_specs(self) -> list[InputSpec]:
-        return [InputSpec(name=i.name, url=i.url) for i in self.inputs]
+        """The inputs as stored on the job; inline `data` must be stored as an upload
+        first (`app.engine.uploads.resolve_inputs`), so it is refused here."""
+        if any(i.data is not None for i in self.inputs):
+            raise ValueError("inline inputs must be stored as uploads first")
+        return [InputSpec(name=i.name, url=i.url or "", upload_id=i.upload_id) for i in self.inputs]
 
 
 class IntakeMessage(BaseModel):

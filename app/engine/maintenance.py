@@ -7,8 +7,8 @@
   deadline or out of attempts, re-sends messages that were lost (stage messages, webhook
   messages, queued requests whose pending-intake marker outlived them), frees leaked
   slots.
-* `cleanup`: removes outputs and records past their retention, and orphaned scratch
-  folders.
+* `cleanup`: removes outputs and records past their retention, expired uploads, and
+  orphaned scratch folders.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from app.core.schemas import IntakeMessage
 from app.engine.deps import Deps
 from app.engine.metrics import log_counters
 from app.engine.pipeline import enqueue, fail_job, queue_wait_error, release_due
+from app.engine.uploads import remove_expired
 from app.store.deliveries import load_delivery
 from app.store.jobs import RATE_WINDOW_S, REQUEUE_AFTER_S
 from app.store.keys import (
@@ -285,10 +286,17 @@ def recover_after_restart(deps: Deps) -> int:
 
 
 def cleanup(deps: Deps) -> dict[str, int]:
-    """Remove what is past retention: outputs, job records, idempotency keys, scratch."""
+    """Remove what is past retention: outputs, job records, idempotency keys, expired
+    uploads, scratch."""
     now = deps.clock()
     settings = deps.settings
-    report = {"outputs_deleted": 0, "jobs_deleted": 0, "keys_deleted": 0, "scratch_removed": 0}
+    report = {
+        "outputs_deleted": 0,
+        "jobs_deleted": 0,
+        "keys_deleted": 0,
+        "uploads_deleted": 0,
+        "scratch_removed": 0,
+    }
     old_outputs = deps.objects.list_older_than("outputs/", now - settings.output_retention_s)
     report["outputs_deleted"] = deps.objects.delete_keys(old_outputs)
     # The retention index, not a scan of every ended job: the cost is the jobs now due.
@@ -307,6 +315,8 @@ def cleanup(deps: Deps) -> dict[str, int]:
         if parse_rate_window(key) < current_window - 1:
             rates.pop(key)
             report["keys_deleted"] += 1
+    # The uploads dict holds live uploads only (expired ones go here), so its scan is small.
+    report["uploads_deleted"] = remove_expired(deps)
     report["scratch_removed"] = _remove_orphan_scratch(deps)
     get_logger().info("cleanup_done", **report)
     log_counters(deps, "cleanup")

@@ -1,4 +1,5 @@
-"""Fetch: download each input with the SSRF-safe client and check it is real media."""
+"""Fetch: download each input with the SSRF-safe client (or copy it from its upload) and
+check it is real media."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from app.core.models import Job
 from app.engine.cancel import cancel_checker
 from app.engine.deps import Deps
 from app.engine.scratch import inputs_folder
+from app.engine.uploads import fetch_upload
 
 
 def run(job: Job, deps: Deps) -> Job:
@@ -25,20 +27,23 @@ def run(job: Job, deps: Deps) -> Job:
         if deps.jobs.terminal(job.id) is not None:
             raise StageCancelled("the job was cancelled while its inputs downloaded")
         dest = inside(folder, spec.name)
-        result = deps.http.download(
-            spec.url,
-            dest,
-            max_bytes=settings.fetch_max_bytes,
-            timeout_s=settings.fetch_timeout_s,
-            max_redirects=settings.fetch_max_redirects,
-            should_cancel=cancelled,
-        )
+        if spec.upload_id is not None:
+            size = fetch_upload(deps, job, spec, dest)
+        else:
+            size = deps.http.download(
+                spec.url,
+                dest,
+                max_bytes=settings.fetch_max_bytes,
+                timeout_s=settings.fetch_timeout_s,
+                max_redirects=settings.fetch_max_redirects,
+                should_cancel=cancelled,
+            ).size
         info = check_media(
             dest,
             max_pixels=settings.max_image_pixels,
             max_frames=settings.max_frames,
             max_total_pixels=settings.max_total_pixels,
         )
-        log.info("input_fetched", name=spec.name, size=result.size, content_type=info.content_type)
+        log.info("input_fetched", name=spec.name, size=size, content_type=info.content_type)
     deps.scratch_commit()
     return job

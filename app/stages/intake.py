@@ -31,6 +31,7 @@ from app.core.schemas import USER_ID, JobRequest
 from app.engine import metrics
 from app.engine.deps import Deps
 from app.engine.pipeline import Submission, hand_off
+from app.engine.uploads import resolve_inputs
 from app.store.jobs import Admission, NewJob, body_fingerprint
 from app.store.tenants import Tenant
 
@@ -70,7 +71,8 @@ def check_request(request: JobRequest, deps: Deps) -> None:
         raise InvalidRequest(f"metadata is {metadata_bytes} bytes (limit 16384)")
     policy = UrlPolicy.from_settings(settings)
     for item in request.inputs:
-        parse_url(item.url, policy)  # raises UrlRefused naming the reason
+        if item.url is not None:
+            parse_url(item.url, policy)  # raises UrlRefused naming the reason
     if request.webhook_url is not None:
         parse_url(request.webhook_url, policy)
     catalog = node_catalog(deps)
@@ -108,12 +110,14 @@ def admit(
     if request.user_id is not None and request.user_id != user_id:
         raise InvalidRequest("user_id in the body does not match X-User-ID")
     check_request(request, deps)
+    # After every check, so a refused request stores no inline input.
+    inputs = resolve_inputs(deps, tenant.id, user_id, request.inputs)
     new = NewJob(
         tenant_id=tenant.id,
         user_id=user_id,
         workflow=request.workflow,
         timeout_s=request.timeout_s or deps.settings.default_job_timeout_s,
-        inputs=request.input_specs(),
+        inputs=inputs,
         webhook_url=request.webhook_url,
         metadata=request.metadata,
         idempotency_key=idempotency_key,

@@ -32,6 +32,7 @@ dict                      key                                        owner
                           ``keyid:{key id}`` ``key:{sha256}``        the tenant
 ``catalog``               ``comfy:catalog``                          the deploy
 ``breaker``               ``render``                                 the deploy
+``uploads``               ``upload:{upload id}``                     the upload
 ``templates``             ``tpl:{tenant}:{name}:{version}``          the template
                           ``tplver:{tenant}:{name}:{n|hint}``        the template
                           ``tpllatest:{tenant}:{name}``              the template
@@ -86,6 +87,10 @@ CATALOG_DICT = "catalog"
 #: Workflow templates: durable records, kept until deleted (never touched by job purge;
 #: on Modal they need the durable-record refresh like `tenants`).
 TEMPLATES_DICT = "templates"
+
+#: Uploaded inputs (`POST /v1/uploads`, inline base64): owner, object key, expiry. Owned
+#: by the upload, not by a job (many jobs may name one); cleanup removes expired ones.
+UPLOADS_DICT = "uploads"
 
 #: Circuit breakers (render container start-up failures).
 BREAKER_DICT = "breaker"
@@ -392,6 +397,21 @@ def key_hash_key(key_hash: str) -> str:
 
 #: The published node catalog.
 CATALOG_KEY = "comfy:catalog"
+
+
+# ---- uploads dict --------------------------------------------------------------------
+
+UPLOAD_PREFIX = "upload:"
+
+
+def upload_key(upload_id: str) -> str:
+    """One upload's record."""
+    return f"{UPLOAD_PREFIX}{upload_id}"
+
+
+def parse_upload_key(key: str) -> str:
+    """The upload id of an `upload:{id}` key."""
+    return _strip(key, UPLOAD_PREFIX)
 
 
 # ---- templates dict ------------------------------------------------------------------

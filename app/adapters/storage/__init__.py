@@ -8,6 +8,8 @@ from __future__ import annotations
 import time
 
 from app.adapters.storage.base import (
+    UPLOADS_PREFIX,
+    DirectUploads,
     ObjectStore,
     check_key,
     content_disposition,
@@ -15,6 +17,7 @@ from app.adapters.storage.base import (
     output_key,
     require_safe_key,
     safe_filename,
+    upload_object_key,
 )
 from app.adapters.storage.local import LocalStore
 from app.adapters.storage.memory import MemoryStore
@@ -22,6 +25,8 @@ from app.adapters.storage.signing import load_signing_key
 from app.core.config import Settings
 
 __all__ = [
+    "UPLOADS_PREFIX",
+    "DirectUploads",
     "LocalStore",
     "MemoryStore",
     "ObjectStore",
@@ -32,6 +37,7 @@ __all__ = [
     "output_key",
     "require_safe_key",
     "safe_filename",
+    "upload_object_key",
 ]
 
 

@@ -11,13 +11,15 @@ from __future__ import annotations
 import re
 import unicodedata
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 from urllib.parse import quote
 
 from app.core.errors import UploadFailed
 
 #: Top-level prefix of every job output.
 OUTPUTS_PREFIX = "outputs"
+#: Top-level prefix of every uploaded input (`POST /v1/uploads`, inline base64).
+UPLOADS_PREFIX = "uploads"
 #: Longest basename kept from a client or ComfyUI filename (extension included).
 MAX_FILENAME_CHARS = 100
 _MAX_EXTENSION_CHARS = 10
@@ -65,6 +67,29 @@ class ObjectStore(Protocol):
 
     def list_older_than(self, prefix: str, cutoff_unix: float) -> list[str]:
         """Keys under `prefix` last written before `cutoff_unix` (for retention)."""
+        ...
+
+    def size_of(self, key: str) -> int | None:
+        """The stored object's size in bytes, None if nothing is stored under `key`."""
+        ...
+
+    def get_file(self, key: str, dest: Path) -> int:
+        """Write the object to `dest` (replacing it); return its size.
+
+        `ObjectNotFound` if nothing is stored under `key`.
+        """
+        ...
+
+
+@runtime_checkable
+class DirectUploads(Protocol):
+    """A store clients can write to directly with a presigned PUT (S3 and R2)."""
+
+    def presign_put(
+        self, key: str, *, content_type: str, size: int, expires_s: int
+    ) -> tuple[str, dict[str, str]]:
+        """A PUT URL for exactly `size` bytes typed `content_type`, and the headers the
+        client must send with it (they are signed, so any other length is refused)."""
         ...
 
 
@@ -124,6 +149,12 @@ def output_key(tenant_id: str, user_id: str, job_id: str, index: int, filename: 
     if index < 0:
         raise ValueError("index must be >= 0")
     return f"{job_prefix(tenant_id, user_id, job_id)}{index:02d}-{safe_filename(filename)}"
+
+
+def upload_object_key(tenant_id: str, user_id: str, upload_id: str) -> str:
+    """The storage key of one uploaded input, e.g. `uploads/t/u/upl_...`."""
+    parts = (_key_segment(tenant_id), _key_segment(user_id), _key_segment(upload_id))
+    return f"{UPLOADS_PREFIX}/{'/'.join(parts)}"
 
 
 def content_disposition(filename: str) -> str:

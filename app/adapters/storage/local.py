@@ -139,6 +139,25 @@ class LocalStore:
         """Keys under `prefix` whose file was last written before `cutoff_unix`."""
         return sorted(key for key, mtime in self._walk(prefix) if mtime < cutoff_unix)
 
+    def size_of(self, key: str) -> int | None:
+        """The stored file's size, None if there is none."""
+        path = self.path_for(key)
+        try:
+            return path.stat().st_size if path.is_file() else None
+        except FileNotFoundError:
+            return None
+
+    def get_file(self, key: str, dest: Path) -> int:
+        """Copy the stored file to `dest`; `ObjectNotFound` if there is none."""
+        path = self.path_for(key)
+        try:
+            shutil.copyfile(path, dest)
+        except FileNotFoundError as exc:
+            raise ObjectNotFound() from exc
+        except OSError as exc:
+            raise storage_error(key, exc) from exc
+        return dest.stat().st_size
+
     def _write_atomically(self, target: Path, write: Callable[[Path], object]) -> int:
         tmp_dir = self.root / _TMP_DIR
         tmp_dir.mkdir(parents=True, exist_ok=True)

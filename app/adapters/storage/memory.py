@@ -9,7 +9,7 @@ from pathlib import Path
 from urllib.parse import quote, urlencode
 
 from app.adapters.storage.base import require_safe_key
-from app.core.errors import UploadFailed
+from app.core.errors import ObjectNotFound, UploadFailed
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,3 +75,18 @@ class MemoryStore:
             for key, obj in self.objects.items()
             if key.startswith(prefix) and obj.modified_at < cutoff_unix
         )
+
+    def size_of(self, key: str) -> int | None:
+        """The held object's size, None if there is none."""
+        require_safe_key(key)
+        held = self.objects.get(key)
+        return None if held is None else len(held.data)
+
+    def get_file(self, key: str, dest: Path) -> int:
+        """Write the held object to `dest`; `ObjectNotFound` if there is none."""
+        require_safe_key(key)
+        held = self.objects.get(key)
+        if held is None:
+            raise ObjectNotFound()
+        dest.write_bytes(held.data)
+        return len(held.data)

@@ -30,7 +30,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from app.adapters.storage.base import content_disposition, require_safe_key
 from app.core.config import Settings
-from app.core.errors import StorageUnavailable, UploadFailed
+from app.core.errors import ObjectNotFound, StorageUnavailable, UploadFailed
 from app.core.logs import get_logger
 
 if TYPE_CHECKING:
@@ -193,20 +193,62 @@ class S3Store:
         except (BotoCoreError, ClientError) as exc:
             raise UploadFailed(f"cannot sign a download link ({error_code(exc)})") from exc
 
+    def presign_put(
+        self, key: str, *, content_type: str, size: int, expires_s: int
+    ) -> tuple[str, dict[str, str]]:
+        """A presigned PUT whose signature covers Content-Length and Content-Type, so
+        S3 refuses a body of any other length or type (the bound on a direct upload)."""
+        require_safe_key(key)
+        params = {
+            "Bucket": self.bucket,
+            "Key": key,
+            "ContentLength": size,
+            "ContentType": content_type,
+        }
+        try:
+            url = self.client.generate_presigned_url(
+                "put_object", Params=params, ExpiresIn=expires_s
+            )
+        except (BotoCoreError, ClientError) as exc:
+            raise UploadFailed(f"cannot sign an upload link ({error_code(exc)})") from exc
+        return url, {"Content-Length": str(size), "Content-Type": content_type}
+
     def exists(self, key: str) -> bool:
         """Whether `key` is stored (a HEAD request)."""
+        return self.size_of(key) is not None
+
+    def size_of(self, key: str) -> int | None:
+        """The object's size from a HEAD request, None if there is none."""
         require_safe_key(key)
 
-        def head() -> bool:
+        def head() -> int | None:
             try:
-                self.client.head_object(Bucket=self.bucket, Key=key)
+                answer = self.client.head_object(Bucket=self.bucket, Key=key)
             except ClientError as exc:
                 if error_code(exc) in _NOT_FOUND_CODES or _status(exc) == 404:
-                    return False
+                    return None
                 raise
-            return True
+            return int(answer.get("ContentLength", 0))
 
         return self._call("head_object", head)
+
+    def get_file(self, key: str, dest: Path) -> int:
+        """Download the object to `dest` (retried whole); `ObjectNotFound` if none."""
+        require_safe_key(key)
+
+        def download() -> int:
+            try:
+                answer = self.client.get_object(Bucket=self.bucket, Key=key)
+            except ClientError as exc:
+                if error_code(exc) in _NOT_FOUND_CODES or _status(exc) == 404:
+                    raise ObjectNotFound() from exc
+                raise
+            with dest.open("wb") as out:  # reopened on each attempt: a retry starts over
+                for chunk in answer["Body"].iter_chunks(1024 * 1024):
+                    out.write(chunk)
+            return dest.stat().st_size
+
+        return self._call("get_object", download)
 
     def delete_prefix(self, prefix: str) -> int:
         """Delete every object under `prefix` (not empty); return the count."""
