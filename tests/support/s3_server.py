@@ -122,7 +122,8 @@ def check_presigned(
 
 
 class PresignGate:
-    """WSGI middleware: checks query-signed GET/HEAD requests the way S3 does."""
+    """WSGI middleware: checks query-signed GET/HEAD/PUT requests the way S3 does (a
+    presigned PUT signs Content-Length and Content-Type: any other value is refused)."""
 
     def __init__(self, app: Callable[[Environ, StartResponse], Iterable[bytes]]) -> None:
         self.app = app
@@ -132,7 +133,11 @@ class PresignGate:
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         raw_query = environ.get("QUERY_STRING", "")
-        if "X-Amz-Signature=" not in raw_query or environ["REQUEST_METHOD"] not in ("GET", "HEAD"):
+        if "X-Amz-Signature=" not in raw_query or environ["REQUEST_METHOD"] not in (
+            "GET",
+            "HEAD",
+            "PUT",
+        ):
             return self.app(environ, start_response)
         raw_uri = environ.get("RAW_URI") or environ.get("REQUEST_URI") or ""
         raw_path = raw_uri.split("?", 1)[0] or quote(environ.get("PATH_INFO", "/"))
@@ -141,6 +146,10 @@ class PresignGate:
             for name, value in environ.items()
             if name.startswith("HTTP_")
         }
+        # WSGI carries these two without the HTTP_ prefix; a presigned PUT signs them.
+        for name in ("CONTENT_LENGTH", "CONTENT_TYPE"):
+            if environ.get(name):
+                headers[name.replace("_", "-").lower()] = environ[name]
         now = time.time() + self.clock_offset_s
         problem = check_presigned(environ["REQUEST_METHOD"], raw_path, raw_query, headers, now)
         if problem is not None:
