@@ -105,3 +105,18 @@ def test_url_is_signed_fresh_and_names_the_key(store: ObjectStore) -> None:
 def test_errors_are_pipeline_errors(store: ObjectStore, tmp_path: Path) -> None:
     with pytest.raises(PipelineError):
         store.put_file(output_key("t", "u", "j", 0, "a.png"), tmp_path / "missing", "image/png")
+
+
+def test_size_of_and_get_file(store: ObjectStore, tmp_path: Path) -> None:
+    from app.adapters.storage import upload_object_key
+    from app.core.errors import ObjectNotFound
+
+    key = upload_object_key("t", "u", "upl_1")
+    assert store.size_of(key) is None
+    with pytest.raises(ObjectNotFound):
+        store.get_file(key, tmp_path / "missing")
+    store.put_bytes(key, b"abcdef", "image/png")
+
+    assert store.size_of(key) == 6
+    assert store.get_file(key, tmp_path / "got") == 6
+    assert (tmp_path / "got").read_bytes() == b"abcdef"
