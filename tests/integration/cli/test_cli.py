@@ -251,6 +251,39 @@ def test_submit_with_inputs_and_webhook_reaches_the_url_policy(
     assert_failed(run("submit", str(workflow_file), "--input", "no-equals-sign"), "NAME=URL")
 
 
+def test_submit_uploads_a_local_file_input(served: Served, tmp_path: Path) -> None:
+    import io
+
+    from PIL import Image
+
+    from app.store.uploads import UploadStore
+
+    harness, _ = served
+    photo = tmp_path / "photo.png"
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 4), (1, 2, 3)).save(buffer, format="PNG")
+    photo.write_bytes(buffer.getvalue())
+    graph = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "photo.png"}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "c"}},
+    }
+    wf = tmp_path / "wf.json"
+    wf.write_text(json.dumps(graph))
+
+    result = run("submit", str(wf), "--input", f"photo.png={photo}", "--user", "alice", "--json")
+
+    assert result.exit_code == 0, result.output
+    job_id = json.loads(result.stdout)["id"]
+    (spec,) = harness.deps.jobs.get(job_id).inputs
+    assert spec.name == "photo.png" and spec.upload_id is not None
+    record = UploadStore(harness.deps.backend).find(spec.upload_id)
+    assert record is not None and record.user_id == "alice" and record.size == photo.stat().st_size
+    assert_failed(
+        run("submit", str(wf), "--input", f"photo.png={tmp_path / 'nope.png'}"),
+        "neither a URL nor a readable file",
+    )
+
+
 def test_wait_timeout_fails_cleanly(served: Served, workflow_file: Path) -> None:
     assert_failed(
         run("submit", str(workflow_file), "--wait", "--timeout", "1", "--poll", "0.2"),
