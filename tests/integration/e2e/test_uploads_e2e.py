@@ -119,6 +119,28 @@ def test_uploaded_and_inline_inputs_complete_loadimage_jobs(
         )
         inline = base64.b64encode(image_bytes((0, 100, 250))).decode()
         by_inline = run_job(api, headers, [{"name": "face.png", "data": inline}])
+        # Another user names the first job's input file on the ComfyUI side (and its
+        # upload id): neither reaches ComfyUI.
+        bob = {**headers, "X-User-ID": "bob"}
+        own = base64.b64encode(image_bytes((1, 2, 3))).decode()
+        sideways = api.post(
+            "/v1/jobs",
+            headers=bob,
+            json={
+                "workflow": invert(f"{by_upload['id']}/photo.png"),
+                "inputs": [{"name": "mine.png", "data": own}],
+            },
+        )
+        borrowed = api.post(
+            "/v1/jobs",
+            headers=bob,
+            json={
+                "workflow": invert("photo.png"),
+                "inputs": [{"name": "photo.png", "upload_id": uploaded.json()["upload_id"]}],
+            },
+        )
+    assert sideways.status_code == 400 and sideways.json()["error"]["code"] == "invalid_workflow"
+    assert borrowed.status_code == 404 and borrowed.json()["error"]["code"] == "upload_not_found"
     assert by_upload["status"] == "completed", by_upload
     assert by_inline["status"] == "completed", by_inline
 
