@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from app.core.models import Record
+from app.core.schemas import UPLOAD_ID_PATTERN
 
 TEMPLATE_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 TEMPLATE_NAME = re.compile(TEMPLATE_NAME_PATTERN)
@@ -38,6 +39,8 @@ InputType = Literal[
     "model",
 ]
 MEDIA_TYPES = frozenset({"image", "video", "audio", "file"})
+#: Where a media input's file comes from: the fields of an InputField besides its name.
+MEDIA_SOURCES = ("url", "upload_id", "data")
 #: A seed input's value that asks the server to draw one.
 RANDOM = "random"
 #: Longest string input when the template sets no `max_length`.
@@ -147,7 +150,8 @@ class TemplateJobRequest(BaseModel):
     )
     inputs: dict[str, Any] = Field(
         default_factory=dict,
-        description='Values by input name; media as {"url": "https://..."}.',
+        description='Values by input name; media as {"url": "https://..."}, '
+        '{"upload_id": "upl_..."} (from POST /v1/uploads) or {"data": "<base64>"}.',
     )
     webhook_url: str | None = Field(default=None, max_length=2048)
     user_id: str | None = Field(default=None, description="Must equal X-User-ID if given.")
@@ -190,11 +194,21 @@ def input_schema(spec: CompiledInput) -> dict[str, Any]:
     elif spec.type == "seed":
         schema = {"oneOf": [_number_schema("integer", spec), {"const": RANDOM}]}
     else:  # media
+        sources: dict[str, dict[str, Any]] = {
+            "url": {"type": "string", "format": "uri", "maxLength": 2048},
+            "upload_id": {"type": "string", "pattern": UPLOAD_ID_PATTERN},
+            "data": {"type": "string", "contentEncoding": "base64"},
+        }
         schema = {
-            "type": "object",
-            "properties": {"url": {"type": "string", "format": "uri", "maxLength": 2048}},
-            "required": ["url"],
-            "additionalProperties": False,
+            "oneOf": [
+                {
+                    "type": "object",
+                    "properties": {source: sources[source]},
+                    "required": [source],
+                    "additionalProperties": False,
+                }
+                for source in MEDIA_SOURCES
+            ],
             "x-media": spec.type,
         }
     if spec.description:

@@ -23,7 +23,13 @@ from app.core.errors import (
 )
 from app.core.models import TemplateRef
 from app.core.schemas import InputField, JobRequest
-from app.core.templates import Template, TemplateJobRequest, WorkflowCreate, split_workflow_id
+from app.core.templates import (
+    MEDIA_TYPES,
+    Template,
+    TemplateJobRequest,
+    WorkflowCreate,
+    split_workflow_id,
+)
 from app.engine.deps import Deps
 from app.store.tenants import Tenant
 
@@ -85,7 +91,7 @@ def prepare_run(deps: Deps, tenant: Tenant, run: TemplateJobRequest) -> Prepared
     policy = UrlPolicy.from_settings(deps.settings)
     problems: list[Problem] = []
     for name, value in resolved.values.items():
-        if template.inputs[name].type in ("image", "video", "audio", "file"):
+        if template.inputs[name].type in MEDIA_TYPES and "url" in value:
             try:
                 parse_url(value["url"], policy)
             except UrlRefused as exc:
@@ -94,7 +100,7 @@ def prepare_run(deps: Deps, tenant: Tenant, run: TemplateJobRequest) -> Prepared
         raise InvalidInput(problems)
     request = JobRequest(
         workflow=resolved.graph,
-        inputs=[InputField(name=file_name, url=url) for file_name, url in resolved.media],
+        inputs=[InputField(name=file_name, **source) for file_name, source in resolved.media],
         webhook_url=run.webhook_url,
         user_id=run.user_id,
         metadata=run.metadata,

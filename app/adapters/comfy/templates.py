@@ -25,6 +25,7 @@ from app.adapters.comfy.workflow import Graph, check_workflow
 from app.core.errors import InvalidInput, InvalidTemplate, Problem
 from app.core.templates import (
     DEFAULT_MAX_STRING,
+    MEDIA_SOURCES,
     MEDIA_TYPES,
     RANDOM,
     CompiledInput,
@@ -296,8 +297,16 @@ def value_problem(spec: CompiledInput, value: object) -> str | None:
             return "must be a number"
         return _range_problem(spec, value)
     # media
-    if not isinstance(value, Mapping) or set(value) != {"url"} or not isinstance(value["url"], str):
-        return 'must be {"url": "https://..."}'
+    if (
+        not isinstance(value, Mapping)
+        or len(value) != 1
+        or next(iter(value)) not in MEDIA_SOURCES
+        or not isinstance(next(iter(value.values())), str)
+    ):
+        return (
+            'must be one of {"url": "https://..."}, {"upload_id": "upl_..."} '
+            'or {"data": "<base64>"}'
+        )
     return None
 
 
@@ -314,8 +323,9 @@ class Resolved:
     """A run of a template: the graph to store, its media inputs and the values used."""
 
     graph: Graph
-    #: `(file name the graph names, url)` for each media input.
-    media: list[tuple[str, str]]
+    #: `(file name the graph names, {source: value})` for each media input, the source
+    #: one of MEDIA_SOURCES.
+    media: list[tuple[str, dict[str, str]]]
     values: dict[str, Any]
 
 
@@ -363,13 +373,16 @@ def resolve(
         used[name] = value
     if problems:
         raise InvalidInput(problems)
-    media: list[tuple[str, str]] = []
+    media: list[tuple[str, dict[str, str]]] = []
     graph_values: dict[str, Any] = {}
     for name, value in used.items():
         kind = known[name].type
         if kind in MEDIA_TYPES:
-            file_name = media_file_name(name, kind, value["url"])
-            media.append((file_name, value["url"]))
+            file_name = media_file_name(name, kind, value.get("url", ""))
+            media.append((file_name, dict(value)))
+            if "data" in value:
+                # The job record keeps the values used; the file itself goes to an upload.
+                used[name] = {"data": f"<{len(value['data'])} base64 characters>"}
             value = file_name
         graph_values[name] = value
     graph = _with_values(template.workflow, graph_values, known)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,6 +17,9 @@ from tests.support import templates as fx
 from tests.support.settings import SettingsFactory
 
 PHOTO = {"url": "https://cdn.example.com/face.png"}
+PNG = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC"
+)
 
 
 @pytest.fixture
@@ -173,6 +177,35 @@ def test_a_run_stores_the_resolved_graph_and_names_the_template(
     # And the view says so on every read
     again = http.get(f"/v1/jobs/{view['id']}", headers=auth(harness)).json()
     assert again["template"]["name"] == "portrait" and again["template"]["version"] == 1
+
+
+def test_a_run_takes_media_from_an_upload_or_inline_data(
+    http: TestClient, harness: Harness
+) -> None:
+    push(http, harness)
+    posted = http.post("/v1/uploads", content=PNG, headers=auth(harness))
+    assert posted.status_code == 201, posted.text
+    upload_id = posted.json()["upload_id"]
+
+    by_upload = run(http, harness, photo={"upload_id": upload_id})
+    inline = run(http, harness, photo={"data": base64.b64encode(PNG).decode()})
+    elsewhere = http.post(
+        "/v1/jobs",
+        json={
+            "workflow_id": "portrait",
+            "inputs": {"prompt": "x", "photo": {"upload_id": upload_id}},
+        },
+        headers=auth(harness, user="bob"),
+    )
+
+    assert by_upload.status_code == 202, by_upload.text
+    (spec,) = harness.deps.jobs.get(by_upload.json()["id"]).inputs
+    assert (spec.name, spec.upload_id) == ("photo.png", upload_id)
+    assert inline.status_code == 202, inline.text
+    (spec,) = harness.deps.jobs.get(inline.json()["id"]).inputs
+    assert spec.upload_id is not None and spec.upload_id != upload_id  # stored as its own upload
+    assert "base64 characters" in inline.json()["template"]["inputs"]["photo"]["data"]
+    error_of(elsewhere, 404, "upload_not_found")  # another user's upload reads as missing
 
 
 def test_a_random_seed_is_drawn_and_recorded(http: TestClient, harness: Harness) -> None:

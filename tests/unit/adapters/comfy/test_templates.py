@@ -140,7 +140,11 @@ def test_json_schema_describes_every_input() -> None:
     assert props["steps"] == {"type": "integer", "minimum": 1, "maximum": 50, "default": 20}
     assert props["seed"]["oneOf"][1] == {"const": "random"}
     assert props["model"]["enum"] == fx.CHECKPOINTS
-    assert props["photo"]["required"] == ["url"]
+    assert [one["required"] for one in props["photo"]["oneOf"]] == [
+        ["url"],
+        ["upload_id"],
+        ["data"],
+    ]
     assert props["prompt"]["description"] == "What to draw."
     assert schema["additionalProperties"] is False
 
@@ -171,7 +175,7 @@ def test_a_run_writes_each_value_into_every_place() -> None:
     assert (ks["seed"], ks["steps"], ks["cfg"], ks["sampler_name"]) == (42, 30, 5.5, "dpmpp_2m")
     assert nodes["1"]["inputs"]["ckpt_name"] == "sdxl.safetensors"
     assert nodes["7"]["inputs"]["image"] == "photo.jpg"
-    assert run.media == [("photo.jpg", "https://cdn.example.com/u/face.JPG?sig=1")]
+    assert run.media == [("photo.jpg", {"url": "https://cdn.example.com/u/face.JPG?sig=1"})]
     assert nodes["10"]["inputs"]["value"] is False
     assert (nodes["4"]["inputs"]["width"], nodes["4"]["inputs"]["height"]) == (768, 768)
     assert template.workflow["2"]["inputs"]["text"] == "a photo"  # the template is untouched
@@ -187,7 +191,17 @@ def test_a_random_seed_is_drawn_within_bounds_and_recorded() -> None:
     run = resolve(compile_(), {"prompt": "x", "photo": {"url": "https://e.com/p"}}, draw)
     assert seen == [(0, 2**53 - 1)]
     assert run.graph["5"]["inputs"]["seed"] == 1234 and run.values["seed"] == 1234
-    assert run.media == [("photo.png", "https://e.com/p")]
+    assert run.media == [("photo.png", {"url": "https://e.com/p"})]
+
+
+def test_media_may_come_from_an_upload_or_inline_data_and_the_record_keeps_no_bytes() -> None:
+    upload = "upl_" + "a" * 32
+    run = resolve(compile_(), {"prompt": "x", "photo": {"upload_id": upload}})
+    assert run.media == [("photo.png", {"upload_id": upload})]
+    assert run.graph["7"]["inputs"]["image"] == "photo.png"
+    run = resolve(compile_(), {"prompt": "x", "photo": {"data": "iVBORw0KGgo="}})
+    assert run.media == [("photo.png", {"data": "iVBORw0KGgo="})]
+    assert run.values["photo"] == {"data": "<12 base64 characters>"}
 
 
 @pytest.mark.parametrize(
@@ -207,6 +221,8 @@ def test_a_random_seed_is_drawn_within_bounds_and_recorded() -> None:
         ({"flag": "yes"}, "flag", "true or false"),
         ({"photo": "https://e.com/p.png"}, "photo", '{"url"'),
         ({"photo": {"url": "https://e.com/p.png", "name": "x"}}, "photo", '{"url"'),
+        ({"photo": {"upload_id": 7}}, "photo", '{"upload_id"'),
+        ({"photo": {"path": "/etc/passwd"}}, "photo", '{"data"'),
         ({"size": 2048}, "size", "over the maximum 1024"),
         ({"colour": "red"}, "colour", "no such input"),
     ],
