@@ -29,6 +29,7 @@ from app.api.submissions import (
     parse_submission,
     submit,
 )
+from app.api.v2.schemas import V2JobCreate
 from app.core.errors import ApiError, BackendError
 from app.core.models import JobStatus
 from app.core.schemas import USER_ID_PATTERN, JobRequest, JobView
@@ -56,6 +57,7 @@ HAND_PARSED: tuple[type[BaseModel], ...] = (
     TemplateJobRequest,
     WorkflowCreate,
     BatchRequest,
+    V2JobCreate,
 )
 
 #: A complete request using only core ComfyUI nodes (shown in /docs, used by fuzzing).
@@ -349,6 +351,7 @@ def create_app(deps: Deps) -> FastAPI:
     # Imported here: these routers use this module's auth dependencies.
     from app.api.batch import batch_router
     from app.api.metrics_route import metrics_router
+    from app.api.v2.routes import v2_router
     from app.api.webhook_routes import webhook_router
     from app.api.workflows import workflows_router
 
@@ -356,6 +359,7 @@ def create_app(deps: Deps) -> FastAPI:
     app.include_router(batch_router)
     app.include_router(webhook_router)
     app.include_router(uploads_router)
+    app.include_router(v2_router)
     if deps.settings.backend == "local":
         app.include_router(metrics_router)  # on Modal the counters go to the logs instead
     app.openapi = _openapi(app)  # type: ignore[method-assign]
