@@ -184,6 +184,9 @@ def invalid_request_fields(exc: InvalidRequest) -> tuple[int, dict[str, Any]]:
     problems = getattr(exc, "problems", None)
     if problems:
         extra["problems"] = [p.as_dict() for p in problems]
+    node_errors = getattr(exc, "node_errors", None)
+    if node_errors:
+        extra["node_errors"] = node_errors
     return INVALID_REQUEST_STATUS.get(exc.code, 400), extra
 
 

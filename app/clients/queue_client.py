@@ -43,6 +43,7 @@ from app.engine.deps import Deps, Waker, build_deps
 from app.engine.pipeline import cancel_job
 from app.engine.uploads import create_upload
 from app.engine.views import owned_job, present
+from app.stages.intake import check_request
 from app.store.intakes import PendingIntake
 from app.store.tenants import Tenant
 
@@ -96,7 +97,8 @@ class Client:
 
         Raises `Unauthorized` for a bad key, `InvalidRequest` for a body that is not a
         `JobRequest` and `Backpressure` (retry after `retry_after_s`) while the queues are
-        at capacity; everything else (caps, workflow checks) is decided by intake.
+        at capacity, and `InvalidRequest` (`InvalidWorkflow`, `UrlRefused`, ...) for what
+        intake's `check_request` refuses; caps are decided by intake.
         """
         tenant = self.tenant()  # fail fast; intake authenticates again
         check_backlog(self.deps, CLIENT_ADMISSION_QUEUES)
@@ -107,6 +109,8 @@ class Client:
                 raise InvalidRequest(f"not a job request: {exc.errors()[0]['msg']}") from exc
         if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
             raise InvalidRequest("idempotency key must be 1 to 255 characters")
+        # Refused here, not as a failed job after the queue: the caller sees the 400's error.
+        check_request(request, self.deps)
         job_id = new_job_id()
         message = IntakeMessage(
             job_id=job_id,

@@ -11,7 +11,9 @@
     │   │   ├── InvalidWorkflow
     │   │   ├── ProblemList           problems, each naming its input, node and field
     │   │   │   ├── InvalidTemplate   a template's graph or input schema is refused
-    │   │   │   └── InvalidInput      a template run's input is refused
+    │   │   │   ├── InvalidInput      a template run's input is refused
+    │   │   │   └── InvalidNodes      nodes' inputs refused (ComfyUI's `node_errors`; also
+    │   │   │                         an InvalidWorkflow)
     │   │   ├── TemplatesOnly         the tenant runs registered templates only (HTTP 403)
     │   │   ├── TemplateNotFound      no such template or version (HTTP 404)
     │   │   ├── UrlRefused            the URL policy refused an input or webhook URL
@@ -186,6 +188,20 @@ class InvalidInput(ProblemList):
     """An input of the template run is not valid."""
 
     code = "invalid_input"
+
+
+class InvalidNodes(ProblemList, InvalidWorkflow):
+    """Inputs of the workflow's nodes are not valid (each problem names its node and input).
+
+    `node_errors` is the same in ComfyUI's own shape (`{node_id: {"class_type", "errors",
+    "dependent_outputs"}}`), so a client written for ComfyUI's `/prompt` reads it as is.
+    """
+
+    code = "invalid_workflow"
+
+    def __init__(self, problems: list[Problem], node_errors: Mapping[str, Any]) -> None:
+        super().__init__(problems)
+        self.node_errors = dict(node_errors)
 
 
 class TemplatesOnly(InvalidRequest):

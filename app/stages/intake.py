@@ -5,7 +5,8 @@ or 429 at once); a Python client puts an `IntakeMessage` on the intake queue, an
 engine (`process_intake_message`) authenticates its API key and calls `run`, which is
 the same `admit`; the engine records a refusal. Everything that can
 be checked before any GPU time is checked here: the workflow against ComfyUI's node
-catalog, the URLs against the URL policy, sizes and timeouts against the settings.
+catalog (ComfyUI's own input rules included: `validation`), the URLs against the URL
+policy, sizes and timeouts against the settings.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ import json
 from app.adapters.comfy.catalog import NodeCatalog
 from app.adapters.comfy.file_policy import check_file_names
 from app.adapters.comfy.node_policy import NodePolicy, check_nodes
+from app.adapters.comfy.validation import check_inputs
 from app.adapters.comfy.workflow import check_workflow
 from app.adapters.net.policy import UrlPolicy, parse_url
+from app.core.config import Settings
 from app.core.errors import (
     AdmissionRejected,
     Backpressure,
@@ -75,15 +78,27 @@ def check_request(request: JobRequest, deps: Deps) -> None:
             parse_url(item.url, policy)  # raises UrlRefused naming the reason
     if request.webhook_url is not None:
         parse_url(request.webhook_url, policy)
-    catalog = node_catalog(deps)
-    check_workflow(
-        request.workflow,
+    names = [item.name for item in request.inputs]
+    check_graph(request.workflow, node_catalog(deps), names, settings)
+
+
+def check_graph(
+    workflow: object, catalog: NodeCatalog | None, input_names: list[str], settings: Settings
+) -> None:
+    """Every check of a workflow at submit: shape, files, node policy, ComfyUI's input rules.
+
+    Raises `InvalidWorkflow` (`InvalidNodes` for ComfyUI's rules: it names node and input).
+    """
+    graph = check_workflow(
+        workflow,
         catalog,
         max_nodes=settings.max_workflow_nodes,
         max_bytes=settings.max_workflow_bytes,
     )
-    check_file_names(request.workflow, catalog, [item.name for item in request.inputs])
-    check_nodes(request.workflow, NodePolicy.from_settings(settings), catalog)
+    check_file_names(graph, catalog, input_names)
+    check_nodes(graph, NodePolicy.from_settings(settings), catalog)
+    if catalog is not None:  # without one, ComfyUI's own validation decides at render
+        check_inputs(graph, catalog)
 
 
 def admit(

@@ -154,6 +154,8 @@ def _validate_node(
             ok, _ = _validate_node(prompt, value[0], validated, object_info, input_dir)
             valid = valid and ok
             continue
+        if isinstance(value, dict) and "__value__" in value:
+            value = inputs[name] = value["__value__"]  # upstream unwraps it in the prompt
         if custom:
             continue
         problem = _check_value(name, value, input_type, extra)
@@ -195,9 +197,9 @@ def _check_value(
             "details": name,
             "extra_info": info,
         }
+    # Upstream checks only an old-style list of choices: a V3 "COMBO" input's value is not
+    # checked by `/prompt` (a bad one fails when the node runs).
     options = input_type if isinstance(input_type, list) else None
-    if input_type == "COMBO":
-        options = extra.get("options", [])
     if options is not None and value not in options:
         return {
             "type": "value_not_in_list",

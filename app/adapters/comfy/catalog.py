@@ -32,7 +32,7 @@ __all__ = [
     "publish",
 ]
 #: Bumped when the stored layout changes; an older layout is ignored, not misread.
-_FORMAT = 3
+_FORMAT = 4
 #: Input types whose value is written in the graph (a widget); any other type is a link.
 VALUE_KINDS = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"})
 #: Input options that make an input a file upload (the front end shows an upload button,
@@ -77,6 +77,10 @@ class FieldSpec:
     maximum: float | None = None
     #: The allowed values of a COMBO that is not a file list (file lists: `file_inputs`).
     choices: tuple[str, ...] = ()
+    #: An old-style list of choices (`[["a", "b"], {...}]`): ComfyUI's `validate_inputs`
+    #: refuses a value not among them, and a link of any type but `*`. A V3 `"COMBO"`
+    #: input is checked by neither (it fails, if at all, when the node runs).
+    listed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +120,9 @@ class NodeCatalog:
             nodes[name] = NodeSpec(
                 name=name,
                 output_node=info.get("output_node") is True,
-                outputs=tuple(str(o) for o in outputs) if isinstance(outputs, list) else (),
+                outputs=tuple(_output_type(o) for o in outputs)
+                if isinstance(outputs, list)
+                else (),
                 required_inputs=tuple(required) if isinstance(required, Mapping) else (),
                 file_inputs={
                     key: found
@@ -200,6 +206,8 @@ def _field_record(spec: FieldSpec) -> dict[str, Any]:
         record["max"] = spec.maximum
     if spec.choices:
         record["c"] = list(spec.choices)
+    if spec.listed:
+        record["l"] = True
     return record
 
 
@@ -212,10 +220,20 @@ def _fields(value: object) -> dict[str, FieldSpec]:
             minimum=_number(entry.get("min")),
             maximum=_number(entry.get("max")),
             choices=_strings(entry.get("c")),
+            listed=entry.get("l") is True,
         )
         for key, entry in value.items()
         if isinstance(entry, Mapping)
     }
+
+
+def _output_type(value: object) -> str:
+    """An output slot's type; a list of choices (a node that outputs a combo) reads as `*`.
+
+    ComfyUI links such an output only to an input with the same list; treating it as any
+    type keeps every such link accepted, as a catalog cannot compare the lists cheaply.
+    """
+    return value if isinstance(value, str) else "*"
 
 
 def _number(value: object) -> float | None:
@@ -293,7 +311,11 @@ def field_spec(spec: object) -> FieldSpec:
     if isinstance(kind, list) or kind == "COMBO":
         listed = kind if isinstance(kind, list) else options.get("options")
         choices = tuple(str(c) for c in listed) if isinstance(listed, list) else ()
-        return FieldSpec(kind="COMBO", choices=() if file_input(spec) else choices)
+        return FieldSpec(
+            kind="COMBO",
+            choices=() if file_input(spec) else choices,
+            listed=isinstance(kind, list),
+        )
     return FieldSpec(
         kind=str(kind),
         minimum=_number(options.get("min")),

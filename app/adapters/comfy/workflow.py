@@ -6,8 +6,9 @@ treats every list input as a link, so we do too.
 
 `check_workflow` catches what can be caught without the server: the wrong format, links
 to nothing, cycles, and (given a catalog) unknown node classes, bad output indexes and a
-graph with no output node. ComfyUI's own validation (input types, ranges, files) still
-runs at submission; its answer becomes `InvalidWorkflow` in the client.
+graph with no output node. Input types, ranges and choices are `validation.check_inputs`'s,
+file names `file_policy`'s; ComfyUI validates again when the job is sent, and its answer
+becomes `InvalidWorkflow` in the client.
 """
 
 from __future__ import annotations
@@ -140,7 +141,7 @@ def _class_problems(graph: Graph, catalog: NodeCatalog) -> list[str]:
     if not unknown:
         return []
     listed = ", ".join(
-        f"{cls} (node {', '.join(sorted(ids, key=_id_order))})"
+        f"{cls} (node {', '.join(sorted(ids, key=id_order))})"
         for cls, ids in sorted(unknown.items())
     )
     return [f"unknown node types: {listed}; this server does not have them installed"]
@@ -148,7 +149,7 @@ def _class_problems(graph: Graph, catalog: NodeCatalog) -> list[str]:
 
 def _link_problems(graph: Graph, catalog: NodeCatalog | None) -> list[str]:
     problems: list[str] = []
-    for node_id in sorted(graph, key=_id_order):
+    for node_id in sorted(graph, key=id_order):
         for name, value in graph[node_id]["inputs"].items():
             if not isinstance(value, list):
                 continue
@@ -181,7 +182,7 @@ def _find_cycle(graph: Graph) -> list[str]:
         for node_id, node in graph.items()
     }
     state: dict[str, int] = {}  # 1 = on the current path, 2 = done
-    for root in sorted(deps, key=_id_order):
+    for root in sorted(deps, key=id_order):
         if state.get(root):
             continue
         path: list[str] = []
@@ -215,7 +216,7 @@ def _is_index(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _id_order(node_id: str) -> tuple[int, int | str]:
+def id_order(node_id: str) -> tuple[int, int | str]:
     """Numeric ids in numeric order, then the rest (ComfyUI's ids are usually numbers)."""
     return (0, int(node_id)) if node_id.isdigit() else (1, node_id)
 

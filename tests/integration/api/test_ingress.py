@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -199,6 +200,26 @@ async def test_unknown_node_type_is_400_naming_it(
     error = assert_error(response, 400, "invalid_workflow")
     assert "NoSuchNode" in error["message"]
     assert harness.deps.queue(Stage.FETCH).len() == harness.deps.queue(Stage.RENDER).len() == 0
+
+
+async def test_a_missing_required_input_is_400_naming_node_and_input_before_any_queue(
+    http: httpx.AsyncClient, harness: Harness
+) -> None:
+    workflow = copy.deepcopy(WORKFLOW)
+    del workflow["1"]["inputs"]["color"]
+    error = assert_error(await submit(http, harness, workflow=workflow), 400, "invalid_workflow")
+    assert (error["node_id"], error["field"]) == ("1", "color")
+    assert error["node_errors"]["1"]["class_type"] == "EmptyImage"
+    assert error["node_errors"]["1"]["errors"][0]["type"] == "required_input_missing"
+    # The same refusal for an item of a batch, the others admitted
+    batch = {"jobs": [{"workflow": WORKFLOW}, {"workflow": workflow}]}
+    response = await http.post(
+        "/v1/jobs/batch", json=batch, headers=harness.headers(harness.acme, "alice")
+    )
+    results = response.json()["results"]
+    assert [r["status"] for r in results] == [202, 400]
+    assert results[1]["error"]["node_errors"]["1"]["dependent_outputs"] == ["2"]
+    assert harness.deps.queue(Stage.RENDER).len() == 1
 
 
 async def test_ui_format_workflow_is_400(http: httpx.AsyncClient, harness: Harness) -> None:

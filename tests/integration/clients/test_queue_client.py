@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import threading
 
 import pytest
@@ -10,7 +11,9 @@ from pydantic import SecretStr
 from app.clients.queue_client import Client
 from app.core.errors import (
     ClientError,
+    InvalidNodes,
     InvalidRequest,
+    InvalidWorkflow,
     JobAlreadyEnded,
     Unauthorized,
     UnknownJob,
@@ -70,14 +73,10 @@ def test_enqueued_job_is_admitted_by_intake_and_readable_by_its_owner_only(
             other.cancel(job_id)
 
 
-def test_refusals_become_failed_jobs_under_the_same_id(harness: Harness) -> None:
+def test_refusals_at_intake_become_failed_jobs_under_the_same_id(harness: Harness) -> None:
     alice = client(harness)
-    bad = alice.enqueue({"workflow": {"1": {"class_type": "NoSuchNode", "inputs": {}}}})
     ids = [alice.enqueue({"workflow": WORKFLOW}) for _ in range(3)]  # cap is 2
     drain_stage(Stage.INTAKE, harness.deps)
-    refused = alice.get(bad)
-    assert refused.status is JobStatus.FAILED
-    assert refused.error is not None and refused.error.code == "invalid_workflow"
     statuses = [alice.get(i).status for i in ids]
     assert statuses == [JobStatus.QUEUED, JobStatus.QUEUED, JobStatus.FAILED]
     capped = alice.get(ids[2]).error
@@ -91,6 +90,17 @@ def test_bad_key_and_bad_body_are_refused_before_queueing(harness: Harness) -> N
         client(harness).enqueue({"workflow": {}})
     with pytest.raises(InvalidRequest):
         client(harness).enqueue({"workflow": WORKFLOW}, idempotency_key="k" * 256)
+    # The workflow checks of POST /v1/jobs, ComfyUI's input rules included, before the put
+    missing = copy.deepcopy(WORKFLOW)
+    del missing["1"]["inputs"]["width"]
+    unknown = {"1": {"class_type": "NoSuchNode", "inputs": {}}}
+    for workflow in (missing, unknown):
+        with pytest.raises(InvalidWorkflow):
+            client(harness).enqueue({"workflow": workflow})
+    with pytest.raises(InvalidNodes) as caught:
+        client(harness).enqueue({"workflow": missing})
+    assert (caught.value.node_id, caught.value.field) == ("1", "width")
+    assert list(harness.deps.intakes.all()) == []  # nothing for fail_stale to re-admit
     for bad_user in ("not a user id", "alice\n", ""):
         with pytest.raises(ClientError):
             Client(harness.deps, harness.acme.api_key, bad_user)
