@@ -150,6 +150,9 @@ class TemplateJobRequest(BaseModel):
         description='Values by input name; media as {"url": "https://..."}.',
     )
     webhook_url: str | None = Field(default=None, max_length=2048)
+    webhook_events: list[str] = Field(
+        default_factory=list, max_length=8, description="As in a job request."
+    )
     user_id: str | None = Field(default=None, description="Must equal X-User-ID if given.")
     metadata: dict[str, Any] = Field(default_factory=dict, description="Echoed back as is.")
     timeout_s: int | None = Field(default=None, ge=1)

@@ -96,6 +96,7 @@ def prepare_run(deps: Deps, tenant: Tenant, run: TemplateJobRequest) -> Prepared
         workflow=resolved.graph,
         inputs=[InputField(name=file_name, url=url) for file_name, url in resolved.media],
         webhook_url=run.webhook_url,
+        webhook_events=run.webhook_events,
         user_id=run.user_id,
         metadata=run.metadata,
         timeout_s=run.timeout_s,

@@ -17,6 +17,7 @@ from app.adapters.comfy.file_policy import check_file_names
 from app.adapters.comfy.node_policy import NodePolicy, check_nodes
 from app.adapters.comfy.workflow import check_workflow
 from app.adapters.net.policy import UrlPolicy, parse_url
+from app.adapters.webhooks.signing import check_event_names
 from app.core.errors import (
     AdmissionRejected,
     Backpressure,
@@ -73,6 +74,7 @@ def check_request(request: JobRequest, deps: Deps) -> None:
         parse_url(item.url, policy)  # raises UrlRefused naming the reason
     if request.webhook_url is not None:
         parse_url(request.webhook_url, policy)
+    check_event_names(request.webhook_events, has_webhook=request.webhook_url is not None)
     catalog = node_catalog(deps)
     check_workflow(
         request.workflow,
@@ -115,6 +117,7 @@ def admit(
         timeout_s=request.timeout_s or deps.settings.default_job_timeout_s,
         inputs=request.input_specs(),
         webhook_url=request.webhook_url,
+        webhook_events=request.webhook_events,
         metadata=request.metadata,
         idempotency_key=idempotency_key,
         body_hash=fingerprint or body_fingerprint(request.model_dump(mode="json")),

@@ -175,6 +175,26 @@ def test_a_run_stores_the_resolved_graph_and_names_the_template(
     assert again["template"]["name"] == "portrait" and again["template"]["version"] == 1
 
 
+def test_a_run_takes_webhook_events_and_refuses_unknown_ones(
+    http: TestClient, harness: Harness
+) -> None:
+    assert push(http, harness).status_code == 201
+    body: dict[str, Any] = {
+        "workflow_id": "portrait",
+        "inputs": {"prompt": "a cat", "photo": PHOTO},
+        "webhook_url": "https://hooks.example.com/h",
+        "webhook_events": ["job.progress"],
+    }
+    response = http.post("/v1/jobs", json=body, headers=auth(harness))
+    assert response.status_code == 202, response.text
+    assert harness.deps.jobs.get(response.json()["id"]).webhook_events == ["job.progress"]
+    body["webhook_events"] = ["progress"]
+    error = error_of(
+        http.post("/v1/jobs", json=body, headers=auth(harness)), 400, "invalid_request"
+    )
+    assert "'progress'" in error["message"]
+
+
 def test_a_random_seed_is_drawn_and_recorded(http: TestClient, harness: Harness) -> None:
     push(http, harness)
     view = run(http, harness).json()
