@@ -332,7 +332,7 @@ def create_app(deps: Deps) -> FastAPI:
         title="comfyui-saas",
         version=API_VERSION,
         description=DESCRIPTION,
-        docs_url="/docs",
+        docs_url=None,  # served by docs_router from bundled assets, not a CDN
         redoc_url=None,
         openapi_url="/openapi.json",
     )
@@ -350,6 +350,7 @@ def create_app(deps: Deps) -> FastAPI:
     app.include_router(files_router)
     # Imported here: these routers use this module's auth dependencies.
     from app.api.batch import batch_router
+    from app.api.docs_route import docs_router
     from app.api.metrics_route import metrics_router
     from app.api.v2.routes import v2_router
     from app.api.webhook_routes import webhook_router
@@ -360,6 +361,7 @@ def create_app(deps: Deps) -> FastAPI:
     app.include_router(webhook_router)
     app.include_router(uploads_router)
     app.include_router(v2_router)
+    app.include_router(docs_router("/openapi.json", app.title))
     if deps.settings.backend == "local":
         app.include_router(metrics_router)  # on Modal the counters go to the logs instead
     app.openapi = _openapi(app)  # type: ignore[method-assign]

@@ -200,6 +200,8 @@ class Settings(BaseSettings):
     webhook_retry_schedule_s: CsvIntList = Field(
         default_factory=lambda: [5, 300, 1800, 7200, 18000, 36000, 36000]
     )
+    #: Opt-in `job.progress` webhooks: at most one per job in this many seconds.
+    webhook_progress_interval_s: float = Field(default=5.0, ge=0)
 
     # --- ingress and the command line's client ----------------------------------------
     host: str = "127.0.0.1"

@@ -112,6 +112,8 @@ class Job(Record):
     outputs: list[OutputRef] = Field(default_factory=list)
     metadata: dict[str, Any] = Field(default_factory=dict)
     webhook_url: str | None = None
+    #: Non-terminal webhook events the client opted in to (`job.started`, `job.progress`).
+    webhook_events: list[str] = Field(default_factory=list)
     timeout_s: int
     inputs: list[InputSpec] = Field(default_factory=list)
     slots: list[SlotRef] = Field(default_factory=list)
@@ -158,8 +160,17 @@ class TerminalDecision(Record):
     outputs: list[OutputRef] = Field(default_factory=list)
 
 
+class WebhookEventNote(Record):
+    """A non-terminal webhook event in flight: it travels whole, it has no stored record."""
+
+    msg_id: str
+    type: str
+    body: str  #: the exact bytes signed and sent on every attempt
+
+
 class StageMessage(Record):
-    """What travels on a stage queue: ids only (Modal caps an item at 1 MiB)."""
+    """What travels on a stage queue: ids, and a webhook event's small body (Modal caps
+    an item at 1 MiB)."""
 
     job_id: str
     stage: Stage
@@ -167,6 +178,8 @@ class StageMessage(Record):
     #: Notify retries carry their attempt number; other stages leave it 0.
     attempt: int = 0
     not_before: float = 0.0
+    #: On the notify queue: a non-terminal webhook event (None: the terminal delivery).
+    event: WebhookEventNote | None = None
 
 
 #: How one webhook attempt ended: delivered, to be retried, or given up (dead-lettered).

@@ -64,6 +64,12 @@ class JobRequest(BaseModel):
     )
     inputs: list[InputField] = Field(default_factory=list)
     webhook_url: str | None = Field(default=None, max_length=2048)
+    webhook_events: list[str] = Field(
+        default_factory=list,
+        max_length=8,
+        description="Extra webhook events to receive: `job.started` (each stage start) and "
+        "`job.progress` (throttled). The terminal event is always sent.",
+    )
     user_id: str | None = Field(default=None, description="Must equal X-User-ID if given.")
     metadata: dict[str, Any] = Field(default_factory=dict, description="Echoed back as is.")
     timeout_s: int | None = Field(default=None, ge=1)

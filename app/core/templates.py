@@ -154,6 +154,9 @@ class TemplateJobRequest(BaseModel):
         '{"upload_id": "upl_..."} (from POST /v1/uploads) or {"data": "<base64>"}.',
     )
     webhook_url: str | None = Field(default=None, max_length=2048)
+    webhook_events: list[str] = Field(
+        default_factory=list, max_length=8, description="As in a job request."
+    )
     user_id: str | None = Field(default=None, description="Must equal X-User-ID if given.")
     metadata: dict[str, Any] = Field(default_factory=dict, description="Echoed back as is.")
     timeout_s: int | None = Field(default=None, ge=1)

@@ -43,12 +43,14 @@ from app.core.models import (
     Stage,
     StageMessage,
     StageTimes,
+    WebhookEventNote,
 )
 from app.core.schemas import IntakeMessage, JobRequest
 from app.engine import metrics
 from app.engine.deps import Deps
 from app.engine.heartbeat import heartbeat
 from app.engine.scratch import SCRATCH_KEY_PREFIX, job_folder
+from app.engine.webhook_events import deliver_event, on_job_event
 from app.store.keys import DELAYED_DICT, parked_key, parse_parked_key
 from app.store.tenants import Tenant
 
@@ -96,10 +98,16 @@ def enqueue(
     epoch: int = 0,
     attempt: int = 0,
     not_before: float = 0.0,
+    event: WebhookEventNote | None = None,
 ) -> None:
     """Put a stage message on its queue now, or park it until `not_before`."""
     message = StageMessage(
-        job_id=job_id, stage=stage, epoch=epoch, attempt=attempt, not_before=not_before
+        job_id=job_id,
+        stage=stage,
+        epoch=epoch,
+        attempt=attempt,
+        not_before=not_before,
+        event=event,
     )
     if not_before > deps.clock():
         # Queues have no delay: park it; the sweep moves it to the queue when due.
@@ -266,6 +274,7 @@ def _work(deps: Deps, message: StageMessage, stages: Mapping[Stage, StageFn]) ->
             log.warning("job_failed", code="queue_wait_timeout")
         return
     log.info("stage_started", attempt=message.attempt)
+    on_job_event(deps, job, "job.started", {"stage": message.stage.value})
     began = time.monotonic()
     try:
         with heartbeat(deps, job.id, message.stage, message.epoch):
@@ -355,6 +364,17 @@ def _notify(deps: Deps, message: StageMessage, stages: Mapping[Stage, StageFn]) 
     token, which `fail_stale` raises when it re-sends a lost message).
     """
     log = get_logger(job_id=message.job_id, stage=Stage.NOTIFY.value)
+    if message.event is not None:  # a non-terminal event: no record, no claim
+        if (retry_at := deliver_event(deps, message)) is not None:
+            enqueue(
+                deps,
+                message.job_id,
+                Stage.NOTIFY,
+                attempt=message.attempt + 1,
+                not_before=retry_at,
+                event=message.event,
+            )
+        return
     job = deps.jobs.find(message.job_id)
     if job is None or not job.is_terminal or not job.webhook_url:
         log.warning("notify_without_terminal_job")

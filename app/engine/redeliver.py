@@ -1,7 +1,8 @@
 """Re-sending a dead webhook delivery on a tenant's request.
 
-Same `webhook-id` and body as every earlier attempt, so a receiver that already
-processed it (say, before a crash on our side) can drop it: delivery is at least once.
+Same `webhook-id` and body as every earlier attempt (its output links signed afresh), so
+a receiver that already processed it (say, before a crash on our side) can drop it:
+delivery is at least once.
 """
 
 from __future__ import annotations

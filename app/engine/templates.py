@@ -102,6 +102,7 @@ def prepare_run(deps: Deps, tenant: Tenant, run: TemplateJobRequest) -> Prepared
         workflow=resolved.graph,
         inputs=[InputField(name=file_name, **source) for file_name, source in resolved.media],
         webhook_url=run.webhook_url,
+        webhook_events=run.webhook_events,
         user_id=run.user_id,
         metadata=run.metadata,
         timeout_s=run.timeout_s,

@@ -29,14 +29,18 @@ class JobList(BaseModel):
 
 def present(deps: Deps, job: Job) -> JobView:
     """The job view with output URLs signed now (never stored, never reused)."""
+    return job_view(job, signed_urls(deps, job), webhook_view(deps, job))
+
+
+def signed_urls(deps: Deps, job: Job) -> list[str]:
+    """One download URL per output, signed now for `presign_expiry_s`."""
     expires_s = deps.settings.presign_expiry_s
-    urls = [
+    return [
         deps.objects.url(
             out.key, filename=out.filename, content_type=out.content_type, expires_s=expires_s
         )
         for out in job.outputs
     ]
-    return job_view(job, urls, webhook_view(deps, job))
 
 
 def owned_job(deps: Deps, tenant_id: str, user_id: str, job_id: str) -> Job | None:

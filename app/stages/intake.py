@@ -19,6 +19,7 @@ from app.adapters.comfy.node_policy import NodePolicy, check_nodes
 from app.adapters.comfy.validation import check_inputs
 from app.adapters.comfy.workflow import check_workflow
 from app.adapters.net.policy import UrlPolicy, parse_url
+from app.adapters.webhooks.signing import check_event_names
 from app.core.config import Settings
 from app.core.errors import (
     AdmissionRejected,
@@ -78,6 +79,7 @@ def check_request(request: JobRequest, deps: Deps) -> None:
             parse_url(item.url, policy)  # raises UrlRefused naming the reason
     if request.webhook_url is not None:
         parse_url(request.webhook_url, policy)
+    check_event_names(request.webhook_events, has_webhook=request.webhook_url is not None)
     names = [item.name for item in request.inputs]
     check_graph(request.workflow, node_catalog(deps), names, settings)
 
@@ -134,6 +136,7 @@ def admit(
         timeout_s=request.timeout_s or deps.settings.default_job_timeout_s,
         inputs=inputs,
         webhook_url=request.webhook_url,
+        webhook_events=request.webhook_events,
         metadata=request.metadata,
         idempotency_key=idempotency_key,
         body_hash=fingerprint or body_fingerprint(request.model_dump(mode="json")),

@@ -28,6 +28,7 @@ from app.core.logs import get_logger
 from app.core.models import Job, OutputRef
 from app.engine.deps import Deps
 from app.engine.scratch import OUTPUTS, SCRATCH_KEY_PREFIX, inputs_folder, outputs_folder
+from app.engine.webhook_events import on_job_event
 from app.store.parallel import both
 
 
@@ -80,6 +81,7 @@ class Heartbeat:
         update = self._update(now)
         if update is not None:
             self.job = update
+            on_job_event(self.deps, update, "job.progress", update.progress_detail)
         jobs = self.deps.jobs
         decided, _ = both(
             jobs.concurrent,

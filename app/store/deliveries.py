@@ -20,6 +20,8 @@ from app.store.keys import (
     dead_key,
     dead_prefix,
     delivery_key,
+    inflight_key,
+    inflight_prefix,
     parse_dead_key,
     pending_key,
 )
@@ -33,7 +35,8 @@ class Delivery(Record):
     job_id: str
     msg_id: str
     event_type: str
-    body: str  #: the exact bytes signed and sent on every attempt
+    #: The event as sent, less its outputs' URLs (signed afresh at each attempt).
+    body: str
     state: DeliveryState = "pending"
     attempts: list[DeliveryAttempt] = Field(default_factory=list)
     next_attempt_at: float | None = None
@@ -66,6 +69,27 @@ class DeliveryStore:
 
     def save(self, delivery: Delivery) -> None:
         self.records.put(delivery_key(delivery.job_id), delivery.model_dump_json())
+
+    def mark_in_flight(self, job_id: str, msg_id: str, until: float) -> None:
+        """A non-terminal event of the job is being posted, until `until` at the latest."""
+        self.records.put(inflight_key(job_id, msg_id), str(until))
+
+    def clear_in_flight(self, job_id: str, msg_id: str) -> None:
+        self.records.pop(inflight_key(job_id, msg_id))
+
+    def in_flight_until(self, job_id: str, now: float) -> float | None:
+        """When the job's last event post still in flight ends at the latest; None if none.
+
+        Marks past their end are of senders that died mid-post: they are removed.
+        """
+        latest: float | None = None
+        for key in self.records.keys(inflight_prefix(job_id)):
+            until = float(self.records.get(key) or 0)
+            if until <= now:
+                self.records.pop(key)
+            else:
+                latest = until if latest is None else max(latest, until)
+        return latest
 
     def mark_pending(self, job_id: str, since: float) -> None:
         """Note that `job_id` has a delivery to make (found by the sweep if its message is lost)."""

@@ -143,6 +143,7 @@ class NewJob:
     timeout_s: int
     inputs: list[InputSpec] = field(default_factory=list)
     webhook_url: str | None = None
+    webhook_events: list[str] = field(default_factory=list)
     metadata: dict[str, object] = field(default_factory=dict)
     idempotency_key: str | None = None
     #: Fingerprint of the request body for idempotency; same key + other body = 409.
@@ -290,6 +291,7 @@ class JobStore:
             timeout_s=new.timeout_s,
             inputs=new.inputs,
             webhook_url=new.webhook_url,
+            webhook_events=new.webhook_events,
             metadata=new.metadata,
             slots=slots,
             stage=stage,

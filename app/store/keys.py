@@ -27,6 +27,7 @@ dict                      key                                        owner
                           ``slotfloor:{scope}:{i}``                  the scope
 ``delayed``               ``{not_before}:{id}:{stage}:{epoch}:{n}``  the job
 ``deliveries``            ``{id}``                                   the job
+                          ``inflight:{id}:{msg id}``                 the event (**)
 ``deliveries_pending``    ``{id}``                                   the job
 ``tenants``               ``tenant:{id}`` ``name:{name}``            the tenant
                           ``keyid:{key id}`` ``key:{sha256}``        the tenant
@@ -43,6 +44,9 @@ dict                      key                                        owner
 (*) Written before issue 12 and still read as a fallback: the user's index hint and the
 tenant's rate-window hint now ride in ``slothints:{scope}`` (see `claims.SlotHints`), so
 the ``rates`` dict holds tickets only.
+
+(**) A non-terminal webhook event being posted; its sender removes it, the terminal
+delivery waits while one is live and removes expired ones.
 
 Queues are named after the stage they feed (``fetch``, ``render``, ...).
 """
@@ -334,6 +338,17 @@ def parse_parked_key(key: str) -> ParkedKey:
 
 def delivery_key(job_id: str) -> str:
     return job_id
+
+
+INFLIGHT_PREFIX = "inflight:"
+
+
+def inflight_prefix(job_id: str) -> str:
+    return f"{INFLIGHT_PREFIX}{job_id}:"
+
+
+def inflight_key(job_id: str, msg_id: str) -> str:
+    return f"{inflight_prefix(job_id)}{msg_id}"
 
 
 def pending_key(job_id: str) -> str:

@@ -1,4 +1,4 @@
-"""Standard Webhooks: secrets, thin event payloads, signed headers, and the retry policy.
+"""Standard Webhooks: secrets, event payloads, signed headers, and the retry policy.
 
 Everything here is pure (the clock and the randomness are arguments), so the notify
 stage and its tests decide the same way. Sending lives in `app.adapters.webhooks.delivery`.
@@ -23,6 +23,7 @@ from typing import Any
 
 from standardwebhooks import Webhook
 
+from app.core.errors import InvalidRequest
 from app.core.models import Outcome
 
 USER_AGENT = "comfyui-saas-webhooks/1"
@@ -39,6 +40,30 @@ class EventType(StrEnum):
     JOB_COMPLETED = "job.completed"  #: outputs are stored; fetch the job for links
     JOB_FAILED = "job.failed"  #: the job stopped with an error
     JOB_CANCELLED = "job.cancelled"  #: the client cancelled the job
+    JOB_STARTED = "job.started"  #: opt-in: a stage started (`data.stage`)
+    JOB_PROGRESS = "job.progress"  #: opt-in, throttled: the render's progress
+
+
+#: The events a job may opt in to (`webhook_events`); the terminal one is always sent.
+OPT_IN_EVENTS = frozenset({EventType.JOB_STARTED.value, EventType.JOB_PROGRESS.value})
+TERMINAL_EVENTS = frozenset(
+    {EventType.JOB_COMPLETED.value, EventType.JOB_FAILED.value, EventType.JOB_CANCELLED.value}
+)
+
+
+def check_event_names(names: Sequence[str], *, has_webhook: bool) -> None:
+    """Refuse unknown event names, and events without a webhook to send them to.
+
+    The terminal events may be named too (they are sent anyway).
+    """
+    unknown = sorted({n for n in names if n not in OPT_IN_EVENTS | TERMINAL_EVENTS})
+    if unknown:
+        raise InvalidRequest(
+            f"unknown webhook event {unknown[0]!r}: the events to opt in to are "
+            f"{', '.join(sorted(OPT_IN_EVENTS))} (terminal events are always sent)"
+        )
+    if names and not has_webhook:
+        raise InvalidRequest("webhook_events needs a webhook_url to send them to")
 
 
 _EVENT_FOR_STATUS = {
@@ -69,10 +94,10 @@ def event_payload(
     timestamp: datetime,
     extra: Mapping[str, Any] | None = None,
 ) -> bytes:
-    """A thin JSON event: `{"type", "timestamp", "data": {"job_id", "status", ...}}`.
+    """A JSON event: `{"type", "timestamp", "data": {"job_id", "status", ...}}`.
 
-    Send ids and status only: the receiver fetches the job (and fresh download links)
-    through the API. `extra` may not replace `job_id` or `status`.
+    `extra` adds fields to `data` (a terminal event's outputs, a progress event's numbers)
+    and may not replace `job_id` or `status`.
     """
     kind = EventType(event_type)
     data: dict[str, Any] = {"job_id": job_id, "status": status}

@@ -254,6 +254,22 @@ async def test_refused_urls_are_422_saying_why(
     assert len(error["message"]) > 10
 
 
+async def test_webhook_events_are_checked_and_kept(
+    http: httpx.AsyncClient, harness: Harness
+) -> None:
+    hook = {"webhook_url": "https://hooks.example.com/h"}
+    error = assert_error(
+        await submit(http, harness, **hook, webhook_events=["job.started", "job.typo"]),
+        400,
+        "invalid_request",
+    )
+    assert "job.typo" in error["message"] and "job.progress" in error["message"]
+    events = ["job.started", "job.progress", "job.completed"]
+    response = await submit(http, harness, **hook, webhook_events=events)
+    assert response.status_code == 202, response.text
+    assert harness.deps.jobs.get(response.json()["id"]).webhook_events == events
+
+
 async def test_body_over_the_limit_is_413_by_content_length(
     http: httpx.AsyncClient, harness: Harness
 ) -> None:

@@ -208,6 +208,26 @@ def test_a_run_takes_media_from_an_upload_or_inline_data(
     error_of(elsewhere, 404, "upload_not_found")  # another user's upload reads as missing
 
 
+def test_a_run_takes_webhook_events_and_refuses_unknown_ones(
+    http: TestClient, harness: Harness
+) -> None:
+    assert push(http, harness).status_code == 201
+    body: dict[str, Any] = {
+        "workflow_id": "portrait",
+        "inputs": {"prompt": "a cat", "photo": PHOTO},
+        "webhook_url": "https://hooks.example.com/h",
+        "webhook_events": ["job.progress"],
+    }
+    response = http.post("/v1/jobs", json=body, headers=auth(harness))
+    assert response.status_code == 202, response.text
+    assert harness.deps.jobs.get(response.json()["id"]).webhook_events == ["job.progress"]
+    body["webhook_events"] = ["progress"]
+    error = error_of(
+        http.post("/v1/jobs", json=body, headers=auth(harness)), 400, "invalid_request"
+    )
+    assert "'progress'" in error["message"]
+
+
 def test_a_random_seed_is_drawn_and_recorded(http: TestClient, harness: Harness) -> None:
     push(http, harness)
     view = run(http, harness).json()

@@ -79,7 +79,34 @@ def test_job_with_an_input_and_a_signed_webhook_runs_on_modal(world: World) -> N
     assert tenant is not None
     secret = tenant.webhook_secrets[0]
     verified = Webhook(secret).verify(posts[1].body, posts[1].headers)
-    assert verified["data"] == {"job_id": job_id, "status": "completed"}
+    assert {k: verified["data"][k] for k in ("job_id", "status")} == {
+        "job_id": job_id,
+        "status": "completed",
+    }
+    (output,) = verified["data"]["outputs"]
+    assert output["size"] == len(stored)
+    # Signed when the delivery was made: the same object, its own expiry.
+    assert output["url"].split("?")[0] == view["outputs"][0]["url"].split("?")[0]
+    assert_released(world)
+
+
+def test_opted_in_events_arrive_signed_and_before_the_terminal_one(world: World) -> None:
+    hook = world.site.url("/events")
+    events = ["job.started", "job.progress"]
+    response = world.submit(invert_request(world, webhook_url=hook, webhook_events=events))
+    assert response.status_code == 202, response.text
+    job_id = response.json()["id"]
+    view = settle(world, job_id)
+    assert view["status"] == "completed", view
+    job = world.deps.jobs.get(job_id)
+    tenant = world.deps.tenants.get(job.tenant_id)
+    assert tenant is not None
+    receiver = Webhook(tenant.webhook_secrets[0])
+    posts = [p for p in world.site.posts() if p.path == "/events"]
+    kinds = [receiver.verify(p.body, p.headers)["type"] for p in posts]
+    assert kinds[-1] == "job.completed" and kinds.count("job.completed") == 1, kinds
+    assert "job.started" in kinds, kinds
+    assert set(kinds[:-1]) <= {"job.started", "job.progress"}, kinds
     assert_released(world)
 
 

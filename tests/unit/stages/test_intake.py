@@ -165,6 +165,11 @@ def test_an_unknown_key_or_a_malformed_message_leaves_no_job(world: World, api_k
         ({"metadata": {"blob": "x" * 17_000}}, "metadata is"),
         ({"webhook_url": "http://hooks.example.com"}, "plain http"),
         ({"user_id": "someone-else"}, "does not match"),
+        (
+            {"webhook_url": "https://hooks.example.com/h", "webhook_events": ["job.finished"]},
+            "unknown webhook event 'job.finished'",
+        ),
+        ({"webhook_events": ["job.started"]}, "needs a webhook_url"),
     ],
 )
 def test_requests_over_the_limits_are_refused_before_admission(

@@ -62,7 +62,7 @@ def test_a_delivered_webhook_is_signed_logged_and_settled(world: World) -> None:
     assert (post.url, post.timeout_s) == (HOOK_URL, 3)
     payload = verify(post, secret)
     assert payload["type"] == "job.completed"
-    assert payload["data"] == {"job_id": "j1", "status": "completed"}
+    assert payload["data"] == {"job_id": "j1", "status": "completed", "outputs": []}
     assert post.headers["webhook-timestamp"] == str(int(world.clock.now))
     delivery = world.deps.deliveries.get("j1")
     assert delivery is not None and delivery.state == "delivered"
