@@ -341,6 +341,7 @@ def create_app(deps: Deps) -> FastAPI:
     app.include_router(files_router)
     # Imported here: these routers use this module's auth dependencies.
     from app.api.batch import batch_router
+    from app.api.events import events_router
     from app.api.metrics_route import metrics_router
     from app.api.webhook_routes import webhook_router
     from app.api.workflows import workflows_router
@@ -348,6 +349,7 @@ def create_app(deps: Deps) -> FastAPI:
     app.include_router(workflows_router)
     app.include_router(batch_router)
     app.include_router(webhook_router)
+    app.include_router(events_router)
     if deps.settings.backend == "local":
         app.include_router(metrics_router)  # on Modal the counters go to the logs instead
     app.openapi = _openapi(app)  # type: ignore[method-assign]

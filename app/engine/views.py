@@ -10,7 +10,7 @@ import re
 
 from pydantic import BaseModel, Field
 
-from app.core.models import Job
+from app.core.models import Job, OutputRef
 from app.core.schemas import JobView, WebhookAttemptView, WebhookView, job_view
 from app.engine.deps import Deps
 
@@ -27,15 +27,19 @@ class JobList(BaseModel):
     )
 
 
+def sign_output(deps: Deps, out: OutputRef) -> str:
+    """A download URL of one output, signed now (never stored, never reused)."""
+    return deps.objects.url(
+        out.key,
+        filename=out.filename,
+        content_type=out.content_type,
+        expires_s=deps.settings.presign_expiry_s,
+    )
+
+
 def present(deps: Deps, job: Job) -> JobView:
     """The job view with output URLs signed now (never stored, never reused)."""
-    expires_s = deps.settings.presign_expiry_s
-    urls = [
-        deps.objects.url(
-            out.key, filename=out.filename, content_type=out.content_type, expires_s=expires_s
-        )
-        for out in job.outputs
-    ]
+    urls = [sign_output(deps, out) for out in job.outputs]
     return job_view(job, urls, webhook_view(deps, job))
 
 

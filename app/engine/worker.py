@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, nullcontext, suppress
 
 from app.core.errors import ComfyUnavailable
 from app.core.logs import get_logger
 from app.core.models import Stage
 from app.engine.deps import Deps, build_deps
+from app.engine.pipeline import note_renderer_unavailable
 
 __all__ = ["Deps", "MessageHandler", "build_deps", "drain_stage"]
 
@@ -48,6 +49,9 @@ def drain_stage(
             try:
                 before_each()
             except ComfyUnavailable:
+                if stage is Stage.RENDER:
+                    with suppress(Exception):  # the status detail is a courtesy
+                        note_renderer_unavailable(deps, raw)
                 queue.put(raw)
                 get_logger(stage=stage.value).warning("message_returned_unhealthy_worker")
                 raise
