@@ -40,7 +40,11 @@ def view_after(view: JobView, event: ServerEvent) -> JobView:
     """The job view as an event changes it (the stream carries no whole views)."""
     data = event.data
     if event.type == "started":
-        return view.model_copy(update={"status": JobStatus.RUNNING, "stage": Stage(data["stage"])})
+        stage = Stage(data["stage"])
+        detail = view.detail if stage is Stage.RENDER else None
+        return view.model_copy(
+            update={"status": JobStatus.RUNNING, "stage": stage, "detail": detail}
+        )
     if event.type == "status":
         known = {d.value for d in StatusDetail}
         detail = data.get("detail")
@@ -55,6 +59,7 @@ def view_after(view: JobView, event: ServerEvent) -> JobView:
         return view.model_copy(
             update={
                 "status": JobStatus.RUNNING,
+                "detail": StatusDetail.RENDERING,
                 "progress": float(data.get("fraction") or view.progress),
                 "progress_detail": detail,
             }

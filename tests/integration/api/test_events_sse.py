@@ -78,32 +78,31 @@ def _port() -> int:
 
 
 @pytest.fixture(params=["double", pytest.param("real", marks=pytest.mark.comfyui)])
-def comfy_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+def comfy(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """(url, base folder) of the ComfyUI under test."""
     if request.param == "real":
         url = os.environ.get("COMFYUI_URL", "")
         if not url:
             pytest.skip("COMFYUI_URL is not set; see docs/comfyui.md")
-        yield url.rstrip("/")
+        yield url.rstrip("/"), os.environ.get("COMFYUI_BASE_DIR", "")
         return
     double = ComfyDouble(tmp_path / "comfy")
     double.node_delay_s = {"ImageInvert": 0.6}
     double.start()
     try:
-        yield double.url
+        yield double.url, str(tmp_path / "comfy")
     finally:
         double.stop()
 
 
 @contextmanager
-def _service(tmp_path: Path, comfy_url: str) -> Iterator[Service]:
+def _service(tmp_path: Path, comfy_url: str, base_dir: str = "") -> Iterator[Service]:
     sock = free_socket()
     port = sock.getsockname()[1]
     settings = Settings(
         data_dir=tmp_path / "data",
         comfyui_url=comfy_url,
-        comfyui_base_dir=os.environ.get("COMFYUI_BASE_DIR", "")
-        if "COMFYUI_URL" in os.environ
-        else "",
+        comfyui_base_dir=base_dir,
         public_url=f"http://127.0.0.1:{port}",
         progress_interval_s=0.2,
         preview_interval_s=0.2,
@@ -122,13 +121,13 @@ def _service(tmp_path: Path, comfy_url: str) -> Iterator[Service]:
 
 
 @pytest.fixture
-def service(tmp_path: Path, comfy_url: str) -> Iterator[Service]:
-    with _service(tmp_path, comfy_url) as running:
+def service(tmp_path: Path, comfy: tuple[str, str]) -> Iterator[Service]:
+    with _service(tmp_path, *comfy) as running:
         yield running
 
 
 def test_a_client_sees_every_event_in_order_and_resumes_without_losing_one(
-    service: Service, comfy_url: str
+    service: Service,
 ) -> None:
     job_id = service.submit(previewing_workflow())
     first = service.events(job_id, limit=2)  # dropped after two events
