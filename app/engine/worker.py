@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext, suppress
+from contextlib import AbstractContextManager, nullcontext
 
 from app.core.errors import ComfyUnavailable
 from app.core.logs import get_logger
@@ -50,8 +50,10 @@ def drain_stage(
                 before_each()
             except ComfyUnavailable:
                 if stage is Stage.RENDER:
-                    with suppress(Exception):  # the status detail is a courtesy
+                    try:
                         note_renderer_unavailable(deps, raw)
+                    except Exception:  # noqa: BLE001 - the status detail is a courtesy
+                        get_logger(stage=stage.value).exception("renderer_unavailable_note_failed")
                 queue.put(raw)
                 get_logger(stage=stage.value).warning("message_returned_unhealthy_worker")
                 raise

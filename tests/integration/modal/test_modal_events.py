@@ -28,3 +28,12 @@ def test_a_finished_job_streams_every_event_and_frees_its_place(world: World) ->
     assert [e.id for e in resumed] == [e.id for e in got[3:]]
     # Each stream gave its place back when it ended.
     assert list(world.deps.backend.kv(STREAMS_DICT).keys()) == []
+
+
+def test_bad_last_event_id_is_400_and_another_users_job_404(world: World) -> None:
+    job_id = world.submit(invert_request(world)).json()["id"]
+    path = f"/v1/jobs/{job_id}/events"
+    bad = world.client.get(path, headers={**world.headers(), "Last-Event-ID": "x"})
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_request"
+    assert world.client.get(path, headers=world.headers("mallory")).status_code == 404
+    assert world.client.get(path).status_code == 401
