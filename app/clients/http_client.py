@@ -41,18 +41,18 @@ def view_after(view: JobView, event: ServerEvent) -> JobView:
     data = event.data
     if event.type == "started":
         stage = Stage(data["stage"])
-        detail = view.detail if stage is Stage.RENDER else None
+        waiting = view.detail if stage is Stage.RENDER else None
         return view.model_copy(
-            update={"status": JobStatus.RUNNING, "stage": stage, "detail": detail}
+            update={"status": JobStatus.RUNNING, "stage": stage, "detail": waiting}
         )
     if event.type == "status":
         known = {d.value for d in StatusDetail}
-        detail = data.get("detail")
+        said = data.get("detail")
         return view.model_copy(
-            update={"detail": StatusDetail(detail) if detail in known else view.detail}
+            update={"detail": StatusDetail(said) if said in known else view.detail}
         )
     if event.type == "progress":
-        detail = {
+        node = {
             k: data.get(k)
             for k in ("node_id", "node_type", "value", "max", "nodes_done", "nodes_total")
         }
@@ -61,7 +61,7 @@ def view_after(view: JobView, event: ServerEvent) -> JobView:
                 "status": JobStatus.RUNNING,
                 "detail": StatusDetail.RENDERING,
                 "progress": float(data.get("fraction") or view.progress),
-                "progress_detail": detail,
+                "progress_detail": node,
             }
         )
     return view
