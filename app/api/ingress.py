@@ -351,6 +351,7 @@ def create_app(deps: Deps) -> FastAPI:
     # Imported here: these routers use this module's auth dependencies.
     from app.api.batch import batch_router
     from app.api.docs_route import docs_router
+    from app.api.events import events_router
     from app.api.metrics_route import metrics_router
     from app.api.v2.routes import v2_router
     from app.api.webhook_routes import webhook_router
@@ -361,6 +362,7 @@ def create_app(deps: Deps) -> FastAPI:
     app.include_router(webhook_router)
     app.include_router(uploads_router)
     app.include_router(v2_router)
+    app.include_router(events_router)
     app.include_router(docs_router("/openapi.json", app.title))
     if deps.settings.backend == "local":
         app.include_router(metrics_router)  # on Modal the counters go to the logs instead

@@ -326,6 +326,11 @@ class ProgressPrinter:
 def progress_line(view: JobView) -> str:
     """One line of progress: status, stage, overall percent and the running node."""
     parts = [view.id, view.status.value, view.stage.value, f"{view.progress:.0%}"]
+    if view.detail is not None and view.detail.value != "rendering":
+        waiting = view.detail.value.replace("_", " ")
+        if view.queue_position is not None:
+            waiting += f" ({view.queue_position} ahead)"
+        parts.append(waiting)
     detail = view.progress_detail
     node = detail.get("node_id", detail.get("node"))
     if node is not None and view.status is JobStatus.RUNNING:

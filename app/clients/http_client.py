@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NoReturn, Self, TypeVar
 from urllib.parse import quote
@@ -17,13 +17,14 @@ from urllib.parse import quote
 import httpx
 from pydantic import ValidationError
 
+from app.clients.sse import ServerEvent, parse_events
 from app.core.errors import (
     ApiClientError,
     ApiUnreachable,
     HttpApiError,
     WaitTimedOut,
 )
-from app.core.models import JobStatus
+from app.core.models import TERMINAL_STATUSES, JobStatus, Stage, StatusDetail
 from app.core.polling import poll_until_ended
 from app.core.schemas import JobView
 from app.engine.views import JobList
@@ -31,6 +32,39 @@ from app.engine.views import JobList
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 DOWNLOAD_CHUNK_BYTES = 1024 * 1024
 _M = TypeVar("_M", JobView, JobList)
+_ENDED = TERMINAL_STATUSES
+_ENDED_TYPES = frozenset(status.value for status in TERMINAL_STATUSES)
+
+
+def view_after(view: JobView, event: ServerEvent) -> JobView:
+    """The job view as an event changes it (the stream carries no whole views)."""
+    data = event.data
+    if event.type == "started":
+        stage = Stage(data["stage"])
+        waiting = view.detail if stage is Stage.RENDER else None
+        return view.model_copy(
+            update={"status": JobStatus.RUNNING, "stage": stage, "detail": waiting}
+        )
+    if event.type == "status":
+        known = {d.value for d in StatusDetail}
+        said = data.get("detail")
+        return view.model_copy(
+            update={"detail": StatusDetail(said) if said in known else view.detail}
+        )
+    if event.type == "progress":
+        node = {
+            k: data.get(k)
+            for k in ("node_id", "node_type", "value", "max", "nodes_done", "nodes_total")
+        }
+        return view.model_copy(
+            update={
+                "status": JobStatus.RUNNING,
+                "detail": StatusDetail.RENDERING,
+                "progress": float(data.get("fraction") or view.progress),
+                "progress_detail": node,
+            }
+        )
+    return view
 
 
 class ApiClient:
@@ -154,7 +188,66 @@ class ApiClient:
         path = f"/v1/workflows/{_segment(name)}/latest"
         return _json(self._call("PUT", path, json={"version": version}))
 
+    def events(
+        self, job_id: str, *, after: int = 0, read_timeout_s: float = 60.0
+    ) -> Iterator[ServerEvent]:
+        """GET /v1/jobs/{id}/events from the event after `after`, until the stream ends."""
+        path = f"/v1/jobs/{_segment(job_id)}/events"
+        headers = {"Last-Event-ID": str(after), "Accept": "text/event-stream"}
+        timeout = httpx.Timeout(self._http.timeout.connect, read=read_timeout_s)
+        try:
+            with self._http.stream("GET", path, headers=headers, timeout=timeout) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise _error_of(response)
+                yield from parse_events(response.iter_lines())
+        except httpx.TimeoutException as exc:
+            raise ApiUnreachable(f"{self.api_url} sent no event in time") from exc
+        except httpx.HTTPError as exc:
+            raise ApiUnreachable(f"the event stream from {self.api_url} broke: {exc}") from exc
+
     def wait(
+        self,
+        job_id: str,
+        *,
+        timeout_s: float,
+        poll_s: float = 1.0,
+        on_update: Callable[[JobView], None] | None = None,
+    ) -> JobView:
+        """Follow the job's event stream until it ends; raises `WaitTimedOut`.
+
+        A dropped stream is resumed after the last event seen (`Last-Event-ID`); a server
+        without the events route (404 on it while the job exists) is polled instead.
+        """
+        deadline = self.clock() + timeout_s
+        view = self.get(job_id)
+        seen = 0
+        while view.status not in _ENDED:
+            left_s = deadline - self.clock()
+            if left_s <= 0:
+                raise WaitTimedOut(f"job {job_id} did not end within {timeout_s:g} s")
+            try:
+                for event in self.events(job_id, after=seen, read_timeout_s=min(left_s, 60.0)):
+                    seen = event.id
+                    if event.type in _ENDED_TYPES:
+                        break
+                    view = view_after(view, event)
+                    if on_update is not None:
+                        on_update(view)
+                    if self.clock() >= deadline:
+                        break
+            except HttpApiError as exc:
+                if exc.status != 404:
+                    raise
+                return self._poll(job_id, timeout_s=left_s, poll_s=poll_s, on_update=on_update)
+            except ApiUnreachable:
+                self.sleep(min(poll_s, max(0.0, deadline - self.clock())))
+            view = self.get(job_id)
+        if on_update is not None:
+            on_update(view)
+        return view
+
+    def _poll(
         self,
         job_id: str,
         *,

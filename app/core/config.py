@@ -138,6 +138,24 @@ class Settings(BaseSettings):
     #: against the job's own timeout, which bounds its work.
     render_queue_wait_limit_s: int = Field(default=1800, ge=1)
 
+    # --- job events: `GET /v1/jobs/{id}/events` (docs/events.md) ------------------------
+    #: How often an open event stream reads the job's record (one store read each).
+    events_poll_interval_s: float = Field(default=1.0, gt=0)
+    #: Open event streams per tenant, counted across ingress processes; 429 beyond.
+    events_max_streams_per_tenant: int = Field(default=20, ge=1)
+    #: A stream's place is leased for this long and renewed while it runs, so one whose
+    #: process died frees its place within two leases.
+    events_stream_lease_s: int = Field(default=60, ge=5)
+    #: Longest an event stream stays open (the client reconnects with Last-Event-ID).
+    events_stream_max_s: int = Field(default=3600, ge=1)
+    #: Progress and preview events kept in a job's log (the newest; others are kept all).
+    events_max_progress: int = Field(default=50, ge=1)
+    #: At most one preview frame per this many seconds is recorded, downscaled to
+    #: `preview_max_px` and dropped if still over `preview_max_bytes`.
+    preview_interval_s: float = Field(default=2.0, gt=0)
+    preview_max_px: int = Field(default=256, ge=16)
+    preview_max_bytes: int = Field(default=24 * 1024, ge=1024)
+
     # --- node policy: which node classes a tenant's workflow may use --------------------
     #: Refused at submit (nodes that read folders or arbitrary host paths, write outside
     #: the job's outputs, or run caller code ComfyUI cannot interrupt; see docs/security.md).

@@ -91,6 +91,23 @@ class StageTimes(Record):
     finished_at: float | None = None
 
 
+class StatusDetail(StrEnum):
+    """Why a job that is not rendering yet is waiting (the job view's `detail`)."""
+
+    WAITING_FOR_RENDERER = "waiting_for_renderer"  #: queued behind other jobs
+    RENDERING = "rendering"  #: ComfyUI is running the job's prompt
+    RENDERER_UNAVAILABLE = "renderer_unavailable"  #: ComfyUI not answering; kept queued
+
+
+class JobEvent(Record):
+    """One entry of a job's event log (`GET /v1/jobs/{id}/events`); `id` grows per job."""
+
+    id: int
+    type: str
+    at: float
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
 class Job(Record):
     """A job as its holder wrote it; status reads merge in the terminal decision."""
 
@@ -126,6 +143,14 @@ class Job(Record):
     render_call_id: str | None = None
     #: Set when the job ran a registered template (its graph is stored resolved).
     template: TemplateRef | None = None
+    #: Why the job waits or what it is doing in render (None before render).
+    detail: StatusDetail | None = None
+    #: Jobs ahead in the render queue when it was admitted (the admission's cached reading).
+    queue_position: int | None = None
+    #: The job's event log, written with the record (bounded: see `app.engine.events`).
+    events: list[JobEvent] = Field(default_factory=list)
+    #: The id of the last event recorded (events may have been trimmed from the log).
+    event_seq: int = 0
 
     @property
     def is_terminal(self) -> bool:
@@ -145,6 +170,12 @@ class Job(Record):
         queued = self.stage_times.get(Stage.RENDER, StageTimes()).queued_at
         current = now - queued if self.waiting_for_renderer() and queued is not None else 0.0
         return self.renderer_wait_s + max(0.0, current)
+
+    def status_detail(self) -> StatusDetail | None:
+        """Why a job in render waits, or that it renders; None outside render."""
+        if self.is_terminal or self.stage is not Stage.RENDER:
+            return None
+        return self.detail or StatusDetail.WAITING_FOR_RENDERER
 
     def deadline_at(self, now: float) -> float:
         """`deadline`, with the wait under way (not yet added to `renderer_wait_s`)."""

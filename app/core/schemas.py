@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from app.core.models import InputSpec, Job, JobStatus, Stage, TemplateRef
+from app.core.models import InputSpec, Job, JobStatus, Stage, StatusDetail, TemplateRef
 
 USER_ID_PATTERN = r"^[A-Za-z0-9._:@-]{1,128}$"
 USER_ID = re.compile(USER_ID_PATTERN)
@@ -158,6 +158,17 @@ class JobView(BaseModel):
     stage: Stage
     progress: float
     progress_detail: dict[str, Any] = Field(default_factory=dict)
+    detail: StatusDetail | None = Field(
+        default=None,
+        description=(
+            "While in render: waiting_for_renderer, rendering or renderer_unavailable "
+            "(ComfyUI not answering; the job stays queued and its timeout is not used up)."
+        ),
+    )
+    queue_position: int | None = Field(
+        default=None,
+        description="While waiting for a renderer: jobs ahead in the render queue at admission.",
+    )
     created_at: float
     started_at: float | None = None
     finished_at: float | None = None
@@ -197,6 +208,10 @@ def job_view(job: Job, output_urls: list[str], webhook: WebhookView | None = Non
         stage=job.stage,
         progress=round(job.progress, 4),
         progress_detail=job.progress_detail,
+        detail=job.status_detail(),
+        queue_position=(
+            job.queue_position if job.status_detail() is StatusDetail.WAITING_FOR_RENDERER else None
+        ),
         created_at=job.created_at,
         started_at=job.started_at,
         finished_at=job.finished_at,

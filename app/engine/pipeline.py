@@ -43,11 +43,13 @@ from app.core.models import (
     Stage,
     StageMessage,
     StageTimes,
+    StatusDetail,
     WebhookEventNote,
 )
 from app.core.schemas import IntakeMessage, JobRequest
 from app.engine import metrics
 from app.engine.deps import Deps
+from app.engine.events import record_detail, record_started
 from app.engine.heartbeat import heartbeat
 from app.engine.scratch import SCRATCH_KEY_PREFIX, job_folder
 from app.engine.webhook_events import deliver_event, on_job_event
@@ -186,7 +188,9 @@ def cancel_job(deps: Deps, job_id: str) -> Job:
     return job
 
 
-def _start(deps: Deps, job: Job, stage: Stage, epoch: int) -> tuple[Job, Callable[[], None]]:
+def _start(
+    deps: Deps, job: Job, stage: Stage, epoch: int, attempt: int = 0
+) -> tuple[Job, Callable[[], None]]:
     """The job as started, and a wait for its record's write.
 
     The write runs while the stage starts its work (where calls are round trips): nothing
@@ -214,6 +218,10 @@ def _start(deps: Deps, job: Job, stage: Stage, epoch: int) -> tuple[Job, Callabl
             ),
         }
     )
+    if stage is Stage.RENDER and started.detail is StatusDetail.RENDERING:
+        # Taken back from a holder that was rendering: waiting again until a node runs.
+        started = record_detail(deps, started, StatusDetail.WAITING_FOR_RENDERER)
+    started = record_started(deps, started, stage, attempt)
     return started, deps.jobs.save_in_background(started)
 
 
@@ -224,6 +232,8 @@ def _finish_stage(deps: Deps, job: Job, stage: Stage) -> Job:
     following = NEXT_STAGE[stage]
     if following is not None:
         times[following] = StageTimes(queued_at=now)
+    if following is Stage.RENDER:
+        job = record_detail(deps, job, StatusDetail.WAITING_FOR_RENDERER)
     return job.model_copy(
         update={
             "stage_times": times,
@@ -267,7 +277,7 @@ def _work(deps: Deps, message: StageMessage, stages: Mapping[Stage, StageFn]) ->
     if not claimed:
         log.info("message_duplicate_dropped")
         return
-    job, wait_started = _start(deps, found, message.stage, message.epoch)
+    job, wait_started = _start(deps, found, message.stage, message.epoch, message.attempt)
     if job.renderer_wait_s > deps.settings.render_queue_wait_limit_s:
         wait_started()
         if fail_job(deps, job, queue_wait_error(deps, job.renderer_wait_s)):
@@ -503,8 +513,40 @@ def _wait_for_renderer(deps: Deps, job: Job, message: StageMessage) -> None:
         "renderer_unavailable_waiting", waited_s=round(waited, 1), retry_in_s=delay
     )
     metrics.RETRIES.labels(Stage.RENDER.value, ComfyUnavailable.code).inc()
-    waiting = job.model_copy(update={"renderer_wait_s": waited, "stage_times": times})
+    # Queued again, and saying why: the wait counts against the queue-wait limit only.
+    waiting = record_detail(
+        deps,
+        job.model_copy(
+            update={"renderer_wait_s": waited, "stage_times": times, "status": JobStatus.QUEUED}
+        ),
+        StatusDetail.RENDERER_UNAVAILABLE,
+        retry_in_s=delay,
+    )
     _run_again(deps, waiting, message, now + delay)
+
+
+def note_renderer_unavailable(deps: Deps, raw: str) -> None:
+    """A render message goes back to its queue because ComfyUI is down: the job says so.
+
+    Called by the worker that took the message, before it puts it back, so no holder
+    writes the record meanwhile. Written once per outage (a read each time, a write only
+    when the detail changes); the wait is counted from the render `queued_at` as ever.
+    """
+    try:
+        message = StageMessage.model_validate_json(raw)
+    except ValidationError:
+        return
+    job = deps.jobs.find(message.job_id)
+    if (
+        job is None
+        or job.is_terminal
+        or job.stage is not Stage.RENDER
+        or job.lease_until is not None
+        or job.detail is StatusDetail.RENDERER_UNAVAILABLE
+    ):
+        return
+    queued = job.model_copy(update={"status": JobStatus.QUEUED})
+    deps.jobs.save(record_detail(deps, queued, StatusDetail.RENDERER_UNAVAILABLE))
 
 
 def _max_attempts(deps: Deps, exc: PipelineError) -> int:

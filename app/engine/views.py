@@ -10,7 +10,7 @@ import re
 
 from pydantic import BaseModel, Field
 
-from app.core.models import Job
+from app.core.models import Job, OutputRef
 from app.core.schemas import JobView, WebhookAttemptView, WebhookView, job_view
 from app.engine.deps import Deps
 
@@ -27,6 +27,16 @@ class JobList(BaseModel):
     )
 
 
+def sign_output(deps: Deps, out: OutputRef) -> str:
+    """A download URL of one output, signed now (never stored, never reused)."""
+    return deps.objects.url(
+        out.key,
+        filename=out.filename,
+        content_type=out.content_type,
+        expires_s=deps.settings.presign_expiry_s,
+    )
+
+
 def present(deps: Deps, job: Job) -> JobView:
     """The job view with output URLs signed now (never stored, never reused)."""
     return job_view(job, signed_urls(deps, job), webhook_view(deps, job))
@@ -34,13 +44,7 @@ def present(deps: Deps, job: Job) -> JobView:
 
 def signed_urls(deps: Deps, job: Job) -> list[str]:
     """One download URL per output, signed now for `presign_expiry_s`."""
-    expires_s = deps.settings.presign_expiry_s
-    return [
-        deps.objects.url(
-            out.key, filename=out.filename, content_type=out.content_type, expires_s=expires_s
-        )
-        for out in job.outputs
-    ]
+    return [sign_output(deps, out) for out in job.outputs]
 
 
 def owned_job(deps: Deps, tenant_id: str, user_id: str, job_id: str) -> Job | None:

@@ -141,6 +141,7 @@ def admit(
         idempotency_key=idempotency_key,
         body_hash=fingerprint or body_fingerprint(request.model_dump(mode="json")),
         template=template,
+        queue_position=_render_backlog(deps),
     )
     try:
         admission = deps.jobs.create(
@@ -161,6 +162,12 @@ def admit(
         raise Backpressure(f"the service is at capacity; retry after {retry} s", retry)
     log.info("job_admitted", user_id=user_id, inputs=len(new.inputs))
     return admission
+
+
+def _render_backlog(deps: Deps) -> int | None:
+    """The render queue's length from the backpressure check's reading: no call of its own."""
+    seen = deps.backlog_seen.get(Stage.RENDER)
+    return None if seen is None else seen[1]
 
 
 def run(submission: Submission, deps: Deps) -> Job:

@@ -21,12 +21,14 @@ from app.adapters.comfy.client import ComfyClient
 from app.adapters.comfy.file_policy import scope_prefixes
 from app.adapters.comfy.job_files import ComfyDirs, dirs_from_server, owned_outputs, wipe_job
 from app.adapters.comfy.messages import ComfyOutput
+from app.adapters.comfy.previews import PreviewFrame, data_url
 from app.adapters.comfy.tracker import RenderProgress
 from app.adapters.comfy.workflow import bind_inputs
 from app.core.errors import ComfyUnavailable, RendererStuck
 from app.core.logs import get_logger
-from app.core.models import Job, OutputRef
+from app.core.models import Job, OutputRef, StatusDetail
 from app.engine.deps import Deps
+from app.engine.events import PREVIEW, PROGRESS, record_detail, record_event
 from app.engine.scratch import OUTPUTS, SCRATCH_KEY_PREFIX, inputs_folder, outputs_folder
 from app.engine.webhook_events import on_job_event
 from app.store.parallel import both
@@ -51,9 +53,12 @@ class Heartbeat:
 
     At most once per `progress_interval_s` (a setting, 2 s by default) it reads whether
     the job was cancelled and, if there is progress news, writes the record, both at
-    once: at most one call per render-second by default. The lease is not renewed here:
-    the engine's heartbeat thread (`app.engine.heartbeat`) renews it for every stage, and
-    one writer of the lease is enough. The first check waits a full interval: the
+    once: at most one call per render-second by default. The progress news goes into
+    the job's event log in that same write (`progress`, the newest preview frame at most
+    once per `preview_interval_s`, `rendering` once ComfyUI runs a node of the job), so
+    events cost no call of their own however many websocket messages come. The lease is
+    not renewed here: the engine's heartbeat thread (`app.engine.heartbeat`) renews it for
+    every stage, and one writer of the lease is enough. The first check waits a full interval: the
     pipeline read the job's terminal record just before the stage started.
     """
 
@@ -63,6 +68,8 @@ class Heartbeat:
         self.interval_s = deps.settings.progress_interval_s
         self.checked_at = deps.clock()
         self.pending: RenderProgress | None = None
+        self.preview: PreviewFrame | None = None
+        self.preview_at = float("-inf")
         self.cancelled = False
 
     def should_cancel(self) -> bool:
@@ -72,6 +79,16 @@ class Heartbeat:
     def on_progress(self, progress: RenderProgress) -> None:
         self.pending = progress
         self._tick()
+
+    def on_preview(self, frame: PreviewFrame) -> None:
+        self.preview = frame  # only the newest is kept; it is encoded at the next write
+
+    def flush(self) -> Job:
+        """The job with the news not yet written (the hand-off's write carries it)."""
+        update = self._update(self.deps.clock())
+        if update is not None:
+            self.job = update
+        return self.job
 
     def _tick(self) -> None:
         now = self.deps.clock()
@@ -92,21 +109,38 @@ class Heartbeat:
 
     def _update(self, now: float) -> Job | None:
         """The record to write now, or None when there is no progress news."""
-        progress = self.pending
-        if progress is None:
+        progress, job = self.pending, self.job
+        preview = self._take_preview(now)
+        if progress is None and preview is None:
             return None
         self.pending = None
-        detail = {
-            "node_id": progress.node_id,
-            "node_type": progress.node_type,
-            "value": progress.value,
-            "max": progress.max,
-            "nodes_done": progress.nodes_done,
-            "nodes_total": progress.nodes_total,
-        }
-        return self.job.model_copy(
-            update={"progress": progress.fraction, "progress_detail": detail}
-        )
+        if progress is not None:
+            detail = {
+                "node_id": progress.node_id,
+                "node_type": progress.node_type,
+                "value": progress.value,
+                "max": progress.max,
+                "nodes_done": progress.nodes_done,
+                "nodes_total": progress.nodes_total,
+            }
+            if progress.node_id is not None:  # a node of ours runs: no longer waiting
+                job = record_detail(self.deps, job, StatusDetail.RENDERING)
+            job = job.model_copy(update={"progress": progress.fraction, "progress_detail": detail})
+            job = record_event(
+                self.deps, job, PROGRESS, {**detail, "fraction": round(progress.fraction, 4)}
+            )
+        if preview is not None:
+            job = record_event(self.deps, job, PREVIEW, preview)
+        return job
+
+    def _take_preview(self, now: float) -> dict[str, object] | None:
+        """The newest preview frame as event data, at most once per `preview_interval_s`."""
+        frame, settings = self.preview, self.deps.settings
+        if frame is None or now - self.preview_at < settings.preview_interval_s:
+            return None
+        self.preview, self.preview_at = None, now
+        url = data_url(frame, settings.preview_max_px, settings.preview_max_bytes)
+        return None if url is None else {"node_id": frame.node_id, "url": url}
 
 
 def _abandon(client: ComfyClient, prompt_id: str, cause: BaseException) -> None:
@@ -189,6 +223,7 @@ def run(job: Job, deps: Deps) -> Job:
                 should_cancel=heartbeat.should_cancel,
                 on_progress=heartbeat.on_progress,
                 progress_interval_s=deps.settings.progress_interval_s,
+                on_preview=heartbeat.on_preview,
             )
         except RendererStuck as exc:
             # This job holds the shared renderer; the others on it are retried once it
@@ -239,4 +274,5 @@ def run(job: Job, deps: Deps) -> Job:
                 written = _written_by(client, prompt_id, job.id, token)
             wipe_job(dirs, job.id, written)
     deps.scratch_commit()
-    return job.model_copy(update={"outputs": staged, "progress": 1.0})
+    # The heartbeat's copy: it carries the events recorded during the render.
+    return heartbeat.flush().model_copy(update={"outputs": staged, "progress": 1.0})

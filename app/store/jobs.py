@@ -150,6 +150,8 @@ class NewJob:
     body_hash: str = ""
     #: The template the workflow was resolved from, if any.
     template: TemplateRef | None = None
+    #: Jobs ahead in the render queue, as admission last read it (None: not read).
+    queue_position: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,6 +299,7 @@ class JobStore:
             stage=stage,
             stage_times={stage: StageTimes(queued_at=now)},
             template=new.template,
+            queue_position=new.queue_position,
         )
         # Search hints only speed up the next search, so they go out with the rest; the
         # index hint assumes the first probe wins (a loser's hint is low: extra probes).

@@ -101,6 +101,9 @@ BREAKER_DICT = "breaker"
 #: The render class's breaker record.
 RENDER_BREAKER_KEY = "render"
 
+#: Open event streams per tenant (leased places, `app.store.streams`); no job owns them.
+STREAMS_DICT = "event_streams"
+
 #: Dicts of durable records: they must outlive any idle time, and Modal Dict entries
 #: expire after 7 days without a read or write, so `refresh_durable` reads every key of
 #: these on a schedule. Only durable records live here (no per-job keys), so the scan
@@ -461,3 +464,24 @@ def _strip(key: str, prefix: str) -> str:
     if not key.startswith(prefix):
         raise ValueError(f"{key!r} is not a {prefix!r} key")
     return key[len(prefix) :]
+
+
+# ---- event streams dict --------------------------------------------------------------
+
+STREAM_PREFIX = "stream:"
+
+
+def stream_prefix(tenant_id: str) -> str:
+    """Every stream place of a tenant starts with this."""
+    return f"{STREAM_PREFIX}{tenant_id}:"
+
+
+def stream_key(tenant_id: str, place: int, generation: int) -> str:
+    """One tenure of one of a tenant's stream places."""
+    return f"{stream_prefix(tenant_id)}{place}:{generation}"
+
+
+def parse_stream_key(key: str) -> tuple[int, int]:
+    """(place, generation) of a `stream_key`."""
+    place, generation = key.rsplit(":", 2)[-2:]
+    return int(place), int(generation)

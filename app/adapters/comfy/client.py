@@ -31,6 +31,7 @@ from app.adapters.comfy.messages import (
     select_outputs,
     validation_message,
 )
+from app.adapters.comfy.previews import PreviewFrame
 from app.adapters.comfy.tracker import RenderProgress
 from app.core.errors import (
     ComfyUnavailable,
@@ -203,6 +204,7 @@ class ComfyClient:
         on_progress: Callable[[RenderProgress], None],
         poll_interval_s: float = 0.25,
         progress_interval_s: float = 0.5,
+        on_preview: Callable[[PreviewFrame], None] | None = None,
     ) -> RenderResult:
         """Run `workflow` as `prompt_id` until it finishes, fails, is cancelled or times out.
 
@@ -219,6 +221,7 @@ class ComfyClient:
         open_s = min(self.connect_timeout_s, deadline_s - started)
         ws = open_socket(self.base_url, client_id, open_s)
         run = Follower(self, prompt_id, client_id, workflow, ws, deadline_s, should_cancel)
+        run.on_preview = on_preview
         try:
             self._submit(workflow, prompt_id, client_id)
             terminal, entry = run.follow(on_progress, poll_interval_s, progress_interval_s)

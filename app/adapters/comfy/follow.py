@@ -22,6 +22,7 @@ from websockets.exceptions import ConnectionClosed, WebSocketException
 from websockets.sync.client import ClientConnection, connect
 
 from app.adapters.comfy.messages import HistoryEntry, PromptEnding
+from app.adapters.comfy.previews import PreviewFrame, parse_frame
 from app.adapters.comfy.tracker import RenderProgress, RunTracker
 from app.core.errors import ComfyUnavailable, RenderCancelled, RenderTimeout
 
@@ -125,6 +126,8 @@ class Follower:
         self.missing_polls = 0
         self.last_sent: RenderProgress | None = None
         self.last_sent_at = 0.0
+        #: Told of each binary preview frame (cheap: the render keeps only the newest).
+        self.on_preview: Callable[[PreviewFrame], None] | None = None
 
     def follow(
         self,
@@ -194,8 +197,11 @@ class Follower:
             self.next_history = time.time()  # the terminal message may be lost: poll now
             self.next_reconnect = time.time() + 1.0
             return
-        if isinstance(raw, bytes):
-            return  # preview images and SaveImageWebsocket frames
+        if isinstance(raw, bytes):  # preview images and SaveImageWebsocket frames
+            frame = parse_frame(raw) if self.on_preview is not None else None
+            if frame is not None and self.on_preview is not None:
+                self.on_preview(frame)
+            return
         try:
             self.tracker.handle(json.loads(raw))
         except ValueError:

@@ -17,6 +17,7 @@ from app.api.ingress import create_app
 from app.cli.main import cli
 from app.core.config import get_settings
 from app.core.models import Job, JobStatus, Stage
+from app.engine.events import record_event
 from tests.integration.ingress_harness import (
     WORKFLOW,
     Harness,
@@ -179,23 +180,25 @@ def _play_pipeline(harness: Harness, done: threading.Event) -> None:
         if raw is None:
             continue
         job = harness.deps.jobs.get(json.loads(raw)["job_id"])
-        harness.deps.jobs.save(
-            job.model_copy(
-                update={
-                    "status": JobStatus.RUNNING,
-                    "stage": Stage.RENDER,
-                    "progress": 0.5,
-                    "progress_detail": {
-                        "node_id": "1",
-                        "node_type": "EmptyImage",
-                        "value": 3,
-                        "max": 6,
-                        "nodes_done": 0,
-                        "nodes_total": 2,
-                    },
-                }
-            )
+        detail = {
+            "node_id": "1",
+            "node_type": "EmptyImage",
+            "value": 3,
+            "max": 6,
+            "nodes_done": 0,
+            "nodes_total": 2,
+        }
+        running = job.model_copy(
+            update={
+                "status": JobStatus.RUNNING,
+                "stage": Stage.RENDER,
+                "progress": 0.5,
+                "progress_detail": detail,
+            }
         )
+        # As the render's heartbeat writes it: the record and its event log together.
+        progress = {**detail, "fraction": 0.5}
+        harness.deps.jobs.save(record_event(harness.deps, running, "progress", progress))
         seen_running.wait(10)  # the CLI has read the running job before it completes
         harness.complete(job.id, {"image.png": b"PNGDATA"})
         return

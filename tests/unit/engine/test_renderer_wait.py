@@ -9,7 +9,7 @@ import pytest
 
 from app.core.config import Settings
 from app.core.errors import ComfyUnavailable
-from app.core.models import Job, JobStatus, Stage
+from app.core.models import Job, JobStatus, Stage, StatusDetail
 from app.engine.deps import Deps
 from app.engine.maintenance import fail_stale, sweep
 from app.engine.pipeline import enqueue, process_message
@@ -111,7 +111,9 @@ def test_comfyui_down_is_waited_out_without_using_up_attempts(deps: Deps) -> Non
     for _ in range(6):  # twice stage_max_attempts: still waiting, visibly
         assert run(deps, Stage.RENDER, fns) == 1
         job = deps.jobs.get("j1")
-        assert job.status is JobStatus.RUNNING and job.stage is Stage.RENDER
+        # Queued again, and saying why (not "running render 0%").
+        assert job.status is JobStatus.QUEUED and job.stage is Stage.RENDER
+        assert job.status_detail() is StatusDetail.RENDERER_UNAVAILABLE
         clock.advance(30)
         assert fail_stale(deps)["timed_out"] == 0
         sweep(deps)
@@ -131,7 +133,7 @@ def test_comfyui_down_past_the_limit_fails_with_queue_wait_timeout(deps: Deps) -
         raise ComfyUnavailable()
 
     fns = {**ALL_OK, Stage.RENDER: down}
-    while deps.jobs.get("j1").status is JobStatus.RUNNING:
+    while not deps.jobs.get("j1").is_terminal:
         run(deps, Stage.RENDER, fns)
         clock.advance(30)
         sweep(deps)

@@ -17,6 +17,7 @@ from PIL import Image
 
 from app.adapters.comfy.client import RenderResult
 from app.adapters.comfy.messages import ComfyOutput, HistoryEntry
+from app.adapters.comfy.previews import PreviewFrame
 from app.adapters.comfy.tracker import RenderProgress
 from app.adapters.net.safe_client import DownloadResult
 from app.adapters.storage.memory import MemoryStore
@@ -128,6 +129,8 @@ class FakeComfy:
     during_run: Callable[[], object] | None = None
     uploads: list[tuple[str, str, bytes]] = field(default_factory=list)
     runs: list[RunCall] = field(default_factory=list)
+    #: Preview frames `run` hands to `on_preview` after its progress event.
+    previews: list[PreviewFrame] = field(default_factory=list)
     abandoned: list[str] = field(default_factory=list)
     object_info_calls: int = 0
     #: Not a loopback address: without `comfyui_base_dir` render finds no folders to wipe.
@@ -162,9 +165,13 @@ class FakeComfy:
         on_progress: Callable[[RenderProgress], None],
         progress_interval_s: float = 0.5,
         poll_interval_s: float = 0.25,
+        on_preview: Callable[[PreviewFrame], None] | None = None,
     ) -> RenderResult:
         self.runs.append(RunCall(workflow, prompt_id, deadline_s))
         on_progress(RenderProgress(0.5, "2", "SaveImage", 1, 2, 1, 2))
+        for frame in self.previews:
+            if on_preview is not None:
+                on_preview(frame)
         if self.during_run is not None:
             self.during_run()
         if should_cancel():

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import io
 import itertools
 from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 
 from app.adapters.comfy.messages import ComfyOutput
+from app.adapters.comfy.previews import PreviewFrame
 from app.adapters.comfy.tracker import RenderProgress
 from app.core.errors import ComfyUnavailable, RenderFailed
-from app.core.models import JobStatus, Stage
+from app.core.models import JobStatus, Stage, StatusDetail
 from app.engine.pipeline import cancel_job, release_due
 from app.engine.scratch import outputs_folder
 from app.stages import render
@@ -178,7 +181,13 @@ def test_comfy_down_parks_a_retry(world: World) -> None:
     world.comfy.error = ComfyUnavailable()
     world.step(Stage.RENDER)
     job = world.job("j1")
-    assert job.status is JobStatus.RUNNING and job.lease_until is None
+    # Queued again, saying why; its timeout is not used up while ComfyUI is down.
+    assert job.status is JobStatus.QUEUED and job.lease_until is None
+    assert job.status_detail() is StatusDetail.RENDERER_UNAVAILABLE
+    assert [e.data for e in job.events if e.type == "status"] == [
+        {"detail": "waiting_for_renderer"},
+        {"detail": "renderer_unavailable", "retry_in_s": 2.0},
+    ]
     assert [key.split(":", 1)[1] for key in parked(world)] == ["j1:render:0:1"]
     world.comfy.error = None
     world.clock.advance(2)
@@ -250,3 +259,19 @@ def test_abandoning_is_best_effort(world: World) -> None:
     world.comfy.delete_pending = unreachable  # type: ignore[method-assign]
     with pytest.raises(KeyboardInterrupt):  # the stop goes on; the failed clean-up is logged
         render.run(job, world.deps)
+
+
+def test_progress_and_a_small_preview_ride_on_the_hand_off_write(world: World) -> None:
+    fetched(world)
+    frame = io.BytesIO()
+    Image.new("RGB", (640, 480), (1, 2, 3)).save(frame, format="PNG")
+    world.comfy.previews = [PreviewFrame("image/png", frame.getvalue(), "3")]
+    world.step(Stage.RENDER)
+    job = world.job("j1")
+    kinds = [e.type for e in job.events]
+    assert kinds[-3:] == ["status", "progress", "preview"], kinds
+    assert job.status_detail() is None  # handed to upload
+    progress = next(e.data for e in job.events if e.type == "progress")
+    assert (progress["node_id"], progress["value"], progress["max"]) == ("2", 1, 2)
+    preview = next(e.data for e in job.events if e.type == "preview")
+    assert preview["node_id"] == "3" and preview["url"].startswith("data:image/jpeg;base64,")
