@@ -116,7 +116,7 @@ def multipart_file(content_type: str, body: bytes) -> bytes:
         }
     },
 )
-def create(
+def post_upload(
     deps: DepsDep,
     tenant: TenantDep,
     user_id: UserDep,

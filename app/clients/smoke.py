@@ -330,7 +330,7 @@ def check_e2e(client: httpx.Client, cfg: SmokeConfig) -> CheckResult:
     return _run_job(client, cfg, "e2e", {"workflow": tiny_workflow(time.time_ns())})
 
 
-def check_inputs(client: httpx.Client, cfg: SmokeConfig) -> CheckResult:
+def check_input_fetch(client: httpx.Client, cfg: SmokeConfig) -> CheckResult:
     """A job loading an input image from `input_url` completes (skipped without one)."""
     if cfg.input_url is None:
         return CheckResult("inputs", None, "skipped: needs --input-url")
@@ -456,7 +456,7 @@ def run_all(client: httpx.Client, cfg: SmokeConfig, url: str) -> dict[str, Any]:
     ]
     e2e = _timed("e2e", lambda: check_e2e(client, cfg))
     results.append(e2e)
-    results.append(_timed("inputs", lambda: check_inputs(client, cfg)))
+    results.append(_timed("inputs", lambda: check_input_fetch(client, cfg)))
     job_id = e2e.data.get("job_id")
     results.append(_timed("ownership_404", lambda: check_ownership(client, cfg, job_id)))
     results.append(_timed("cancel", lambda: check_cancel(client, cfg)))
