@@ -228,8 +228,8 @@ class JobStore:
 
         The active entry (`_Owned`: when admission began, the scopes it claims in) is
         written before any place is won, so an admission that dies half-way is found by
-        `reconcile` there, never by scanning every slot tenure; the last batch adds what
-        the job owns beyond its id (idempotency record, index position) for its purge.
+        `reconcile` there, never by scanning every slot tenure; what the job owns beyond
+        its id (idempotency record, index position) rides in its record, for its purge.
 
         Raises `JobIdTaken` if a job under a client-chosen `job_id` exists (that record is
         written with put-if-absent); what this call had taken is given back first. An id
@@ -295,6 +295,10 @@ class JobStore:
             stage=stage,
             stage_times={stage: StageTimes(queued_at=now)},
             template=new.template,
+            # The index position assumes the first probe wins, like the hint; a loser
+            # writes its record again (rare: concurrent admissions of one user).
+            index_position=index_start,
+            idempotency_record=idem,
         )
         # Search hints only speed up the next search, so they go out with the rest; the
         # index hint assumes the first probe wins (a loser's hint is low: extra probes).
@@ -304,23 +308,18 @@ class JobStore:
             if rate is not None:  # only the current window's hint is worth keeping
                 tenant_hints.seq = {rate: ticket + 1}
             slot_hints[slot_hints_key(scope_of_rate)] = tenant_hints.dumps()
-        owned.idem, owned.index = idem, index_start
         if not id_from_client:
             # An id we made is new by construction: every write goes out in one group.
-            _, position, _, _ = run_calls(
+            _, position, _ = run_calls(
                 par,
                 lambda: put_all(
                     self.jobs,
                     {request_key(job_id): json.dumps(new.workflow), job_key(job_id): _dump(job)},
                 ),
                 lambda: claim_next_from(self.admission, index, job_id, index_start),
-                lambda: self.active.put(active_key(job_id), owned.dumps()),
                 lambda: put_all(self.slots, slot_hints),
             )
-            if position != index_start:
-                owned.index = cast(int, position)
-                self.active.put(active_key(job_id), owned.dumps())
-            return Admission(job=job, replayed=False)
+            return Admission(job=self._placed(job, cast(int, position)), replayed=False)
         # A client chose the id (the intake queue): put-if-absent, so two messages racing
         # with one new id cannot both create. The request and the index entry go out
         # after, so a loser never replaces the winner's workflow nor lists its job.
@@ -334,19 +333,21 @@ class JobStore:
                 release_slot(self.slots, ref)
             self._unlist(job_id, idem, bool(listed))  # as for a rejection
             raise JobIdTaken(job_id)
-        # The entry's index position assumes the first probe wins, like the hint; a
-        # loser writes its entry again (rare: concurrent admissions of one user).
-        owned.idem, owned.index = idem, index_start
-        _, position, _ = run_calls(
+        _, position = run_calls(
             par,
             lambda: self.jobs.put(request_key(job_id), json.dumps(new.workflow)),
             lambda: claim_next_from(self.admission, index, job_id, index_start),
-            lambda: self.active.put(active_key(job_id), owned.dumps()),
         )
-        if position != index_start:
-            owned.index = cast(int, position)
-            self.active.put(active_key(job_id), owned.dumps())
-        return Admission(job=job, replayed=False)
+        return Admission(job=self._placed(job, cast(int, position)), replayed=False)
+
+    def _placed(self, job: Job, position: int) -> Job:
+        """The admitted record with its real index position, rewritten if the first
+        probe lost (before any stage message exists, so admission is still its writer)."""
+        if position == job.index_position:
+            return job
+        job = job.model_copy(update={"index_position": position})
+        self.save(job)
+        return job
 
     def _unlist(self, job_id: str, idem: str | None, listed: bool) -> None:
         """Undo a failed admission's idempotency claim and active entry (at once)."""
@@ -601,7 +602,7 @@ class JobStore:
         )
         if not self.jobs.put_if_absent(terminal_key(job_id), _dump(decision)):
             return False
-        self._release(job_id, slots)
+        self._release(job_id, slots=slots)
         return True
 
     def complete(self, job: Job) -> bool:
@@ -616,7 +617,7 @@ class JobStore:
             lambda: self.jobs.put_if_absent(terminal_key(job.id), _dump(decision)),
         )
         if decided:
-            self._release(job.id, job.slots)
+            self._release(job.id, job=job)
         return decided
 
     def reject(self, job_id: str, tenant_id: str, user_id: str, error: JobError) -> bool:
@@ -659,13 +660,24 @@ class JobStore:
             raise AlreadyTerminal(self.get(job_id))
         return self.get(job_id)
 
-    def _release(self, job_id: str, slots: list[SlotRef] | None = None) -> int:
+    def _release(
+        self, job_id: str, slots: list[SlotRef] | None = None, job: Job | None = None
+    ) -> int:
         """After the terminal decision: free the slots, index the job for retention, and
         leave the reaper's working set, in that order (reconcile redoes a cut-short one:
-        the job stays in the active index until the retention entry is written)."""
-        if slots is None:
+        the job stays in the active index until the retention entry is written).
+
+        `job`: the record, when the caller holds it (its slots and what it owns need no
+        read); `slots` alone still needs the active entry for the retention entry.
+        """
+        if job is None and slots is None:
             raw = self.jobs.get(job_key(job_id))
-            slots = [] if raw is None else Job.model_validate_json(raw).slots
+            job = None if raw is None else Job.model_validate_json(raw)
+        if slots is None:
+            slots = [] if job is None else job.slots
+        # A record admitted before it carried its index position (or a refused queued
+        # request's) leaves what it owns in the active entry: read it there.
+        owned = _Owned.of(job)
         par = self._concurrent
         bucket = retention_bucket(self.clock())
         prefix = retention_prefix(bucket)
@@ -675,7 +687,7 @@ class JobStore:
         # hint alongside leaving the active index.
         entry_raw, start_raw, *results = run_calls(
             par,
-            lambda: self.active.get(active_key(job_id)),
+            lambda: None if owned is not None else self.active.get(active_key(job_id)),
             lambda: self.retention.get(sequence_hint_key(prefix)),
             *(lambda ref=ref: mark_released(self.slots, ref) for ref in slots),
             *(lambda ref=ref: read_hints(self.slots, ref.scope) for ref in slots),
@@ -686,7 +698,9 @@ class JobStore:
             if was_freed and isinstance(hints, SlotHints):
                 note_released(hints, ref)
                 updates[slot_hints_key(ref.scope)] = hints.dumps()
-        entry = _Owned.loads(None if entry_raw is None else str(entry_raw)).retention_entry(job_id)
+        if owned is None:
+            owned = _Owned.loads(None if entry_raw is None else str(entry_raw))
+        entry = owned.retention_entry(job_id)
         start = int(str(start_raw or 0))
         _, position = run_calls(
             par,
@@ -942,8 +956,9 @@ _LANES: tuple[tuple[str, tuple[Stage, ...]], ...] = (
 
 @dataclass(slots=True)
 class _Owned:
-    """A job's active-index entry: when admission began, the slot scopes it claims in
-    (with their caps), and the keys it owns beyond its id (idempotency, index position)."""
+    """A job's active-index entry: when admission began and the slot scopes it claims in
+    (with their caps); and the keys it owns beyond its id (idempotency, index position),
+    which the retention entry carries (from the job record; older entries carry them)."""
 
     at: float = 0.0
     idem: str | None = None
@@ -968,6 +983,13 @@ class _Owned:
 
     def retention_entry(self, job_id: str) -> str:
         return json.dumps({"job": job_id, "idem": self.idem, "index": self.index})
+
+    @classmethod
+    def of(cls, job: Job | None) -> _Owned | None:
+        """What a record says it owns; None if it does not say (see `_release`)."""
+        if job is None or job.index_position is None:
+            return None
+        return cls(idem=job.idempotency_record, index=job.index_position)
 
     @classmethod
     def from_entry(cls, entry: dict[str, object]) -> _Owned | None:
