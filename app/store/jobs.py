@@ -55,7 +55,7 @@ from app.core.models import (
     TemplateRef,
     TerminalDecision,
 )
-from app.store.backends.base import KV, Backend, put_all
+from app.store.backends.base import KV, Backend, can_read_many, get_all, put_all
 from app.store.claims import (
     SlotHints,
     SlotHolder,
@@ -563,7 +563,12 @@ class JobStore:
         status: JobStatus | None = None,
         max_scan: int = 500,
     ) -> Page:
-        """A user's jobs newest first; reads only the index entries it returns (or skips)."""
+        """A user's jobs newest first; reads only the index entries it returns (or skips).
+
+        A page's entries are read in one batch and their records and decisions in a
+        second (one query each on SQLite, overlapped gets on Modal), not three reads per
+        job; with a `status` filter each further batch asks only for what is missing.
+        """
         prefix = index_prefix(tenant_id, user_id)
         if cursor:
             position = int(cursor)
@@ -573,13 +578,34 @@ class JobStore:
         jobs: list[Job] = []
         scanned = 0
         while position > 0 and len(jobs) < limit and scanned < max_scan:
-            position -= 1
-            scanned += 1
-            job_id = self.admission.get(sequence_key(prefix, position))
-            job = self.find(job_id) if job_id else None
-            if job is not None and (status is None or job.status is status):
-                jobs.append(job)
+            size = min(limit - len(jobs), position, max_scan - scanned)
+            positions = range(position - 1, position - 1 - size, -1)
+            ids = self._read(self.admission, [sequence_key(prefix, n) for n in positions])
+            listed = [job_id for job_id in ids if job_id]
+            records = self._read(
+                self.jobs, [job_key(i) for i in listed] + [terminal_key(i) for i in listed]
+            )
+            found = {
+                job_id: _merged(raw, decided)
+                for job_id, raw, decided in zip(
+                    listed, records[: len(listed)], records[len(listed) :], strict=True
+                )
+            }
+            for n, job_id in zip(positions, ids, strict=True):
+                position, scanned = n, scanned + 1
+                job = found.get(job_id) if job_id else None
+                if job is not None and (status is None or job.status is status):
+                    jobs.append(job)
+                    if len(jobs) == limit:
+                        break
         return Page(jobs=jobs, next_cursor=str(position) if position > 0 else None)
+
+    def _read(self, kv: KV, keys: list[str]) -> list[str | None]:
+        """Several keys of one dict: one query where it has one, else gets at once."""
+        if len(keys) < 2 or can_read_many(kv) or not self._concurrent:
+            return get_all(kv, keys)
+        values = run_calls(True, *(lambda key=key: kv.get(key) for key in keys))
+        return [None if value is None else str(value) for value in values]
 
     # ---- terminal decisions ----------------------------------------------------------
 
