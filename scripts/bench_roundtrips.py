@@ -111,9 +111,9 @@ def tag_release(emu: ModalEmulator, deps: Deps) -> None:
     jobs = deps.jobs
     release = jobs._release
 
-    def tagged(job_id: str, slots: Any = None) -> int:
+    def tagged(job_id: str, *args: Any, **kwargs: Any) -> int:
         with emu.ledger.step(RELEASE):
-            return release(job_id, slots)
+            return release(job_id, *args, **kwargs)
 
     jobs._release = tagged  # type: ignore[method-assign]
 

@@ -134,6 +134,25 @@ def throughput(processes: int, jobs: int) -> dict[str, float]:
     }
 
 
+def list_page(calls: int = 300, jobs: int = 100, page: int = 20) -> dict[str, float]:
+    """Time of `list_for_user` for one page on SQLite (the store's part of GET /v1/jobs)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        store = JobStore(SqliteBackend(Path(tmp) / "list.sqlite3"), time.time)
+        for i in range(jobs):
+            store.create(NewJob("t", "u", WORKFLOW, 600), f"j{i}", Limits(max_active_per_user=jobs))
+        took: list[float] = []
+        for _ in range(calls):
+            started = time.perf_counter()
+            store.list_for_user("t", "u", limit=page)
+            took.append(time.perf_counter() - started)
+    return {
+        "page": page,
+        "calls": calls,
+        "p50_ms": round(statistics.median(took) * 1000, 3),
+        "mean_ms": round(statistics.fmean(took) * 1000, 3),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--processes", type=int, default=8)
@@ -143,6 +162,7 @@ def main() -> None:
         json.dumps(
             {
                 "dict_round_trips": round_trips(),
+                "sqlite_list_page": list_page(),
                 "sqlite_create_and_finish": throughput(args.processes, args.jobs),
             },
             indent=2,

@@ -151,6 +151,12 @@ class Job(Record):
     events: list[JobEvent] = Field(default_factory=list)
     #: The id of the last event recorded (events may have been trimmed from the log).
     event_seq: int = 0
+    #: What the job owns beyond its id, for its purge (never shown to clients): its
+    #: position in its user's index and its idempotency record's key. Kept here, not in
+    #: the active entry, so admission writes them with the record and the release reads
+    #: them from the record it already holds (issue 12: one call fewer in each).
+    index_position: int | None = None
+    idempotency_record: str | None = None
 
     @property
     def is_terminal(self) -> bool:

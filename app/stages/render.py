@@ -19,7 +19,13 @@ from urllib.parse import urlsplit
 
 from app.adapters.comfy.client import ComfyClient
 from app.adapters.comfy.file_policy import scope_prefixes
-from app.adapters.comfy.job_files import ComfyDirs, dirs_from_server, owned_outputs, wipe_job
+from app.adapters.comfy.job_files import (
+    ComfyDirs,
+    dirs_from_server,
+    owned_outputs,
+    remove_later,
+    wipe_job,
+)
 from app.adapters.comfy.messages import ComfyOutput
 from app.adapters.comfy.previews import PreviewFrame, data_url
 from app.adapters.comfy.tracker import RenderProgress
@@ -272,7 +278,7 @@ def run(job: Job, deps: Deps) -> Job:
         if dirs is not None:
             if written is None:
                 written = _written_by(client, prompt_id, job.id, token)
-            wipe_job(dirs, job.id, written)
+            wipe_job(dirs, job.id, written, remove=remove_later)  # off the serial chain
     deps.scratch_commit()
     # The heartbeat's copy: it carries the events recorded during the render.
     return heartbeat.flush().model_copy(update={"outputs": staged, "progress": 1.0})

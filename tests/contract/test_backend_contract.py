@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from app.core.errors import QueueItemTooLarge
-from app.store.backends.base import MAX_QUEUE_ITEM_BYTES, Backend
+from app.store.backends.base import MAX_QUEUE_ITEM_BYTES, Backend, get_all
 from app.store.backends.memory import MemoryBackend
 from app.store.backends.modal import ModalBackend
 from app.store.backends.sqlite import SqliteBackend
@@ -133,6 +133,17 @@ def test_keys_by_prefix_treats_wildcards_literally(backend: Backend) -> None:
     assert sorted(d.keys("job:")) == ["job:1", "job:2"]
     assert sorted(d.keys("job%")) == ["job%:4"]
     assert len(list(d.keys())) == 5
+
+
+def test_get_all_reads_several_keys_in_order(backend: Backend) -> None:
+    d = backend.kv("d")
+    backend.kv("other").put("b", "elsewhere")
+    for n in range(600):  # more than one SQLite chunk
+        d.put(f"k{n}", str(n))
+    d.put("b", "2")
+    wanted = ["b", "missing", "k0", "b", *(f"k{n}" for n in range(599, -1, -1))]
+    assert get_all(d, wanted) == ["2", None, "0", "2", *(str(n) for n in range(599, -1, -1))]
+    assert get_all(d, []) == []
 
 
 def test_dicts_are_independent_by_name(backend: Backend) -> None:

@@ -17,9 +17,12 @@ job's folders and the previews it wrote.
 
 from __future__ import annotations
 
+import queue
 import re
 import shutil
-from collections.abc import Mapping, Sequence
+import threading
+import uuid
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -27,7 +30,14 @@ from app.adapters.comfy.messages import ComfyOutput
 from app.core.errors import InvalidRequest
 from app.core.ids import inside
 
-__all__ = ["ComfyDirs", "dirs_from_server", "owned_outputs", "wipe_job"]
+__all__ = [
+    "ComfyDirs",
+    "LaterRemover",
+    "dirs_from_server",
+    "owned_outputs",
+    "remove_later",
+    "wipe_job",
+]
 
 #: PreviewImage's own naming (`"_temp_" + 5 random letters`, then ComfyUI's counter).
 _PREVIEW = re.compile(r"ComfyUI_temp_[a-z]{5}_\d{5}_\.[A-Za-z0-9]{1,8}")
@@ -116,13 +126,22 @@ def _plain(name: str) -> bool:
     return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name
 
 
-def wipe_job(dirs: ComfyDirs, job_id: str, outputs: Sequence[ComfyOutput] = ()) -> int:
-    """Remove the job's input/output/temp folders and the previews it wrote; count removed."""
+def wipe_job(
+    dirs: ComfyDirs,
+    job_id: str,
+    outputs: Sequence[ComfyOutput] = (),
+    *,
+    remove: Callable[[Path], None] | None = None,
+) -> int:
+    """Remove the job's input/output/temp folders and the previews it wrote; count removed.
+
+    `remove` deletes one folder (default: at once; the render stage passes `remove_later`).
+    """
     removed = 0
     for kind in _KINDS:
         folder = inside(dirs.of(kind), job_id)
         if folder.exists():
-            shutil.rmtree(folder, ignore_errors=True)
+            (remove or _remove_now)(folder)
             removed += 1
     for output in outputs:
         if output.type == "temp" and output.subfolder == "":
@@ -134,3 +153,63 @@ def wipe_job(dirs: ComfyDirs, job_id: str, outputs: Sequence[ComfyOutput] = ()) 
                 path.unlink(missing_ok=True)
                 removed += 1
     return removed
+
+
+def _remove_now(folder: Path) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+#: Where `remove_later` parks a folder: a hidden sibling no job id or workflow can name.
+_PARKED = ".wiped-"
+
+
+class LaterRemover:
+    """Takes a folder out of the way at once and deletes it on one background thread.
+
+    `rmtree` of a job's ComfyUI folders was the render worker's hottest function under
+    load (py-spy, issue 13), on its serial chain per job. A rename within the same folder
+    is one system call: the job's folder is gone when `__call__` returns (nothing can
+    find it under the job's name), and its files go a moment later. A folder parked by a
+    process that died before deleting it is deleted by the next process that parks one
+    beside it. A rename that fails deletes at once, as before.
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[Path] = queue.Queue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._swept: set[Path] = set()
+
+    def __call__(self, folder: Path) -> None:
+        parked = folder.with_name(f"{_PARKED}{uuid.uuid4().hex}")
+        try:
+            folder.rename(parked)
+        except OSError:
+            _remove_now(folder)
+            return
+        with self._lock:
+            if folder.parent not in self._swept:  # leftovers of a process that died
+                self._swept.add(folder.parent)
+                for old in folder.parent.glob(f"{_PARKED}*"):
+                    if old != parked:
+                        self._queue.put(old)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._work, name="comfy-wipe", daemon=True)
+                self._thread.start()
+        self._queue.put(parked)
+
+    def _work(self) -> None:
+        while True:
+            folder = self._queue.get()
+            try:
+                _remove_now(folder)
+            finally:
+                self._queue.task_done()
+
+    def settle(self) -> None:
+        """Wait until every parked folder is deleted (tests; a clean shutdown)."""
+        self._queue.join()
+
+
+#: The process's remover (one thread for every render of the process).
+remove_later = LaterRemover()

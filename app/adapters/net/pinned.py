@@ -14,7 +14,7 @@ from __future__ import annotations
 import ipaddress
 import ssl
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -23,12 +23,16 @@ import httpx
 
 from app.adapters.net.addresses import IPAddress
 
-__all__ = ["DeadlineStream", "PinnedBackend", "PinnedTransport"]
+__all__ = ["Deadline", "DeadlineStream", "PinnedBackend", "PinnedTransport"]
+
+#: A `time.monotonic()` instant, or a function giving the current request's (a kept
+#: connection serves one request after another, each with its own deadline).
+Deadline = float | Callable[[], float]
 
 
-def _remaining(deadline: float, timeout: float | None, exc: type[Exception]) -> float:
+def _remaining(deadline: Deadline, timeout: float | None, exc: type[Exception]) -> float:
     """The time an operation may take: its own timeout, cut to what is left of the deadline."""
-    left = deadline - time.monotonic()
+    left = (deadline() if callable(deadline) else deadline) - time.monotonic()
     if left <= 0:
         raise exc("the deadline for this request has passed")
     return left if timeout is None else min(timeout, left)
@@ -37,7 +41,7 @@ def _remaining(deadline: float, timeout: float | None, exc: type[Exception]) -> 
 class DeadlineStream(httpcore.NetworkStream):
     """A network stream whose reads, writes and TLS handshake all end by `deadline`."""
 
-    def __init__(self, inner: httpcore.NetworkStream, deadline: float) -> None:
+    def __init__(self, inner: httpcore.NetworkStream, deadline: Deadline) -> None:
         self._inner = inner
         self._deadline = deadline
 
@@ -85,7 +89,7 @@ class PinnedBackend(httpcore.NetworkBackend):
         host: str,
         port: int,
         addresses: Sequence[IPAddress],
-        deadline: float,
+        deadline: Deadline,
         inner: httpcore.NetworkBackend | None = None,
     ) -> None:
         if not addresses:

@@ -25,6 +25,7 @@ from urllib.parse import urljoin
 import httpx
 
 from app.adapters.net.addresses import IPAddress
+from app.adapters.net.kept import KeptClients
 from app.adapters.net.pinned import PinnedBackend, PinnedTransport
 from app.adapters.net.policy import Target, UrlPolicy, check_addresses, parse_url
 from app.core.errors import (
@@ -141,6 +142,8 @@ class SafeHttpClient:
         self._ssl_context = (
             ssl_context if ssl_context is not None else httpx.create_ssl_context(trust_env=False)
         )
+        #: Webhook receivers get their connection reused (`app.adapters.net.kept`).
+        self._kept = KeptClients(ssl_context=self._ssl_context, user_agent=user_agent)
 
     # --- downloads -----------------------------------------------------------------------
 
@@ -265,9 +268,12 @@ class SafeHttpClient:
         target = parse_url(url, self.policy)
         addresses = self._resolve(target, deadline, DeliveryFailed)
         try:
-            with self._exchange("POST", target, addresses, deadline, headers, body) as (
-                response,
-                _backend,
+            with (
+                self._kept.take(target, addresses, deadline) as kept,
+                self._exchange("POST", target, addresses, deadline, headers, body, kept=kept) as (
+                    response,
+                    _backend,
+                ),
             ):
                 head = bytearray()
                 for chunk in response.iter_raw(MAX_POST_RESPONSE_BYTES):
@@ -325,26 +331,50 @@ class SafeHttpClient:
         deadline: float,
         headers: Mapping[str, str],
         content: bytes | None = None,
+        *,
+        kept: tuple[httpx.Client, PinnedBackend] | None = None,
     ) -> Iterator[tuple[httpx.Response, PinnedBackend]]:
-        """One request to the checked addresses; a fresh client, so no cookies carry over."""
+        """One request to the checked addresses: on a `kept` client pinned to exactly these
+        (its cookies cleared), else on a fresh one, so no cookies carry over."""
+        left_s = max(0.001, deadline - time.monotonic())
+        if kept is not None:
+            client, backend = kept
+            with self._send(client, method, target, headers, content, left_s) as response:
+                yield response, backend
+            return
         backend = PinnedBackend(target.host, target.port, addresses, deadline)
         transport = PinnedTransport(backend, self._ssl_context)
-        left_s = max(0.001, deadline - time.monotonic())
-        with httpx.Client(
-            transport=transport,
-            trust_env=False,
-            follow_redirects=False,
-            timeout=httpx.Timeout(left_s),
-            headers={"User-Agent": self._user_agent},
-        ) as client:
-            request = client.build_request(method, target.url, headers=headers, content=content)
-            if request.url.port not in (None, target.port) or not request.url.host:
-                raise UrlRefused(f"URL {target.url!r} did not round-trip through httpx")
-            response = client.send(request, stream=True)
-            try:
-                yield response, backend
-            finally:
-                response.close()
+        with (
+            httpx.Client(
+                transport=transport,
+                trust_env=False,
+                follow_redirects=False,
+                headers={"User-Agent": self._user_agent},
+            ) as client,
+            self._send(client, method, target, headers, content, left_s) as response,
+        ):
+            yield response, backend
+
+    @staticmethod
+    @contextmanager
+    def _send(
+        client: httpx.Client,
+        method: str,
+        target: Target,
+        headers: Mapping[str, str],
+        content: bytes | None,
+        left_s: float,
+    ) -> Iterator[httpx.Response]:
+        request = client.build_request(
+            method, target.url, headers=headers, content=content, timeout=httpx.Timeout(left_s)
+        )
+        if request.url.port not in (None, target.port) or not request.url.host:
+            raise UrlRefused(f"URL {target.url!r} did not round-trip through httpx")
+        response = client.send(request, stream=True)
+        try:
+            yield response
+        finally:
+            response.close()
 
 
 def _never() -> bool:

@@ -67,6 +67,9 @@ class KV(Protocol):
     def keys(self, prefix: str = "") -> Iterator[str]:
         """Keys starting with `prefix`, in no particular order (a maintenance scan)."""
 
+    # Optional: `read_many(keys) -> list[str | None]`, several keys in one query where
+    # the store has one (SQLite, memory); `get_all` falls back to one `get` per key.
+
 
 class Backend(Protocol):
     """Opens named queues and dicts."""
@@ -99,3 +102,18 @@ def put_all(kv: KV, items: Mapping[str, str]) -> None:
         return
     for key, value in items.items():
         kv.put(key, value)
+
+
+def get_all(kv: KV, keys: Sequence[str]) -> list[str | None]:
+    """Several keys' values, in order (None where absent), in one query where the dict
+    offers it (`read_many`); else one `get` each (Modal has no batched read)."""
+    read_many = getattr(kv, "read_many", None)
+    if read_many is not None:
+        values: list[str | None] = read_many(keys)
+        return values
+    return [kv.get(key) for key in keys]
+
+
+def can_read_many(kv: KV) -> bool:
+    """Whether `get_all` on `kv` is one query (else the caller may overlap the gets)."""
+    return getattr(kv, "read_many", None) is not None

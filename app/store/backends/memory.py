@@ -81,6 +81,10 @@ class MemoryKV:
         with self._lock:
             return key in self.data
 
+    def read_many(self, keys: Sequence[str]) -> list[str | None]:
+        with self._lock:
+            return [self.data.get(key) for key in keys]
+
     def keys(self, prefix: str = "") -> Iterator[str]:
         with self._lock:
             snapshot = [k for k in self.data if k.startswith(prefix)]

@@ -55,6 +55,8 @@ _BUSY_TIMEOUT_MS = 30_000
 _WAKE_FALLBACK_S = 0.5
 #: Most bytes one wake-up reads (each put writes one per item).
 _WAKE_READ_BYTES = 4096
+#: Keys per SELECT of `read_many` (well under SQLite's bound on query parameters).
+_READ_CHUNK = 500
 
 
 def _close_all(fds: dict[str, tuple[int, int] | None]) -> None:
@@ -299,6 +301,20 @@ class SqliteKV:
 
     def contains(self, key: str) -> bool:
         return self.get(key) is not None
+
+    def read_many(self, keys: Sequence[str]) -> list[str | None]:
+        """Several keys in one SELECT per `_READ_CHUNK` (a page of jobs: one query)."""
+        found: dict[str, str] = {}
+        unique = list(dict.fromkeys(keys))
+        for start in range(0, len(unique), _READ_CHUNK):
+            chunk = unique[start : start + _READ_CHUNK]
+            marks = ",".join("?" * len(chunk))  # placeholders only: the keys are bound
+            rows = self._db.execute(
+                f"SELECT key, value FROM kv WHERE name = ? AND key IN ({marks})",
+                (self.name, *chunk),
+            ).fetchall()
+            found.update((str(k), str(v)) for k, v in rows)
+        return [found.get(key) for key in keys]
 
     def keys(self, prefix: str = "") -> Iterator[str]:
         # A range scan on the primary key, not a LIKE: prefixes may contain % or _.

@@ -77,6 +77,13 @@ def test_memory_prints_rss_and_files() -> None:
     assert isinstance(files, dict) and "state.sqlite3" in files
 
 
+@pytest.mark.timeout(120)
+def test_webhook_post_reuses_one_connection() -> None:
+    report = run_bench("webhook_post.py", "--posts", "3")
+    assert {"cpu_ms_p50", "wall_ms_p50", "posts"} <= set(report)
+    assert report["connections"] == 1
+
+
 def test_bench_folder_is_complete() -> None:
     names = {p.name for p in Path(BENCH).glob("*.py")}
     assert {"overhead.py", "throughput.py", "ingress.py", "admission.py", "memory.py"} <= names

@@ -24,15 +24,18 @@ REAL_SCALE = 2.0
 #: <= 8 in sequence and <= 12 in total, whole job <= 20 in sequence and <= 30 in total,
 #: GET <= 2; the totals here are what the store's layout allows today (docs/benchmarks.md).
 #: The maintenance indexes (issue 9) add calls off the hot path's sequence: the active
-#: entry beside admission's first reads (+1), and the retention entry with its hour's
-#: hint and the active entry's read at release (+4 calls, +1 in sequence).
+#: entry beside admission's first reads, and the retention entry with its hour's hint at
+#: release. What the job owns beyond its id rides in its record, so admission writes the
+#: active entry once and the release does not read it back (15 -> 14, 10 -> 9). Totals
+#: are exact counts; the POST and whole-job chains (7 and 19 measured) keep the issue's
+#: goals as their bound, since a chain is read from real overlap on a loaded machine.
 BUDGETS: dict[str, tuple[int, int]] = {
-    "POST /v1/jobs": (14 + 1, 8),
+    "POST /v1/jobs": (14, 8),
     "fetch": (0, 0),  # a job without inputs skips the fetch hop
     "render": (13, 7),
     "upload": (10, 5),
-    "upload: slots freed after the terminal state": (6 + 4, 2 + 1),
-    "whole job (POST to the terminal state)": (43 + 5, 20),
+    "upload: slots freed after the terminal state": (9, 3),
+    "whole job (POST to the terminal state)": (46, 20),
     "GET /v1/jobs/{id}": (2, 1),
 }
 

@@ -9,6 +9,7 @@ import pytest
 from app.core.errors import AdmissionRejected, AlreadyTerminal, IdempotencyConflict, JobIdTaken
 from app.core.models import JobError, JobStatus, OutputRef
 from app.store.backends.base import KV
+from app.store.backends.sqlite import SqliteBackend
 from app.store.claims import SlotHolder, active_count, claim_slot, release_slot
 from app.store.jobs import (
     ABANDONED_SLOT_GRACE_S,
@@ -224,6 +225,32 @@ def test_listing_reads_only_what_it_returns() -> None:
     assert counting.reads + jobs_counting.reads <= 20
 
 
+def test_a_page_reads_its_entries_and_its_records_in_one_query_each(tmp_path: Path) -> None:
+    # Given 25 jobs of one user on SQLite, two of them cancelled
+    store = JobStore(SqliteBackend(tmp_path / "s.db"), lambda: 1000.0)
+    for i in range(25):
+        store.create(new_job(), f"j{i}", Limits(max_active_per_user=100))
+    store.cancel("j24")
+    store.cancel("j20")
+    statements: list[str] = []
+    store.jobs._db.connection().set_trace_callback(statements.append)  # type: ignore[attr-defined]
+    # When a page of 20 is listed, and the next page after it
+    first = store.list_for_user("t1", "u1", limit=20)
+    reads_first = [sql for sql in statements if sql.startswith("SELECT")]
+    statements.clear()
+    rest = store.list_for_user("t1", "u1", limit=20, cursor=first.next_cursor)
+    reads_rest = [sql for sql in statements if sql.startswith("SELECT")]
+    # Then both pages are right, with terminal decisions merged in
+    assert [j.id for j in first.jobs] == [f"j{i}" for i in range(24, 4, -1)]
+    assert [j.id for j in rest.jobs] == [f"j{i}" for i in range(4, -1, -1)]
+    assert first.jobs[0].status is JobStatus.CANCELLED and first.jobs[1].status is JobStatus.QUEUED
+    # And a page costs one query for its entries and one for its records and decisions
+    # (the first page also finds the index's end: its hint and one probe past it), not
+    # three reads per job
+    assert len(reads_rest) == 2, reads_rest
+    assert len(reads_first) <= 4, reads_first
+
+
 def test_reconcile_frees_slots_of_a_job_that_died_between_decision_and_release() -> None:
     store, backend, _ = memory_store()
     store.create(new_job(), "j1", Limits(max_active_per_user=1))
@@ -327,7 +354,6 @@ def test_many_jobs_reuse_slot_places() -> None:
 
 
 def test_job_store_works_over_sqlite(tmp_path: Path) -> None:
-    from app.store.backends.sqlite import SqliteBackend
 
     store = JobStore(SqliteBackend(tmp_path / "s.db"), lambda: 1000.0)
     store.create(new_job(), "j1", Limits(max_active_per_user=1))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from app.core.models import JobStatus
 from app.store import keys
 from app.store.backends.memory import MemoryBackend
 from app.store.jobs import RATE_WINDOW_S, JobStore, Limits
@@ -64,3 +65,26 @@ def test_a_refused_queued_request_is_indexed_through_the_users_record() -> None:
     index = keys.index_prefix("t1", "u1")
     assert record(jobs, keys.user_scope("t1", "u1"))["seq"] == {index: 2}
     assert [job.id for job in jobs.list_for_user("t1", "u1").jobs] == ["b", "a"]
+
+
+def test_the_record_names_its_index_position_even_when_the_first_probe_lost() -> None:
+    jobs, clock = store()
+    index = keys.index_prefix("t1", "u1")
+    jobs.create(new_job(), "a", Limits())
+    # A concurrent admission took number 1 without its hint landing yet.
+    jobs.admission.put(keys.sequence_key(index, 1), "other")
+    jobs.create(new_job(idempotency_key="k"), "b", Limits())
+    b = jobs.get("b")
+    assert (jobs.get("a").index_position, b.index_position) == (0, 2)
+    assert b.idempotency_record == keys.idem_key("t1", "u1", "k")
+    # The release reads what the job owns from its record (not the active entry), and
+    # the purge deletes that index entry and idempotency record by key.
+    jobs.active.put(keys.active_key("b"), '{"at": 0}')
+    assert jobs.finish("b", JobStatus.CANCELLED)
+    due = keys.sequence_key(keys.retention_prefix(keys.retention_bucket(clock.now)), 0)
+    assert json.loads(jobs.retention.get(due) or "{}")["index"] == 2
+    clock.advance(1)
+    assert jobs.purge_due(clock.now) == 1
+    assert jobs.admission.get(keys.sequence_key(index, 2)) is None
+    assert jobs.admission.get(keys.sequence_key(index, 1)) == "other"
+    assert jobs.idem.get(keys.idem_key("t1", "u1", "k")) is None

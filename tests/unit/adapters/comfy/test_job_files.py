@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from app.adapters.comfy.job_files import ComfyDirs, dirs_from_server, owned_outputs, wipe_job
+from app.adapters.comfy.job_files import (
+    ComfyDirs,
+    LaterRemover,
+    dirs_from_server,
+    owned_outputs,
+    wipe_job,
+)
 from app.adapters.comfy.messages import ComfyOutput
 
 JOB = "job_" + "a" * 32
@@ -106,3 +112,23 @@ def test_wipe_removes_the_jobs_folders_and_previews_and_nothing_else(tmp_path: P
         "temp/ComfyUI_temp_zzzzz_00001_.png",
         f"temp/{OTHER}",
     ]
+
+
+def test_a_later_wipe_takes_the_folders_away_at_once_and_deletes_them_after(
+    tmp_path: Path,
+) -> None:
+    dirs = ComfyDirs.under(tmp_path)
+    for kind in ("input", "output", "temp"):
+        (tmp_path / kind / JOB).mkdir(parents=True)
+        (tmp_path / kind / JOB / "f.png").write_bytes(b"x")
+        (tmp_path / kind / OTHER).mkdir(parents=True)
+    # A folder parked by a process that died before deleting it
+    (tmp_path / "output" / ".wiped-deadbeef").mkdir()
+    (tmp_path / "output" / ".wiped-deadbeef" / "old.png").write_bytes(b"o")
+    remover = LaterRemover()
+
+    assert wipe_job(dirs, JOB, remove=remover) == 3
+    assert not any((tmp_path / kind / JOB).exists() for kind in ("input", "output", "temp"))
+    remover.settle()
+    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    assert left == ["input", f"input/{OTHER}", "output", f"output/{OTHER}", "temp", f"temp/{OTHER}"]
