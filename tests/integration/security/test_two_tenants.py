@@ -26,6 +26,7 @@ import pytest
 from PIL import Image
 
 from app.adapters.comfy.catalog import NodeCatalog
+from app.adapters.comfy.job_files import remove_later
 from app.adapters.storage.local import LocalStore
 from app.core.config import Settings
 from app.core.errors import InvalidRequest
@@ -278,6 +279,7 @@ def test_tenant_b_reaches_nothing_of_tenant_a(world: World) -> None:
     assert world.deps.jobs.get(a_job.id).metadata == {}  # the queued reuse changed nothing
     # And nothing either job wrote is left on the renderer
     jobs = (a_job.id, b_linked.id, b_replay.job.id)
+    remove_later.settle()  # wiped folders are parked at once and deleted on a thread
     for kind in ("input", "output", "temp"):
         for job_id in jobs:
             assert not (base / kind / job_id).exists(), (kind, job_id)

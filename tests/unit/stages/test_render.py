@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from app.adapters.comfy.job_files import remove_later
 from app.adapters.comfy.messages import ComfyOutput
 from app.adapters.comfy.previews import PreviewFrame
 from app.adapters.comfy.tracker import RenderProgress
@@ -157,6 +158,7 @@ def test_a_local_comfyui_without_base_dir_is_wiped_where_it_says_its_folders_are
     ]
     world.comfy.files = {preview.name: IMAGE}
     world.step(Stage.RENDER)
+    remove_later.settle()  # the folders are parked at once and deleted on a thread
     assert [o.filename for o in world.job("j1").outputs] == [preview.name]
     assert sorted(str(p.relative_to(base)) for p in base.rglob("*")) == ["input", "output", "temp"]
 
