@@ -45,10 +45,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dau", type=int, default=2000, help="daily active users")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print one JSON line")
+    parser.add_argument(
+        "--progress", action="store_true", help="a line per simulated day on stderr"
+    )
     args = parser.parse_args(argv)
     configure_logging("ERROR", json_lines=False)
     logging.disable(logging.WARNING)
-    result = Month(args.days, args.dau, seed=args.seed).run()
+    progress = sys.stderr if args.progress else None
+    result = Month(args.days, args.dau, seed=args.seed, progress=progress).run()
     if args.json:
         print(json.dumps(result, separators=(",", ":")))
     else:

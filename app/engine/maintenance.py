@@ -292,7 +292,12 @@ def cleanup(deps: Deps) -> dict[str, int]:
     old_outputs = deps.objects.list_older_than("outputs/", now - settings.output_retention_s)
     report["outputs_deleted"] = deps.objects.delete_keys(old_outputs)
     # The retention index, not a scan of every ended job: the cost is the jobs now due.
-    report["jobs_deleted"] = deps.jobs.purge_due(now - settings.job_retention_s)
+    limit = settings.cleanup_max_jobs_per_run
+    report["jobs_deleted"] = deps.jobs.purge_due(now - settings.job_retention_s, limit)
+    if report["jobs_deleted"] >= limit:
+        # Behind: the next run resumes where this one stopped. Seen for an hour or two
+        # after a burst; seen every run, cleanup needs a higher limit or more runs.
+        get_logger().warning("cleanup_limit_reached", jobs_deleted=report["jobs_deleted"])
     # Idempotency records and rate windows live in dicts of their own, so these scans
     # read only records of the last day or so, never the job history.
     idem = deps.backend.kv(IDEM_DICT)
