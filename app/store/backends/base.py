@@ -99,3 +99,14 @@ def put_all(kv: KV, items: Mapping[str, str]) -> None:
         return
     for key, value in items.items():
         kv.put(key, value)
+
+
+def scan_items(kv: KV, prefix: str = "") -> Iterator[tuple[str, str]]:
+    """(key, value) of every key starting with `prefix` (a maintenance scan), streamed
+    with the values where the dict offers it (`Dict.items()`: one round trip per page
+    on Modal, where keys then a get each cost one per key)."""
+    stream = getattr(kv, "items_with_prefix", None)
+    if stream is not None:
+        found: Iterator[tuple[str, str]] = stream(prefix)
+        return found
+    return ((key, value) for key in kv.keys(prefix) if (value := kv.get(key)) is not None)
