@@ -1,12 +1,12 @@
 """A simulated month of production on the emulated Modal app.
 
-    python scripts/modal_month.py --days 30 --dau 2000 [--seed 0] [--json]
+    python scripts/modal_month.py --days 30 --dau 2000 [--seed 0] [--json] [--progress]
 
 Runs the real Modal app (`app.deploy.modal.app`) on the semantic Modal emulator in
 `tests/modal_emulator` with an accelerated clock: `--dau` daily active users x 5 jobs a
 day across several tenants (a quarter of them idle for more than 7 days), one burst that
 fills the render queue, render containers killed mid-message, and the schedules (sweep
-every minute, fail_stale, cleanup) firing as the clock moves; then quiet days until
+every minute, fail_stale, cleanup hourly) firing as the clock moves; then quiet days until
 retention has removed every job. See `tests/modal_emulator/month.py`.
 
 With `--json` prints one JSON line; the counters `lost`, `double_terminal`, `stuck`,

@@ -3,7 +3,8 @@
 The real app (`ModalApp`) on a manual-mode emulator with an accelerated clock: every
 simulated minute the jobs due are posted to the ingress, the CPU stages run, the render
 function runs at most `render_per_min` inputs (a fixed GPU capacity, so a burst builds a
-render backlog) and the schedules fire (sweep every minute, fail_stale, cleanup).
+render backlog) and the schedules fire at the app's cadence (sweep every minute, fail_stale,
+cleanup hourly with its per-run limit scaled to the load).
 Rendering is instant (a fake ComfyUI client); containers are killed mid-message now and
 then; some tenants stay idle for more than 7 days; one burst fills the render queue (the
 partition limit is scaled down with the load so a small month fills it too).
