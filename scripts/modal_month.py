@@ -1,12 +1,12 @@
 """A simulated month of production on the emulated Modal app.
 
-    python scripts/modal_month.py --days 30 --dau 2000 [--seed 0] [--json]
+    python scripts/modal_month.py --days 30 --dau 2000 [--seed 0] [--json] [--progress]
 
 Runs the real Modal app (`app.deploy.modal.app`) on the semantic Modal emulator in
 `tests/modal_emulator` with an accelerated clock: `--dau` daily active users x 5 jobs a
 day across several tenants (a quarter of them idle for more than 7 days), one burst that
 fills the render queue, render containers killed mid-message, and the schedules (sweep
-every minute, fail_stale, cleanup) firing as the clock moves; then quiet days until
+every minute, fail_stale, cleanup hourly) firing as the clock moves; then quiet days until
 retention has removed every job. See `tests/modal_emulator/month.py`.
 
 With `--json` prints one JSON line; the counters `lost`, `double_terminal`, `stuck`,
@@ -45,10 +45,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dau", type=int, default=2000, help="daily active users")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print one JSON line")
+    parser.add_argument(
+        "--progress", action="store_true", help="a line per simulated day on stderr"
+    )
     args = parser.parse_args(argv)
     configure_logging("ERROR", json_lines=False)
     logging.disable(logging.WARNING)
-    result = Month(args.days, args.dau, seed=args.seed).run()
+    progress = sys.stderr if args.progress else None
+    result = Month(args.days, args.dau, seed=args.seed, progress=progress).run()
     if args.json:
         print(json.dumps(result, separators=(",", ":")))
     else:

@@ -116,6 +116,10 @@ class _DictBehaviour:
         with self.lock:
             return iter(list(self.data))
 
+    def items(self) -> Any:
+        with self.lock:
+            return iter(list(self.data.items()))
+
 
 class FakeModal:
     """`from_name` factories for queues and dicts, checked against the real `from_name`."""

@@ -292,8 +292,10 @@ class Settings(BaseSettings):
     #: files before it is tried anyway (and retried as a transient error if it fails).
     modal_scratch_gate_wait_s: float = Field(default=60.0, gt=0)
     modal_fail_stale_every_s: int = Field(default=120, ge=60)
-    #: Cron strings are UTC.
-    modal_cleanup_cron: str = "17 3 * * *"
+    #: Cron strings are UTC. Cleanup runs hourly: at 2,000 daily users a day's ended jobs
+    #: (~10,000, ~30 round trips each) cannot be purged within one run's timeout, an
+    #: hour's can (see `cleanup_max_jobs_per_run` and docs/benchmarks.md, the month).
+    modal_cleanup_cron: str = "17 * * * *"
     modal_verify_setup_cron: str = "23 4 * * *"
     #: Modal Secret with the S3/R2 keys (COMFYUI_SAAS_S3_ENDPOINT_URL, ..._ACCESS_KEY_ID,
     #: ..._SECRET_ACCESS_KEY).
@@ -305,6 +307,10 @@ class Settings(BaseSettings):
 
     # --- maintenance -------------------------------------------------------------------
     job_retention_s: int = Field(default=7 * 86_400, ge=60)
+    #: Most jobs one cleanup run purges (~30 round trips of ~25 ms each on Modal: 500
+    #: take ~6 minutes, inside the 10-minute function timeout); the rest wait for the
+    #: next run. Hourly runs purge up to 12,000 jobs a day.
+    cleanup_max_jobs_per_run: int = Field(default=500, ge=1)
 
     _split_lists = field_validator(
         "fetch_allowed_ports",

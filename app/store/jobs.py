@@ -834,8 +834,10 @@ class JobStore:
 
     # ---- retention -------------------------------------------------------------------
 
-    def purge_due(self, cutoff: float) -> int:
-        """Purge every job that ended at or before `cutoff`; returns how many.
+    def purge_due(self, cutoff: float, limit: int | None = None) -> int:
+        """Purge every job that ended at or before `cutoff` (at most `limit`); returns
+        how many. A run stopped by `limit` keeps the cursor on its hour: the next run
+        resumes there (entries already purged cost one read each).
 
         Walks the retention index hour by hour from its cursor to `cutoff`'s hour, so a
         run costs the jobs now due plus one read per hour, whatever the history. Hours
@@ -852,6 +854,8 @@ class JobStore:
             prefix = retention_prefix(bucket)
             kept = False
             for n in range(sequence_end(self.retention, prefix)):
+                if limit is not None and purged >= limit:
+                    return purged
                 raw = self.retention.get(sequence_key(prefix, n))
                 if raw is None:
                     continue  # purged by an earlier run

@@ -27,10 +27,10 @@ from dataclasses import dataclass
 from itertools import count
 from typing import TYPE_CHECKING, Any
 
-import cloudpickle  # type: ignore[import-untyped]
 import modal
 from modal.exception import NotFoundError
 
+from tests.modal_emulator import codec
 from tests.modal_emulator.sdk import sdk_method
 
 if TYPE_CHECKING:
@@ -99,7 +99,7 @@ class DictStore:
         """Test helper: the live value without touching it or counting a round trip."""
         with self._lock:
             entry = self._live(key, self.ledger.clock.now())
-        return _NO_DEFAULT if entry is None else cloudpickle.loads(entry.data)
+        return _NO_DEFAULT if entry is None else codec.loads(entry.data)
 
 
 class EmulatedDict:
@@ -162,7 +162,7 @@ class EmulatedDict:
                 return default
             entry.touched = t
             data = entry.data
-        return cloudpickle.loads(data)
+        return codec.loads(data)
 
     @sdk_method(modal.Dict)
     def contains(self, key: Any) -> bool:
@@ -189,7 +189,7 @@ class EmulatedDict:
         if other:
             contents.update({k: other[k] for k in other.keys()})
         contents.update(kwargs)
-        serialized = {k: cloudpickle.dumps(v) for k, v in contents.items()}
+        serialized = {k: codec.dumps(v) for k, v in contents.items()}
         store, rpc, now = self._op("update")
         with rpc, store._lock:
             t = now()
@@ -198,7 +198,7 @@ class EmulatedDict:
 
     @sdk_method(modal.Dict)
     def put(self, key: Any, value: Any, *, skip_if_exists: bool = False) -> bool:
-        data = cloudpickle.dumps(value)
+        data = codec.dumps(value)
         store, rpc, now = self._op("put")
         with rpc as fault, store._lock:
             t = now()
@@ -221,7 +221,7 @@ class EmulatedDict:
             if default is not _NO_DEFAULT:
                 return default
             raise KeyError(f"{key} not in dict {store.object_id}")
-        return cloudpickle.loads(entry.data)
+        return codec.loads(entry.data)
 
     @sdk_method(modal.Dict)
     def __getitem__(self, key: Any) -> Any:
@@ -261,9 +261,9 @@ class EmulatedDict:
     @sdk_method(modal.Dict)
     def values(self) -> Iterator[Any]:
         for _, data in self._stream("values"):
-            yield cloudpickle.loads(data)
+            yield codec.loads(data)
 
     @sdk_method(modal.Dict)
     def items(self) -> Iterator[tuple[Any, Any]]:
         for key, data in self._stream("items"):
-            yield key, cloudpickle.loads(data)
+            yield key, codec.loads(data)

@@ -28,7 +28,7 @@ from tests.modal_emulator.context import check_cancelled, current_input
 DEFAULT_LATENCY_S = 0.025
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Rpc:
     """One round trip."""
 
@@ -80,6 +80,34 @@ class Faults:
             return rate > 0 and self._rng.random() < rate
 
 
+class _RpcScope:
+    """One round trip in progress (a class, not a generator context manager: a month
+    makes millions of these)."""
+
+    __slots__ = ("fault", "kind", "ledger", "name", "op", "sim_time", "started")
+
+    def __init__(self, ledger: Ledger, kind: str, name: str, op: str) -> None:
+        self.ledger = ledger
+        self.kind = kind
+        self.name = name
+        self.op = op
+        self.fault: list[str] = []
+        self.started = 0.0
+        self.sim_time = 0.0
+
+    def __enter__(self) -> list[str]:
+        check_cancelled()
+        ledger = self.ledger
+        self.started = time.perf_counter()
+        self.sim_time = ledger.clock.now()
+        if ledger.real_latency_scale > 0:
+            time.sleep(ledger.latency(self.op) * ledger.real_latency_scale)
+        return self.fault
+
+    def __exit__(self, *exc: object) -> None:
+        self.ledger._record(self)
+
+
 class Ledger:
     """All round trips, with latency, steps and hang records."""
 
@@ -121,39 +149,33 @@ class Ledger:
     def latency(self, op: str) -> float:
         return self.latency_per_op.get(op, self.latency_s)
 
-    @contextmanager
-    def rpc(self, kind: str, name: str, op: str) -> Iterator[list[str]]:
+    def rpc(self, kind: str, name: str, op: str) -> _RpcScope:
         """Account one round trip around the body; the body may append a fault name."""
-        check_cancelled()
-        started = time.perf_counter()
-        sim_time = self.clock.now()
-        latency = self.latency(op)
-        fault: list[str] = []
-        try:
-            if self.real_latency_scale > 0:
-                time.sleep(latency * self.real_latency_scale)
-            yield fault
-        finally:
-            self.clock.advance(latency)
-            ended = time.perf_counter()
-            ctx = current_input()
-            with self._lock:
-                rpc = Rpc(
-                    index=len(self._rpcs),
-                    kind=kind,
-                    name=name,
-                    op=op,
-                    step=self._step,
-                    started=started,
-                    ended=ended,
-                    sim_time=sim_time,
-                    container=None if ctx is None else ctx.container.id,
-                    call_id=None if ctx is None else ctx.call_id,
-                    fault=fault[0] if fault else None,
-                )
-                self._rpcs.append(rpc)
-                if fault:
-                    self.faults_fired.append(fault[0])
+        return _RpcScope(self, kind, name, op)
+
+    def _record(self, scope: _RpcScope) -> None:
+        latency = self.latency(scope.op)
+        self.clock.advance(latency)
+        ended = time.perf_counter()
+        ctx = current_input()
+        fault = scope.fault
+        with self._lock:
+            rpc = Rpc(
+                index=len(self._rpcs),
+                kind=scope.kind,
+                name=scope.name,
+                op=scope.op,
+                step=self._step,
+                started=scope.started,
+                ended=ended,
+                sim_time=scope.sim_time,
+                container=None if ctx is None else ctx.container.id,
+                call_id=None if ctx is None else ctx.call_id,
+                fault=fault[0] if fault else None,
+            )
+            self._rpcs.append(rpc)
+            if fault:
+                self.faults_fired.append(fault[0])
 
     def record_hang(self, what: str) -> None:
         with self._lock:

@@ -3,7 +3,8 @@
 The real app (`ModalApp`) on a manual-mode emulator with an accelerated clock: every
 simulated minute the jobs due are posted to the ingress, the CPU stages run, the render
 function runs at most `render_per_min` inputs (a fixed GPU capacity, so a burst builds a
-render backlog) and the schedules fire (sweep every minute, fail_stale, cleanup).
+render backlog) and the schedules fire at the app's cadence (sweep every minute, fail_stale,
+cleanup hourly with its per-run limit scaled to the load).
 Rendering is instant (a fake ComfyUI client); containers are killed mid-message now and
 then; some tenants stay idle for more than 7 days; one burst fills the render queue (the
 partition limit is scaled down with the load so a small month fills it too).
@@ -25,13 +26,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 from unittest import mock
 
 from fastapi.testclient import TestClient
 
 import app.stages as stages_module
 from app.adapters.comfy.messages import ComfyOutput
+from app.core.config import Settings
 from app.core.ids import JOB_ID_PATTERN
 from app.core.models import JobStatus, Stage
 from app.engine.deps import Deps
@@ -91,6 +93,8 @@ OBJECT_INFO: dict[str, Any] = {
 MAINTENANCE = ("sweep", "fail_stale", "cleanup", "refresh_durable")
 #: Job and output retention in the simulation (an operator's setting; default 7 days).
 RETENTION_S = 3 * 86_400
+#: The production load the defaults are sized for (issue 9).
+FULL_DAU = 2000
 #: Scheduled functions that do nothing on an idle system, skipped over idle stretches.
 IDLE_SKIPPED = ("sweep", "fail_stale")
 
@@ -119,6 +123,8 @@ class Tally:
     crashes: int = 0
     sweeps_skipped: int = 0
     decided_at: dict[str, float] = field(default_factory=dict)
+    #: Jobs each cleanup run purged, in order (does cleanup keep up with what ends?).
+    cleanup_purged: list[int] = field(default_factory=list)
 
 
 class Month:
@@ -132,6 +138,7 @@ class Month:
         seed: int = 0,
         root: Path | None = None,
         crash_every: int = 400,
+        progress: TextIO | None = None,
     ) -> None:
         self.days = days
         self.dau = dau
@@ -150,6 +157,8 @@ class Month:
         #: Render partition limit scaled so the burst overflows it (Modal's is 5,000).
         self.render_queue_limit = max(20, self.burst_jobs // 3)
         self.crash_every = crash_every
+        #: Where to write one line per simulated day (long runs: the rate so far).
+        self.progress = progress
         self.tally = Tally()
         self.emu = ModalEmulator(
             mode="manual",
@@ -162,11 +171,15 @@ class Month:
         self.renders = 0
         # Retention shorter than the Dict's 7-day expiry, so cleanup (not the expiry)
         # removes ended jobs and the retention index is exercised.
+        #: Cleanup's per-run limit scaled like the render queue (the default at 2,000
+        #: daily users), so a small month's burst also leaves cleanup behind for a while.
+        cleanup_limit = max(5, math.ceil(Settings().cleanup_max_jobs_per_run * dau / FULL_DAU))
         settings = harness_settings(
             self.root,
             log_level="ERROR",
             job_retention_s=RETENTION_S,
             output_retention_s=RETENTION_S,
+            cleanup_max_jobs_per_run=cleanup_limit,
         )
         self.app = ModalApp(self.emu, settings, comfy=self._comfy)
         self.tenants: list[Tenant] = []
@@ -249,7 +262,10 @@ class Month:
             def run(body: Any = body, name: str = name, runs: list[int] = runs) -> Any:
                 runs[0] += 1
                 with self.emu.ledger.step(f"maint:{name}:{runs[0]}"):
-                    return body()
+                    result = body()
+                if name == "cleanup":
+                    self.tally.cleanup_purged.append(int(result["jobs_deleted"]))
+                return result
 
             fn.impl = run
 
@@ -431,8 +447,9 @@ class Month:
             scope, index, generation = parse_slot_key(name)
             if released_key(scope, index, generation) not in slots:
                 leaked += 1  # every job has ended: a held tenure is a leak
-        # Jobs whose retention and a day (cleanup's period) have passed: none of their
-        # keys may be left, whether cleanup purged them or the Dict's expiry did.
+        # Jobs whose retention and a day have passed (hourly cleanup runs, each purging
+        # at most its limit, work off a burst within that): none of their keys may be
+        # left, whether cleanup purged them or the Dict's expiry did.
         horizon = self.emu.clock.now() - self.app.settings.job_retention_s - DAY_S
         retained = {j for j, at in tally.decided_at.items() if at < horizon}
         retained_keys = 0
@@ -474,23 +491,49 @@ class Month:
                 Counter(int(at // DAY_S) for at in tally.decided_at.values()).values(),
                 default=0,
             ),
+            # Cleanup keeping up: runs, the most one run purged (capped at the per-run
+            # limit) against the most jobs that ended in one hour.
+            "cleanup_runs": len(tally.cleanup_purged),
+            "cleanup_purged_per_run_max": max(tally.cleanup_purged, default=0),
+            "cleanup_runs_at_limit": sum(
+                n >= self.app.settings.cleanup_max_jobs_per_run for n in tally.cleanup_purged
+            ),
+            "ended_per_hour_max": max(
+                Counter(int(at // 3600) for at in tally.decided_at.values()).values(),
+                default=0,
+            ),
             "maintenance_rpcs_max": maint,
             "maintenance_rpcs_max_by_kind": maint_by_kind,
             "rpcs_per_job_p50": per_job[len(per_job) // 2] if per_job else 0,
             "rpcs_per_job_max": per_job[-1] if per_job else 0,
             "render_per_min": self.render_per_min,
             "render_queue_limit": self.render_queue_limit,
+            "cleanup_limit": self.app.settings.cleanup_max_jobs_per_run,
         }
 
     # ---- the month -----------------------------------------------------------------
+
+    def _report_day(self, day: int, started: float) -> None:
+        if self.progress is None:
+            return
+        wall = time.perf_counter() - started
+        cpu = time.process_time()
+        posted = self.tally.posted
+        print(
+            f"day {day}: posted {posted}, wall {wall:.0f} s, cpu {cpu:.0f} s,"
+            f" {1000 * cpu / max(posted, 1):.1f} ms cpu/job",
+            file=self.progress,
+            flush=True,
+        )
 
     def run(self) -> dict[str, Any]:
         started = time.perf_counter()
         try:
             with self._observed(), self.app.installed():
                 self._wrap_maintenance()
-                client = TestClient(self.app.asgi())
-                if True:
+                # One client for the month: its portal (an event loop thread) serves
+                # every request, where a bare TestClient starts a thread per request.
+                with TestClient(self.app.asgi()) as client:
                     self._setup(client)
                     plan = self._schedule()
                     # The days of load, then quiet days until everything has ended and
@@ -508,6 +551,8 @@ class Month:
                             continue
                         self._minute(client, plan.pop(minute, []))
                         minute += 1
+                        if minute % 1440 == 0:
+                            self._report_day(minute // 1440, started)
                     result = self._verdicts(client)
         finally:
             self.emu.close()

@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 from itertools import count
 from typing import TYPE_CHECKING, Any
 
-import cloudpickle  # type: ignore[import-untyped]
 import modal
 from modal.exception import InvalidError, NotFoundError, RequestSizeError
 
+from tests.modal_emulator import codec
 from tests.modal_emulator.context import check_cancelled
 from tests.modal_emulator.errors import EmulatedHang
 from tests.modal_emulator.sdk import sdk_method
@@ -202,7 +202,7 @@ class EmulatedQueue:
         partition_ttl: int,
     ) -> None:
         key = validate_partition_key(partition)
-        encoded = [cloudpickle.dumps(v) for v in vs]
+        encoded = [codec.dumps(v) for v in vs]
         if any(len(e) > MAX_ITEM_BYTES for e in encoded):
             # The server answers 413; the SDK turns it into RequestSizeError (queue.py:702).
             raise RequestSizeError(f"Queue.{op} request is too large")
@@ -273,7 +273,7 @@ class EmulatedQueue:
                         fault.append("lost_get")
                         taken = taken[1:] + store._take(key, 1)
                     if taken or not block:
-                        return [cloudpickle.loads(d) for d in taken]
+                        return [codec.loads(d) for d in taken]
 
                     def ready() -> bool:
                         part = store._partition(key)
@@ -332,4 +332,4 @@ class EmulatedQueue:
             part = store._partition(key)
             snapshot = [] if part is None else list(part.items)
         for data in snapshot:
-            yield cloudpickle.loads(data)
+            yield codec.loads(data)

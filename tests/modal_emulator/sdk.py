@@ -16,6 +16,10 @@ from collections.abc import Callable
 from typing import Any
 
 _SIGNATURES: dict[tuple[type, str], inspect.Signature] = {}
+#: Call shapes (method, positional count, keyword names) that bound once. Whether a call
+#: binds depends only on its shape (`Signature.bind` checks arity and names, never
+#: values), so a shape seen bound binds again: the check costs a set lookup, not a bind.
+_BOUND_SHAPES: set[tuple[type, str, int, tuple[str, ...]]] = set()
 
 
 def signature_of(real_cls: type, name: str) -> inspect.Signature:
@@ -28,7 +32,11 @@ def signature_of(real_cls: type, name: str) -> inspect.Signature:
 
 def bind(real_cls: type, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
     """TypeError unless `real_cls.name(self, *args, **kwargs)` would bind."""
+    shape = (real_cls, name, len(args), tuple(kwargs))
+    if shape in _BOUND_SHAPES:
+        return
     signature_of(real_cls, name).bind(None, *args, **kwargs)
+    _BOUND_SHAPES.add(shape)
 
 
 def bind_static(real: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:

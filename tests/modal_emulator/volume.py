@@ -75,19 +75,23 @@ def _scan(root: Path) -> dict[str, bytes]:
 
 def open_files_under(root: Path) -> list[str]:
     """Volume-relative paths of files this process has open under `root` (Linux), and cwd."""
-    root = root.resolve()
+    # Plain strings, not Paths: this runs on every reload and commit of a month.
+    base = os.path.realpath(root)
+    prefix = base.rstrip(os.sep) + os.sep
     found: list[str] = []
-    fd_dir = Path("/proc/self/fd")
-    if fd_dir.is_dir():
+    fd_dir = "/proc/self/fd"
+    if os.path.isdir(fd_dir):
         for fd in os.listdir(fd_dir):
             try:
-                target = Path(os.readlink(fd_dir / fd))
+                target = os.readlink(f"{fd_dir}/{fd}")
             except OSError:
                 continue
-            if target.is_relative_to(root):
-                found.append(f"path {target.relative_to(root).as_posix()} is open")
+            if target == base or target.startswith(prefix):
+                rel = Path(target).relative_to(base).as_posix()
+                found.append(f"path {rel} is open")
     try:
-        if Path.cwd().resolve().is_relative_to(root):
+        cwd = os.path.realpath(os.getcwd())
+        if cwd == base or cwd.startswith(prefix):
             found.append("cwd is inside the volume")
     except OSError:
         pass

@@ -117,3 +117,14 @@ def get_all(kv: KV, keys: Sequence[str]) -> list[str | None]:
 def can_read_many(kv: KV) -> bool:
     """Whether `get_all` on `kv` is one query (else the caller may overlap the gets)."""
     return getattr(kv, "read_many", None) is not None
+
+
+def scan_items(kv: KV, prefix: str = "") -> Iterator[tuple[str, str]]:
+    """(key, value) of every key starting with `prefix` (a maintenance scan), streamed
+    with the values where the dict offers it (`Dict.items()`: one round trip per page
+    on Modal, where keys then a get each cost one per key)."""
+    stream = getattr(kv, "items_with_prefix", None)
+    if stream is not None:
+        found: Iterator[tuple[str, str]] = stream(prefix)
+        return found
+    return ((key, value) for key in kv.keys(prefix) if (value := kv.get(key)) is not None)

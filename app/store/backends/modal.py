@@ -136,6 +136,14 @@ class ModalKV:
             raise _wrap(exc) from exc
         return iter(found)
 
+    def items_with_prefix(self, prefix: str = "") -> Iterator[tuple[str, str]]:
+        """Keys and values in one stream (`Dict.items()`; see `base.scan_items`)."""
+        try:
+            found = [(str(k), str(v)) for k, v in self._d.items() if str(k).startswith(prefix)]
+        except Exception as exc:
+            raise _wrap(exc) from exc
+        return iter(found)
+
 
 class ModalBackend:
     """Queues and dicts named `{prefix}-{name}` in one Modal environment.

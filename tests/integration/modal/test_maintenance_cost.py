@@ -66,3 +66,24 @@ def test_maintenance_round_trips_do_not_grow_with_history(tmp_path: Path, step: 
     small = maintenance_rpcs(tmp_path, history=20)
     large = maintenance_rpcs(tmp_path, history=400)
     assert large[step] == small[step], (small, large)
+
+
+def test_the_idempotency_sweep_streams_records_a_page_at_a_time(tmp_path: Path) -> None:
+    # Cleanup runs hourly over a day's idempotency records (10,000 at 2,000 daily
+    # users): one round trip per page of 100, not a get per record.
+    emu = ModalEmulator(mode="manual", latency_s=0.0)
+    with emu.install():
+        settings = Settings(data_dir=tmp_path / "idem", job_retention_s=RETENTION_S)
+        deps = Deps(settings=settings, backend=ModalBackend("idem"), clock=emu.clock.now)
+        deps.objects = MemoryStore(clock=emu.clock.now)
+        tenant = deps.tenants.create("acme").tenant
+        limits = Limits(max_active_per_user=1000)
+        for n in range(450):
+            new = new_job(tenant=tenant.id, user="u", idempotency_key=f"k-{n}")
+            deps.jobs.create(new, f"j{n}", limits)
+        with emu.ledger.step("cleanup"):
+            cleanup(deps)
+        idem = emu.ledger.by_op(step="cleanup")
+    emu.close()
+    idem_calls = {op: n for (_, name, op), n in idem.items() if name.endswith("-idempotency")}
+    assert idem_calls == {"items:page": 5}, idem_calls

@@ -53,5 +53,14 @@ def test_maintenance_runs_are_bounded_by_active_and_due_jobs(month: dict[str, An
     assert by_kind["sweep"] < 50
     # fail_stale reads the active index: a few round trips per job in flight.
     assert by_kind["fail_stale"] <= 20 * month["active_jobs_max"] + 50
-    # cleanup purges one day's ended jobs: round trips per job due, not per job ever.
-    assert by_kind["cleanup"] <= 40 * month["ended_per_day_max"] + 200
+    # cleanup runs hourly and purges at most its limit (scaled with the load): round
+    # trips per job it purges, plus one read per index entry of its hour, never per job
+    # ever nor per job due.
+    assert by_kind["cleanup"] <= 40 * month["cleanup_limit"] + month["ended_per_hour_max"] + 200
+
+
+def test_cleanup_falls_behind_after_the_burst_and_catches_up(month: dict[str, Any]) -> None:
+    assert month["cleanup_runs"] >= 24 * month["days"], "cleanup runs hourly"
+    assert month["cleanup_runs_at_limit"] > 0, "the burst left more due than one run purges"
+    assert month["cleanup_purged_per_run_max"] == month["cleanup_limit"]
+    assert month["purged"] == month["jobs"]

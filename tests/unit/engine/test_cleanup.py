@@ -239,3 +239,16 @@ def test_cleanup_past_retention_leaves_none_of_an_ended_jobs_keys(
     assert live <= left, sorted(live - left)
     assert deps.jobs.find("j1") is None
     assert deps.jobs.find("live") is not None
+
+
+def test_a_cleanup_run_purges_at_most_its_limit_and_the_next_run_resumes(deps: Deps) -> None:
+    deps.settings = deps.settings.model_copy(update={"cleanup_max_jobs_per_run": 2})
+    owner = tenant(deps)
+    for n in range(5):
+        admit(deps, owner, f"j{n}", webhook=False)
+        finish(deps, f"j{n}", JobStatus.COMPLETED)
+    past_retention(deps)
+    # One run's work is bounded (a run must end inside its function timeout); hourly
+    # runs take the rest in turn, none purged twice.
+    assert [cleanup(deps)["jobs_deleted"] for _ in range(4)] == [2, 2, 1, 0]
+    assert all(deps.jobs.find(f"j{n}") is None for n in range(5))

@@ -8,6 +8,7 @@ import modal
 import pytest
 
 from tests.modal_emulator import ENTRY_TTL_S, KEYS_PAGE_SIZE, LEN_CAP, ModalEmulator
+from tests.modal_emulator.sdk import bind
 
 
 def _dict(name: str = "d") -> modal.Dict:
@@ -50,6 +51,19 @@ def test_there_is_no_other_conditional_write(emu: ModalEmulator) -> None:
         d.put("k", "v", skip_if_exists=True, expected="old")  # type: ignore[call-arg]  # no CAS
     assert not hasattr(d, "compare_and_set")
     assert not hasattr(d, "incr")
+
+
+def test_a_call_shape_that_bound_once_does_not_let_other_shapes_through() -> None:
+    """The SDK check remembers shapes that bound (a month makes millions of calls); a
+    new shape is still checked: extra, missing or misnamed arguments still fail."""
+    bind(modal.Dict, "put", ("k", "v"), {})
+    bind(modal.Dict, "put", ("k", "v"), {"skip_if_exists": True})
+    with pytest.raises(TypeError):
+        bind(modal.Dict, "put", ("k", "v", True), {})  # skip_if_exists is keyword-only
+    with pytest.raises(TypeError):
+        bind(modal.Dict, "put", ("k",), {})  # no value
+    with pytest.raises(TypeError):
+        bind(modal.Dict, "put", ("k", "v"), {"skip_if_exist": True})  # misspelt
 
 
 def test_get_default_contains_pop_semantics(emu: ModalEmulator) -> None:

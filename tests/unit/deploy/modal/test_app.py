@@ -8,6 +8,7 @@ read from the function definition the SDK built (the values its deploy step woul
 from __future__ import annotations
 
 import inspect
+import itertools
 import json
 import os
 import subprocess
@@ -29,6 +30,7 @@ from app.engine.deps import Deps
 from app.engine.pipeline import enqueue
 from app.store.backends.modal import ModalBackend
 from app.store.keys import DELAYED_DICT
+from tests.modal_emulator.functions import next_cron_time
 from tests.modal_fake import FakeModal
 from tests.paths import REPO_ROOT
 from tests.state_helpers import FakeClock
@@ -174,6 +176,16 @@ def test_schedules() -> None:
     assert fns["verify_setup"].info().schedule == f"Cron('{DEFAULTS.modal_verify_setup_cron}', UTC)"
     for name in [*CPU_STAGE_FUNCTIONS, "api", "download_models", "Render.*"]:
         assert fns[name].info().schedule is None, name
+
+
+def test_cleanup_runs_hourly_and_an_hours_runs_outpace_production() -> None:
+    # A day's ended jobs at 2,000 daily users (x 5 jobs) do not fit one run's timeout;
+    # hourly runs of at most `cleanup_max_jobs_per_run` each must purge more than that.
+    fires = [0.0]
+    for _ in range(49):
+        fires.append(next_cron_time(DEFAULTS.modal_cleanup_cron, fires[-1]))
+    assert {later - earlier for earlier, later in itertools.pairwise(fires[1:])} == {3600.0}
+    assert 24 * DEFAULTS.cleanup_max_jobs_per_run > 2000 * 5
 
 
 def test_nothing_is_always_on() -> None:
