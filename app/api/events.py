@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api.ingress import DepsDep, TenantDep, UserDep, _error
 from app.core.errors import ApiError
-from app.core.models import JobEvent
+from app.core.models import Job, JobEvent
 from app.engine.deps import Deps
 from app.engine.events import is_terminal_event, stream_of
 from app.engine.views import owned_job, sign_output
@@ -80,13 +80,35 @@ async def job_events(
 ) -> StreamingResponse:
     """The job's events (queued, started, status, progress, preview, output, and the end)."""
     seen = _last_seen(last_event_id, last_event_id_query)
-    if await run_in_threadpool(owned_job, deps, tenant.id, user_id, job_id) is None:
+    return await open_stream(deps, request, tenant.id, user_id, job_id, seen)
+
+
+#: How a face writes one event of a job as a text/event-stream frame.
+Frame = Callable[[Deps, Job, JobEvent], str]
+
+
+def v1_frame(_deps: Deps, _job: Job, event: JobEvent) -> str:
+    return sse(event)
+
+
+async def open_stream(
+    deps: Deps,
+    request: Request,
+    tenant_id: str,
+    user_id: str,
+    job_id: str,
+    seen: int,
+    frame: Frame = v1_frame,
+) -> StreamingResponse:
+    """The job's event stream after event `seen`, holding one of the tenant's stream places
+    (404 if not the caller's job, 429 beyond the places); each face brings its `frame`."""
+    if await run_in_threadpool(owned_job, deps, tenant_id, user_id, job_id) is None:
         raise ApiError(404, "not_found", "no such job")
     settings = deps.settings
     lease = await run_in_threadpool(
         acquire,
         deps.backend.kv(STREAMS_DICT),
-        tenant.id,
+        tenant_id,
         settings.events_max_streams_per_tenant,
         settings.events_stream_lease_s,
         deps.clock,
@@ -100,14 +122,14 @@ async def job_events(
             headers={"Retry-After": str(settings.cap_retry_after_s)},
         )
     return StreamingResponse(
-        _stream(deps, request, job_id, seen, lease),
+        _stream(deps, request, job_id, seen, lease, frame),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
 async def _stream(
-    deps: Deps, request: Request, job_id: str, seen: int, lease: StreamLease
+    deps: Deps, request: Request, job_id: str, seen: int, lease: StreamLease, frame: Frame
 ) -> AsyncIterator[str]:
     settings = deps.settings
     started = time.monotonic()
@@ -121,7 +143,7 @@ async def _stream(
             for event in stream_of(job, lambda out: sign_output(deps, out)):
                 if event.id <= seen:
                     continue
-                yield sse(event)
+                yield frame(deps, job, event)
                 seen, beat = event.id, time.monotonic()
                 if is_terminal_event(event):
                     return

@@ -6,6 +6,7 @@ The table lives in docs/api-v2.md; keep the two in step.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from app.api.v2.schemas import V2Job, V2JobError, V2JobUrls, V2Output, V2OutputType, V2Progress
 from app.api.v2.schemas import V2Status as V2StatusName
@@ -53,14 +54,18 @@ def output_type(content_type: str) -> V2OutputType:
 
 def progress_of(job: Job) -> V2Progress | None:
     """The render's latest per-node report as the spec's snapshot; None before any."""
-    detail = job.progress_detail
-    if not detail and job.progress <= 0:
+    if not job.progress_detail and job.progress <= 0:
         return None
+    return progress_from(job.progress_detail, job.progress)
+
+
+def progress_from(detail: dict[str, Any], fraction: float) -> V2Progress:
+    """One per-node report (`Job.progress_detail`, a `progress` event's data) in v2 terms."""
     node_class = detail.get("node_type")
     step, steps = detail.get("value"), detail.get("max")
     message = f"{node_class} {step}/{steps}" if node_class and steps else None
     return V2Progress(
-        value=min(max(job.progress, 0.0), 1.0),
+        value=min(max(fraction, 0.0), 1.0),
         nodes_done=int(detail.get("nodes_done") or 0),
         nodes_total=int(detail.get("nodes_total") or 0),
         current_node=detail.get("node_id"),
@@ -91,7 +96,7 @@ def to_v2(deps: Deps, job: Job) -> V2Job:
         started_at=_at(view.started_at),
         completed_at=_at(view.finished_at),
         expires_at=expires_at(deps, job),
-        queue_position=None,
+        queue_position=view.queue_position,
         progress=progress_of(job),
         outputs=[
             V2Output(

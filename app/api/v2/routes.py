@@ -13,11 +13,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.responses import StreamingResponse
 
+from app.api.events import open_stream
 from app.api.http_errors import ErrorResponse
 from app.api.ingress import DepsDep, TenantDep, raw_body
 from app.api.submissions import submit
 from app.api.v2.errors import bad_request, v2_errors
-from app.api.v2.events import source_of
+from app.api.v2.events import v2_frame
 from app.api.v2.mapping import PREFIX, STATUS_FROM_V2, to_v2
 from app.api.v2.requests import idempotency_key_of, job_request_of, user_of
 from app.api.v2.schemas import V2Job, V2JobList
@@ -180,7 +181,7 @@ def cancel_v2_job(
     },
     response_class=StreamingResponse,
 )
-def v2_job_events(
+async def v2_job_events(
     request: Request,
     deps: DepsDep,
     tenant: TenantDep,
@@ -189,10 +190,12 @@ def v2_job_events(
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> StreamingResponse:
     """The job's events as SSE; ends after the terminal status (docs/api-v2.md)."""
-    job = _job_or_404(deps, tenant, user_of(x_user_id), job_id)
-    events = source_of(request.app.state)(deps, job, last_event_id)
-    return StreamingResponse(
-        (event.frame() for event in events),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    try:
+        seen = int(last_event_id) if last_event_id is not None else 0
+    except ValueError:
+        seen = -1
+    if seen < 0:
+        raise ApiError(400, "invalid_request", "Last-Event-ID must be an event id (0 or more)")
+    return await open_stream(
+        deps, request, tenant.id, user_of(x_user_id), job_id, seen, frame=v2_frame
     )

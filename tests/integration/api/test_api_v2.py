@@ -8,7 +8,7 @@ ComfyUI double, is tests/integration/e2e/test_e2e_api_v2.py.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +17,8 @@ import pytest
 from openapi_spec_validator import validate
 
 from app.api.ingress import create_app
-from app.api.v2.events import V2Event
 from app.core.config import Settings
-from app.core.models import Job, JobStatus, Stage
-from app.engine.deps import Deps
+from app.core.models import JobStatus, Stage
 from tests.integration.api.v2_spec import ApiFailure, SpecClient
 from tests.integration.ingress_harness import WORKFLOW, Harness, make_harness
 from tests.support.settings import SettingsFactory
@@ -375,42 +373,36 @@ async def test_a_full_render_backlog_is_429_queue_full(tmp_path: Path) -> None:
 # ---- events ---------------------------------------------------------------------------------
 
 
-async def test_events_stand_in_sends_the_snapshot_and_ends(
-    v2: SpecClient, harness: Harness
+async def test_events_are_the_jobs_log_in_the_specs_frames_and_resume(
+    v2: SpecClient, harness: Harness, http: httpx.AsyncClient
 ) -> None:
     job, _ = await v2.create(WORKFLOW)
-    assert await v2.events(job) == [("status", {"status": "queued", "queue_position": None})]
     harness.complete(job["id"], {"x.png": b"x"})
+
+    frames = await v2.events(job)  # each frame checked against the spec's event schemas
+
+    assert frames[0] == ("status", {"status": "queued", "queue_position": 0})
+    assert frames[-2][0] == "output" and frames[-2][1]["name"] == "x.png"
+    assert frames[-1][0] == "status" and frames[-1][1]["status"] == "succeeded"
+    raw = await http.get(job["urls"]["events"], headers=v2._headers())
+    ids = [int(line[4:]) for line in raw.text.splitlines() if line.startswith("id: ")]
+    assert ids == sorted(ids) and len(ids) == len(frames) and ids[0] == 1
+    resumed = await http.get(
+        job["urls"]["events"], headers={**v2._headers(), "Last-Event-ID": str(ids[-2])}
+    )
+    assert [line for line in resumed.text.splitlines() if line.startswith("id: ")] == [
+        f"id: {ids[-1]}"
+    ]
+    bad = await http.get(job["urls"]["events"], headers={**v2._headers(), "Last-Event-ID": "nope"})
+    assert bad.status_code == 400
+
+
+async def test_a_cancelled_jobs_events_end_with_canceled(v2: SpecClient) -> None:
+    job, _ = await v2.create(WORKFLOW)
+    await v2.cancel(job)
     frames = await v2.events(job)
-    assert [name for name, _ in frames] == ["status", "progress", "output"]
-    assert frames[0][1]["status"] == "succeeded"
-    assert frames[1][1]["value"] == 1
-    assert frames[2][1]["name"] == "x.png"
-
-
-def recording_source(seen: list[tuple[str, str | None]]) -> Any:
-    def source(deps: Deps, job: Job, last_event_id: str | None) -> Iterator[V2Event]:
-        seen.append((job.id, last_event_id))
-        yield V2Event("progress", {"value": 0.5, "nodes_done": 1, "nodes_total": 2}, id="7")
-        yield V2Event("status", {"status": "succeeded"}, id="8")
-
-    return source
-
-
-async def test_events_come_from_the_wired_source_with_last_event_id(harness: Harness) -> None:
-    app = create_app(harness.deps)
-    seen: list[tuple[str, str | None]] = []
-    app.state.v2_events = recording_source(seen)
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-        v2 = SpecClient(client, harness.acme.api_key)
-        job, _ = await v2.create(WORKFLOW)
-        response = await client.get(
-            job["urls"]["events"], headers={**v2._headers(), "Last-Event-ID": "6"}
-        )
-    assert seen == [(job["id"], "6")]
-    assert response.text.startswith("event: progress\nid: 7\ndata: {")
-    assert "event: status\nid: 8\n" in response.text
+    assert frames[-1][0] == "status" and frames[-1][1]["status"] == "canceled"
+    assert frames[-1][1]["error"]["code"] == "cancelled"
 
 
 # ---- the schema -----------------------------------------------------------------------------
