@@ -54,6 +54,7 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 from standardwebhooks import Webhook  # noqa: E402
 
+from app.adapters.storage.base import job_prefix  # noqa: E402
 from app.clients.queue_client import Client  # noqa: E402
 from app.core.config import Settings  # noqa: E402
 from app.core.models import JobStatus  # noqa: E402
@@ -183,7 +184,8 @@ class Drills:
         )
         took = delivered[0].at - since
         slot_free = self._released_within(job_id, 10.0)
-        stored = self.deps.objects.list_older_than(f"outputs/{job.tenant_id}/", float("inf"))
+        prefix = job_prefix(job.tenant_id, job.user_id, job.id)
+        stored = self.deps.objects.list_older_than(prefix, float("inf"))
         posts = self.receiver.posts(job_id)
         tenant = self.deps.tenants.get(job.tenant_id)
         assert tenant is not None
@@ -388,7 +390,8 @@ class Drills:
         took = time.monotonic() - started
         self.comfy.node_delay_s = {}
         job = self.deps.jobs.get(job_id)
-        stored = self.deps.objects.list_older_than(f"outputs/{job.tenant_id}/", float("inf"))
+        prefix = job_prefix(job.tenant_id, job.user_id, job.id)
+        stored = self.deps.objects.list_older_than(prefix, float("inf"))
         ok = cancel.status_code == 200 and job.status is JobStatus.CANCELLED and not stored
         detail = {"status": job.status.value, "outputs": len(job.outputs), "stored": len(stored)}
         return Result("cancel_during_render", ok, took, detail)
