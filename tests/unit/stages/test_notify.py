@@ -214,3 +214,14 @@ def test_by_default_a_dead_notify_holder_is_noticed_within_a_minute() -> None:
     defaults = {name: f.default for name, f in Settings.model_fields.items()}
     in_hand_s = defaults["webhook_timeout_s"] + defaults["stage_lease_s"]
     assert in_hand_s + FAIL_STALE_INTERVAL_S < 60
+
+
+def test_a_retry_taken_late_is_not_resent_while_its_worker_posts(world: World) -> None:
+    job, _ = ended(world)
+    world.http.answers = [PostResponse(503)]
+    world.step(Stage.NOTIFY)  # the first attempt fails: a retry parked for ~5 s
+    world.clock.advance(200)  # released late (Modal's sweep runs every minute)
+    assert release_due(world.deps) == 1
+    assert world.deps.queue(Stage.NOTIFY).get() is not None  # a worker takes it now
+    assert world.deps.jobs.claim_stage(job.id, Stage.NOTIFY, 0, 1)
+    assert fail_stale(world.deps)["requeued"] == 0  # long due, but just taken: in hand
