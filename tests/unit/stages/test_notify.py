@@ -12,9 +12,9 @@ import pytest
 
 from app.adapters.webhooks.delivery import PostResponse
 from app.core.config import Settings
-from app.deploy.local.runner import FAIL_STALE_INTERVAL_S
 from app.core.errors import DeliveryFailed
 from app.core.models import Job, JobStatus, Stage
+from app.deploy.local.runner import FAIL_STALE_INTERVAL_S
 from app.engine.maintenance import fail_stale
 from app.engine.pipeline import after_terminal, enqueue, release_due
 from app.stages import notify
