@@ -294,7 +294,12 @@ class Drills:
         # Python-client path: intake asks a slow ComfyUI for its node catalog (the
         # catalog is kept only OBJECT_INFO_TTL_S in the drills), holding the request.
         self.comfy.object_info_delay_s = 60.0
-        time.sleep(float(DRILL_ENV["COMFYUI_SAAS_OBJECT_INFO_TTL_S"]) + 0.5)
+        ttl = float(DRILL_ENV["COMFYUI_SAAS_OBJECT_INFO_TTL_S"])
+        wait_for(
+            lambda: self.deps.catalog.load(ttl, self.deps.clock()) is None,
+            ttl + 10,
+            "the published catalog to age",
+        )
         client = Client(self.deps, self.new_key(), "ann")
         job_id = client.enqueue(self.request())
         wait_for(lambda: self.comfy.object_info_in_flight, 30, "intake to ask ComfyUI")
