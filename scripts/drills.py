@@ -301,11 +301,18 @@ class Drills:
             "the published catalog to age",
         )
         client = Client(self.deps, self.new_key(), "ann")
+        # An earlier drill's request may still be waiting there (its asker was killed).
+        before = self.comfy.object_info_in_flight
         job_id = client.enqueue(self.request())
-        wait_for(lambda: self.comfy.object_info_in_flight, 30, "intake to ask ComfyUI")
+        wait_for(lambda: self.comfy.object_info_in_flight > before, 30, "intake to ask ComfyUI")
         killed = self._kill("intake-0")
         self.comfy.object_info_delay_s = 0.0
-        return self.ended_right("kill_intake_holder", job_id, killed)
+        result = self.ended_right("kill_intake_holder", job_id, killed)
+        # The request in hand was lost with the worker and came back from its marker.
+        recovered = bool(self.dev.events("intake_recovered", job_id=job_id))
+        result.detail["readmitted"] = recovered
+        result.ok = result.ok and recovered
+        return result
 
     # --- outages ------------------------------------------------------------------------
 
