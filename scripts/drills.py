@@ -487,6 +487,8 @@ def run(quick: bool, work: Path, only: set[str] | None = None) -> list[Result]:
     env = DRILL_ENV | {"COMFYUI_SAAS_FETCH_ALLOWED_PORTS": f"{inputs.port},{receiver.port}"}
     dev = Dev(work / "data", comfy.url, work / "dev.log", 5.0, extra_env=env)
     results: list[Result] = []
+    # The drills' own client (the Python-client path) checks URLs as dev does.
+    os.environ.update(env)
     drills = Drills(dev, build_deps(Settings(data_dir=work / "data")), comfy, inputs, receiver)
     try:
         dev.wait_ready()
