@@ -291,7 +291,10 @@ class Settings(BaseSettings):
     #: How long a scratch Volume reload/commit waits for sibling inputs to close their
     #: files before it is tried anyway (and retried as a transient error if it fails).
     modal_scratch_gate_wait_s: float = Field(default=60.0, gt=0)
-    modal_fail_stale_every_s: int = Field(default=120, ge=60)
+    #: With the 30 s lease, a job whose holder died is handed back within 45 s (a minute
+    #: with the consumer's start); a delivery lost mid-POST within webhook_timeout_s +
+    #: stage_lease_s + this. Modal's Period takes seconds (any float).
+    modal_fail_stale_every_s: int = Field(default=15, ge=10)
     #: Cron strings are UTC. Cleanup runs hourly: at 2,000 daily users a day's ended jobs
     #: (~10,000, ~30 round trips each) cannot be purged within one run's timeout, an
     #: hour's can (see `cleanup_max_jobs_per_run` and docs/benchmarks.md, the month).

@@ -203,6 +203,10 @@ def _resend_lost_deliveries(deps: Deps, now: float, parked: set[str]) -> int:
     if deps.queue(Stage.NOTIFY).len():
         return 0  # a backlog: the message is likely still queued
     pending = deps.backend.kv(PENDING_DICT)
+    # A message a worker took is in its hands for at most one webhook timeout: past that
+    # (and a lease of slack for a slow worker) its holder died. One nobody took is lost
+    # only after REQUEUE_AFTER_S. A late duplicate carries the same webhook-id.
+    in_hand_s = deps.settings.webhook_timeout_s + deps.settings.stage_lease_s
     resent = 0
     for job_id in list(pending.keys()):
         delivery = load_delivery(deps.backend, job_id)
@@ -212,7 +216,17 @@ def _resend_lost_deliveries(deps: Deps, now: float, parked: set[str]) -> int:
         due = (
             delivery.next_attempt_at if delivery else float(pending.get(pending_key(job_id)) or now)
         )
-        if due is None or now - due < REQUEUE_AFTER_S or job_id in parked:
+        if due is None or job_id in parked:
+            continue
+        claimed = deps.jobs.claimed_at(
+            job_id,
+            Stage.NOTIFY,
+            delivery.epoch if delivery else 0,
+            len(delivery.attempts) if delivery else 0,
+        )
+        if (claimed is not None and now - claimed < in_hand_s) or (
+            claimed is None and now - due < REQUEUE_AFTER_S
+        ):
             continue
         epoch = deps.jobs.take_back(job_id, delivery.epoch if delivery else 0, lane="notify")
         if epoch is None:

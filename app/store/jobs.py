@@ -784,6 +784,11 @@ class JobStore:
         )
         return current and won
 
+    def claimed_at(self, job_id: str, stage: Stage, epoch: int, attempt: int = 0) -> float | None:
+        """When a worker took the message (`epoch`, `attempt`) of `stage`; None if none did."""
+        raw = self.jobs.get(claim_key(job_id, stage, epoch, attempt))
+        return float(raw) if raw is not None else None
+
     def holder_state(self, job_id: str, epoch: int, *, cancelled: bool) -> tuple[bool, bool]:
         """`(is_current, has a terminal decision)` for a work-stage holder, read at once;
         the second is only read if `cancelled` asks for it (else False)."""

@@ -67,6 +67,10 @@ class ComfyDouble:
         self.sockets: dict[str, web.WebSocketResponse] = {}
         self.received: list[dict[str, Any]] = []  # every POST /prompt body, for assertions
         self.node_delay_s: dict[str, float] = {}
+        #: A slow ComfyUI (many custom nodes): GET /object_info answers after this long.
+        self.object_info_delay_s = 0.0
+        #: GET /object_info requests being answered right now.
+        self.object_info_in_flight = 0
         self.drop_ws_at_node: str | None = None
         self.refuse_ws = False
         self.crash_at_node: str | None = None
@@ -183,6 +187,11 @@ class ComfyDouble:
         return web.json_response({"custom_nodes": [str(self.root / "custom_nodes")]})
 
     async def _object_info(self, request: web.Request) -> web.Response:
+        self.object_info_in_flight += 1
+        try:
+            await asyncio.sleep(self.object_info_delay_s)
+        finally:
+            self.object_info_in_flight -= 1
         info = json.loads(json.dumps(self.object_info))
         files = sorted(str(p.relative_to(self.input_dir)) for p in self.input_dir.rglob("*.png"))
         info["LoadImage"]["input"]["required"]["image"][0] = files

@@ -33,8 +33,19 @@ from app.core.errors import (
 _TMP_DIR = ".tmp"
 #: OS errors that say "not now" rather than "never": a full disk, a folder whose
 #: permissions an operator is fixing, a flaky mount. They are retried by the stage.
+#: ENOTDIR too: keys are ours, so a path part that is not a folder means the store's
+#: folder itself is away (moved aside, its mount gone), not a bad key.
 TRANSIENT_ERRNOS = frozenset(
-    {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EIO, errno.EROFS, errno.EAGAIN}
+    {
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.EACCES,
+        errno.EPERM,
+        errno.EIO,
+        errno.EROFS,
+        errno.EAGAIN,
+        errno.ENOTDIR,
+    }
 )
 
 

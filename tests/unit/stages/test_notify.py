@@ -11,8 +11,11 @@ from pathlib import Path
 import pytest
 
 from app.adapters.webhooks.delivery import PostResponse
+from app.core.config import Settings
 from app.core.errors import DeliveryFailed
 from app.core.models import Job, JobStatus, Stage
+from app.deploy.local.runner import FAIL_STALE_INTERVAL_S
+from app.engine.maintenance import fail_stale
 from app.engine.pipeline import after_terminal, enqueue, release_due
 from app.stages import notify
 from app.store.jobs import Limits
@@ -186,3 +189,39 @@ def test_a_running_job_or_one_without_a_webhook_gets_no_delivery(world: World) -
     assert world.step(Stage.NOTIFY) == 3
     assert world.http.posts == []
     assert world.deps.deliveries.get("running") is None
+
+
+def test_a_delivery_whose_worker_died_mid_post_is_resent_within_a_minute(world: World) -> None:
+    job, _ = ended(world)
+    # The worker takes the message, claims it, opens the delivery, and is killed mid-POST.
+    assert world.deps.queue(Stage.NOTIFY).get() is not None
+    assert world.deps.jobs.claim_stage(job.id, Stage.NOTIFY, 0, 0)
+    opened = world.deps.deliveries.open(notify.first_delivery(world.deps, job))
+    in_hand_s = world.deps.settings.webhook_timeout_s + world.deps.settings.stage_lease_s
+    world.clock.advance(in_hand_s - 1)  # it could still be posting: nothing re-sent
+    assert fail_stale(world.deps)["requeued"] == 0
+    world.clock.advance(2)
+    assert fail_stale(world.deps)["requeued"] == 1
+    world.http.answers = [PostResponse(204)]
+    world.step(Stage.NOTIFY)
+    (post,) = world.http.posts
+    assert post.headers["webhook-id"] == opened.msg_id  # the same delivery, at least once
+    delivery = world.deps.deliveries.get(job.id)
+    assert delivery is not None and delivery.state == "delivered"
+
+
+def test_by_default_a_dead_notify_holder_is_noticed_within_a_minute() -> None:
+    defaults = {name: f.default for name, f in Settings.model_fields.items()}
+    in_hand_s = defaults["webhook_timeout_s"] + defaults["stage_lease_s"]
+    assert in_hand_s + FAIL_STALE_INTERVAL_S < 60
+
+
+def test_a_retry_taken_late_is_not_resent_while_its_worker_posts(world: World) -> None:
+    job, _ = ended(world)
+    world.http.answers = [PostResponse(503)]
+    world.step(Stage.NOTIFY)  # the first attempt fails: a retry parked for ~5 s
+    world.clock.advance(200)  # released late (Modal's sweep runs every minute)
+    assert release_due(world.deps) == 1
+    assert world.deps.queue(Stage.NOTIFY).get() is not None  # a worker takes it now
+    assert world.deps.jobs.claim_stage(job.id, Stage.NOTIFY, 0, 1)
+    assert fail_stale(world.deps)["requeued"] == 0  # long due, but just taken: in hand

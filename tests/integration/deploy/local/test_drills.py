@@ -28,5 +28,12 @@ def test_the_quick_drills_pass() -> None:
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     names = {d["drill"] for d in summary["drills"]}
-    assert names == {"kill_render_holder", "cancel_during_render", "burst", "kill_main"}
+    assert names == {
+        "kill_render_holder",
+        "kill_notify_holder",
+        "receiver_outage",
+        "cancel_during_render",
+        "burst",
+        "kill_main",
+    }
     assert summary["failed"] == 0

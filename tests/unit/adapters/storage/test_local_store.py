@@ -311,3 +311,22 @@ def test_os_errors_while_storing_are_transient_or_permanent(
         store.put_file("outputs/t/u/j/00-a.png", source, "image/png")
     assert type(raised.value) is expected
     assert "secret-host-path" not in raised.value.message
+
+
+def test_a_store_folder_replaced_by_a_file_is_a_transient_outage(
+    store: LocalStore, tmp_path: Path
+) -> None:
+    # Root ignores permission bits; a folder whose mount went away, or that an operator
+    # moved aside, is what a drill can do to it: storing waits for it to come back.
+    source = tmp_path / "out.png"
+    source.write_bytes(b"png")
+    store.root.mkdir(parents=True, exist_ok=True)
+    away = store.root.with_name("away")
+    store.root.rename(away)
+    store.root.write_text("not a folder")
+    with pytest.raises(StorageUnavailable) as raised:
+        store.put_file("outputs/t/u/j/00-a.png", source, "image/png")
+    assert str(tmp_path) not in raised.value.message
+    store.root.unlink()
+    away.rename(store.root)
+    assert store.put_file("outputs/t/u/j/00-a.png", source, "image/png") == 3

@@ -508,3 +508,19 @@ def test_stages_share_the_scratch_volume_at_the_data_dir() -> None:
     assert render_volume.name == f"{DEFAULTS.modal_app_name}-scratch"
     env = opts.container_env(DEFAULTS, "cpu")
     assert env["COMFYUI_SAAS_DATA_DIR"] == modal_app.SCRATCH_DIR
+
+
+def test_by_default_a_dead_holder_is_taken_back_within_a_minute_on_modal() -> None:
+    # The lease runs out, then the next fail_stale takes the job back; what is left of
+    # the minute is for the woken consumer to start the stage again.
+    assert fns_schedule_seconds("fail_stale") == DEFAULTS.modal_fail_stale_every_s
+    assert DEFAULTS.stage_lease_s + DEFAULTS.modal_fail_stale_every_s <= 45
+    # A delivery lost with a notify worker mid-POST: re-sent within the minute.
+    in_hand_s = DEFAULTS.webhook_timeout_s + DEFAULTS.stage_lease_s
+    assert in_hand_s + DEFAULTS.modal_fail_stale_every_s <= 60
+
+
+def fns_schedule_seconds(name: str) -> float:
+    schedule = str(_registered()[name].info().schedule)
+    assert schedule.startswith("Period(seconds="), schedule
+    return float(schedule.removeprefix("Period(seconds=").removesuffix(")"))
