@@ -48,6 +48,8 @@ DEADLINE_GRACE_S = 60
 INTAKE_RECOVER_AFTER_S = 30
 #: Re-admissions of one request before it is recorded as a failed job.
 INTAKE_MAX_RESENDS = 3
+#: A store write older than this that never finished was cut short (writes take seconds).
+PARTIAL_WRITE_GRACE_S = 3600
 
 
 @dataclass(slots=True)
@@ -307,6 +309,7 @@ def cleanup(deps: Deps) -> dict[str, int]:
     settings = deps.settings
     report = {
         "outputs_deleted": 0,
+        "partial_removed": 0,
         "jobs_deleted": 0,
         "keys_deleted": 0,
         "uploads_deleted": 0,
@@ -314,6 +317,8 @@ def cleanup(deps: Deps) -> dict[str, int]:
     }
     old_outputs = deps.objects.list_older_than("outputs/", now - settings.output_retention_s)
     report["outputs_deleted"] = deps.objects.delete_keys(old_outputs)
+    # A write takes seconds; one older than an hour was cut short by a kill.
+    report["partial_removed"] = deps.objects.remove_partial(now - PARTIAL_WRITE_GRACE_S)
     # The retention index, not a scan of every ended job: the cost is the jobs now due.
     limit = settings.cleanup_max_jobs_per_run
     report["jobs_deleted"] = deps.jobs.purge_due(now - settings.job_retention_s, limit)

@@ -120,3 +120,12 @@ def test_size_of_and_get_file(store: ObjectStore, tmp_path: Path) -> None:
     assert store.size_of(key) == 6
     assert store.get_file(key, tmp_path / "got") == 6
     assert (tmp_path / "got").read_bytes() == b"abcdef"
+
+
+def test_removing_partial_writes_never_touches_a_stored_object(store: ObjectStore) -> None:
+    key = output_key("t", "u", "j", 0, "a.png")
+    store.put_bytes(key, b"x", "image/png")
+
+    assert store.remove_partial(time.time() + 3600) == 0  # a finished write leaves nothing
+
+    assert store.exists(key)

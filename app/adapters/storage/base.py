@@ -69,6 +69,12 @@ class ObjectStore(Protocol):
         """Keys under `prefix` last written before `cutoff_unix` (for retention)."""
         ...
 
+    def remove_partial(self, cutoff_unix: float) -> int:
+        """Remove what writes cut short left behind before `cutoff_unix` (a killed
+        process's half-written file, an abandoned multipart upload); return the count.
+        Never a stored object: readers never saw these."""
+        ...
+
     def size_of(self, key: str) -> int | None:
         """The stored object's size in bytes, None if nothing is stored under `key`."""
         ...

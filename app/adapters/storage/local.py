@@ -169,6 +169,24 @@ class LocalStore:
             raise storage_error(key, exc) from exc
         return dest.stat().st_size
 
+    def remove_partial(self, cutoff_unix: float) -> int:
+        """Delete temp files older than `cutoff_unix`: a write killed mid-copy leaves its
+        temp file (a live one is seconds old; cleanup passes a cutoff hours back)."""
+        removed = 0
+        tmp_dir = self.root / _TMP_DIR
+        if not tmp_dir.is_dir():
+            return 0
+        for tmp in tmp_dir.iterdir():
+            try:
+                if tmp.stat().st_mtime < cutoff_unix:
+                    tmp.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                continue  # finished (renamed) or removed by another cleanup meanwhile
+            except OSError as exc:
+                raise storage_error(str(tmp.name), exc) from exc
+        return removed
+
     def _write_atomically(self, target: Path, write: Callable[[Path], object]) -> int:
         tmp_dir = self.root / _TMP_DIR
         tmp_dir.mkdir(parents=True, exist_ok=True)

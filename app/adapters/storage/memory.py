@@ -76,6 +76,10 @@ class MemoryStore:
             if key.startswith(prefix) and obj.modified_at < cutoff_unix
         )
 
+    def remove_partial(self, cutoff_unix: float) -> int:
+        """Nothing to remove: a put here is whole or absent."""
+        return 0
+
     def size_of(self, key: str) -> int | None:
         """The held object's size, None if there is none."""
         require_safe_key(key)

@@ -277,6 +277,26 @@ class S3Store:
         listed = self._call("list_objects_v2", lambda: list(self._list(prefix)))
         return sorted(key for key, modified in listed if modified < cutoff_unix)
 
+    def remove_partial(self, cutoff_unix: float) -> int:
+        """Abort multipart uploads begun before `cutoff_unix` (a worker killed mid-upload
+        leaves one; its parts are billed until aborted, and no reader ever sees them)."""
+
+        def abort_old() -> int:
+            aborted = 0
+            paginator = self.client.get_paginator("list_multipart_uploads")
+            for page in paginator.paginate(Bucket=self.bucket):
+                for upload in page.get("Uploads", []):
+                    began = upload.get("Initiated")
+                    if began is None or began.timestamp() >= cutoff_unix:
+                        continue
+                    self.client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                    )
+                    aborted += 1
+            return aborted
+
+        return self._call("abort_multipart_upload", abort_old)
+
     def _list(self, prefix: str) -> Iterator[tuple[str, float]]:
         paginator = self.client.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):

@@ -298,3 +298,16 @@ def test_backoff_is_capped_exponential_with_jitter() -> None:
 
 def _no_sleep(_seconds: float) -> None:
     return None
+
+
+def test_an_abandoned_multipart_upload_is_aborted_once_old(s3_store: S3Store) -> None:
+    key = output_key("t", "u", "j", 0, "big.png")
+    begun = s3_store.client.create_multipart_upload(Bucket=s3_store.bucket, Key=key)
+
+    # moto dates every multipart upload 2010-11-10, so "young" is a cutoff before that.
+    assert s3_store.remove_partial(datetime(2010, 1, 1, tzinfo=UTC).timestamp()) == 0
+
+    assert s3_store.remove_partial(datetime.now(UTC).timestamp() + 60) == 1
+    left = s3_store.client.list_multipart_uploads(Bucket=s3_store.bucket).get("Uploads", [])
+    assert [u["UploadId"] for u in left] == [] and begun["UploadId"]
+    assert not s3_store.exists(key)

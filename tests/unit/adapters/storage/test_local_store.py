@@ -181,6 +181,23 @@ def test_put_replaces_whole_and_leaves_no_temp_files(store: LocalStore) -> None:
     assert list((store.root / ".tmp").iterdir()) == []
 
 
+def test_a_write_cut_short_leaves_a_temp_file_that_cleanup_removes_once_old(
+    store: LocalStore,
+) -> None:
+    # What a worker killed mid-copy leaves (drills: kill -9 of the upload holder).
+    store.put_bytes(output_key("t1", "u1", "job1", 0, "a.png"), b"x", "image/png")
+    old, young = store.root / ".tmp" / "4242-old", store.root / ".tmp" / "4242-young"
+    old.write_bytes(b"half")
+    young.write_bytes(b"in progress")
+    os.utime(old, (1_000, 1_000))
+    os.utime(young, (5_000, 5_000))
+
+    assert store.remove_partial(4_000) == 1
+
+    assert not old.exists() and young.exists()
+    assert store.exists(output_key("t1", "u1", "job1", 0, "a.png"))
+
+
 def test_put_file_of_a_missing_file_is_upload_failed(store: LocalStore, tmp_path: Path) -> None:
     with pytest.raises(UploadFailed):
         store.put_file(output_key("t", "u", "j", 0, "a.png"), tmp_path / "nope.png", "image/png")
