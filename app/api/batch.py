@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 
 from app.api.http_errors import (
     ErrorDetail,
-    ErrorResponse,
+    error_doc,
     invalid_request_fields,
     rate_limit_headers,
     summarize,
@@ -40,10 +40,6 @@ from app.engine.views import present
 from app.store.tenants import Tenant
 
 batch_router = APIRouter()
-
-
-def _error(description: str) -> dict[str, Any]:
-    return {"model": ErrorResponse, "description": description}
 
 
 class BatchItemResult(BaseModel):
@@ -112,10 +108,10 @@ def _one(
     "/v1/jobs/batch",
     tags=["jobs"],
     responses={
-        413: _error("The body is over the request size limit."),
-        422: _error("The body is not a batch, or it has more items than allowed."),
-        401: _error("Missing, invalid or revoked API key."),
-        503: _error("The state backend is briefly unavailable; retry after `Retry-After`."),
+        413: error_doc("The body is over the request size limit."),
+        422: error_doc("The body is not a batch, or it has more items than allowed."),
+        401: error_doc("Missing, invalid or revoked API key."),
+        503: error_doc("The state backend is briefly unavailable; retry after `Retry-After`."),
     },
     openapi_extra={
         "requestBody": {

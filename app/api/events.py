@@ -21,7 +21,8 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from app.api.ingress import DepsDep, TenantDep, UserDep, _error
+from app.api.http_errors import error_doc
+from app.api.ingress import DepsDep, TenantDep, UserDep
 from app.core.errors import ApiError
 from app.core.models import Job, JobEvent
 from app.engine.deps import Deps
@@ -63,10 +64,10 @@ def _last_seen(header: str | None, query: int | None) -> int:
     response_class=StreamingResponse,
     responses={
         200: {"content": {"text/event-stream": {}}, "description": "The job's events."},
-        400: _error("Last-Event-ID is not an event id."),
-        401: _error("Missing, invalid or revoked API key."),
-        404: _error("No such job (or not the caller's)."),
-        429: _error("The tenant has too many open event streams; see Retry-After."),
+        400: error_doc("Last-Event-ID is not an event id."),
+        401: error_doc("Missing, invalid or revoked API key."),
+        404: error_doc("No such job (or not the caller's)."),
+        429: error_doc("The tenant has too many open event streams; see Retry-After."),
     },
 )
 async def job_events(

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse
 
 from app.adapters.storage import LocalStore, content_disposition
-from app.api.http_errors import ErrorResponse
+from app.api.http_errors import error_doc
 from app.core.errors import ApiError
 from app.engine.deps import Deps
 
@@ -29,8 +29,8 @@ def _deps(request: Request) -> Deps:
 
 _FILE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "The file.", "content": {"application/octet-stream": {}}},
-    403: {"model": ErrorResponse, "description": "Bad or expired signature."},
-    404: {"model": ErrorResponse, "description": "No such file."},
+    403: error_doc("Bad or expired signature."),
+    404: error_doc("No such file."),
 }
 
 

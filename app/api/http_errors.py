@@ -89,6 +89,11 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
+def error_doc(description: str) -> dict[str, Any]:
+    """An OpenAPI `responses` entry: our error body, described."""
+    return {"model": ErrorResponse, "description": description}
+
+
 def error_response(
     http_status: int,
     code: str,

@@ -21,7 +21,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 
 from app.api.files import files_router
-from app.api.http_errors import BodyLimit, ErrorResponse, install_error_handlers
+from app.api.http_errors import BodyLimit, error_doc, install_error_handlers
 from app.api.submissions import (
     BatchRequest,
     Submission,
@@ -85,18 +85,14 @@ EXAMPLE_TEMPLATE_RUN: dict[str, Any] = {
 _bearer = HTTPBearer(auto_error=False, description="A tenant API key (`csk_...`).")
 
 
-def _error(description: str) -> dict[str, Any]:
-    return {"model": ErrorResponse, "description": description}
-
-
 _AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: _error("Missing, invalid or revoked API key."),
-    422: _error("A header, parameter or the body is not valid; `details` says which."),
-    503: _error("The state backend is briefly unavailable; retry after `Retry-After`."),
+    401: error_doc("Missing, invalid or revoked API key."),
+    422: error_doc("A header, parameter or the body is not valid; `details` says which."),
+    503: error_doc("The state backend is briefly unavailable; retry after `Retry-After`."),
 }
 _JOB_ERRORS: dict[int | str, dict[str, Any]] = {
     **_AUTH_ERRORS,
-    404: _error("No such job for this user."),
+    404: error_doc("No such job for this user."),
 }
 
 
@@ -201,13 +197,13 @@ def health(deps: DepsDep) -> Health:
     tags=["jobs"],
     responses={
         200: {"model": JobView, "description": "Replay: the job this Idempotency-Key made."},
-        400: _error("The workflow or a limit was refused (e.g. unknown node types)."),
-        403: _error("`user_id` in the body is not the `X-User-ID` caller."),
-        409: _error("The Idempotency-Key was used with another body, or is in flight."),
-        413: _error("The body is over the request size limit."),
-        429: _error("A concurrency cap or the rate limit was hit; see `Retry-After`."),
+        400: error_doc("The workflow or a limit was refused (e.g. unknown node types)."),
+        403: error_doc("`user_id` in the body is not the `X-User-ID` caller."),
+        409: error_doc("The Idempotency-Key was used with another body, or is in flight."),
+        413: error_doc("The body is over the request size limit."),
+        429: error_doc("A concurrency cap or the rate limit was hit; see `Retry-After`."),
         **_AUTH_ERRORS,
-        503: _error(
+        503: error_doc(
             "At capacity (queue or render backlog) or the backend is briefly down; "
             "retry after `Retry-After`."
         ),
@@ -294,7 +290,7 @@ def get_job(deps: DepsDep, tenant: TenantDep, user_id: UserDep, job_id: str) -> 
 @router.delete(
     "/v1/jobs/{job_id}",
     tags=["jobs"],
-    responses={**_JOB_ERRORS, 409: _error("The job had already ended.")},
+    responses={**_JOB_ERRORS, 409: error_doc("The job had already ended.")},
 )
 def delete_job(deps: DepsDep, tenant: TenantDep, user_id: UserDep, job_id: str) -> JobView:
     """Cancel the job now, whatever its stage; 409 if it had already ended."""

@@ -23,7 +23,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.http_errors import ErrorResponse
+from app.api.http_errors import error_doc
 from app.api.ingress import DepsDep, TenantDep, UserDep, raw_body
 from app.api.submissions import parse_model
 from app.core.errors import InvalidRequest
@@ -59,16 +59,12 @@ class UploadView(BaseModel):
     headers: dict[str, str] = Field(default_factory=dict)
 
 
-def _error(description: str) -> dict[str, Any]:
-    return {"model": ErrorResponse, "description": description}
-
-
 _RESPONSES: dict[int | str, dict[str, Any]] = {
-    400: _error("Empty body, bad multipart, or presigned uploads without S3 storage."),
-    401: _error("Missing, invalid or revoked API key."),
-    413: _error("The file (or the declared size) is over `upload_max_bytes`."),
-    415: _error("The bytes are not an image, video or audio type this service accepts."),
-    422: _error("A header or the JSON body is not valid."),
+    400: error_doc("Empty body, bad multipart, or presigned uploads without S3 storage."),
+    401: error_doc("Missing, invalid or revoked API key."),
+    413: error_doc("The file (or the declared size) is over `upload_max_bytes`."),
+    415: error_doc("The bytes are not an image, video or audio type this service accepts."),
+    422: error_doc("A header or the JSON body is not valid."),
 }
 
 
@@ -140,7 +136,7 @@ def post_upload(
 @uploads_router.get(
     f"{UPLOADS_PATH}/{{upload_id}}",
     tags=["uploads"],
-    responses={404: _error("No such upload for this user."), 410: _error("Expired.")},
+    responses={404: error_doc("No such upload for this user."), 410: error_doc("Expired.")},
 )
 def read(deps: DepsDep, tenant: TenantDep, user_id: UserDep, upload_id: str) -> UploadView:
     """One of the caller's uploads (another tenant's or user's id reads as missing)."""

@@ -7,7 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
-from app.api.ingress import DepsDep, TenantDep, _error
+from app.api.http_errors import error_doc
+from app.api.ingress import DepsDep, TenantDep
 from app.core.errors import ApiError
 from app.core.schemas import WebhookView
 from app.engine.redeliver import resend_webhook
@@ -58,8 +59,8 @@ def list_failed(
     status_code=202,
     tags=["webhooks"],
     responses={
-        404: _error("No such job of this tenant, or it has no webhook."),
-        409: _error("The delivery is not dead (still pending, or delivered)."),
+        404: error_doc("No such job of this tenant, or it has no webhook."),
+        409: error_doc("The delivery is not dead (still pending, or delivered)."),
     },
 )
 def resend(deps: DepsDep, tenant: TenantDep, job_id: str) -> WebhookView:

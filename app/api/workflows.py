@@ -11,7 +11,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.http_errors import ErrorResponse
+from app.api.http_errors import error_doc
 from app.api.ingress import DepsDep, TenantDep, raw_body
 from app.api.submissions import parse_model
 from app.core.templates import (
@@ -36,15 +36,11 @@ _WorkflowId = Annotated[
 _Name = Annotated[str, Path(pattern=TEMPLATE_NAME_PATTERN)]
 
 
-def _error(description: str) -> dict[str, Any]:
-    return {"model": ErrorResponse, "description": description}
-
-
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    401: _error("Missing, invalid or revoked API key."),
-    404: _error("No such template or version for this tenant."),
-    422: _error("A parameter or the body is not valid; `details` says which."),
-    503: _error("The state backend (or the node catalog) is briefly unavailable."),
+    401: error_doc("Missing, invalid or revoked API key."),
+    404: error_doc("No such template or version for this tenant."),
+    422: error_doc("A parameter or the body is not valid; `details` says which."),
+    503: error_doc("The state backend (or the node catalog) is briefly unavailable."),
 }
 
 
@@ -104,8 +100,8 @@ def _view(deps: Deps, template: Template) -> TemplateView:
     status_code=201,
     tags=["workflows"],
     responses={
-        400: _error("The graph or an input was refused; `problems` names node, field, input."),
-        413: _error("The body is over the request size limit."),
+        400: error_doc("The graph or an input was refused; `problems` names node, field, input."),
+        413: error_doc("The body is over the request size limit."),
         **_ERRORS,
     },
     openapi_extra={

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.responses import StreamingResponse
 
 from app.api.events import open_stream
-from app.api.http_errors import ErrorResponse
+from app.api.http_errors import error_doc
 from app.api.ingress import DepsDep, TenantDep, raw_body
 from app.api.submissions import submit
 from app.api.v2.errors import bad_request, v2_errors
@@ -51,16 +51,12 @@ KeyHeader = Annotated[
 ]
 
 
-def _error(description: str) -> dict[str, Any]:
-    return {"model": ErrorResponse, "description": description}
-
-
 _COMMON: dict[int | str, dict[str, Any]] = {
-    400: _error("`invalid_request`: a malformed body, parameter or header."),
-    401: _error("`unauthorized`: missing, invalid or revoked API key."),
-    503: _error("The state backend is briefly unavailable; retry after `Retry-After`."),
+    400: error_doc("`invalid_request`: a malformed body, parameter or header."),
+    401: error_doc("`unauthorized`: missing, invalid or revoked API key."),
+    503: error_doc("The state backend is briefly unavailable; retry after `Retry-After`."),
 }
-_ONE_JOB: dict[int | str, dict[str, Any]] = {**_COMMON, 404: _error("`not_found`.")}
+_ONE_JOB: dict[int | str, dict[str, Any]] = {**_COMMON, 404: error_doc("`not_found`.")}
 
 
 def _job_or_404(deps: DepsDep, tenant: Tenant, user: str, job_id: str) -> Job:
@@ -75,14 +71,14 @@ def _job_or_404(deps: DepsDep, tenant: Tenant, user: str, job_id: str) -> Job:
     status_code=201,
     responses={
         **_COMMON,
-        403: _error("`templates_only`: this tenant runs registered templates only."),
-        409: _error("`idempotency_conflict`: the key's first use is in flight (Retry-After)."),
-        413: _error("The body is over the request size limit."),
-        422: _error(
+        403: error_doc("`templates_only`: this tenant runs registered templates only."),
+        409: error_doc("`idempotency_conflict`: the key's first use is in flight (Retry-After)."),
+        413: error_doc("The body is over the request size limit."),
+        422: error_doc(
             "`invalid_workflow` (details: `node_errors`), `workflow_format_ui`, "
             "`missing_asset`, `unsupported_field` or `idempotency_key_reuse`."
         ),
-        429: _error("A cap, the rate limit, or `queue_full`; see `Retry-After`."),
+        429: error_doc("A cap, the rate limit, or `queue_full`; see `Retry-After`."),
     },
     openapi_extra={
         "requestBody": {
