@@ -179,7 +179,11 @@ def test_job_runs_end_to_end_with_a_signed_webhook(pipeline: Deps, site: Site) -
     assert posts[0].headers["webhook-id"] == posts[1].headers["webhook-id"]
     verified = Webhook(new.webhook_secret).verify(posts[1].body, posts[1].headers)
     assert verified["type"] == "job.completed"
-    assert verified["data"] == {"job_id": job.id, "status": "completed"}
+    data = verified["data"]
+    assert (data["job_id"], data["status"]) == (job.id, "completed")
+    # The outputs ride along, signed at each attempt (so the two links differ)
+    assert [o["filename"] for o in data["outputs"]] == [o.filename for o in done.outputs]
+    assert all(o["size"] > 0 and "sig=" in o["url"] for o in data["outputs"])
     # And the scratch folder is gone, and so are the job's folders on the ComfyUI side
     assert not (deps.settings.work_dir / job.id).exists()
     base = deps.settings.comfyui_base_dir
