@@ -2,7 +2,7 @@
 
     python scripts/bench/throughput.py [--seconds 60] [--in-flight 64]
         [--config 1/2/1/1/1 --config 2/2/2/2/2] [--render-depth 1 --render-depth 2]
-        [--comfyui-url URL] [--profile-s 5] [--json]
+        [--render-ms 0] [--comfyui-url URL] [--profile-s 5] [--json]
 
 For each configuration (worker processes of intake/fetch/render/upload/notify) it starts
 `comfyui-saas dev`, keeps `--in-flight` jobs in the pipeline through the Python queue
@@ -120,7 +120,8 @@ def measure(args: argparse.Namespace, config: str, engine: str, depth: int) -> d
     env = config_env(config) | {"COMFYUI_SAAS_LOCAL_ENGINE": engine}
     if depth:  # 0: the dev default
         env["COMFYUI_SAAS_LOCAL_RENDER_DEPTH"] = str(depth)
-    with _stack.dev_stack(args.comfyui_url or None, env, cap=args.cap) as stack:
+    render_s = args.render_ms / 1000
+    with _stack.dev_stack(args.comfyui_url or None, env, cap=args.cap, render_s=render_s) as stack:
         load = Load(stack, args.in_flight)
         driver = threading.Thread(target=load.run, daemon=True)
         driver.start()
@@ -204,6 +205,9 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--render-depth", action="append", type=int, help="local_render_depth (jobs per worker)"
+    )
+    p.add_argument(
+        "--render-ms", type=float, default=0.0, help="the double's render time per job (sleep)"
     )
     p.add_argument("--comfyui-url", default="")
     p.add_argument("--profile-s", type=float, default=5.0)

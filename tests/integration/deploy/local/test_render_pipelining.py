@@ -74,6 +74,7 @@ def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
         local_render_workers=1,
         local_render_depth=2,
         queue_poll_timeout_s=0.05,
+        progress_interval_s=0.2,  # many progress writes while both prompts are in ComfyUI
         public_url="http://127.0.0.1:9",
     )
     runner = Pipeline(settings)
@@ -119,7 +120,12 @@ def test_a_comfyui_restart_with_two_prompts_queued_retries_both_jobs(stack: Stac
     # When ComfyUI dies and the supervisor starts it again
     os.killpg(first_pid, signal.SIGKILL)
 
-    # Then both jobs are retried on the new ComfyUI and complete
+    # Then both jobs are retried on the new ComfyUI and complete, each job's event log
+    # holding the progress of its own graph only
+    own_types = {
+        slow.id: {"EmptyImage", "ImageBlur", "SaveImage"},
+        quick.id: {"EmptyImage", "ImageInvert", "SaveImage"},
+    }
     for job in (slow, quick):
         wait_until(
             lambda job=job: deps.jobs.get(job.id).status in TERMINAL,  # type: ignore[misc]
@@ -132,4 +138,7 @@ def test_a_comfyui_restart_with_two_prompts_queued_retries_both_jobs(stack: Stac
         details = [e.data.get("detail") for e in done.events if e.type == "status"]
         assert StatusDetail.RENDERER_UNAVAILABLE.value in details  # it was retried
         assert len(done.outputs) == 1
+        progress = [e.data for e in done.events if e.type == "progress"]
+        types = {p["node_type"] for p in progress if p.get("node_type")}
+        assert types and types <= own_types[job.id], types
     assert runner.comfy.restarts >= 1 and runner.comfy.process.pid != first_pid
