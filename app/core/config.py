@@ -179,6 +179,10 @@ class Settings(BaseSettings):
     queue_poll_timeout_s: float = Field(default=1.0, gt=0)
     local_fetch_workers: int = Field(default=2, ge=1)
     local_render_workers: int = Field(default=1, ge=1)
+    #: Jobs one local render worker holds at once, so the next prompt already waits in
+    #: ComfyUI's queue while one runs (ComfyUI runs them in order). They share the
+    #: worker's one websocket and HTTP pool; 1 = one job at a time (docs/comfyui.md).
+    local_render_depth: int = Field(default=2, ge=1, le=16)
     local_upload_workers: int = Field(default=1, ge=1)
     local_notify_workers: int = Field(default=1, ge=1)
     local_intake_workers: int = Field(default=1, ge=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 
@@ -11,7 +12,7 @@ from app.core.models import Stage
 from app.engine.deps import Deps, build_deps
 from app.engine.pipeline import note_renderer_unavailable
 
-__all__ = ["Deps", "MessageHandler", "build_deps", "drain_stage"]
+__all__ = ["Deps", "MessageHandler", "build_deps", "drain_stage", "run_slots"]
 
 #: Handles one raw message of a stage (the stages layer supplies it: `app.stages.handler`).
 MessageHandler = Callable[[str], None]
@@ -61,3 +62,21 @@ def drain_stage(
             handle(raw)
         done += 1
     return done
+
+
+def run_slots(slots: int, serve: Callable[[], None], *, name: str) -> None:
+    """Run `serve` in `slots` threads at once, this one among them; return when all end.
+
+    Each slot is a whole drain loop over the same Deps, so a render worker holds up to
+    `slots` jobs (the SQLite backend gives each thread its own connection; the
+    ComfyClient is shared on purpose: one websocket, one HTTP pool).
+    """
+    extra = [
+        threading.Thread(target=serve, name=f"{name}-slot{index}", daemon=True)
+        for index in range(1, slots)
+    ]
+    for thread in extra:
+        thread.start()
+    serve()
+    for thread in extra:
+        thread.join()

@@ -158,14 +158,20 @@ def _healthy(url: str) -> bool:
 
 
 @contextmanager
-def comfyui(url: str | None, tmp: Path) -> Iterator[str]:
-    """The ComfyUI to use: `url`, or the protocol double started for the run."""
+def comfyui(url: str | None, tmp: Path, render_s: float = 0.0) -> Iterator[str]:
+    """The ComfyUI to use: `url`, or the protocol double started for the run.
+
+    `render_s`: the double's ImageInvert takes that long (a sleep: GPU time that costs
+    the host no CPU), so ComfyUI's idle time between prompts shows in jobs/s.
+    """
     if url:
         yield url.rstrip("/")
         return
     from tests.comfy_double import ComfyDouble
 
     double = ComfyDouble(tmp / "comfy")
+    if render_s:
+        double.node_delay_s = {"ImageInvert": render_s}
     try:
         yield double.start()
     finally:
@@ -178,11 +184,12 @@ def dev_stack(
     env: Mapping[str, str] | None = None,
     *,
     cap: int = BIG_CAP,
+    render_s: float = 0.0,
 ) -> Iterator[Stack]:
     """`comfyui-saas dev` on a fresh data folder, a tenant with `cap` jobs per user."""
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-")))
-        url_of_comfy = stack.enter_context(comfyui(comfy_url, tmp))
+        url_of_comfy = stack.enter_context(comfyui(comfy_url, tmp, render_s))
         data_dir = tmp / "data"
         settings = Settings(data_dir=data_dir, comfyui_url=url_of_comfy)
         api_key = (

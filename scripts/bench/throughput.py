@@ -1,7 +1,8 @@
 """Sustained throughput through all five stages, per worker configuration.
 
     python scripts/bench/throughput.py [--seconds 60] [--in-flight 64]
-        [--config 1/2/1/1/1 --config 2/2/2/2/2] [--comfyui-url URL] [--profile-s 5] [--json]
+        [--config 1/2/1/1/1 --config 2/2/2/2/2] [--render-depth 1 --render-depth 2]
+        [--render-ms 0] [--comfyui-url URL] [--profile-s 5] [--json]
 
 For each configuration (worker processes of intake/fetch/render/upload/notify) it starts
 `comfyui-saas dev`, keeps `--in-flight` jobs in the pipeline through the Python queue
@@ -114,10 +115,13 @@ def profile(pid: int, seconds: float) -> list[tuple[str, int]] | str:
     return leaves.most_common(8)
 
 
-def measure(args: argparse.Namespace, config: str, engine: str) -> dict[str, Any]:
+def measure(args: argparse.Namespace, config: str, engine: str, depth: int) -> dict[str, Any]:
     load_before = _stack.load_average()
     env = config_env(config) | {"COMFYUI_SAAS_LOCAL_ENGINE": engine}
-    with _stack.dev_stack(args.comfyui_url or None, env, cap=args.cap) as stack:
+    if depth:  # 0: the dev default
+        env["COMFYUI_SAAS_LOCAL_RENDER_DEPTH"] = str(depth)
+    render_s = args.render_ms / 1000
+    with _stack.dev_stack(args.comfyui_url or None, env, cap=args.cap, render_s=render_s) as stack:
         load = Load(stack, args.in_flight)
         driver = threading.Thread(target=load.run, daemon=True)
         driver.start()
@@ -143,6 +147,7 @@ def measure(args: argparse.Namespace, config: str, engine: str) -> dict[str, Any
     return {
         "config": config,
         "engine": engine,
+        "render_depth": depth or "default",
         "seconds": round(elapsed, 2),
         "completed": completed,
         "failed": failed,
@@ -185,7 +190,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     # Interleaved: each configuration under each engine, in turn.
     for config in args.config or ["1/2/1/1/1"]:
         for engine in args.engine or ["processes"]:
-            results.append(measure(args, config, engine))
+            for depth in args.render_depth or [0]:
+                results.append(measure(args, config, engine, depth))
     return results
 
 
@@ -196,6 +202,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--config", action="append", help="intake/fetch/render/upload/notify workers")
     p.add_argument(
         "--engine", action="append", choices=("processes", "threads"), help="local_engine"
+    )
+    p.add_argument(
+        "--render-depth", action="append", type=int, help="local_render_depth (jobs per worker)"
+    )
+    p.add_argument(
+        "--render-ms", type=float, default=0.0, help="the double's render time per job (sleep)"
     )
     p.add_argument("--comfyui-url", default="")
     p.add_argument("--profile-s", type=float, default=5.0)
@@ -213,6 +225,7 @@ def main() -> None:
         [
             "workers i/f/r/u/n",
             "engine",
+            "depth",
             "jobs/s",
             "completed",
             "failed",
@@ -224,6 +237,7 @@ def main() -> None:
             [
                 r["config"],
                 r["engine"],
+                r["render_depth"],
                 r["jobs_per_s"],
                 r["completed"],
                 r["failed"],

@@ -2,11 +2,17 @@
 
 `run` follows ComfyUI's own protocol: connect `/ws?clientId=X` first, `POST /prompt`
 with that client id and our prompt id, read the websocket until the prompt's terminal
-message, then read `/history/{id}` for the outputs. If the websocket drops it polls the
-history (and reconnects when it can); a server that stops answering for
-`unavailable_grace_s` is `ComfyUnavailable`, which is retryable. Cancellation and the
-deadline are checked at least every `poll_interval_s`; both remove the prompt from
-ComfyUI's queue and interrupt it before raising.
+message. The outputs come from the prompt's `executed` messages when the socket saw all
+of them, else from `/history/{id}`. If the websocket drops it polls the history (and
+reconnects when it can); a server that stops answering for `unavailable_grace_s` is
+`ComfyUnavailable`, which is retryable. Cancellation and the deadline are checked at
+least every `poll_interval_s`; both remove the prompt from ComfyUI's queue and
+interrupt it before raising.
+
+The client is shared by every render of a worker and safe to call from several threads
+at once: one websocket (`SocketHub`, one client id) carries every prompt's messages,
+routed by prompt id, and one HTTP connection pool serves every call. So a worker keeps
+several prompts queued in ComfyUI, each `run` exact about its own prompt.
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ from typing import Any, Self
 import httpx
 import structlog
 
-from app.adapters.comfy.follow import POLL_TIMEOUT_S, Follower, open_socket
+from app.adapters.comfy.follow import POLL_TIMEOUT_S, Follower
+from app.adapters.comfy.hub import SocketHub
 from app.adapters.comfy.messages import (
     ComfyOutput,
     HistoryEntry,
@@ -83,9 +90,8 @@ class ComfyClient:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.connect_timeout_s = connect_timeout_s
-        #: Prefix of each run's websocket client id. Every run gets its own id, because
-        #: ComfyUI keeps one socket per id and a second connection would take the first's
-        #: messages.
+        #: The websocket's client id: one socket per client carries all its prompts.
+        #: ComfyUI keeps one socket per id, so two clients never share an id.
         self.client_id = client_id or uuid.uuid4().hex
         #: How long the server may fail to answer during a run before it is unavailable.
         self.unavailable_grace_s = unavailable_grace_s
@@ -100,9 +106,11 @@ class ComfyClient:
         self._http = http or httpx.Client(
             timeout=httpx.Timeout(30.0, connect=connect_timeout_s), trust_env=False
         )
+        self.hub = SocketHub(self.base_url, self.client_id)
 
     def close(self) -> None:
-        """Close the HTTP client if this object created it."""
+        """Close the websocket, and the HTTP client if this object created it."""
+        self.hub.close()
         if self._owns_http:
             self._http.close()
 
@@ -121,6 +129,15 @@ class ComfyClient:
         the 30 s a render request may take.
         """
         return self._get_json("/system_stats", timeout=timeout_s)
+
+    def ready(self) -> None:
+        """Raise `ComfyUnavailable` unless ComfyUI is up: the render worker's gate per job.
+
+        Free while the shared websocket is open (ComfyUI's server holds it; a crash or
+        a restart closes it at once), else a `health` request.
+        """
+        if not self.hub.connected:
+            self.health()
 
     def object_info(self) -> dict[str, Any]:
         """`GET /object_info`: every node class the server has."""
@@ -217,13 +234,13 @@ class ComfyClient:
             raise RenderTimeout("the job's deadline passed before the render started")
         if should_cancel():
             raise RenderCancelled()
-        client_id = f"{self.client_id}-{uuid.uuid4().hex[:12]}"
-        open_s = min(self.connect_timeout_s, deadline_s - started)
-        ws = open_socket(self.base_url, client_id, open_s)
-        run = Follower(self, prompt_id, client_id, workflow, ws, deadline_s, should_cancel)
+        box = self.hub.register(prompt_id)  # before the POST: no message is missed
+        if not self.hub.connect(min(self.connect_timeout_s, deadline_s - started)):
+            box.gap = True  # no socket (yet): what it would have said comes from /history
+        run = Follower(self, prompt_id, self.hub, box, workflow, deadline_s, should_cancel)
         run.on_preview = on_preview
         try:
-            self._submit(workflow, prompt_id, client_id)
+            self._submit(workflow, prompt_id, self.client_id)
             terminal, entry = run.follow(on_progress, poll_interval_s, progress_interval_s)
         except InvalidWorkflow:
             raise  # nothing is left queued: refused outright, or taken back by _submit
@@ -243,11 +260,12 @@ class ComfyClient:
             self._give_up(prompt_id)
             raise
         finally:
-            run.close()
+            self.hub.unregister(prompt_id)
         if terminal.kind != "success":
             log.warning("comfy_prompt_failed", prompt_id=prompt_id, comfy=dict(terminal.data))
             raise failure(terminal)
-        if entry is None:
+        if entry is None and box.gap:
+            # The socket dropped during the run: some `executed` messages may be lost.
             entry = self.history(prompt_id)
         produced = entry.outputs if entry is not None else run.tracker.executed_outputs()
         if not produced:

@@ -52,6 +52,7 @@ from app.core.models import Stage
 from app.deploy.local.comfy_child import ManagedComfy
 from app.engine.deps import Deps, build_deps
 from app.engine.metrics import enable_multiprocess
+from app.engine.worker import run_slots
 
 if TYPE_CHECKING:
     import uvicorn
@@ -218,23 +219,32 @@ def _drain_loop(settings: Settings, spec: WorkerSpec, stopping: _ChildStop) -> N
     deps = build_deps(settings)
     log = get_logger(stage=spec.stage.value, worker=spec.index, pid=os.getpid())
     log.info("worker_started")
-    from app.stages import drain
+    from app.stages import drain, stage_functions
 
-    before_each = deps.comfy.health if spec.stage is Stage.RENDER else None
-    while not stopping.requested():
-        try:
-            drain(
-                spec.stage,
-                deps,
-                max_items=1,
-                wait_s=settings.queue_poll_timeout_s,
-                before_each=before_each,
-            )
-        except ComfyUnavailable:
-            stopping.wait(COMFY_RETRY_S)
-        except Exception:
-            log.exception("worker_loop_error")  # keep serving; the job itself was failed
-            stopping.wait(1.0)
+    before_each = deps.comfy.ready if spec.stage is Stage.RENDER else None
+
+    def serve() -> None:
+        while not stopping.requested():
+            try:
+                drain(
+                    spec.stage,
+                    deps,
+                    max_items=1,
+                    wait_s=settings.queue_poll_timeout_s,
+                    before_each=before_each,
+                )
+            except ComfyUnavailable:
+                stopping.wait(COMFY_RETRY_S)
+            except Exception:
+                log.exception("worker_loop_error")  # keep serving; the job itself was failed
+                stopping.wait(1.0)
+
+    # A render worker holds several jobs (their prompts queued in ComfyUI) over one
+    # ComfyClient: one websocket and HTTP pool, as a Modal container with max_inputs > 1.
+    slots = settings.local_render_depth if spec.stage is Stage.RENDER else 1
+    if slots > 1:
+        stage_functions()  # imported once here, not by several slot threads at once
+    run_slots(slots, serve, name=f"{spec.stage.value}-{spec.index}")
     log.info("worker_stopped", reason=stopping.reason or "stop_requested")
 
 
