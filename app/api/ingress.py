@@ -22,7 +22,6 @@ from pydantic import BaseModel
 
 from app.api.files import files_router
 from app.api.http_errors import BodyLimit, ErrorResponse, install_error_handlers
-from app.api.offload import store_work
 from app.api.submissions import (
     BatchRequest,
     Submission,
@@ -101,7 +100,7 @@ _JOB_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-async def get_deps(request: Request) -> Deps:
+def get_deps(request: Request) -> Deps:
     """The app's `Deps` (set by `create_app`)."""
     deps: Deps = request.app.state.deps
     return deps
@@ -110,13 +109,12 @@ async def get_deps(request: Request) -> Deps:
 DepsDep = Annotated[Deps, Depends(get_deps)]
 
 
-async def authenticated_tenant(
+def authenticated_tenant(
     deps: DepsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Tenant:
     """The tenant owning the bearer key; 401 otherwise."""
-    key = credentials.credentials if credentials else None
-    tenant = None if key is None else await store_work(deps, lambda: deps.tenants.authenticate(key))
+    tenant = deps.tenants.authenticate(credentials.credentials) if credentials else None
     if tenant is None:
         raise ApiError(
             401,
@@ -127,7 +125,7 @@ async def authenticated_tenant(
     return tenant
 
 
-async def caller_user(
+def caller_user(
     x_user_id: Annotated[
         str,
         Header(
@@ -179,12 +177,8 @@ class Health(BaseModel):
 
 
 @router.get("/health", tags=["service"])
-async def health(deps: DepsDep) -> Health:
+def health(deps: DepsDep) -> Health:
     """Liveness, and whether render's circuit breaker is open (one backend read)."""
-    return await store_work(deps, lambda: _health(deps))
-
-
-def _health(deps: Deps) -> Health:
     settings = deps.settings
     try:
         circuit: Literal["closed", "open", "unknown"] = (
@@ -269,7 +263,7 @@ def create_job(
 
 
 @router.get("/v1/jobs", tags=["jobs"], responses=_AUTH_ERRORS)
-async def list_jobs(
+def list_jobs(
     deps: DepsDep,
     tenant: TenantDep,
     user_id: UserDep,
@@ -284,24 +278,13 @@ async def list_jobs(
     status: JobStatus | None = None,
 ) -> JobList:
     """The caller's own jobs, newest first."""
-
-    def listed() -> JobList:
-        page = deps.jobs.list_for_user(
-            tenant.id, user_id, limit=limit, cursor=cursor, status=status
-        )
-        jobs = [present(deps, job) for job in page.jobs]
-        return JobList(jobs=jobs, next_cursor=page.next_cursor)
-
-    return await store_work(deps, listed)
+    page = deps.jobs.list_for_user(tenant.id, user_id, limit=limit, cursor=cursor, status=status)
+    return JobList(jobs=[present(deps, job) for job in page.jobs], next_cursor=page.next_cursor)
 
 
 @router.get("/v1/jobs/{job_id}", tags=["jobs"], responses=_JOB_ERRORS)
-async def get_job(deps: DepsDep, tenant: TenantDep, user_id: UserDep, job_id: str) -> JobView:
+def get_job(deps: DepsDep, tenant: TenantDep, user_id: UserDep, job_id: str) -> JobView:
     """The job's status, progress and freshly signed output URLs."""
-    return await store_work(deps, lambda: _job_view(deps, tenant, user_id, job_id))
-
-
-def _job_view(deps: Deps, tenant: Tenant, user_id: str, job_id: str) -> JobView:
     job = owned_job(deps, tenant.id, user_id, job_id)
     if job is None:
         raise ApiError(404, "not_found", "no such job")
