@@ -85,7 +85,7 @@ MUTANTS = (
     Mutant(
         "a held place is taken again (cap not strict)",
         "app/store/claims.py",
-        "                break  # held by a live tenure: try the next place\n",
+        "                hints.generations[index] = generation\n                break\n",
         "                return SlotRef(scope=scope, index=index, generation=generation)\n",
         UNIT,
     ),

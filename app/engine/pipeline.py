@@ -15,7 +15,6 @@ a crashed worker is recovered by `fail_stale` from the job's lease.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -51,7 +50,7 @@ from app.engine import metrics
 from app.engine.deps import Deps
 from app.engine.events import record_detail, record_started
 from app.engine.heartbeat import heartbeat
-from app.engine.scratch import SCRATCH_KEY_PREFIX, job_folder
+from app.engine.scratch import SCRATCH_KEY_PREFIX, drop_job_folder
 from app.engine.webhook_events import deliver_event, on_job_event
 from app.store.keys import DELAYED_DICT, parked_key, parse_parked_key
 from app.store.tenants import Tenant
@@ -158,7 +157,7 @@ def hand_off(deps: Deps, job: Job, stage: Stage, *, epoch: int = 0) -> bool:
 
 def after_terminal(deps: Deps, job: Job) -> None:
     """Once a job has ended: drop its scratch files and send its webhook."""
-    shutil.rmtree(job_folder(deps, job.id), ignore_errors=True)
+    drop_job_folder(deps, job.id)
     if job.webhook_url:
         # Marked before the message goes out, so a lost message is found and re-sent.
         deps.deliveries.mark_pending(job.id, deps.clock())
@@ -272,7 +271,7 @@ def _work(deps: Deps, message: StageMessage, stages: Mapping[Stage, StageFn]) ->
     log = log.bind(tenant_id=found.tenant_id)
     if found.is_terminal:
         log.info("message_for_ended_job", status=found.status.value)
-        shutil.rmtree(job_folder(deps, found.id), ignore_errors=True)
+        drop_job_folder(deps, found.id)
         return
     if not claimed:
         log.info("message_duplicate_dropped")
@@ -322,7 +321,7 @@ def _work(deps: Deps, message: StageMessage, stages: Mapping[Stage, StageFn]) ->
         # Cancelled while this stage ran: no hand-off (it would start a consumer for
         # nothing); the canceller already notified.
         deps.jobs.save(job)
-        shutil.rmtree(job_folder(deps, job.id), ignore_errors=True)
+        drop_job_folder(deps, job.id)
         discard_outputs(deps, job.outputs)
         return
     if following is not None:

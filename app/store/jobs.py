@@ -121,6 +121,8 @@ ABANDONED_SLOT_GRACE_S = 600
 #: fail_stale re-sends a queued message that nobody picked up for this long; a duplicate
 #: is harmless (the claim key drops it), a lost one would strand the job.
 REQUEUE_AFTER_S = 300
+#: Striped by tenant: admissions of one tenant take turns in a process (see `create`).
+_ADMITTING = tuple(threading.Lock() for _ in range(32))
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,6 +240,17 @@ class JobStore:
         written with put-if-absent); what this call had taken is given back first. An id
         we made ourselves is unguessable and new, so its record goes out in the one batch.
         """
+        if self._concurrent:
+            return self._create(new, job_id, limits, id_from_client)
+        # Calls in order (local backends): one admission per tenant at a time in this
+        # process. Threads admitting at once all read the same hint record and probed
+        # each other's new places: at 64 connections one POST made ~170 SQLite
+        # statements (issue 13). In turn, each reads the hints the last one wrote; the
+        # caps stay enforced by put-if-absent alone (other processes still race).
+        with _ADMITTING[hash(new.tenant_id) % len(_ADMITTING)]:
+            return self._create(new, job_id, limits, id_from_client)
+
+    def _create(self, new: NewJob, job_id: str, limits: Limits, id_from_client: bool) -> Admission:
         now = self.clock()
         par = self._concurrent
         idem = (
@@ -313,6 +326,22 @@ class JobStore:
             if rate is not None:  # only the current window's hint is worth keeping
                 tenant_hints.seq = {rate: ticket + 1}
             slot_hints[slot_hints_key(scope_of_rate)] = tenant_hints.dumps()
+        claimed: list[int] = []
+
+        def claim_index() -> int | None:
+            n = claim_next_from(self.admission, index, job_id, index_start)
+            claimed.extend(() if n is None else (n,))
+            return n
+
+        def write_hints() -> None:
+            if claimed:
+                # A backend that keeps its calls in order has claimed by now: the hint
+                # names the real next number (one that assumed the first probe won made
+                # every concurrent admission of the user probe past its peers' wins).
+                user_hints.seq[index] = claimed[0] + 1
+                slot_hints[slot_hints_key(user)] = user_hints.dumps()
+            put_all(self.slots, slot_hints)
+
         if not id_from_client:
             # An id we made is new by construction: every write goes out in one group.
             _, position, _ = run_calls(
@@ -321,27 +350,31 @@ class JobStore:
                     self.jobs,
                     {request_key(job_id): json.dumps(new.workflow), job_key(job_id): _dump(job)},
                 ),
-                lambda: claim_next_from(self.admission, index, job_id, index_start),
-                lambda: put_all(self.slots, slot_hints),
+                claim_index,
+                (lambda: put_all(self.slots, slot_hints)) if par else write_hints,
             )
             return Admission(job=self._placed(job, cast(int, position)), replayed=False)
         # A client chose the id (the intake queue): put-if-absent, so two messages racing
         # with one new id cannot both create. The request and the index entry go out
         # after, so a loser never replaces the winner's workflow nor lists its job.
-        created, _ = run_calls(
+        # (In order, the hints wait for the index claim, as above.)
+        created, *_ = run_calls(
             par,
             lambda: self.jobs.put_if_absent(job_key(job_id), _dump(job)),
-            lambda: put_all(self.slots, slot_hints),
+            *((lambda: put_all(self.slots, slot_hints)),) if par else (),
         )
         if not created:
+            if not par:
+                put_all(self.slots, slot_hints)
             for ref in slots:
                 release_slot(self.slots, ref)
             self._unlist(job_id, idem, bool(listed))  # as for a rejection
             raise JobIdTaken(job_id)
-        _, position = run_calls(
+        _, position, *_ = run_calls(
             par,
             lambda: self.jobs.put(request_key(job_id), json.dumps(new.workflow)),
-            lambda: claim_next_from(self.admission, index, job_id, index_start),
+            claim_index,
+            *(() if par else (write_hints,)),
         )
         return Admission(job=self._placed(job, cast(int, position)), replayed=False)
 

@@ -5,7 +5,8 @@
 Each endpoint is hit at `--connections` concurrent connections for `--seconds` by `wrk`
 (Debian: `apt-get install -y wrk`), or, without it, by a Python asyncio + httpx load
 generator (which itself costs CPU on the same cores: prefer wrk). Reports req/s,
-p50/p95/p99 latency and errors (non-2xx answers and socket errors). Goals on 2 cores:
+p50/p95/p99 latency, errors (non-2xx answers and socket errors) and the ingress
+processes' CPU per request (from /proc). Goals on 2 cores:
 GET /v1/jobs/{id} >= 2,000 req/s at 64 connections, POST >= 500 req/s.
 """
 
@@ -151,14 +152,32 @@ def main() -> None:
             ("GET /v1/jobs", "GET", "/v1/jobs?limit=20", headers, None),
             ("POST /v1/jobs", "POST", "/v1/jobs", json_headers, body),
         ]
+        ingress = {n: p for n, p in stack.processes().items() if n.startswith("ingress")}
         for name, method, path, hdrs, payload in endpoints:
+            cpu_before = sum(_stack.proc_cpu_s(pid) for pid in ingress.values())
             results[name] = load(
                 stack.url + path, method, hdrs, payload, args.seconds, args.connections
+            )
+            # CPU of the ingress processes per answered request: on a loaded machine
+            # req/s says how much CPU the others left; this says what a request costs.
+            cpu = sum(_stack.proc_cpu_s(pid) for pid in ingress.values()) - cpu_before
+            results[name]["ingress_cpu_ms_per_request"] = round(
+                cpu * 1000 / max(1, results[name]["requests"]), 3
             )
             results[name]["load"] = _stack.load_average()
     _stack.print_table(
         f"ingress at {args.connections} connections, {args.seconds:g} s each, tool={tool}",
-        ["endpoint", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors", "requests", "load"],
+        [
+            "endpoint",
+            "req/s",
+            "p50 ms",
+            "p95 ms",
+            "p99 ms",
+            "errors",
+            "requests",
+            "ingress CPU ms/req",
+            "load",
+        ],
         [
             [
                 n,
@@ -168,6 +187,7 @@ def main() -> None:
                 r["p99_ms"],
                 r["errors"],
                 r["requests"],
+                r["ingress_cpu_ms_per_request"],
                 r["load"],
             ]
             for n, r in results.items()

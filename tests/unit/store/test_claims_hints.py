@@ -37,3 +37,32 @@ def test_without_hints_released_generations_are_walked_to_the_next_free_one() ->
     assert ref is not None and (ref.index, ref.generation) == (0, 3)
     assert active_count(kv, "s") == 1
     assert claim_slot(kv, "s", 1, SlotHolder("over", 0)) is None
+
+
+class CountingKV(MemoryKV):
+    """Counts put-if-absent probes (each is a round trip on Modal, a write on SQLite)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.probes = 0
+
+    def put_if_absent(self, key: str, value: str) -> bool:
+        self.probes += 1
+        return super().put_if_absent(key, value)
+
+
+def test_held_places_found_by_probing_go_into_the_hints_written_back() -> None:
+    # Concurrent admissions overwrite each other's hint record, so a claimer often finds
+    # places held that its hints called free. It writes what it found back: the next
+    # claimer skips them instead of probing every one again.
+    kv = CountingKV()
+    for n in range(50):
+        assert claim_slot(kv, "s", 1000, SlotHolder(f"a{n}", 0)) is not None
+    forget_hints(kv, "s")  # what the last of many overwritten hint writes looks like
+    kv.probes = 0
+    assert claim_slot(kv, "s", 1000, SlotHolder("b", 0)) is not None
+    assert kv.probes == 51  # the 50 held places, found the hard way once
+    kv.probes = 0
+    ref = claim_slot(kv, "s", 1000, SlotHolder("c", 0))
+    assert ref is not None and ref.index == 51
+    assert kv.probes == 1

@@ -88,3 +88,17 @@ def test_the_record_names_its_index_position_even_when_the_first_probe_lost() ->
     assert jobs.admission.get(keys.sequence_key(index, 2)) is None
     assert jobs.admission.get(keys.sequence_key(index, 1)) == "other"
     assert jobs.idem.get(keys.idem_key("t1", "u1", "k")) is None
+
+
+def test_an_admission_whose_first_index_probe_lost_writes_the_real_next_number() -> None:
+    # Concurrent admissions of one user start from the same stale hint; each loser used
+    # to write "first probe + 1", so the record kept pointing below its peers' wins.
+    for id_from_client in (False, True):
+        jobs, _clock = store()
+        scope, index = keys.user_scope("t1", "u1"), keys.index_prefix("t1", "u1")
+        for n in range(5):  # entries 0-4 taken behind the hint's back
+            jobs.admission.put(keys.sequence_key(index, n), f"other{n}")
+        job_id = "job_" + "a" * 26 if id_from_client else "j"
+        admitted = jobs.create(new_job(), job_id, Limits(), id_from_client=id_from_client)
+        assert admitted.job.index_position == 5
+        assert record(jobs, scope)["seq"] == {index: 6}
