@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,7 @@ import pytest
 from app.core.config import Settings
 from app.core.models import Job, JobStatus, Stage
 from app.engine.deps import Deps
-from app.engine.heartbeat import heartbeat, renew_once
+from app.engine.heartbeat import renew_once
 from app.engine.maintenance import fail_stale
 from app.engine.pipeline import enqueue, process_message
 from app.store.backends.base import Backend
@@ -120,22 +119,3 @@ def test_a_superseded_holder_cannot_renew(deps: Deps) -> None:
     # A renewal that slipped in after the take-back names the old epoch: ignored.
     newer = job.model_copy(update={"epoch": 1, "lease_until": clock() + 1})
     assert deps.jobs.lease_until(newer) == clock() + 1
-
-
-def test_many_held_leases_are_renewed_by_one_thread(
-    deps: Deps, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    renewed: dict[str, threading.Event] = {f"j{n}": threading.Event() for n in range(20)}
-
-    def watched(self: JobStore, job_id: str, *args: Any) -> bool:
-        renewed[job_id].set()
-        return True
-
-    monkeypatch.setattr(JobStore, "renew_lease", watched)
-    with ExitStack() as held:
-        for job_id in renewed:
-            held.enter_context(heartbeat(deps, job_id, Stage.RENDER, 0))
-        names = [t.name for t in threading.enumerate()]
-        assert names.count("heartbeat") == 1  # not a thread per held lease
-        for event in renewed.values():
-            assert event.wait(EVENT_TIMEOUT_S)
