@@ -310,9 +310,6 @@ class Drills:
             ttl + 10,
             "the published catalog to age",
         )
-        # The client checks the graph too (before queueing); it must not be the one that
-        # asks the slow ComfyUI, or it waits in enqueue instead of the intake worker.
-        self.deps.catalog_from_comfy = False
         client = Client(self.deps, self.new_key(), "ann")
         # An earlier drill's request may still be waiting there (its asker was killed).
         before = self.comfy.object_info_in_flight
@@ -502,7 +499,12 @@ def run(quick: bool, work: Path, only: set[str] | None = None) -> list[Result]:
     results: list[Result] = []
     # The drills' own client (the Python-client path) checks URLs as dev does.
     os.environ.update(env)
-    drills = Drills(dev, build_deps(Settings(data_dir=work / "data")), comfy, inputs, receiver)
+    deps = build_deps(Settings(data_dir=work / "data"))
+    # The drills' client checks graphs before queueing, against the catalog dev's intake
+    # publishes: it never asks ComfyUI itself (in kill_intake_holder it would wait on the
+    # slow ComfyUI in enqueue instead of the intake worker it means to hold).
+    deps.catalog_from_comfy = False
+    drills = Drills(dev, deps, comfy, inputs, receiver)
     try:
         dev.wait_ready()
         print(f"dev ready in {time.monotonic() - STARTED:.1f} s", flush=True)

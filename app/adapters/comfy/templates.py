@@ -375,18 +375,20 @@ def resolve(
         raise InvalidInput(problems)
     media: list[tuple[str, dict[str, str]]] = []
     graph_values: dict[str, Any] = {}
+    recorded: dict[str, Any] = {}
     for name, value in used.items():
         kind = known[name].type
+        recorded[name] = value
         if kind in MEDIA_TYPES:
             file_name = media_file_name(name, kind, value.get("url", ""))
             media.append((file_name, dict(value)))
             if "data" in value:
                 # The job record keeps the values used; the file itself goes to an upload.
-                used[name] = {"data": f"<{len(value['data'])} base64 characters>"}
+                recorded[name] = {"data": f"<{len(value['data'])} base64 characters>"}
             value = file_name
         graph_values[name] = value
     graph = _with_values(template.workflow, graph_values, known)
-    return Resolved(graph=graph, media=media, values=used)
+    return Resolved(graph=graph, media=media, values=recorded)
 
 
 def media_file_name(name: str, kind: str, url: str) -> str:
