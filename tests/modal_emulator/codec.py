@@ -11,7 +11,7 @@ from __future__ import annotations
 import pickle
 from typing import Any
 
-import cloudpickle  # type: ignore[import-untyped]
+import cloudpickle
 
 _PLAIN = (str, bytes, int, float, bool, type(None))
 _PROTOCOL: int = cloudpickle.DEFAULT_PROTOCOL
