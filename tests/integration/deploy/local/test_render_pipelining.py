@@ -63,7 +63,7 @@ def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
     else:
         command = (
             f"{sys.executable} -m tests.comfy_double --port {port} --root {base} "
-            "--node-delay ImageBlur=1"
+            "--node-delay ImageBlur=4"  # a wide window for the second prompt to queue
         )
     url = f"http://127.0.0.1:{port}"
     settings = Settings(
