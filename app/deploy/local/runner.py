@@ -61,8 +61,11 @@ SWEEP_INTERVAL_S = 1.0
 #: With the 30 s lease, a dead holder is taken back within 40 s of its last heartbeat.
 FAIL_STALE_INTERVAL_S = 10.0
 CLEANUP_INTERVAL_S = 3600.0
-#: While ComfyUI is down the render worker leaves messages queued and checks again.
-COMFY_RETRY_S = 5.0
+#: While ComfyUI is down the render worker leaves messages queued and checks again: soon
+#: at first (a restart takes a few seconds; a slot asleep for the full interval left a job
+#: waiting that long after ComfyUI was back), then at most every `COMFY_RETRY_MAX_S`.
+COMFY_RETRY_FIRST_S = 0.25
+COMFY_RETRY_MAX_S = 2.0
 #: Restart back-off: the first restart waits the base, each further quick death doubles it.
 RESTART_BACKOFF_BASE_S = 0.5
 RESTART_BACKOFF_MAX_S = 30.0
@@ -224,6 +227,7 @@ def _drain_loop(settings: Settings, spec: WorkerSpec, stopping: _ChildStop) -> N
     before_each = deps.comfy.ready if spec.stage is Stage.RENDER else None
 
     def serve() -> None:
+        retry_s = COMFY_RETRY_FIRST_S
         while not stopping.requested():
             try:
                 drain(
@@ -233,8 +237,10 @@ def _drain_loop(settings: Settings, spec: WorkerSpec, stopping: _ChildStop) -> N
                     wait_s=settings.queue_poll_timeout_s,
                     before_each=before_each,
                 )
+                retry_s = COMFY_RETRY_FIRST_S
             except ComfyUnavailable:
-                stopping.wait(COMFY_RETRY_S)
+                stopping.wait(retry_s)
+                retry_s = min(retry_s * 2, COMFY_RETRY_MAX_S)
             except Exception:
                 log.exception("worker_loop_error")  # keep serving; the job itself was failed
                 stopping.wait(1.0)
