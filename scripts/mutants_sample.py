@@ -70,23 +70,30 @@ MUTANTS = (
     Mutant(
         "a release frees any tenure, not the one it names",
         "app/store/claims.py",
-        '    return kv.put_if_absent(released_key(ref.scope, ref.index, ref.generation), "1")\n',
-        '    kv.put(released_key(ref.scope, ref.index, ref.generation), "1")\n    return True\n',
+        "    return kv.put_if_absent(*release_marker(ref))\n",
+        "    kv.put(*release_marker(ref))\n    return True\n",
         UNIT,
     ),
     Mutant(
         "a release marks the next tenure released (frees the next holder)",
         "app/store/claims.py",
-        '    return kv.put_if_absent(released_key(ref.scope, ref.index, ref.generation), "1")\n',
-        "    return kv.put_if_absent(released_key(ref.scope, ref.index, ref.generation + 1), "
-        '"1")\n',
+        '    return released_key(ref.scope, ref.index, ref.generation), "1"\n',
+        '    return released_key(ref.scope, ref.index, ref.generation + 1), "1"\n',
         UNIT,
     ),
     Mutant(
         "a held place is taken again (cap not strict)",
         "app/store/claims.py",
-        "                hints.generations[index] = generation\n                break\n",
+        "                hints.seen_at[index] = holder.claimed_at  # unreleased when probed\n"
+        "                break\n",
         "                return SlotRef(scope=scope, index=index, generation=generation)\n",
+        UNIT,
+    ),
+    Mutant(
+        "a slot hint is trusted however old (a purged generation is held again)",
+        "app/store/claims.py",
+        "    if seen is not None and now is not None and -CLOCK_SKEW_S < now - seen < trust_s:\n",
+        "    if seen is not None and now is not None:\n",
         UNIT,
     ),
     Mutant(

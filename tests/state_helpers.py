@@ -68,10 +68,12 @@ class CountingKV:
         return attr
 
 
-def memory_store(clock: FakeClock | None = None) -> tuple[JobStore, MemoryBackend, FakeClock]:
+def memory_store(
+    clock: FakeClock | None = None, hint_trust_s: float = 0.0
+) -> tuple[JobStore, MemoryBackend, FakeClock]:
     backend = MemoryBackend()
     clock = clock or FakeClock()
-    return JobStore(backend, clock), backend, clock
+    return JobStore(backend, clock, hint_trust_s=hint_trust_s), backend, clock
 
 
 def limits(**overrides: int) -> Limits:

@@ -195,6 +195,9 @@ class TerminalDecision(Record):
     decided_at: float
     error: JobError | None = None
     outputs: list[OutputRef] = Field(default_factory=list)
+    #: A completion's stage times: the last stage's record is not written again (the
+    #: decision carries what that write would have), so reads take them from here.
+    stage_times: dict[Stage, StageTimes] | None = None
 
 
 class WebhookEventNote(Record):
@@ -217,6 +220,12 @@ class StageMessage(Record):
     not_before: float = 0.0
     #: On the notify queue: a non-terminal webhook event (None: the terminal delivery).
     event: WebhookEventNote | None = None
+    #: A work-stage hand-off: the job record as the sender wrote it and (first hand-off)
+    #: the request, when small, so the receiver need not read them back (issue 12).
+    record: str | None = None
+    request: str | None = None
+    #: When the message was made (the sender's clock); 0 for messages without it.
+    sent_at: float = 0.0
 
 
 #: How one webhook attempt ended: delivered, to be retried, or given up (dead-lettered).

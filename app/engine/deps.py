@@ -18,7 +18,7 @@ from app.core.models import Job, Stage
 from app.store.backends import KV, Backend, Queue, open_backend
 from app.store.deliveries import DeliveryStore
 from app.store.intakes import PendingIntakes
-from app.store.jobs import JobStore
+from app.store.jobs import JobStore, slot_hint_trust_s
 from app.store.keys import queue_name
 from app.store.parallel import is_concurrent
 from app.store.templates import TemplateStore
@@ -96,7 +96,8 @@ class Deps:
 
     @cached_property
     def jobs(self) -> JobStore:
-        return JobStore(self.backend, self.clock)
+        trust = slot_hint_trust_s(self.settings.job_retention_s)
+        return JobStore(self.backend, self.clock, hint_trust_s=trust)
 
     @cached_property
     def tenants(self) -> TenantRegistry:

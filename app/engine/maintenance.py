@@ -276,10 +276,9 @@ def _hand_back(deps: Deps, job: Job, epoch: int) -> None:
     """Give the job to its stage again under `epoch` (already taken with `take_back`)."""
     times = dict(job.stage_times)
     times[job.stage] = StageTimes(queued_at=deps.clock())
-    deps.jobs.save(
-        job.model_copy(update={"epoch": epoch, "lease_until": None, "stage_times": times})
-    )
-    enqueue(deps, job.id, job.stage, epoch=epoch)
+    handed = job.model_copy(update={"epoch": epoch, "lease_until": None, "stage_times": times})
+    deps.jobs.save(handed)
+    enqueue(deps, job.id, job.stage, epoch=epoch, record=handed)
 
 
 def parked_job_ids(deps: Deps) -> set[str]:

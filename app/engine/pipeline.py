@@ -89,6 +89,14 @@ NEXT_STAGE: Mapping[Stage, Stage | None] = {
 RETRY_BASE_S = 2.0
 #: Longest pause between tries of a render while ComfyUI is down.
 RENDERER_RETRY_MAX_S = 30.0
+#: A hand-off carries the record and the request when each is at most this big (a
+#: Modal queue item may be 1 MiB; a partition holds 64 MiB, so keep items small).
+CARRY_MAX_BYTES = 32 * 1024
+#: A carried record is trusted only in a message younger than this: no job is purged
+#: sooner after it ends (`job_retention_s` >= 60), so such a message cannot outlive its
+#: job, and a message that waited longer (put back while ComfyUI was down) reads the
+#: stored record instead.
+CARRIED_MAX_AGE_S = 60.0
 
 
 def enqueue(
@@ -100,8 +108,17 @@ def enqueue(
     attempt: int = 0,
     not_before: float = 0.0,
     event: WebhookEventNote | None = None,
+    record: Job | None = None,
+    request: str | None = None,
 ) -> None:
-    """Put a stage message on its queue now, or park it until `not_before`."""
+    """Put a stage message on its queue now, or park it until `not_before`.
+
+    `record` (the job as the caller just wrote it) and `request` ride along when small
+    and the message goes out now; a parked one would be too old to trust them.
+    """
+    now = deps.clock()
+    carry = not_before <= now
+    record_json = record.model_dump_json() if carry and record is not None else None
     message = StageMessage(
         job_id=job_id,
         stage=stage,
@@ -109,14 +126,32 @@ def enqueue(
         attempt=attempt,
         not_before=not_before,
         event=event,
+        record=_small(record_json),
+        request=_small(request) if carry else None,
+        sent_at=now,
     )
-    if not_before > deps.clock():
+    if not carry:
         # Queues have no delay: park it; the sweep moves it to the queue when due.
         key = parked_key(not_before, job_id, stage, epoch, attempt)
         deps.backend.kv(DELAYED_DICT).put(key, message.model_dump_json())
         return
     deps.queue(stage).put(message.model_dump_json())
     deps.waker(stage)
+
+
+def _small(text: str | None) -> str | None:
+    return text if text is not None and len(text) <= CARRY_MAX_BYTES else None
+
+
+def carried(deps: Deps, message: StageMessage) -> tuple[Job | None, str | None]:
+    """The record and request a fresh message carries (None, None for an old one)."""
+    if message.record is None or deps.clock() - message.sent_at > CARRIED_MAX_AGE_S:
+        return None, None
+    try:
+        record = Job.model_validate_json(message.record)
+    except ValidationError:
+        return None, None
+    return record, message.request
 
 
 def release_due(deps: Deps) -> int:
@@ -137,14 +172,16 @@ def release_due(deps: Deps) -> int:
     return moved
 
 
-def hand_off(deps: Deps, job: Job, stage: Stage, *, epoch: int = 0) -> bool:
-    """Queue the job for `stage`; True if queued.
+def hand_off(
+    deps: Deps, job: Job, stage: Stage, *, epoch: int = 0, request: str | None = None
+) -> bool:
+    """Queue the job for `stage` with its record (as just written); True if queued.
 
     A queue still full after its put timeout fails the job cleanly (the terminal decision
     releases its slots) instead of leaving it admitted with no message anywhere.
     """
     try:
-        enqueue(deps, job.id, stage, epoch=epoch)
+        enqueue(deps, job.id, stage, epoch=epoch, record=job, request=request)
     except QueueFull as exc:
         error = JobError(code="overloaded", message=f"the {stage} queue was full; job not run")
         fail_job(deps, job, error)
@@ -258,12 +295,15 @@ def process_message(raw: str, deps: Deps, stages: Mapping[Stage, StageFn]) -> No
 def _work(deps: Deps, message: StageMessage, stages: Mapping[Stage, StageFn]) -> None:
     """A work stage: the job must be running; its result goes to the next stage."""
     log = get_logger(job_id=message.job_id, stage=message.stage.value, epoch=message.epoch)
+    record, request = carried(deps, message)
     found, claimed = deps.jobs.find_and_claim(
         message.job_id,
         message.stage,
         message.epoch,
         message.attempt,
         prefetch_workflow=message.stage is Stage.RENDER,
+        carried=record,
+        carried_request=request,
     )
     if found is None:
         log.warning("message_for_unknown_job")
@@ -355,7 +395,8 @@ def _observe(job: Job, stage: Stage, began: float, outcome: str) -> None:
 
 def _run_again(deps: Deps, job: Job, message: StageMessage, at: float) -> None:
     """Release the job and park its next attempt at this stage until `at`."""
-    deps.jobs.save(job.model_copy(update={"lease_until": None}))
+    released = job.model_copy(update={"lease_until": None})
+    deps.jobs.save(released)
     enqueue(
         deps,
         job.id,
@@ -363,6 +404,7 @@ def _run_again(deps: Deps, job: Job, message: StageMessage, at: float) -> None:
         epoch=message.epoch,
         attempt=message.attempt + 1,
         not_before=at,
+        record=released,
     )
 
 
@@ -524,17 +566,29 @@ def _wait_for_renderer(deps: Deps, job: Job, message: StageMessage) -> None:
     _run_again(deps, waiting, message, now + delay)
 
 
-def note_renderer_unavailable(deps: Deps, raw: str) -> None:
+def without_record(raw: str) -> str:
+    """A stage message without the record it carries (as it was, if it is not one)."""
+    try:
+        message = StageMessage.model_validate_json(raw)
+    except ValidationError:
+        return raw
+    return message.model_copy(update={"record": None}).model_dump_json()
+
+
+def note_renderer_unavailable(deps: Deps, raw: str) -> str:
     """A render message goes back to its queue because ComfyUI is down: the job says so.
 
     Called by the worker that took the message, before it puts it back, so no holder
     writes the record meanwhile. Written once per outage (a read each time, a write only
     when the detail changes); the wait is counted from the render `queued_at` as ever.
+    Returns the message to put back: without a carried record, which this write (or an
+    earlier one) may have made stale.
     """
     try:
         message = StageMessage.model_validate_json(raw)
     except ValidationError:
-        return
+        return raw
+    back = without_record(raw)
     job = deps.jobs.find(message.job_id)
     if (
         job is None
@@ -543,9 +597,10 @@ def note_renderer_unavailable(deps: Deps, raw: str) -> None:
         or job.lease_until is not None
         or job.detail is StatusDetail.RENDERER_UNAVAILABLE
     ):
-        return
+        return back
     queued = job.model_copy(update={"status": JobStatus.QUEUED})
     deps.jobs.save(record_detail(deps, queued, StatusDetail.RENDERER_UNAVAILABLE))
+    return back
 
 
 def _max_attempts(deps: Deps, exc: PipelineError) -> int:

@@ -10,7 +10,7 @@ from app.core.errors import ComfyUnavailable
 from app.core.logs import get_logger
 from app.core.models import Stage
 from app.engine.deps import Deps, build_deps
-from app.engine.pipeline import note_renderer_unavailable
+from app.engine.pipeline import note_renderer_unavailable, without_record
 
 __all__ = ["Deps", "MessageHandler", "build_deps", "drain_stage", "run_slots"]
 
@@ -52,9 +52,10 @@ def drain_stage(
             except ComfyUnavailable:
                 if stage is Stage.RENDER:
                     try:
-                        note_renderer_unavailable(deps, raw)
+                        raw = note_renderer_unavailable(deps, raw)
                     except Exception:  # noqa: BLE001 - the status detail is a courtesy
                         get_logger(stage=stage.value).exception("renderer_unavailable_note_failed")
+                        raw = without_record(raw)
                 queue.put(raw)
                 get_logger(stage=stage.value).warning("message_returned_unhealthy_worker")
                 raise

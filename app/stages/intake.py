@@ -157,7 +157,10 @@ def admit(
     if admission.replayed:
         log.info("job_replayed", idempotency_key=idempotency_key)
         return admission
-    if not hand_off(deps, admission.job, admission.job.stage):  # render at once with no inputs
+    job = admission.job
+    # Render (a job without inputs goes there at once) reads the request: it rides along.
+    graph = admission.request if job.stage is Stage.RENDER else None
+    if not hand_off(deps, job, job.stage, request=graph):
         retry = deps.settings.backpressure_retry_after_s
         raise Backpressure(f"the service is at capacity; retry after {retry} s", retry)
     log.info("job_admitted", user_id=user_id, inputs=len(new.inputs))

@@ -23,6 +23,16 @@ runs at a time (the local runner's loop; one Modal cron), which is all that runs
 
 Hints (`...:hint`) are plain writes that only speed up the search; a stale hint costs a
 few extra probes and never a wrong answer, because every key below a hint was claimed.
+
+**Trusted hints** spare the floor read (one round trip per scope on every admission,
+issue 12). Each place's hint carries when it was observed (`seen_at`): by a claimer that
+won or found held that generation (so its release, if any, comes later), or by the
+releaser of the one before, stamped before its marker was written (so the generation is
+claimed later). Either way the hinted generation's release comes after `seen_at`, and a
+purge comes at least `trust_s` after a release (the caller derives it from retention),
+so a win *at the hinted generation itself* within `trust_s` of `seen_at` cannot be a
+purged tenure: no floor read is needed. A win found by probing past the hint, a hint
+without a stamp, or an old one still reads the floor.
 """
 
 from __future__ import annotations
@@ -110,6 +120,11 @@ class SlotHints:
     seq: dict[str, int] = field(default_factory=dict)
     #: Whether the record was there (a scope that never held a slot has none).
     found: bool = False
+    #: Per place: when its hinted generation was observed (see "Trusted hints").
+    seen_at: dict[int, float] = field(default_factory=dict)
+    #: Set by `take_place`: the `seen_at` of the hint it won at, when it won the hinted
+    #: generation itself (None: it probed past the hint, or the hint had no stamp).
+    won_hint_seen_at: float | None = None
 
     def dumps(self) -> str:
         payload: dict[str, object] = {
@@ -118,6 +133,8 @@ class SlotHints:
         }
         if self.seq:
             payload["seq"] = self.seq
+        if self.seen_at:
+            payload["at"] = {str(k): round(v, 3) for k, v in self.seen_at.items()}
         return json.dumps(payload, separators=(",", ":"))
 
 
@@ -132,6 +149,7 @@ def read_hints(kv: KV, scope: str) -> SlotHints:
         {int(i) for i in data["held"]},
         {str(k): int(v) for k, v in data.get("seq", {}).items()},
         found=True,
+        seen_at={int(k): float(v) for k, v in data.get("at", {}).items()},
     )
 
 
@@ -178,11 +196,15 @@ def take_place(
     free_first = (index for index in range(cap) if index not in hints.held)
     order = chain(free_first, sorted(index for index in hints.held if index < cap))
     for index in order:
-        generation = hints.generations.get(index, 0)
+        hinted = generation = hints.generations.get(index, 0)
+        seen = hints.seen_at.get(index)
         while True:
             if kv.put_if_absent(slot_key(scope, index, generation), holder.dumps()):
+                hints.won_hint_seen_at = seen if generation == hinted else None
                 hints.generations[index] = generation
                 hints.held.add(index)
+                # Held by us from now: observed no later than the admission began.
+                hints.seen_at[index] = holder.claimed_at
                 return SlotRef(scope=scope, index=index, generation=generation)
             if not kv.contains(released_key(scope, index, generation)):
                 # Held by a live tenure: try the next place, and say so in the hints
@@ -191,18 +213,33 @@ def take_place(
                 # other) probed ~350 held places per POST at 64 connections (issue 13).
                 hints.held.add(index)
                 hints.generations[index] = generation
+                hints.seen_at[index] = holder.claimed_at  # unreleased when probed
                 break
             generation += 1
     return None
 
 
-def give_back_if_purged(kv: KV, ref: SlotRef, hints: SlotHints) -> bool:
-    """True (and the key given back) if `ref` is a purged tenure below its place's floor."""
+#: How far another container's clock may run ahead of ours and a stamp still count.
+CLOCK_SKEW_S = 60.0
+
+
+def give_back_if_purged(
+    kv: KV, ref: SlotRef, hints: SlotHints, now: float | None = None, trust_s: float = 0.0
+) -> bool:
+    """True (and the key given back) if `ref` is a purged tenure below its place's floor.
+
+    No read when `ref` was won at a hint observed less than `trust_s` before `now` (see
+    "Trusted hints" in the module docstring).
+    """
+    seen = hints.won_hint_seen_at
+    if seen is not None and now is not None and -CLOCK_SKEW_S < now - seen < trust_s:
+        return False
     floor = _floor(kv, ref.scope, ref.index)
     if ref.generation >= floor:
         return False
     kv.pop(slot_key(ref.scope, ref.index, ref.generation))
     hints.generations[ref.index] = floor
+    hints.seen_at.pop(ref.index, None)  # the floor says nothing of when it was claimed
     return True
 
 
@@ -222,12 +259,29 @@ def mark_released(kv: KV, ref: SlotRef) -> bool:
     `release_slot` is this plus a hint update; a caller freeing several tenures may read
     their hints alongside and write them in one batch (`note_released`).
     """
-    return kv.put_if_absent(released_key(ref.scope, ref.index, ref.generation), "1")
+    return kv.put_if_absent(*release_marker(ref))
 
 
-def note_released(hints: SlotHints, ref: SlotRef) -> None:
-    """Record in `hints` that `ref`'s place is free from the next generation on."""
-    hints.generations[ref.index] = max(hints.generations.get(ref.index, 0), ref.generation + 1)
+def release_marker(ref: SlotRef) -> tuple[str, str]:
+    """The key and value that mark one tenure released (written once, by put-if-absent
+    in `mark_released`, or in a batch by the tenure's one releaser)."""
+    return released_key(ref.scope, ref.index, ref.generation), "1"
+
+
+def note_released(hints: SlotHints, ref: SlotRef, at: float | None = None) -> None:
+    """Record in `hints` that `ref`'s place is free from the next generation on.
+
+    `at`: a time before the release's marker was written (the next generation is claimed
+    after it), stamped on the hint; None leaves the place without a stamp.
+    """
+    following = ref.generation + 1
+    known = hints.generations.get(ref.index, 0)
+    if following > known or (following == known and at is not None):
+        hints.generations[ref.index] = following
+        if at is None:
+            hints.seen_at.pop(ref.index, None)
+        else:
+            hints.seen_at[ref.index] = at
     hints.held.discard(ref.index)
 
 

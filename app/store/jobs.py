@@ -66,6 +66,7 @@ from app.store.claims import (
     purge_slot,
     read_hints,
     release_held_by,
+    release_marker,
     release_slot,
     sequence_end,
     sequence_start,
@@ -83,6 +84,7 @@ from app.store.keys import (
     JOBS_DICT,
     PENDING_DICT,
     RATES_DICT,
+    RETENTION_BUCKET_S,
     RETENTION_CURSOR_KEY,
     RETENTION_DICT,
     SLOTS_DICT,
@@ -162,6 +164,8 @@ class Admission:
 
     job: Job
     replayed: bool
+    #: The stored request (JSON), for the first hand-off to carry; None on a replay.
+    request: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +184,17 @@ class ReconcileReport:
     active_removed: int = 0
 
 
+def slot_hint_trust_s(job_retention_s: float) -> float:
+    """How long a slot hint spares the floor read, for jobs kept `job_retention_s`.
+
+    A tenure is purged only with its job, once the job ended a retention ago and the
+    retention hour its release was indexed under is over (`purge_due`): at least the
+    retention less one hour after the release. Half of that leaves room for slow
+    releases and clocks; below an hour of retention, no hint is trusted.
+    """
+    return max(0.0, (job_retention_s - RETENTION_BUCKET_S) / 2)
+
+
 def body_fingerprint(payload: object) -> str:
     """A stable hash of a JSON-able request body."""
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
@@ -193,7 +208,9 @@ def _dump(model: BaseModel) -> str:
 class JobStore:
     """Domain operations on jobs over a backend; every method is safe to call concurrently."""
 
-    def __init__(self, backend: Backend, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, backend: Backend, clock: Callable[[], float], *, hint_trust_s: float = 0.0
+    ) -> None:
         self.jobs: KV = backend.kv(JOBS_DICT)
         self.admission: KV = backend.kv(ADMISSION_DICT)
         self.idem: KV = backend.kv(IDEM_DICT)
@@ -207,6 +224,9 @@ class JobStore:
         self.intakes: KV = backend.kv(INTAKE_DICT)
         self.dead: KV = backend.kv(DEAD_DICT)
         self.clock = clock
+        #: How long a slot hint is trusted to spare the floor read (`claims`, "Trusted
+        #: hints"): less than the least time from a release to its purge. 0: never.
+        self.hint_trust_s = hint_trust_s
         self._concurrent = is_concurrent(backend)
         #: Requests read alongside a stage claim, by job id, until the stage reads them.
         self._prefetched: dict[str, str] = {}
@@ -327,6 +347,7 @@ class JobStore:
                 tenant_hints.seq = {rate: ticket + 1}
             slot_hints[slot_hints_key(scope_of_rate)] = tenant_hints.dumps()
         claimed: list[int] = []
+        request = json.dumps(new.workflow)
 
         def claim_index() -> int | None:
             n = claim_next_from(self.admission, index, job_id, index_start)
@@ -348,12 +369,13 @@ class JobStore:
                 par,
                 lambda: put_all(
                     self.jobs,
-                    {request_key(job_id): json.dumps(new.workflow), job_key(job_id): _dump(job)},
+                    {request_key(job_id): request, job_key(job_id): _dump(job)},
                 ),
                 claim_index,
                 (lambda: put_all(self.slots, slot_hints)) if par else write_hints,
             )
-            return Admission(job=self._placed(job, cast(int, position)), replayed=False)
+            placed = self._placed(job, cast(int, position))
+            return Admission(job=placed, replayed=False, request=request)
         # A client chose the id (the intake queue): put-if-absent, so two messages racing
         # with one new id cannot both create. The request and the index entry go out
         # after, so a loser never replaces the winner's workflow nor lists its job.
@@ -372,11 +394,12 @@ class JobStore:
             raise JobIdTaken(job_id)
         _, position, *_ = run_calls(
             par,
-            lambda: self.jobs.put(request_key(job_id), json.dumps(new.workflow)),
+            lambda: self.jobs.put(request_key(job_id), request),
             claim_index,
             *(() if par else (write_hints,)),
         )
-        return Admission(job=self._placed(job, cast(int, position)), replayed=False)
+        placed = self._placed(job, cast(int, position))
+        return Admission(job=placed, replayed=False, request=request)
 
     def _placed(self, job: Job, position: int) -> Job:
         """The admitted record with its real index position, rewritten if the first
@@ -454,7 +477,7 @@ class JobStore:
             lambda: take_place(self.slots, user, user_cap, holder, user_hints),
         )
         if ticket is None:
-            if user_slot is not None and not give_back_if_purged(self.slots, user_slot, user_hints):
+            if user_slot is not None and not self._purged(user_slot, user_hints):
                 release_slot(self.slots, user_slot)
             window = int(now // RATE_WINDOW_S)
             raise AdmissionRejected(
@@ -482,25 +505,29 @@ class JobStore:
         """The tenant's slot after the user's (floor check of the user's alongside)."""
         tenant_cap = limits.max_active_per_tenant
         if tenant is None or not isinstance(tenant_hints, SlotHints):
-            if give_back_if_purged(self.slots, user_slot, user_hints):
+            if self._purged(user_slot, user_hints):
                 user_slot = self._retake("user", limits, holder, user, user_hints, None)
             return [user_slot]
         won = user_slot
         user_purged, tenant_slot = both(
             self._concurrent,
-            lambda: give_back_if_purged(self.slots, won, user_hints),
+            lambda: self._purged(won, user_hints),
             lambda: take_place(self.slots, tenant, tenant_cap, holder, tenant_hints),
         )
         if tenant_slot is None:
             if not user_purged:
                 release_slot(self.slots, user_slot)
             raise _refusal("tenant", limits)
-        if give_back_if_purged(self.slots, tenant_slot, tenant_hints):
+        if self._purged(tenant_slot, tenant_hints):
             other = None if user_purged else user_slot
             tenant_slot = self._retake("tenant", limits, holder, tenant, tenant_hints, other)
         if user_purged:
             user_slot = self._retake("user", limits, holder, user, user_hints, tenant_slot)
         return [user_slot, tenant_slot]
+
+    def _purged(self, ref: SlotRef, hints: SlotHints) -> bool:
+        """`give_back_if_purged` with this store's hint trust (no read for a fresh hint)."""
+        return give_back_if_purged(self.slots, ref, hints, self.clock(), self.hint_trust_s)
 
     def _retake(
         self,
@@ -539,20 +566,36 @@ class JobStore:
         attempt: int,
         *,
         prefetch_workflow: bool = False,
+        carried: Job | None = None,
+        carried_request: str | None = None,
     ) -> tuple[Job | None, bool]:
         """`find` and `claim_stage` for a stage message, overlapped where calls are round
         trips (a claim taken for a job that turns out ended or unknown blocks nothing).
 
         `prefetch_workflow` reads the request alongside, for the stage's `workflow` call.
+        `carried`: the record as its sender wrote it, from the message (the single-writer
+        rule: nobody writes it between the hand-off and this claim), so it is not read
+        again; only the terminal decision is. `carried_request` likewise for the request.
         """
+        if carried is not None and carried.id != job_id:
+            carried = None
+        if carried_request is not None:
+            prefetch_workflow = False
         if not self._concurrent:
-            job = self.find(job_id)
+            if carried is None:
+                job = self.find(job_id)
+            else:
+                job = _merge(carried, self.jobs.get(terminal_key(job_id)))
             if job is None or job.is_terminal:
                 return job, False
-            return job, self.claim_stage(job_id, stage, epoch, attempt)
+            claimed = self.claim_stage(job_id, stage, epoch, attempt)
+            if claimed and carried_request is not None:
+                self._keep_request(job_id, carried_request)
+            return job, claimed
+        known = carried
         raw, decided, fenced, won, request = run_calls(
             True,
-            lambda: self.jobs.get(job_key(job_id)),
+            lambda: None if known is not None else self.jobs.get(job_key(job_id)),
             lambda: self.jobs.get(terminal_key(job_id)),
             lambda: self.jobs.contains(epoch_key(job_id, _lane(stage), epoch + 1)),
             lambda: self.jobs.put_if_absent(
@@ -560,14 +603,24 @@ class JobStore:
             ),
             lambda: self.jobs.get(request_key(job_id)) if prefetch_workflow else None,
         )
-        job = _merged(None if raw is None else str(raw), None if decided is None else str(decided))
+        decision = None if decided is None else str(decided)
+        found = (
+            _merge(known, decision)
+            if known is not None
+            else _merged(None if raw is None else str(raw), decision)
+        )
         claimed = bool(won) and not fenced
-        if claimed and job is not None and not job.is_terminal and request is not None:
-            with self._lock:
-                if len(self._prefetched) >= PREFETCH_MAX:  # stages that never read theirs
-                    self._prefetched.clear()
-                self._prefetched[job_id] = str(request)
-        return job, claimed
+        request = carried_request if carried_request is not None else request
+        if claimed and found is not None and not found.is_terminal and request is not None:
+            self._keep_request(job_id, str(request))
+        return found, claimed
+
+    def _keep_request(self, job_id: str, request: str) -> None:
+        """Hold a request read (or carried) with a stage claim until the stage reads it."""
+        with self._lock:
+            if len(self._prefetched) >= PREFETCH_MAX:  # stages that never read theirs
+                self._prefetched.clear()
+            self._prefetched[job_id] = request
 
     def get(self, job_id: str) -> Job:
         """Like `find`, but raises `JobNotFound`."""
@@ -670,16 +723,18 @@ class JobStore:
         return True
 
     def complete(self, job: Job) -> bool:
-        """Save the last stage's record and decide `completed`, both at once (reads merge
-        the decision over the record, so their order does not matter); True if decided."""
+        """Decide `completed` with the last stage's outputs and stage times; True if decided.
+
+        One write: the decision carries what a last save of the record would have (reads
+        merge it over the record), so the last stage never rewrites `job:{id}`.
+        """
         decision = TerminalDecision(
-            status=JobStatus.COMPLETED, decided_at=self.clock(), outputs=job.outputs
+            status=JobStatus.COMPLETED,
+            decided_at=self.clock(),
+            outputs=job.outputs,
+            stage_times=job.stage_times,
         )
-        _saved, decided = both(
-            self._concurrent,
-            lambda: self.save(job),
-            lambda: self.jobs.put_if_absent(terminal_key(job.id), _dump(decision)),
-        )
+        decided = self.jobs.put_if_absent(terminal_key(job.id), _dump(decision))
         if decided:
             self._release(job.id, job=job)
         return decided
@@ -725,7 +780,12 @@ class JobStore:
         return self.get(job_id)
 
     def _release(
-        self, job_id: str, slots: list[SlotRef] | None = None, job: Job | None = None
+        self,
+        job_id: str,
+        slots: list[SlotRef] | None = None,
+        job: Job | None = None,
+        *,
+        decided_here: bool = True,
     ) -> int:
         """After the terminal decision: free the slots, index the job for retention, and
         leave the reaper's working set, in that order (reconcile redoes a cut-short one:
@@ -733,6 +793,11 @@ class JobStore:
 
         `job`: the record, when the caller holds it (its slots and what it owns need no
         read); `slots` alone still needs the active entry for the retention entry.
+
+        `decided_here`: the caller just made the terminal decision, so it is the tenures'
+        one releaser: their markers go out in the hint batch as plain writes (a marker is
+        idempotent; only a second releaser, reconcile, needs to learn whether it freed
+        one). Reconcile passes False: each marker is put-if-absent and counted.
         """
         if job is None and slots is None:
             raw = self.jobs.get(job_key(job_id))
@@ -743,24 +808,30 @@ class JobStore:
         # request's) leaves what it owns in the active entry: read it there.
         owned = _Owned.of(job)
         par = self._concurrent
-        bucket = retention_bucket(self.clock())
+        now = self.clock()  # before any marker: the freed places' hints are stamped with it
+        bucket = retention_bucket(now)
         prefix = retention_prefix(bucket)
-        # Markers, hint reads, the active entry and the hour's retention hint at once;
-        # then the freed places' hints in one batch (a hint is only a search aid: a stale
-        # one costs probes, not slots) alongside the retention claim; then the hour's
-        # hint alongside leaving the active index.
+        # Hint reads, the active entry and the hour's retention hint at once (and, for
+        # reconcile, each marker); then the markers with the freed places' hints in one
+        # batch (a hint is only a search aid: a stale one costs probes, not slots)
+        # alongside the retention claim; then the hour's hint alongside leaving the
+        # active index.
+        marked = [] if decided_here else slots
         entry_raw, start_raw, *results = run_calls(
             par,
             lambda: None if owned is not None else self.active.get(active_key(job_id)),
             lambda: self.retention.get(sequence_hint_key(prefix)),
-            *(lambda ref=ref: mark_released(self.slots, ref) for ref in slots),
             *(lambda ref=ref: read_hints(self.slots, ref.scope) for ref in slots),
+            *(lambda ref=ref: mark_released(self.slots, ref) for ref in marked),
         )
-        freed = results[: len(slots)]
+        freed = [True] * len(slots) if decided_here else results[len(slots) :]
         updates: dict[str, str] = {}
-        for ref, was_freed, hints in zip(slots, freed, results[len(slots) :], strict=True):
+        for ref, was_freed, hints in zip(slots, freed, results[: len(slots)], strict=True):
+            if decided_here:
+                marker, value = release_marker(ref)
+                updates[marker] = value
             if was_freed and isinstance(hints, SlotHints):
-                note_released(hints, ref)
+                note_released(hints, ref, at=now)
                 updates[slot_hints_key(ref.scope)] = hints.dumps()
         if owned is None:
             owned = _Owned.loads(None if entry_raw is None else str(entry_raw))
@@ -1008,7 +1079,7 @@ class JobStore:
         now = self.clock()
         for job_id in list(self.active.keys()):
             if self.jobs.contains(terminal_key(job_id)):
-                report.slots_released += self._release(job_id)
+                report.slots_released += self._release(job_id, decided_here=False)
                 report.active_removed += 1
                 continue
             owned = _Owned.loads(self.active.get(active_key(job_id)))
@@ -1085,7 +1156,11 @@ def _merged(raw: str | None, decided: str | None) -> Job | None:
     """A job record with its terminal decision (if any) merged over it."""
     if raw is None:
         return None
-    job = Job.model_validate_json(raw)
+    return _merge(Job.model_validate_json(raw), decided)
+
+
+def _merge(job: Job, decided: str | None) -> Job:
+    """`job` with the terminal decision `decided` (JSON, if any) merged over it."""
     if decided is None:
         return job
     terminal = TerminalDecision.model_validate_json(decided)
@@ -1100,6 +1175,7 @@ def _merged(raw: str | None, decided: str | None) -> Job | None:
             "outputs": (terminal.outputs or job.outputs) if completed else [],
             "progress": 1.0 if completed else job.progress,
             "lease_until": None,
+            "stage_times": terminal.stage_times or job.stage_times,
         }
     )
 

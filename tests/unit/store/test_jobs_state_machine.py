@@ -8,7 +8,9 @@ Invariants checked after every step:
 
 Purging ended jobs (cleanup) runs among the steps, and so do stale slot hints (a slow
 claimer's lost update writing an old view back), so a purged generation can never be
-claimed again while a newer tenure of its place is held.
+claimed again while a newer tenure of its place is held. The store trusts fresh hints
+(`hint_trust_s`, no floor read) and purges, as cleanup does, only tenures released at
+least that long ago: the trust's one premise.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from tests.state_helpers import FakeClock, memory_store, new_job
 USER_CAP = 3
 TENANT_CAP = 4
 USERS = ["alice", "bob", "carol"]
+#: The store's hint trust; a purge waits at least this long after the job's release.
+TRUST_S = 1000.0
 LIMITS = Limits(max_active_per_user=USER_CAP, max_active_per_tenant=TENANT_CAP)
 
 
@@ -36,9 +40,12 @@ class JobLifecycle(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.store: JobStore
-        self.store, self.backend, self.clock = memory_store(FakeClock())
+        self.store, self.backend, self.clock = memory_store(FakeClock(), hint_trust_s=TRUST_S)
         self.counter = 0
         self.decided: dict[str, JobStatus] = {}
+        #: When each decided job's slots were freed (its decision, or the reconcile after
+        #: a crash between decision and release).
+        self.released_at: dict[str, float] = {}
         self.old_hints: dict[str, str] = {}
 
     @rule(target=jobs, user=st.sampled_from(USERS))
@@ -75,6 +82,7 @@ class JobLifecycle(RuleBasedStateMachine):
         won = self.store.finish(jid, status, error=error)
         assert won == (jid not in self.decided)
         self.decided.setdefault(jid, status)
+        self.released_at.setdefault(jid, self.clock())
 
     @rule(jid=jobs)
     def cancel(self, jid: str) -> None:
@@ -84,6 +92,7 @@ class JobLifecycle(RuleBasedStateMachine):
             self.store.cancel(jid)
             assert jid not in self.decided
             self.decided[jid] = JobStatus.CANCELLED
+            self.released_at[jid] = self.clock()
         except AlreadyTerminal:
             assert jid in self.decided
 
@@ -96,9 +105,14 @@ class JobLifecycle(RuleBasedStateMachine):
         assert self.store.jobs.put_if_absent(f"terminal:{jid}", terminal)
         self.decided[jid] = JobStatus.FAILED
 
+    def _reconcile(self) -> None:
+        self.store.reconcile()
+        for jid in self.decided:
+            self.released_at.setdefault(jid, self.clock())
+
     @rule()
     def reconcile(self) -> None:
-        self.store.reconcile()
+        self._reconcile()
         for ref, holder in held_slots(self.store.slots):
             assert holder.job_id not in self.decided, (ref, holder)
 
@@ -107,9 +121,12 @@ class JobLifecycle(RuleBasedStateMachine):
         # Cleanup runs long after fail_stale has reconciled the job.
         if jid not in self.decided:
             return
-        self.store.reconcile()
+        self._reconcile()
+        if self.clock() - self.released_at[jid] < TRUST_S:
+            return  # not due: retention outlasts the hint trust
         self.store.purge(jid)
         del self.decided[jid]
+        del self.released_at[jid]
         assert self.store.find(jid) is None
 
     @rule()

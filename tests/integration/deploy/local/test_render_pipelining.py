@@ -109,6 +109,15 @@ def test_a_comfyui_restart_with_two_prompts_queued_retries_both_jobs(stack: Stac
     # Given one render worker holding a slow job's running prompt and a second job's
     # prompt queued behind it
     slow = admit(deps, tenant, "u", JobRequest(workflow=slow_workflow(color(), size=512))).job
+    # The slow prompt runs first: admitted together, the two slots race to POST theirs,
+    # and a quick prompt that won ran and ended before the slow one queued (a loaded
+    # full run saw that, then waited for a state that could no longer come).
+    wait_until(
+        lambda: _queue(stack.url) == (1, 0),
+        timeout_s=WAIT_S,
+        interval_s=0.02,
+        what="the slow prompt running in ComfyUI",
+    )
     quick = admit(deps, tenant, "u", JobRequest(workflow=invert_workflow(color()))).job
     wait_until(
         lambda: _queue(stack.url) == (1, 1),
