@@ -96,7 +96,11 @@ class Deps:
 
     @cached_property
     def jobs(self) -> JobStore:
-        trust = slot_hint_trust_s(self.settings.job_retention_s)
+        # Trusted hints spare a floor read: a round trip on Modal, a cheap query locally,
+        # where the stamps would only make every hint record bigger.
+        trust = (
+            slot_hint_trust_s(self.settings.job_retention_s) if is_concurrent(self.backend) else 0.0
+        )
         return JobStore(self.backend, self.clock, hint_trust_s=trust)
 
     @cached_property

@@ -125,6 +125,10 @@ class SlotHints:
     #: Set by `take_place`: the `seen_at` of the hint it won at, when it won the hinted
     #: generation itself (None: it probed past the hint, or the hint had no stamp).
     won_hint_seen_at: float | None = None
+    #: Whether `dumps` writes the stamps: only where a store trusts them (a Modal round
+    #: trip saved per floor read) or the record already had them; locally a floor read
+    #: is a cheap query, and the stamps would double each record's size.
+    stamped: bool = False
 
     def dumps(self) -> str:
         payload: dict[str, object] = {
@@ -133,23 +137,26 @@ class SlotHints:
         }
         if self.seq:
             payload["seq"] = self.seq
-        if self.seen_at:
-            payload["at"] = {str(k): round(v, 3) for k, v in self.seen_at.items()}
+        if self.stamped and self.seen_at:
+            # Whole seconds, rounded down: a stamp may only be earlier than what it saw.
+            payload["at"] = {str(k): int(v) for k, v in self.seen_at.items()}
         return json.dumps(payload, separators=(",", ":"))
 
 
-def read_hints(kv: KV, scope: str) -> SlotHints:
-    """The scope's hints (empty if none were written)."""
+def read_hints(kv: KV, scope: str, *, stamped: bool = False) -> SlotHints:
+    """The scope's hints (empty if none were written); `stamped`: keep stamps on write."""
     raw = kv.get(slot_hints_key(scope))
     if raw is None:
-        return SlotHints({}, set())
+        return SlotHints({}, set(), stamped=stamped)
     data = json.loads(raw)
+    stamps = data.get("at")
     return SlotHints(
         {int(k): int(v) for k, v in data["gen"].items()},
         {int(i) for i in data["held"]},
         {str(k): int(v) for k, v in data.get("seq", {}).items()},
         found=True,
-        seen_at={int(k): float(v) for k, v in data.get("at", {}).items()},
+        seen_at={int(k): float(v) for k, v in stamps.items()} if stamps else {},
+        stamped=stamped or stamps is not None,
     )
 
 

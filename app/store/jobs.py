@@ -295,8 +295,8 @@ class JobStore:
         won, user_hints, tenant_hints, listed = run_calls(
             par,
             lambda: True if idem is None else self.idem.put_if_absent(idem, claim),
-            lambda: read_hints(self.slots, user),
-            lambda: None if scope_of_rate is None else read_hints(self.slots, scope_of_rate),
+            lambda: self._hints(user),
+            lambda: None if scope_of_rate is None else self._hints(scope_of_rate),
             lambda: self.active.put_if_absent(active_key(job_id), owned.dumps()),
         )
         if not won:
@@ -525,6 +525,10 @@ class JobStore:
             user_slot = self._retake("user", limits, holder, user, user_hints, tenant_slot)
         return [user_slot, tenant_slot]
 
+    def _hints(self, scope: str) -> SlotHints:
+        """A scope's slot hints, stamped on write where this store trusts stamps."""
+        return read_hints(self.slots, scope, stamped=self.hint_trust_s > 0)
+
     def _purged(self, ref: SlotRef, hints: SlotHints) -> bool:
         """`give_back_if_purged` with this store's hint trust (no read for a fresh hint)."""
         return give_back_if_purged(self.slots, ref, hints, self.clock(), self.hint_trust_s)
@@ -664,7 +668,7 @@ class JobStore:
         if cursor:
             position = int(cursor)
         else:
-            hints = read_hints(self.slots, user_scope(tenant_id, user_id))
+            hints = self._hints(user_scope(tenant_id, user_id))
             position = sequence_end(self.admission, prefix, self._index_start(prefix, hints))
         jobs: list[Job] = []
         scanned = 0
@@ -764,7 +768,7 @@ class JobStore:
     def _index(self, tenant_id: str, user_id: str, job_id: str) -> int:
         """Add a job to its user's index (the slow way: a refused queued request)."""
         scope, prefix = user_scope(tenant_id, user_id), index_prefix(tenant_id, user_id)
-        hints = read_hints(self.slots, scope)
+        hints = self._hints(scope)
         position = int(
             claim_next_from(self.admission, prefix, job_id, self._index_start(prefix, hints)) or 0
         )
@@ -821,7 +825,7 @@ class JobStore:
             par,
             lambda: None if owned is not None else self.active.get(active_key(job_id)),
             lambda: self.retention.get(sequence_hint_key(prefix)),
-            *(lambda ref=ref: read_hints(self.slots, ref.scope) for ref in slots),
+            *(lambda ref=ref: self._hints(ref.scope) for ref in slots),
             *(lambda ref=ref: mark_released(self.slots, ref) for ref in marked),
         )
         freed = [True] * len(slots) if decided_here else results[len(slots) :]
