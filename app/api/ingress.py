@@ -22,6 +22,7 @@ from pydantic import BaseModel
 
 from app.api.files import files_router
 from app.api.http_errors import BodyLimit, error_doc, install_error_handlers
+from app.api.offload import store_work
 from app.api.submissions import (
     BatchRequest,
     Submission,
@@ -96,7 +97,7 @@ _JOB_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def get_deps(request: Request) -> Deps:
+async def get_deps(request: Request) -> Deps:
     """The app's `Deps` (set by `create_app`)."""
     deps: Deps = request.app.state.deps
     return deps
@@ -105,12 +106,13 @@ def get_deps(request: Request) -> Deps:
 DepsDep = Annotated[Deps, Depends(get_deps)]
 
 
-def authenticated_tenant(
+async def authenticated_tenant(
     deps: DepsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Tenant:
     """The tenant owning the bearer key; 401 otherwise."""
-    tenant = deps.tenants.authenticate(credentials.credentials) if credentials else None
+    key = credentials.credentials if credentials else None
+    tenant = None if key is None else await store_work(deps, lambda: deps.tenants.authenticate(key))
     if tenant is None:
         raise ApiError(
             401,
@@ -121,7 +123,7 @@ def authenticated_tenant(
     return tenant
 
 
-def caller_user(
+async def caller_user(
     x_user_id: Annotated[
         str,
         Header(
@@ -173,8 +175,12 @@ class Health(BaseModel):
 
 
 @router.get("/health", tags=["service"])
-def health(deps: DepsDep) -> Health:
+async def health(deps: DepsDep) -> Health:
     """Liveness, and whether render's circuit breaker is open (one backend read)."""
+    return await store_work(deps, lambda: _health(deps))
+
+
+def _health(deps: Deps) -> Health:
     settings = deps.settings
     try:
         circuit: Literal["closed", "open", "unknown"] = (
@@ -259,7 +265,7 @@ def create_job(
 
 
 @router.get("/v1/jobs", tags=["jobs"], responses=_AUTH_ERRORS)
-def list_jobs(
+async def list_jobs(
     deps: DepsDep,
     tenant: TenantDep,
     user_id: UserDep,
@@ -274,13 +280,24 @@ def list_jobs(
     status: JobStatus | None = None,
 ) -> JobList:
     """The caller's own jobs, newest first."""
-    page = deps.jobs.list_for_user(tenant.id, user_id, limit=limit, cursor=cursor, status=status)
-    return JobList(jobs=[present(deps, job) for job in page.jobs], next_cursor=page.next_cursor)
+
+    def listed() -> JobList:
+        page = deps.jobs.list_for_user(
+            tenant.id, user_id, limit=limit, cursor=cursor, status=status
+        )
+        jobs = [present(deps, job) for job in page.jobs]
+        return JobList(jobs=jobs, next_cursor=page.next_cursor)
+
+    return await store_work(deps, listed)
 
 
 @router.get("/v1/jobs/{job_id}", tags=["jobs"], responses=_JOB_ERRORS)
-def get_job(deps: DepsDep, tenant: TenantDep, user_id: UserDep, job_id: str) -> JobView:
+async def get_job(deps: DepsDep, tenant: TenantDep, user_id: UserDep, job_id: str) -> JobView:
     """The job's status, progress and freshly signed output URLs."""
+    return await store_work(deps, lambda: _job_view(deps, tenant, user_id, job_id))
+
+
+def _job_view(deps: Deps, tenant: Tenant, user_id: str, job_id: str) -> JobView:
     job = owned_job(deps, tenant.id, user_id, job_id)
     if job is None:
         raise ApiError(404, "not_found", "no such job")
