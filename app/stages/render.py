@@ -21,6 +21,7 @@ from app.adapters.comfy.client import ComfyClient
 from app.adapters.comfy.file_policy import scope_prefixes
 from app.adapters.comfy.job_files import (
     ComfyDirs,
+    copy_output,
     dirs_from_server,
     owned_outputs,
     remove_later,
@@ -256,9 +257,13 @@ def run(job: Job, deps: Deps) -> Job:
         folder = outputs_folder(deps, job.id)
         folder.mkdir(parents=True, exist_ok=True)
         staged: list[OutputRef] = []
+        here = comfy_dirs(deps)  # ComfyUI's folders, where they are on this machine
         for index, output in enumerate(owned):
             local_name = f"{index:02d}-{Path(output.filename).name}"
-            size = client.download(output, folder / local_name)
+            dest = folder / local_name
+            size = None if here is None else copy_output(here, output, job.id, dest)
+            if size is None:
+                size = client.download(output, dest)
             staged.append(
                 OutputRef(
                     filename=Path(output.filename).name,

@@ -17,6 +17,7 @@ job's folders and the previews it wrote.
 
 from __future__ import annotations
 
+import os
 import queue
 import re
 import shutil
@@ -124,6 +125,40 @@ def _is_owned(output: ComfyOutput, job_id: str, token: str) -> bool:
 
 def _plain(name: str) -> bool:
     return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name
+
+
+def copy_output(dirs: ComfyDirs, output: ComfyOutput, job_id: str, dest: Path) -> int | None:
+    """Copy one of the job's own outputs straight from ComfyUI's folder to `dest`.
+
+    Its size, or None where it cannot be read here (ComfyUI on another machine or in
+    another file system: the caller downloads it with `GET /view`). Saves that request's
+    round trip on both sides (about 2.5 ms a file against the double, issue 13). Only a
+    file under the job's own folder (`owned_outputs`' rule for a saved file, not a root
+    preview), read through no symlink: the folders must resolve to where they should.
+    """
+    parts = PurePosixPath(output.subfolder).parts if output.subfolder else ()
+    if output.type not in ("output", "temp") or not _plain(output.filename):
+        return None
+    if not parts or parts[0] != job_id or not all(_plain(part) for part in parts):
+        return None
+    root = dirs.of(output.type)
+    try:
+        source = inside(root, "/".join((*parts, output.filename)))
+        if source.parent.resolve() != inside(root.resolve(), "/".join(parts)):
+            return None  # a linked folder on the way
+        fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
+    except (InvalidRequest, OSError):
+        return None
+    partial = dest.with_name(dest.name + ".part")
+    try:
+        with os.fdopen(fd, "rb") as src, partial.open("wb") as out:
+            shutil.copyfileobj(src, out, 1024 * 1024)
+            size = out.tell()
+        partial.replace(dest)
+    except OSError:
+        partial.unlink(missing_ok=True)
+        return None
+    return size
 
 
 def wipe_job(

@@ -9,6 +9,7 @@ import pytest
 from app.adapters.comfy.job_files import (
     ComfyDirs,
     LaterRemover,
+    copy_output,
     dirs_from_server,
     owned_outputs,
     wipe_job,
@@ -132,3 +133,49 @@ def test_a_later_wipe_takes_the_folders_away_at_once_and_deletes_them_after(
     remover.settle()
     left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
     assert left == ["input", f"input/{OTHER}", "output", f"output/{OTHER}", "temp", f"temp/{OTHER}"]
+
+
+def saved(dirs: ComfyDirs, subfolder: str, filename: str, data: bytes = b"png") -> None:
+    folder = dirs.output / subfolder
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / filename).write_bytes(data)
+
+
+def test_a_jobs_own_output_is_copied_from_comfyuis_folder(tmp_path: Path) -> None:
+    dirs = ComfyDirs.under(tmp_path / "comfy")
+    saved(dirs, f"{JOB}/x", "tok12345-out_00001_.png", b"\x89PNG data")
+    dest = tmp_path / "staged.png"
+    size = copy_output(dirs, out("tok12345-out_00001_.png", f"{JOB}/x"), JOB, dest)
+    assert size == 9 and dest.read_bytes() == b"\x89PNG data"
+    assert not dest.with_name("staged.png.part").exists()
+
+
+def test_what_is_not_the_jobs_own_file_here_is_left_to_get_view(tmp_path: Path) -> None:
+    dirs = ComfyDirs.under(tmp_path / "comfy")
+    saved(dirs, OTHER, "tok12345-out_00001_.png")
+    saved(dirs, "", "ComfyUI_temp_abcde_00001_.png")
+    dest = tmp_path / "staged.png"
+    for output in (
+        out("tok12345-out_00001_.png", OTHER),  # another job's folder
+        out("ComfyUI_temp_abcde_00001_.png", ""),  # the root
+        out("tok12345-out_00001_.png", f"{JOB}/../{OTHER}"),
+        out("../x.png"),
+        out("tok12345-missing.png"),  # ComfyUI elsewhere: not on this disk
+        out("tok12345-out_00001_.png", JOB, "input"),
+    ):
+        assert copy_output(dirs, output, JOB, dest) is None, output
+    assert not dest.exists()
+
+
+def test_an_output_is_never_read_through_a_link(tmp_path: Path) -> None:
+    dirs = ComfyDirs.under(tmp_path / "comfy")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("host file")
+    (dirs.output / JOB).mkdir(parents=True)
+    (dirs.output / JOB / "tok12345-a.png").symlink_to(secret)
+    (dirs.output / JOB / "linked").symlink_to(tmp_path)  # a linked folder on the way
+    (tmp_path / "tok12345-b.png").write_text("host file too")
+    dest = tmp_path / "staged.png"
+    assert copy_output(dirs, out("tok12345-a.png"), JOB, dest) is None
+    assert copy_output(dirs, out("tok12345-b.png", f"{JOB}/linked"), JOB, dest) is None
+    assert not dest.exists()
