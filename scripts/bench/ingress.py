@@ -1,6 +1,7 @@
 """The ingress under load: GET /health, GET /v1/jobs/{id}, GET /v1/jobs, POST /v1/jobs.
 
-    python scripts/bench/ingress.py [--seconds 10] [--connections 64] [--comfyui-url URL] [--json]
+    python scripts/bench/ingress.py [--seconds 10] [--connections 64] [--comfyui-url URL]
+        [--open-loop-rate 500] [--json]
 
 Each endpoint is hit at `--connections` concurrent connections for `--seconds` by `wrk`
 (Debian: `apt-get install -y wrk`), or, without it, by a Python asyncio + httpx load
@@ -8,6 +9,12 @@ generator (which itself costs CPU on the same cores: prefer wrk). Reports req/s,
 p50/p95/p99 latency, errors (non-2xx answers and socket errors) and the ingress
 processes' CPU per request (from /proc). Goals on 2 cores:
 GET /v1/jobs/{id} >= 2,000 req/s at 64 connections, POST >= 500 req/s.
+
+Then `GET /v1/jobs/{id}` open-loop at `--open-loop-rate` requests per second (0: skip):
+each request is sent at its scheduled time whatever the earlier ones did, and its
+latency counts from that time (no coordinated omission), over up to `--connections`
+connections. The goal: p95 <= 10 ms at 500 req/s. The sender is Python (asyncio + httpx)
+on the same cores, so its CPU is part of the load.
 """
 
 from __future__ import annotations
@@ -113,6 +120,46 @@ def _python_load(
     return asyncio.run(go())
 
 
+def _open_loop(
+    url: str, headers: dict[str, str], rate: float, seconds: float, connections: int
+) -> dict[str, Any]:
+    """Requests sent on a fixed schedule; latency from each one's scheduled start."""
+
+    async def go() -> dict[str, Any]:
+        latencies: list[float] = []
+        errors = 0
+        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+        async with httpx.AsyncClient(limits=limits, timeout=10, trust_env=False) as client:
+            await client.get(url, headers=headers)  # a warm connection before the clock starts
+            start = time.perf_counter()
+
+            async def one(due: float) -> None:
+                nonlocal errors
+                await asyncio.sleep(max(0.0, due - time.perf_counter()))
+                try:
+                    response = await client.get(url, headers=headers)
+                    errors += response.status_code >= 400
+                except httpx.HTTPError:
+                    errors += 1
+                latencies.append(time.perf_counter() - due)
+
+            count = int(rate * seconds)
+            await asyncio.gather(*(one(start + n / rate) for n in range(count)))
+            elapsed = time.perf_counter() - start
+        stats = _stack.summary_ms(latencies)
+        return {
+            "rate_asked": rate,
+            "req_per_s": round(len(latencies) / elapsed, 1),
+            "requests": len(latencies),
+            "errors": errors,
+            "p50_ms": stats["p50"],
+            "p95_ms": stats["p95"],
+            "p99_ms": stats["p99"],
+        }
+
+    return asyncio.run(go())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=10.0, help="per endpoint")
@@ -121,6 +168,9 @@ def main() -> None:
     parser.add_argument("--tool", choices=("auto", "wrk", "python"), default="auto")
     parser.add_argument(
         "--ingress-workers", type=int, default=0, help="COMFYUI_SAAS_LOCAL_INGRESS_WORKERS"
+    )
+    parser.add_argument(
+        "--open-loop-rate", type=float, default=500.0, help="GET /v1/jobs/{id} per s; 0: skip"
     )
     parser.add_argument("--json", action="store_true", help="end with one JSON line")
     args = parser.parse_args()
@@ -165,6 +215,16 @@ def main() -> None:
                 cpu * 1000 / max(1, results[name]["requests"]), 3
             )
             results[name]["load"] = _stack.load_average()
+        open_loop: dict[str, Any] | None = None
+        if args.open_loop_rate > 0:
+            open_loop = _open_loop(
+                f"{stack.url}/v1/jobs/{ids[0]}",
+                headers,
+                args.open_loop_rate,
+                args.seconds,
+                args.connections,
+            )
+            open_loop["load"] = _stack.load_average()
     _stack.print_table(
         f"ingress at {args.connections} connections, {args.seconds:g} s each, tool={tool}",
         [
@@ -193,6 +253,22 @@ def main() -> None:
             for n, r in results.items()
         ],
     )
+    if open_loop is not None:
+        _stack.print_table(
+            f"GET /v1/jobs/{{id}} open-loop at {args.open_loop_rate:g} req/s, {args.seconds:g} s",
+            ["req/s", "p50 ms", "p95 ms", "p99 ms", "errors", "requests", "load"],
+            [
+                [
+                    open_loop["req_per_s"],
+                    open_loop["p50_ms"],
+                    open_loop["p95_ms"],
+                    open_loop["p99_ms"],
+                    open_loop["errors"],
+                    open_loop["requests"],
+                    open_loop["load"],
+                ]
+            ],
+        )
     if args.json:
         _stack.print_json(
             {
@@ -200,6 +276,7 @@ def main() -> None:
                 "tool": tool,
                 "connections": args.connections,
                 "endpoints": results,
+                "open_loop": open_loop,
             }
         )
 

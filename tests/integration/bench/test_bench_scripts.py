@@ -54,11 +54,24 @@ def test_throughput_prints_its_keys() -> None:
 
 @pytest.mark.timeout(300)
 def test_ingress_prints_every_endpoint() -> None:
-    report = run_bench("ingress.py", "--seconds", "1", "--connections", "4", "--tool", "python")
+    report = run_bench(
+        "ingress.py",
+        "--seconds",
+        "1",
+        "--connections",
+        "4",
+        "--tool",
+        "python",
+        "--open-loop-rate",
+        "50",
+    )
     endpoints = report["endpoints"]
     assert isinstance(endpoints, dict)
     assert set(endpoints) == {"GET /health", "GET /v1/jobs/{id}", "GET /v1/jobs", "POST /v1/jobs"}
     assert all({"req_per_s", "p95_ms", "errors"} <= set(r) for r in endpoints.values())
+    open_loop = report["open_loop"]
+    assert isinstance(open_loop, dict)
+    assert open_loop["requests"] == 50 and open_loop["errors"] == 0
 
 
 @pytest.mark.timeout(300)
