@@ -36,6 +36,8 @@ NO_COMFY = "http://127.0.0.1:9"
 
 
 def burst(stack: _stack.Stack, n: int, cap: int, user: str) -> dict[str, Any]:
+    failures: list[str] = []
+
     async def go() -> tuple[list[float], list[int]]:
         limits = httpx.Limits(max_connections=min(n, 256))
         async with httpx.AsyncClient(
@@ -48,8 +50,9 @@ def burst(stack: _stack.Stack, n: int, cap: int, user: str) -> dict[str, Any]:
                 try:
                     response = await client.post("/v1/jobs", json=body, headers=stack.headers(user))
                     code = response.status_code
-                except httpx.HTTPError:
+                except httpx.HTTPError as exc:
                     code = 0
+                    failures.append(type(exc).__name__)
                 return time.perf_counter() - started, code
 
             done = await asyncio.gather(*(one() for _ in range(n)))
@@ -66,6 +69,12 @@ def burst(stack: _stack.Stack, n: int, cap: int, user: str) -> dict[str, Any]:
         "admitted": admitted,
         "refused_429": refused,
         "other": n - admitted - refused,
+        # What the others were (0: no answer, e.g. a connection error): a refusal that
+        # is not a 429 is a bug to find, not noise.
+        "other_codes": {
+            str(c): codes.count(c) for c in sorted(set(codes)) if c not in (200, 201, 202, 429)
+        },
+        "client_errors": sorted(set(failures)),
         "exact": admitted == cap and refused == n - cap,
         "wall_ms": round(wall * 1000, 1),
         "latency_ms": _stack.summary_ms(latencies),
