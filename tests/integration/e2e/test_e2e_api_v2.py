@@ -19,7 +19,7 @@ from app.core.config import Settings
 from app.deploy.local.runner import Pipeline
 from app.engine.deps import Deps, build_deps
 from tests.integration.api.v2_spec import TERMINAL, SpecClient
-from tests.integration.comfy_target import Target
+from tests.integration.comfy_target import Target, color, slow_workflow
 
 pytestmark = pytest.mark.anyio
 WAIT_S = 60.0
@@ -105,7 +105,9 @@ async def test_a_v2_client_submits_polls_and_downloads(v2: SpecClient) -> None:
 
 
 async def test_a_v2_client_cancels_a_running_job(v2: SpecClient) -> None:
-    job, _ = await v2.create(graph(blurs=8))
+    # Large blurs of a new colour: a real ComfyUI neither finishes them before the cancel
+    # nor serves them from its cache (a fixed 32x24 graph ended before it was seen running).
+    job, _ = await v2.create(slow_workflow(color(), size=512))
     await poll(v2, job, {"running", *TERMINAL})
     cancelled = await v2.cancel(job)
     assert cancelled["status"] == "canceled"
