@@ -79,6 +79,19 @@ def _wrk(
     }
 
 
+def _result(latencies: list[float], elapsed: float, errors: int) -> dict[str, Any]:
+    """One load run's numbers, as the wrk runs report them."""
+    stats = _stack.summary_ms(latencies)
+    return {
+        "req_per_s": round(len(latencies) / elapsed, 1),
+        "requests": len(latencies),
+        "errors": errors,
+        "p50_ms": stats["p50"],
+        "p95_ms": stats["p95"],
+        "p99_ms": stats["p99"],
+    }
+
+
 def _python_load(
     url: str,
     method: str,
@@ -108,15 +121,7 @@ def _python_load(
             started = time.perf_counter()
             await asyncio.gather(*(worker() for _ in range(connections)))
             elapsed = time.perf_counter() - started
-        stats = _stack.summary_ms(latencies)
-        return {
-            "req_per_s": round(len(latencies) / elapsed, 1),
-            "requests": len(latencies),
-            "errors": errors,
-            "p50_ms": stats["p50"],
-            "p95_ms": stats["p95"],
-            "p99_ms": stats["p99"],
-        }
+        return _result(latencies, elapsed, errors)
 
     return asyncio.run(go())
 
@@ -180,16 +185,7 @@ def _open_loop(
             due.put_nowait(None)
         await asyncio.gather(*senders)
         elapsed = time.perf_counter() - start
-        stats = _stack.summary_ms(latencies)
-        return {
-            "rate_asked": rate,
-            "req_per_s": round(len(latencies) / elapsed, 1),
-            "requests": len(latencies),
-            "errors": errors,
-            "p50_ms": stats["p50"],
-            "p95_ms": stats["p95"],
-            "p99_ms": stats["p99"],
-        }
+        return {"rate_asked": rate, **_result(latencies, elapsed, errors)}
 
     return asyncio.run(go())
 
