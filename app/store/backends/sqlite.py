@@ -9,8 +9,8 @@ drop the last few commits.
 
 A batch of puts (`put_many` of a queue or a dict) is one statement in one transaction
 (`transaction()`): one commit instead of one per key. A transaction takes the write lock
-at once (`BEGIN IMMEDIATE`), so it never deadlocks on an upgrade, and its queue wake-ups
-go out after its commit. Wider transactions (a stage's hand-off, a job's release) were
+at once (`BEGIN IMMEDIATE`), so it never deadlocks on an upgrade; a queue's wake-ups go
+out after its commit. Wider transactions (a stage's hand-off, a job's release) were
 measured and not kept: with a process per stage, holding the lock across the Python
 work between statements made the other writers wait (64-78 against 66-86 jobs/s,
 interleaved, issue 13).
@@ -190,49 +190,22 @@ class SqliteBackend:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """Run this thread's statements inside as one transaction (nested: joins the outer).
-
-        Committed when the outermost block ends, rolled back if it raises; the queue
-        wake-ups of its puts are sent after the commit, so no consumer wakes early.
-        """
-        local = self._local
-        if getattr(local, "depth", 0) and getattr(local, "pid", None) == os.getpid():
-            local.depth += 1
-            try:
-                yield
-            finally:
-                local.depth -= 1
-            return
+        """Run this thread's statements inside as one transaction: committed when the block
+        ends, rolled back if it raises (a `put_many`'s one commit)."""
         conn = self.connection()
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             raise BackendError(f"sqlite: {exc}") from exc
-        local.depth, local.wakes = 1, {}
         try:
             yield
             conn.execute("COMMIT")
         except BaseException as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            local.wakes = {}
             if isinstance(exc, sqlite3.Error):
                 raise BackendError(f"sqlite: {exc}") from exc
             raise
-        finally:
-            local.depth = 0
-        wakes: dict[str, int] = local.wakes
-        local.wakes = {}
-        for name, count in wakes.items():
-            self.wakeups.notify(name, count)
-
-    def notify_after_commit(self, queue: str, count: int) -> None:
-        """Wake `queue`'s consumers now, or when this thread's transaction commits."""
-        local = self._local
-        if getattr(local, "depth", 0) and getattr(local, "pid", None) == os.getpid():
-            local.wakes[queue] = local.wakes.get(queue, 0) + count
-            return
-        self.wakeups.notify(queue, count)
 
     def execute(self, sql: str, params: Sequence[object] = ()) -> sqlite3.Cursor:
         """Run one statement, translating SQLite failures into `BackendError`."""
@@ -269,14 +242,10 @@ class SqliteQueue:
         for item in items:
             check_queue_item(item)
         with self._db.transaction():
-            try:
-                self._db.connection().executemany(
-                    "INSERT INTO queue (name, value) VALUES (?, ?)",
-                    [(self.name, i) for i in items],
-                )
-            except sqlite3.Error as exc:
-                raise BackendError(f"sqlite: {exc}") from exc
-            self._db.notify_after_commit(self.name, len(items))
+            self._db.connection().executemany(
+                "INSERT INTO queue (name, value) VALUES (?, ?)", [(self.name, i) for i in items]
+            )
+        self._db.wakeups.notify(self.name, len(items))  # after the commit: rows are there
 
     def get(self, timeout_s: float | None = 0.0) -> str | None:
         got = self.get_many(1, timeout_s)
@@ -342,14 +311,11 @@ class SqliteKV:
     def put_many(self, items: Mapping[str, str]) -> None:
         """Several keys in one statement and one transaction (see `base.put_all`)."""
         with self._db.transaction():
-            try:
-                self._db.connection().executemany(
-                    "INSERT INTO kv (name, key, value) VALUES (?, ?, ?) "
-                    "ON CONFLICT (name, key) DO UPDATE SET value = excluded.value",
-                    [(self.name, key, value) for key, value in items.items()],
-                )
-            except sqlite3.Error as exc:
-                raise BackendError(f"sqlite: {exc}") from exc
+            self._db.connection().executemany(
+                "INSERT INTO kv (name, key, value) VALUES (?, ?, ?) "
+                "ON CONFLICT (name, key) DO UPDATE SET value = excluded.value",
+                [(self.name, key, value) for key, value in items.items()],
+            )
 
     def put_if_absent(self, key: str, value: str) -> bool:
         cur = self._db.execute(

@@ -1,6 +1,5 @@
-"""`SqliteBackend.transaction` (under every `put_many`): writes grouped into one commit,
-nested blocks join the outer one, an error rolls all of it back, and queue wake-ups wait
-for the commit."""
+"""`SqliteBackend.transaction` (under every `put_many`): writes grouped into one commit, an
+error rolls all of it back, and a queue's wake-ups wait for the commit."""
 
 from __future__ import annotations
 
@@ -18,50 +17,51 @@ def pair(tmp_path: Path) -> tuple[SqliteBackend, SqliteBackend]:
     return SqliteBackend(path), SqliteBackend(path)
 
 
-def test_writes_show_to_others_only_when_the_outer_block_ends(
+def test_writes_show_to_others_only_when_the_block_ends(
     pair: tuple[SqliteBackend, SqliteBackend],
 ) -> None:
     db, other = pair
     with db.transaction():
         db.kv("d").put("a", "1")
-        with db.transaction():
-            assert db.kv("d").put_if_absent("b", "2")
-        assert other.kv("d").get("b") is None  # the inner block did not commit
-        db.queue("q").put("m")
-        assert other.queue("q").len() == 0
+        assert db.kv("d").put_if_absent("b", "2")
+        assert other.kv("d").get("a") is None
+        assert other.kv("d").get("b") is None
     assert other.kv("d").get("a") == "1"
     assert other.kv("d").get("b") == "2"
-    assert other.queue("q").get() == "m"
 
 
 def test_an_error_rolls_the_whole_block_back(pair: tuple[SqliteBackend, SqliteBackend]) -> None:
     db, other = pair
     with pytest.raises(RuntimeError), db.transaction():
-        db.kv("d").put_many({"a": "1", "b": "2"})
-        db.queue("q").put("m")
+        db.kv("d").put("a", "1")
+        db.kv("d").put("b", "2")
         raise RuntimeError("stage failed")
     assert other.kv("d").get("a") is None
-    assert other.queue("q").len() == 0
+    assert other.kv("d").get("b") is None
     db.kv("d").put("c", "3")  # the connection is usable again, outside any block
     assert other.kv("d").get("c") == "3"
+
+
+def test_a_dicts_put_many_is_one_commit(pair: tuple[SqliteBackend, SqliteBackend]) -> None:
+    db, other = pair
+    db.kv("d").put_many({"a": "1", "b": "2"})
+    assert [other.kv("d").get(k) for k in ("a", "b")] == ["1", "2"]
 
 
 def test_wakeups_go_out_after_the_commit(
     pair: tuple[SqliteBackend, SqliteBackend], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    db, _ = pair
-    sent: list[tuple[str, int, bool]] = []
+    db, other = pair
+    sent: list[tuple[str, int, bool, int]] = []
     notify = db.wakeups.notify
 
     def recording(queue: str, count: int) -> None:
-        sent.append((queue, count, db.connection().in_transaction))
+        # In a transaction still, or already committed (the rows visible to others)?
+        sent.append((queue, count, db.connection().in_transaction, other.queue(queue).len()))
         notify(queue, count)
 
     monkeypatch.setattr(db.wakeups, "notify", recording)
-    with db.transaction():
-        db.queue("q").put("one")
-        db.queue("q").put_many(["two", "three"])
-        assert sent == []
-    assert sent == [("q", 3, False)]
-    db.queue("q").put("four")  # outside a block: at once, after its own commit
-    assert sent[-1] == ("q", 1, False)
+    db.queue("q").put_many(["one", "two"])
+    assert sent == [("q", 2, False, 2)]
+    db.queue("q").put("three")
+    assert sent[-1] == ("q", 1, False, 3)
