@@ -395,8 +395,7 @@ def _observe(job: Job, stage: Stage, began: float, outcome: str) -> None:
 
 def _run_again(deps: Deps, job: Job, message: StageMessage, at: float) -> None:
     """Release the job and park its next attempt at this stage until `at`."""
-    released = job.model_copy(update={"lease_until": None})
-    deps.jobs.save(released)
+    deps.jobs.save(job.model_copy(update={"lease_until": None}))
     enqueue(
         deps,
         job.id,
@@ -404,7 +403,6 @@ def _run_again(deps: Deps, job: Job, message: StageMessage, at: float) -> None:
         epoch=message.epoch,
         attempt=message.attempt + 1,
         not_before=at,
-        record=released,
     )
 
 
@@ -569,9 +567,12 @@ def _wait_for_renderer(deps: Deps, job: Job, message: StageMessage) -> None:
 def without_record(raw: str) -> str:
     """A stage message without the record it carries (as it was, if it is not one)."""
     try:
-        message = StageMessage.model_validate_json(raw)
+        return _dropping_record(StageMessage.model_validate_json(raw))
     except ValidationError:
         return raw
+
+
+def _dropping_record(message: StageMessage) -> str:
     return message.model_copy(update={"record": None}).model_dump_json()
 
 
@@ -588,7 +589,7 @@ def note_renderer_unavailable(deps: Deps, raw: str) -> str:
         message = StageMessage.model_validate_json(raw)
     except ValidationError:
         return raw
-    back = without_record(raw)
+    back = _dropping_record(message)
     job = deps.jobs.find(message.job_id)
     if (
         job is None
