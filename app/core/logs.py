@@ -26,9 +26,11 @@ def configure_logging(level: str = "INFO", json_lines: bool = False) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
-        # stderr is line-buffered even into a file, so no line is lost when a process is
-        # stopped by a signal; stdout stays for command output.
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # One write per line (message and newline together, flushed): `dev`'s processes
+        # share one stderr, and print()'s two writes let their lines interleave into
+        # lines that neither grep nor a JSON reader can parse. Flushed at once, so no
+        # line is lost when a process is stopped by a signal; stdout stays for output.
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
 
