@@ -16,7 +16,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, TypeGuard
 
-import structlog
 import typer
 
 from app.cli.common import api, fail, friendly_errors, local_deps, settings, table, when
@@ -45,7 +44,6 @@ def _configure() -> None:
     with friendly_errors():
         config = settings()
         configure_logging(config.log_level, config.log_json)
-        structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
 
 
 ApiUrl = Annotated[
