@@ -28,8 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
+import _http
 import _stack
 import httpx
 
@@ -136,22 +136,7 @@ def _open_loop(
     requests in order, so a slow answer delays the ones queued behind it, as it would a
     real client's, and that wait is in their latency.
     """
-    parts = urlsplit(url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    lines = [f"GET {parts.path} HTTP/1.1", f"Host: {host}:{port}"]
-    lines += [f"{name}: {value}" for name, value in headers.items()]
-    request = ("\r\n".join(lines) + "\r\n\r\n").encode()
-
-    async def answer(reader: asyncio.StreamReader) -> int:
-        head = await reader.readuntil(b"\r\n\r\n")
-        status = int(head.split(b" ", 2)[1])
-        length = 0
-        for line in head.split(b"\r\n")[1:]:
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-        await reader.readexactly(length)
-        return status
+    target = _http.endpoint(url, headers=headers)
 
     async def go() -> dict[str, Any]:
         due: asyncio.Queue[float | None] = asyncio.Queue()
@@ -160,16 +145,16 @@ def _open_loop(
 
         async def sender() -> None:
             nonlocal errors
-            reader, writer = await asyncio.open_connection(host, port)
+            reader, writer = await target.connect()
             try:
                 while (when := await due.get()) is not None:
                     try:
-                        writer.write(request)
-                        errors += await answer(reader) >= 400
-                    except (OSError, asyncio.IncompleteReadError, ValueError):
+                        writer.write(target.request)
+                        errors += await _http.read_answer(reader) >= 400
+                    except _http.CONNECTION_ERRORS:
                         errors += 1
                         writer.close()
-                        reader, writer = await asyncio.open_connection(host, port)
+                        reader, writer = await target.connect()
                     latencies.append(time.perf_counter() - when)
             finally:
                 writer.close()
