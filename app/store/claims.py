@@ -106,6 +106,11 @@ class SlotHolder:
         return cls(job_id=str(data["job_id"]), claimed_at=float(data["claimed_at"]))
 
 
+#: How far past twice its entries a hint record's highest place may lie and still be
+#: written as a list ("g"); a sparser one is written as a dict ("gen"). Readers take both.
+_SPARSE_SLACK = 16
+
+
 @dataclass(slots=True)
 class SlotHints:
     """Per place: the last generation seen, and which places were last seen held.
@@ -131,10 +136,23 @@ class SlotHints:
     stamped: bool = False
 
     def dumps(self) -> str:
-        payload: dict[str, object] = {
-            "gen": {str(k): v for k, v in self.generations.items()},
-            "held": sorted(self.held),
-        }
+        payload: dict[str, object] = {}
+        generations = self.generations
+        end = max(generations, default=-1) + 1
+        if self.stamped or end > 2 * len(generations) + _SPARSE_SLACK:
+            payload["gen"] = {str(k): v for k, v in generations.items()}
+        else:
+            # Places are taken lowest first, so their numbers are dense: a list indexed by
+            # place (0 where no hint, as for a place missing from "gen"). The dict's string
+            # keys cost more CPU to write and read than all the rest: at 2,000 held places
+            # an admission and its release spent 5 of their 6.4 ms on this record.
+            in_order = len(generations) == end and list(generations) == list(range(end))
+            payload["g"] = (
+                list(generations.values())  # as read back: every place, in order
+                if in_order
+                else [generations.get(index, 0) for index in range(end)]
+            )
+        payload["held"] = sorted(self.held)
         if self.seq:
             payload["seq"] = self.seq
         if self.stamped and self.seen_at:
@@ -150,9 +168,12 @@ def read_hints(kv: KV, scope: str, *, stamped: bool = False) -> SlotHints:
         return SlotHints({}, set(), stamped=stamped)
     data = json.loads(raw)
     stamps = data.get("at")
+    dense = data.get("g")
     return SlotHints(
-        {int(k): int(v) for k, v in data["gen"].items()},
-        {int(i) for i in data["held"]},
+        dict(enumerate(map(int, dense)))
+        if dense is not None
+        else {int(k): int(v) for k, v in data["gen"].items()},
+        set(map(int, data["held"])),
         {str(k): int(v) for k, v in data.get("seq", {}).items()},
         found=True,
         seen_at={int(k): float(v) for k, v in stamps.items()} if stamps else {},

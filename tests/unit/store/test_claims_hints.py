@@ -3,12 +3,20 @@ wrong answer. These kill the mutants that survived in `claim_slot`'s probe loop.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 import pytest
 
 from app.store.backends.memory import MemoryKV
-from app.store.claims import SlotHolder, active_count, claim_slot, release_slot
+from app.store.claims import (
+    SlotHints,
+    SlotHolder,
+    active_count,
+    claim_slot,
+    read_hints,
+    release_slot,
+)
 from app.store.keys import slot_hints_key
 
 
@@ -123,3 +131,36 @@ def test_the_screen_never_hands_out_a_held_place() -> None:
     forget_hints(kv, "s")
     assert claim_slot(kv, "s", 10, SlotHolder("over", 0)) is None
     assert active_count(kv, "s") == 10
+
+
+def test_dense_hints_are_written_as_a_list_and_read_back_the_same() -> None:
+    hints = SlotHints({0: 3, 1: 0, 2: 7, 4: 1}, {0, 2}, seq={"idx": 12})
+    record = json.loads(hints.dumps())
+    assert record["g"] == [3, 0, 7, 0, 1]  # place 3 has no hint: 0, as if absent
+    assert "gen" not in record
+    kv = MemoryKV()
+    kv.put(slot_hints_key("s"), hints.dumps())
+    back = read_hints(kv, "s")
+    assert {i: back.generations.get(i, 0) for i in range(6)} == {
+        0: 3,
+        1: 0,
+        2: 7,
+        3: 0,
+        4: 1,
+        5: 0,
+    }
+    assert back.held == {0, 2} and back.seq == {"idx": 12} and back.found
+
+
+def test_sparse_or_stamped_hints_keep_the_dict_and_old_records_still_read() -> None:
+    sparse = json.loads(SlotHints({0: 1, 500: 2}, set()).dumps())
+    assert sparse["gen"] == {"0": 1, "500": 2} and "g" not in sparse
+    stamped = json.loads(SlotHints({0: 1}, {0}, seen_at={0: 5.0}, stamped=True).dumps())
+    assert stamped["gen"] == {"0": 1} and stamped["at"] == {"0": 5}
+    kv = MemoryKV()
+    # A record as written before the list form: still a valid hint.
+    kv.put(slot_hints_key("s"), json.dumps({"gen": {"0": 4, "2": 1}, "held": [2]}))
+    old = read_hints(kv, "s")
+    assert old.generations == {0: 4, 2: 1} and old.held == {2}
+    ref = claim_slot(kv, "s", 3, SlotHolder("a", 0))
+    assert ref is not None and (ref.index, ref.generation) == (0, 4)
