@@ -84,9 +84,15 @@ MUTANTS = (
     Mutant(
         "a held place is taken again (cap not strict)",
         "app/store/claims.py",
-        "                hints.seen_at[index] = holder.claimed_at  # unreleased when probed\n"
-        "                break\n",
+        "                _note_held(hints, index, generation, holder)\n                break\n",
         "                return SlotRef(scope=scope, index=index, generation=generation)\n",
+        UNIT,
+    ),
+    Mutant(
+        "the refusal screen skips released places (a freed place is never taken again)",
+        "app/store/claims.py",
+        "            if values[2 * n] is not None and values[2 * n + 1] is None:\n",
+        "            if values[2 * n] is not None:\n",
         UNIT,
     ),
     Mutant(
