@@ -39,6 +39,7 @@ from app.engine.backpressure import check_backlog
 from app.engine.deps import Deps
 from app.engine.pipeline import cancel_job
 from app.engine.views import JobList, owned_job, present
+from app.stages.intake import catalog_fetch_due
 from app.store.breaker import RenderBreaker
 from app.store.tenants import Tenant
 
@@ -237,7 +238,7 @@ def _health(deps: Deps) -> Health:
         },
     },
 )
-def create_job(
+async def create_job(
     response: Response,
     deps: DepsDep,
     tenant: TenantDep,
@@ -257,11 +258,16 @@ def create_job(
 
     202 with its view, or 200 when an Idempotency-Key replays.
     """
-    check_backlog(deps)  # before anything is written: a refusal never holds a slot
-    admission = submit(deps, tenant, user_id, parse_job_request(body), idempotency_key)
-    response.status_code = 200 if admission.replayed else 202
-    response.headers["Location"] = f"/v1/jobs/{admission.job.id}"
-    return present(deps, admission.job)
+
+    def work() -> JobView:
+        check_backlog(deps)  # before anything is written: a refusal never holds a slot
+        admission = submit(deps, tenant, user_id, parse_job_request(body), idempotency_key)
+        response.status_code = 200 if admission.replayed else 202
+        response.headers["Location"] = f"/v1/jobs/{admission.job.id}"
+        return present(deps, admission.job)
+
+    # Admission asks ComfyUI only for a missing or stale node catalog (`node_catalog`).
+    return await store_work(deps, work, may_block=catalog_fetch_due(deps))
 
 
 @router.get("/v1/jobs", tags=["jobs"], responses=_AUTH_ERRORS)

@@ -19,8 +19,12 @@ from app.engine.deps import Deps
 T = TypeVar("T")
 
 
-async def store_work(deps: Deps, call: Callable[[], T]) -> T:
-    """`call()`'s result: at once where store calls are local, else on the thread pool."""
-    if not deps.jobs.concurrent:
+async def store_work(deps: Deps, call: Callable[[], T], *, may_block: bool = False) -> T:
+    """`call()`'s result: at once where store calls are local, else on the thread pool.
+
+    `may_block`: the call may also wait on something other than the store (a request to
+    ComfyUI), so it goes to the pool whatever the backend.
+    """
+    if not deps.jobs.concurrent and not may_block:
         return call()
     return await run_in_threadpool(call)

@@ -59,6 +59,14 @@ def node_catalog(deps: Deps) -> NodeCatalog | None:
     return deps.catalog.publish(object_info, now)
 
 
+def catalog_fetch_due(deps: Deps) -> bool:
+    """Whether `node_catalog` would ask ComfyUI now (none published, or it aged out)."""
+    if not deps.catalog_from_comfy:
+        return False
+    now = deps.clock()
+    return deps.catalog.load(deps.settings.object_info_ttl_s, now, deps.catalog_version) is None
+
+
 def check_request(request: JobRequest, deps: Deps) -> None:
     """Everything about a request that can be refused before it costs anything."""
     settings = deps.settings

@@ -38,3 +38,13 @@ def test_local_store_work_runs_on_the_event_loop(tmp_path: Path) -> None:
 def test_round_trip_store_work_runs_on_the_thread_pool(tmp_path: Path) -> None:
     loop_thread, work_thread = thread_of_work(RoundTripBackend(), tmp_path)
     assert work_thread != loop_thread
+
+
+def test_local_work_that_may_block_runs_on_the_thread_pool(tmp_path: Path) -> None:
+    deps = Deps(settings=Settings(data_dir=tmp_path / "data"), backend=MemoryBackend())
+
+    async def main() -> tuple[int, int]:
+        return threading.get_ident(), await store_work(deps, threading.get_ident, may_block=True)
+
+    loop_thread, work_thread = asyncio.run(main())
+    assert work_thread != loop_thread

@@ -195,3 +195,15 @@ def test_a_replayed_request_is_not_fetched_twice(world: World, api_key: str) -> 
     again = intake.run(Submission(tenant, "u1", request(), idempotency_key="k"), world.deps)
     assert again.id == first.id
     assert world.queued(Stage.FETCH) == 1
+
+
+def test_a_catalog_fetch_is_due_only_while_none_valid_is_published(world: World) -> None:
+    # What decides whether POST /v1/jobs may run on the ingress event loop: only a fetch
+    # from ComfyUI could block it.
+    assert intake.catalog_fetch_due(world.deps)
+    world.deps.catalog.publish(OBJECT_INFO, world.clock.now)
+    assert not intake.catalog_fetch_due(world.deps)
+    world.clock.now += world.deps.settings.object_info_ttl_s + 1  # aged out: asked again
+    assert intake.catalog_fetch_due(world.deps)
+    world.deps.catalog_from_comfy = False  # Modal: intake never asks ComfyUI itself
+    assert not intake.catalog_fetch_due(world.deps)
