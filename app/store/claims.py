@@ -42,6 +42,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import chain, islice
 
+import orjson
+
 from app.core.models import SlotRef
 from app.store.backends.base import KV, can_read_many, get_all
 from app.store.keys import (
@@ -158,7 +160,7 @@ class SlotHints:
         if self.stamped and self.seen_at:
             # Whole seconds, rounded down: a stamp may only be earlier than what it saw.
             payload["at"] = {str(k): int(v) for k, v in self.seen_at.items()}
-        return json.dumps(payload, separators=(",", ":"))
+        return orjson.dumps(payload).decode()
 
 
 def read_hints(kv: KV, scope: str, *, stamped: bool = False) -> SlotHints:
@@ -166,7 +168,7 @@ def read_hints(kv: KV, scope: str, *, stamped: bool = False) -> SlotHints:
     raw = kv.get(slot_hints_key(scope))
     if raw is None:
         return SlotHints({}, set(), stamped=stamped)
-    data = json.loads(raw)
+    data = orjson.loads(raw)
     stamps = data.get("at")
     dense = data.get("g")
     return SlotHints(
