@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ import pytest
 from app.core.config import Settings
 from app.core.models import Job, JobStatus, Stage
 from app.engine.deps import Deps
-from app.engine.heartbeat import renew_once
+from app.engine.heartbeat import heartbeat, renew_once
 from app.engine.maintenance import fail_stale
 from app.engine.pipeline import enqueue, process_message
 from app.store.backends.base import Backend
@@ -119,3 +120,49 @@ def test_a_superseded_holder_cannot_renew(deps: Deps) -> None:
     # A renewal that slipped in after the take-back names the old epoch: ignored.
     newer = job.model_copy(update={"epoch": 1, "lease_until": clock() + 1})
     assert deps.jobs.lease_until(newer) == clock() + 1
+
+
+def test_one_thread_renews_every_running_stage_and_stops_with_each(
+    deps: Deps, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    renewed: list[str] = []
+    both = threading.Event()
+
+    def counted(self: JobStore, job_id: str, *args: Any) -> bool:
+        renewed.append(job_id)
+        if {"a", "b"} <= set(renewed):
+            both.set()
+        return True
+
+    monkeypatch.setattr(JobStore, "renew_lease", counted)
+    with heartbeat(deps, "warm", Stage.RENDER, 0):
+        pass  # the renewing thread exists from here on
+    threads = threading.active_count()
+    for n in range(20):  # short stages: no thread of their own each
+        with heartbeat(deps, f"short{n}", Stage.UPLOAD, 0):
+            pass
+    assert threading.active_count() == threads
+    with heartbeat(deps, "a", Stage.RENDER, 0), heartbeat(deps, "b", Stage.UPLOAD, 0):
+        assert both.wait(EVENT_TIMEOUT_S)  # two stages at once, each renewed
+        assert threading.active_count() == threads
+    ended = len(renewed)
+    time.sleep(deps.settings.stage_lease_renew_s * 20)
+    assert len(renewed) == ended  # a finished stage's lease is not renewed again
+
+
+def test_a_refused_renewal_stops_that_lease_only(
+    deps: Deps, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[str] = []
+    kept = threading.Event()
+
+    def refuse_a(self: JobStore, job_id: str, *args: Any) -> bool:
+        calls.append(job_id)
+        if calls.count("b") >= 3:
+            kept.set()
+        return job_id != "a"  # "a" was superseded
+
+    monkeypatch.setattr(JobStore, "renew_lease", refuse_a)
+    with heartbeat(deps, "a", Stage.RENDER, 0), heartbeat(deps, "b", Stage.RENDER, 0):
+        assert kept.wait(EVENT_TIMEOUT_S)
+    assert calls.count("a") == 1  # refused once, never asked again
