@@ -99,11 +99,15 @@ class DirectUploads(Protocol):
         ...
 
 
+#: ASCII control characters (and DEL): never in a key.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def check_key(key: str) -> None:
     """Refuse keys that could leave the store's folder or hide files in it."""
     if not key or len(key) > 1024:
         raise ValueError("storage key must be 1 to 1024 characters")
-    if key.startswith("/") or "\\" in key or any(ord(c) < 0x20 or ord(c) == 0x7F for c in key):
+    if key.startswith("/") or "\\" in key or _CONTROL.search(key):
         raise ValueError("storage key must be relative, without backslashes or controls")
     for segment in key.split("/"):
         if not segment or segment.startswith("."):

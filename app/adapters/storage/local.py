@@ -15,6 +15,7 @@ import secrets
 import shutil
 import time
 from collections.abc import Callable, Iterator
+from functools import cached_property
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
@@ -72,10 +73,15 @@ class LocalStore:
         self._signing_key = signing_key
         self._clock = clock
 
+    @cached_property
+    def _real_root(self) -> Path:
+        """The store's folder with its links resolved, once (every key's check uses it)."""
+        return self.root.resolve()
+
     def path_for(self, key: str) -> Path:
         """The file that holds `key`; `UploadFailed` for unsafe keys or symlinks out."""
         path = self.root / require_safe_key(key)
-        if not path.resolve().is_relative_to(self.root.resolve()):
+        if not path.resolve().is_relative_to(self._real_root):
             raise UploadFailed("storage key resolves outside the store")
         return path
 
