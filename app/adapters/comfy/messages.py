@@ -281,4 +281,4 @@ def _cut(text: str, limit: int) -> str:
 
 def _id_order(node_id: object) -> tuple[int, int | str]:
     text = str(node_id)
-    return (0, int(text)) if text.isdigit() else (1, text)
+    return (0, int(text)) if text.isascii() and text.isdigit() else (1, text)

@@ -218,7 +218,7 @@ def _is_index(value: object) -> bool:
 
 def id_order(node_id: str) -> tuple[int, int | str]:
     """Numeric ids in numeric order, then the rest (ComfyUI's ids are usually numbers)."""
-    return (0, int(node_id)) if node_id.isdigit() else (1, node_id)
+    return (0, int(node_id)) if node_id.isascii() and node_id.isdigit() else (1, node_id)
 
 
 def _json_type(value: object) -> str:

@@ -124,7 +124,7 @@ def list_v2_jobs(
     """The caller's jobs, newest first; `limit` 1-100 (20), `cursor` from `next_cursor`."""
     user = user_of(x_user_id)
     size = _page_size(limit)
-    if cursor is not None and not (cursor.isdigit() and len(cursor) <= 12):
+    if cursor is not None and not (cursor.isascii() and cursor.isdigit() and len(cursor) <= 12):
         raise bad_request("cursor must be the next_cursor of a previous page", param="cursor")
     if status is not None and status not in STATUS_FROM_V2:
         raise bad_request("status must be one of " + ", ".join(STATUS_FROM_V2), param="status")
@@ -138,7 +138,7 @@ def list_v2_jobs(
 def _page_size(limit: str | None) -> int:
     if limit is None:
         return DEFAULT_PAGE
-    if not limit.isdigit() or not 1 <= int(limit) <= MAX_PAGE:
+    if not (limit.isascii() and limit.isdigit()) or not 1 <= int(limit) <= MAX_PAGE:
         raise bad_request(f"limit must be a whole number from 1 to {MAX_PAGE}", param="limit")
     return int(limit)
 

@@ -204,7 +204,17 @@ async def test_list_pages_newest_first_and_filters_by_spec_status(
 
 @pytest.mark.parametrize(
     "params",
-    [{"limit": "0"}, {"limit": "101"}, {"limit": "x"}, {"cursor": "abc"}, {"status": "done"}],
+    [
+        {"limit": "0"},
+        {"limit": "101"},
+        {"limit": "x"},
+        {"cursor": "abc"},
+        {"status": "done"},
+        # Digits to str.isdigit() that int() refuses (found by the fuzz test: a 500).
+        {"limit": "\u00b9"},
+        {"cursor": "\u00b9"},
+        {"cursor": "\u0663"},
+    ],
 )
 async def test_a_bad_list_parameter_is_400(v2: SpecClient, params: dict[str, str]) -> None:
     refused = await failure(v2.list_jobs(**params))

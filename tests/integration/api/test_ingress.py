@@ -278,6 +278,33 @@ async def test_body_over_the_limit_is_413_by_content_length(
     assert_error(response, 413, "request_too_large")
 
 
+async def test_a_content_length_of_non_ascii_digits_is_400(
+    http: httpx.AsyncClient, harness: Harness
+) -> None:
+    # b"\xb9" reads as "\u00b9" (superscript one) in latin-1: a digit to str.isdigit(),
+    # not to int(); it was a 500.
+    headers = [(k.encode(), v.encode()) for k, v in harness.headers(harness.acme, "a").items()]
+    request = httpx.Request(
+        "POST",
+        "http://testserver/v1/jobs",
+        headers=[(b"content-length", b"\xb9"), *headers],
+        content=b"{}",
+    )
+    response = await http.send(request)
+    assert response.status_code == 400, response.text
+    assert "Traceback" not in response.text
+
+
+async def test_node_ids_of_non_ascii_digits_are_plain_names(
+    http: httpx.AsyncClient, harness: Harness
+) -> None:
+    # Ordered as names, not numbers: int("\u00b2") raises (it was a 500).
+    workflow = {"\u00b2": WORKFLOW["1"], **{k: v for k, v in WORKFLOW.items() if k != "1"}}
+    response = await submit(http, harness, workflow=workflow)
+    assert response.status_code in (202, 400), response.text
+    assert "Traceback" not in response.text
+
+
 async def test_body_over_the_limit_is_413_without_content_length(
     http: httpx.AsyncClient, harness: Harness
 ) -> None:
