@@ -34,6 +34,7 @@ from app.core.errors import (
     PipelineError,
     QueueFull,
 )
+from app.core.ids import is_ascii_number
 from app.core.logs import get_logger
 
 #: Statuses of `InvalidRequest` subclasses, by code; any other code is a 400.
@@ -360,7 +361,7 @@ def _content_length(scope: Scope) -> int | None:
     for name, value in scope.get("headers", ()):
         if name == b"content-length":
             text = value.decode("latin-1").strip()
-            return int(text) if text.isascii() and text.isdigit() and len(text) < 19 else -1
+            return int(text) if is_ascii_number(text) and len(text) < 19 else -1
     return None
 
 

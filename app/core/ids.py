@@ -49,6 +49,15 @@ def is_job_id(value: object) -> bool:
     return isinstance(value, str) and JOB_ID.fullmatch(value) is not None
 
 
+def is_ascii_number(text: str) -> bool:
+    """Whether `text` is a whole number in ASCII digits, as `int(text)` reads it.
+
+    `str.isdigit()` alone also accepts digits such as "\u00b9" that `int()` refuses: a
+    client's "?limit=\u00b9" or a node named "\u00b2" ended in a 500.
+    """
+    return text.isascii() and text.isdigit()
+
+
 def inside(folder: Path, name: str) -> Path:
     """`folder / name`, or `InvalidRequest` if that is not strictly inside `folder`.
 

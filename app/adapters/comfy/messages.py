@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from app.adapters.comfy.workflow import id_order
 from app.core.errors import RenderFailed
 
 #: Longest text taken from a ComfyUI message into one of our error messages.
@@ -123,7 +124,7 @@ def validation_message(body: object) -> str:
     parts: list[str] = []
     node_errors = body.get("node_errors")
     if isinstance(node_errors, Mapping):
-        for node_id in sorted(node_errors, key=_id_order):
+        for node_id in sorted(node_errors, key=lambda node_id: id_order(str(node_id))):
             entry = node_errors[node_id]
             if not isinstance(entry, Mapping):
                 continue
@@ -277,8 +278,3 @@ def _text(value: object) -> str:
 
 def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _id_order(node_id: object) -> tuple[int, int | str]:
-    text = str(node_id)
-    return (0, int(text)) if text.isascii() and text.isdigit() else (1, text)

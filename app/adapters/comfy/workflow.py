@@ -20,6 +20,7 @@ from typing import Any
 
 from app.adapters.comfy.catalog import NodeCatalog
 from app.core.errors import InvalidWorkflow
+from app.core.ids import is_ascii_number
 
 #: Problems listed in one error message; more are counted, not listed.
 _MAX_PROBLEMS = 8
@@ -218,7 +219,7 @@ def _is_index(value: object) -> bool:
 
 def id_order(node_id: str) -> tuple[int, int | str]:
     """Numeric ids in numeric order, then the rest (ComfyUI's ids are usually numbers)."""
-    return (0, int(node_id)) if node_id.isascii() and node_id.isdigit() else (1, node_id)
+    return (0, int(node_id)) if is_ascii_number(node_id) else (1, node_id)
 
 
 def _json_type(value: object) -> str:

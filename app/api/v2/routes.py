@@ -23,6 +23,7 @@ from app.api.v2.mapping import PREFIX, STATUS_FROM_V2, to_v2
 from app.api.v2.requests import idempotency_key_of, job_request_of, user_of
 from app.api.v2.schemas import V2Job, V2JobList
 from app.core.errors import AlreadyTerminal, ApiError, JobNotFound
+from app.core.ids import is_ascii_number
 from app.core.models import Job
 from app.engine.backpressure import check_backlog
 from app.engine.pipeline import cancel_job
@@ -124,7 +125,7 @@ def list_v2_jobs(
     """The caller's jobs, newest first; `limit` 1-100 (20), `cursor` from `next_cursor`."""
     user = user_of(x_user_id)
     size = _page_size(limit)
-    if cursor is not None and not (cursor.isascii() and cursor.isdigit() and len(cursor) <= 12):
+    if cursor is not None and not (is_ascii_number(cursor) and len(cursor) <= 12):
         raise bad_request("cursor must be the next_cursor of a previous page", param="cursor")
     if status is not None and status not in STATUS_FROM_V2:
         raise bad_request("status must be one of " + ", ".join(STATUS_FROM_V2), param="status")
@@ -138,7 +139,7 @@ def list_v2_jobs(
 def _page_size(limit: str | None) -> int:
     if limit is None:
         return DEFAULT_PAGE
-    if not (limit.isascii() and limit.isdigit()) or not 1 <= int(limit) <= MAX_PAGE:
+    if not is_ascii_number(limit) or not 1 <= int(limit) <= MAX_PAGE:
         raise bad_request(f"limit must be a whole number from 1 to {MAX_PAGE}", param="limit")
     return int(limit)
 
