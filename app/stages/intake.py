@@ -48,7 +48,7 @@ def node_catalog(deps: Deps) -> NodeCatalog | None:
     structural checks run (ComfyUI validates again before any work).
     """
     now = deps.clock()
-    catalog = deps.catalog.load(deps.settings.object_info_ttl_s, now, deps.catalog_version)
+    catalog = _published_catalog(deps, now)
     if catalog is not None or not deps.catalog_from_comfy:
         return catalog
     try:
@@ -61,10 +61,12 @@ def node_catalog(deps: Deps) -> NodeCatalog | None:
 
 def catalog_fetch_due(deps: Deps) -> bool:
     """Whether `node_catalog` would ask ComfyUI now (none published, or it aged out)."""
-    if not deps.catalog_from_comfy:
-        return False
-    now = deps.clock()
-    return deps.catalog.load(deps.settings.object_info_ttl_s, now, deps.catalog_version) is None
+    return deps.catalog_from_comfy and _published_catalog(deps, deps.clock()) is None
+
+
+def _published_catalog(deps: Deps, now: float) -> NodeCatalog | None:
+    """The catalog published for everyone, if it is still valid at `now`."""
+    return deps.catalog.load(deps.settings.object_info_ttl_s, now, deps.catalog_version)
 
 
 def check_request(request: JobRequest, deps: Deps) -> None:
