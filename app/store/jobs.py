@@ -638,6 +638,11 @@ class JobStore:
         raw = self.jobs.get(terminal_key(job_id))
         return None if raw is None else TerminalDecision.model_validate_json(raw)
 
+    def terminals(self, job_ids: list[str]) -> list[TerminalDecision | None]:
+        """`terminal` of several jobs, in order, in one read where the dict offers it."""
+        raws = self._read(self.jobs, [terminal_key(job_id) for job_id in job_ids])
+        return [None if raw is None else TerminalDecision.model_validate_json(raw) for raw in raws]
+
     def workflow(self, job_id: str) -> dict[str, object]:
         """The job's workflow graph as submitted (read once: see `find_and_claim`)."""
         with self._lock:

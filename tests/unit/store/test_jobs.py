@@ -89,6 +89,21 @@ def test_terminal_state_is_decided_exactly_once() -> None:
     assert job.error is None
 
 
+def test_terminals_reads_several_decisions_in_order() -> None:
+    store, _, _ = memory_store()
+    for name in ("j1", "j2", "j3"):
+        store.create(new_job(), name, Limits(max_active_per_user=3))
+    store.finish("j1", JobStatus.COMPLETED)
+    store.cancel("j3")
+    decisions = store.terminals(["j3", "j2", "j1", "unknown"])
+    assert [d.status if d else None for d in decisions] == [
+        JobStatus.CANCELLED,
+        None,
+        JobStatus.COMPLETED,
+        None,
+    ]
+
+
 def test_late_stage_write_cannot_undo_a_cancel() -> None:
     # Given a running job that the client cancels
     store, _, _ = memory_store()
