@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from app.core.logs import get_logger
 from app.core.models import Stage
@@ -41,10 +41,10 @@ class _Lease:
     job_id: str
     stage: Stage
     epoch: int
-    every_s: float = field(init=False)
 
-    def __post_init__(self) -> None:
-        self.every_s = self.deps.settings.stage_lease_renew_s
+    @property
+    def every_s(self) -> float:
+        return self.deps.settings.stage_lease_renew_s
 
     def renew(self) -> bool:
         """Renew once; False when this lease needs no more renewals (superseded)."""
