@@ -20,12 +20,14 @@ class RoundTripBackend(MemoryBackend):
     concurrent_calls = True
 
 
-def thread_of_work(backend: MemoryBackend, tmp_path: Path) -> tuple[int, int]:
+def thread_of_work(
+    backend: MemoryBackend, tmp_path: Path, *, may_block: bool = False
+) -> tuple[int, int]:
     deps = Deps(settings=Settings(data_dir=tmp_path / "data"), backend=backend)
 
     async def main() -> tuple[int, int]:
         loop_thread = threading.get_ident()
-        return loop_thread, await store_work(deps, threading.get_ident)
+        return loop_thread, await store_work(deps, threading.get_ident, may_block=may_block)
 
     return asyncio.run(main())
 
@@ -41,10 +43,5 @@ def test_round_trip_store_work_runs_on_the_thread_pool(tmp_path: Path) -> None:
 
 
 def test_local_work_that_may_block_runs_on_the_thread_pool(tmp_path: Path) -> None:
-    deps = Deps(settings=Settings(data_dir=tmp_path / "data"), backend=MemoryBackend())
-
-    async def main() -> tuple[int, int]:
-        return threading.get_ident(), await store_work(deps, threading.get_ident, may_block=True)
-
-    loop_thread, work_thread = asyncio.run(main())
+    loop_thread, work_thread = thread_of_work(MemoryBackend(), tmp_path, may_block=True)
     assert work_thread != loop_thread
