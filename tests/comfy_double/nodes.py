@@ -131,7 +131,7 @@ def _counter(filename: str, name: str) -> int:
         filename.startswith(name + "_")
         and filename.endswith("_.png")
         and len(digits) == 5
-        and digits.isdigit()
+        and digits.isdecimal()  # what the regex's \d took (isdigit() also takes "\u00b9")
     ):
         return int(digits)
     return 0
