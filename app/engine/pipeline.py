@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
+from structlog.typing import FilteringBoundLogger
 
 from app.core.errors import (
     AdmissionRejected,
@@ -43,6 +44,7 @@ from app.core.models import (
     StageMessage,
     StageTimes,
     StatusDetail,
+    TerminalDecision,
     WebhookEventNote,
 )
 from app.core.schemas import IntakeMessage, JobRequest
@@ -343,10 +345,17 @@ def _work(deps: Deps, message: StageMessage, stages: Mapping[Stage, StageFn]) ->
     wait_started()
     _observe(job, message.stage, began, "parked" if isinstance(result, Later) else "ok")
     following = NEXT_STAGE.get(message.stage)
-    # Fence and cancel read at once. The last stage needs no cancel read: `complete` is
-    # put-if-absent, so a cancel that came first stays decided.
+    if following is None and not isinstance(result, Later):
+        _complete(deps, _finish_stage(deps, result, message.stage), log)
+        return
+    # The fence: a holder taken back while it worked (fail_stale handed the job to a
+    # newer epoch) must not write the record, now the newer holder's. The cancel read
+    # only before a render, so no GPU container starts for a job that ended; any other
+    # next stage's claim reads the terminal decision anyway and drops the job with its
+    # scratch folder (issue 12: a call less per job, and a cancel costs one CPU
+    # hand-off for nothing).
     current, decided = deps.jobs.holder_state(
-        job.id, message.epoch, cancelled=following is not None and not isinstance(result, Later)
+        job.id, message.epoch, cancelled=following is Stage.RENDER and not isinstance(result, Later)
     )
     if not current:
         log.warning("stage_result_from_stale_holder_dropped")
@@ -358,8 +367,7 @@ def _work(deps: Deps, message: StageMessage, stages: Mapping[Stage, StageFn]) ->
     job = _finish_stage(deps, result, message.stage)
     log.info("stage_finished", next=following.value if following else None)
     if decided:
-        # Cancelled while this stage ran: no hand-off (it would start a consumer for
-        # nothing); the canceller already notified.
+        # Cancelled while this stage ran: no hand-off; the canceller already notified.
         deps.jobs.save(job)
         drop_job_folder(deps, job.id)
         discard_outputs(deps, job.outputs)
@@ -367,13 +375,35 @@ def _work(deps: Deps, message: StageMessage, stages: Mapping[Stage, StageFn]) ->
     if following is not None:
         deps.jobs.save(job)
         hand_off(deps, job, following, epoch=message.epoch)
-        return
+
+
+def _complete(deps: Deps, job: Job, log: FilteringBoundLogger) -> None:
+    """The last stage's end: decide `completed`, with no record write and no fence read.
+
+    `complete` is put-if-absent, so a cancel that came first stays decided, and a holder
+    taken back while it uploaded stored the same keys as its successor
+    (`discard_unless_completed`): one call less per job than a fence read (issue 12).
+    """
+    log.info("stage_finished", next=None)
     if deps.jobs.complete(job):
         metrics.JOBS_FINISHED.labels(JobStatus.COMPLETED.value).inc()
         log.info("job_completed", outputs=len(job.outputs))
         after_terminal(deps, job)
     else:
-        discard_outputs(deps, job.outputs)  # ended by someone else just now: keep nothing
+        discard_unless_completed(deps, deps.jobs.terminal(job.id), job.outputs)
+
+
+def discard_unless_completed(
+    deps: Deps, decision: TerminalDecision | None, outputs: list[OutputRef]
+) -> None:
+    """Keep nothing of a job someone else ended (`decision`), unless it ended `completed`.
+
+    A holder taken back while it uploaded and its successor store each output under the
+    same deterministic key (`output_key`), so when the other one completed the job, the
+    keys this holder wrote are the completed job's outputs: deleting them would lose them.
+    """
+    if decision is None or decision.status is not JobStatus.COMPLETED:
+        discard_outputs(deps, outputs)
 
 
 def discard_outputs(deps: Deps, outputs: list[OutputRef]) -> None:

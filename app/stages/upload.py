@@ -13,7 +13,7 @@ from app.core.logs import get_logger
 from app.core.models import Job, OutputRef
 from app.engine.cancel import cancel_checker
 from app.engine.deps import Deps
-from app.engine.pipeline import discard_outputs
+from app.engine.pipeline import discard_unless_completed
 from app.engine.scratch import SCRATCH_KEY_PREFIX, job_folder
 
 _FALLBACK_TYPE = "application/octet-stream"
@@ -28,10 +28,11 @@ def run(job: Job, deps: Deps) -> Job:
         # that lands now wins it, and the engine then discards what was stored.
         _store_all(job, deps, stored)
     except PipelineError as exc:
-        if deps.jobs.terminal(job.id) is None:
+        decision = deps.jobs.terminal(job.id)
+        if decision is None:
             raise  # a real storage error: the engine retries or fails the job
-        # Ended under us (the cancel also removed the scratch folder we read from).
-        discard_outputs(deps, stored)
+        # Ended under us (its end also removed the scratch folder we read from).
+        discard_unless_completed(deps, decision, stored)
         raise StageCancelled("the job ended while its outputs were stored") from exc
     return job.model_copy(update={"outputs": stored})
 

@@ -1,4 +1,4 @@
-"""The two guards of `process_message` that keep an old message or an old holder harmless.
+"""The guards of `process_message` that keep an old message or an old holder harmless.
 
 Each test breaks when its guard is deleted: without the ended-job guard the stage of a
 finished job runs again; without the epoch fence a superseded (zombie) holder hands its
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from app.core.config import Settings
-from app.core.models import Job, OutputRef, Stage
+from app.core.models import Job, JobStatus, OutputRef, Stage
 from app.engine.deps import Deps
 from app.engine.pipeline import cancel_job, enqueue, process_message
 from app.engine.scratch import job_folder
@@ -87,3 +87,53 @@ def test_a_superseded_holder_s_result_is_dropped(deps: Deps) -> None:
     assert deps.jobs.get("j1").outputs == []
     assert deps.queue(Stage.RENDER).len() == 0
     assert deps.jobs.terminal("j1") is None
+
+
+def uploading(deps: Deps) -> str:
+    """A job past render, its upload message taken (epoch 0)."""
+    admit(deps)
+    for stage in (Stage.FETCH, Stage.RENDER):
+        process_message(take(deps, stage), deps, {stage: lambda job, deps: job})
+    return take(deps, Stage.UPLOAD)
+
+
+def stored_output(deps: Deps, job: Job) -> OutputRef:
+    key = f"outputs/t1/u1/{job.id}/00-a.png"
+    size = deps.objects.put_bytes(key, b"png", "image/png")
+    return OutputRef(filename="a.png", content_type="image/png", size=size, key=key)
+
+
+def test_an_uploader_taken_back_keeps_what_its_successor_completed_the_job_with(
+    deps: Deps,
+) -> None:
+    # Given: an upload holder taken back mid-work, whose successor stores the same key and
+    # completes the job before the old holder ends
+    raw = uploading(deps)
+
+    def zombie_upload(job: Job, deps: Deps) -> Job:
+        output = stored_output(deps, job)
+        assert deps.jobs.take_back(job.id, job.epoch) == 1
+        assert deps.jobs.complete(job.model_copy(update={"outputs": [output]}))
+        return job.model_copy(update={"outputs": [output]})
+
+    # When: the old holder ends and loses the terminal decision
+    process_message(raw, deps, {Stage.UPLOAD: zombie_upload})
+    # Then: the completed job's output is still stored (the last stage reads no fence:
+    # deleting what it stored would delete the completed job's outputs)
+    job = deps.jobs.get("j1")
+    assert job.status is JobStatus.COMPLETED
+    assert [o.key for o in job.outputs] == ["outputs/t1/u1/j1/00-a.png"]
+    assert deps.objects.exists("outputs/t1/u1/j1/00-a.png")
+
+
+def test_an_uploader_that_loses_to_a_cancel_deletes_what_it_stored(deps: Deps) -> None:
+    raw = uploading(deps)
+
+    def cancelled_upload(job: Job, deps: Deps) -> Job:
+        output = stored_output(deps, job)
+        cancel_job(deps, job.id)
+        return job.model_copy(update={"outputs": [output]})
+
+    process_message(raw, deps, {Stage.UPLOAD: cancelled_upload})
+    assert deps.jobs.get("j1").status is JobStatus.CANCELLED
+    assert not deps.objects.exists("outputs/t1/u1/j1/00-a.png")

@@ -17,7 +17,7 @@ from app.adapters.comfy.tracker import RenderProgress
 from app.core.errors import ComfyUnavailable, RenderFailed
 from app.core.models import JobStatus, Stage, StatusDetail
 from app.engine.pipeline import cancel_job, release_due
-from app.engine.scratch import outputs_folder
+from app.engine.scratch import job_folder, outputs_folder
 from app.stages import render
 from tests.unit.stages.fakes import World, make_world, png_bytes
 from tests.unit.stages.helpers import HOOK_URL, fetched, parked
@@ -223,10 +223,16 @@ def test_a_cancel_during_the_run_is_noticed_and_stops_the_job(world: World) -> N
     fetched(world)
     world.comfy.during_run = lambda: cancel_job(world.deps, "j1")
     world.step(Stage.RENDER)
-    job = world.job("j1")
-    assert job.status is JobStatus.CANCELLED
-    assert world.queued(Stage.UPLOAD) == 0
+    assert world.job("j1").status is JobStatus.CANCELLED
     assert parked(world) == []
+    # Render reads no terminal decision after its work (issue 12): upload's claim does,
+    # and drops the job with its scratch folder, storing nothing.
+    assert world.queued(Stage.UPLOAD) == 1
+    world.step(Stage.UPLOAD)
+    assert world.job("j1").status is JobStatus.CANCELLED
+    assert world.deps.jobs.claimed_at("j1", Stage.UPLOAD, 0) is None  # dropped unclaimed
+    assert world.objects.objects == {}
+    assert not job_folder(world.deps, "j1").exists()
 
 
 def test_a_stopped_worker_abandons_the_prompt(world: World) -> None:
