@@ -53,6 +53,14 @@ MUTANTS = (
         ("tests/unit/engine",),
     ),
     Mutant(
+        "a holder that lost the decision to a completion deletes the completed outputs",
+        "app/engine/pipeline.py",
+        "    if decision is None or decision.status is not JobStatus.COMPLETED:\n"
+        "        discard_outputs(deps, outputs)\n",
+        "    discard_outputs(deps, outputs)\n",
+        ("tests/unit/engine",),
+    ),
+    Mutant(
         "cleanup gutted (nothing past retention is removed)",
         "app/engine/maintenance.py",
         "    now = deps.clock()\n    settings = deps.settings\n    report = {",
@@ -102,6 +110,13 @@ MUTANTS = (
         "    if seen is not None and now is not None:\n",
         # Its own tests: the state machine also kills it, but its shrinking took 11-103 s.
         ("tests/unit/store/test_trusted_hints.py",),
+    ),
+    Mutant(
+        "cleanup purges a due hour's jobs that ended after the cutoff",
+        "app/store/jobs.py",
+        "                if terminal is not None and terminal.decided_at > cutoff:\n",
+        "                if False:\n",
+        ("tests/unit/store/test_retention.py", "tests/unit/engine/test_cleanup.py"),
     ),
     Mutant(
         "duplicate stage messages are not dropped",

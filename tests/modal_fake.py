@@ -138,3 +138,8 @@ class FakeModal:
         inspect.signature(modal.Dict.from_name).bind(name, **kwargs)
         self.lookups.append((name, kwargs))
         return self.dicts.setdefault(name, _Enforced(modal.Dict, _DictBehaviour()))
+
+    def dict_delete(self, name: str, **kwargs: Any) -> None:
+        """`modal.Dict.objects.delete`, checked against the real one (`self` first)."""
+        inspect.signature(modal.Dict.objects.delete).bind(None, name, **kwargs)
+        self.dicts.pop(name, None)

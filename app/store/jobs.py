@@ -85,8 +85,6 @@ from app.store.keys import (
     PENDING_DICT,
     RATES_DICT,
     RETENTION_BUCKET_S,
-    RETENTION_CURSOR_KEY,
-    RETENTION_DICT,
     SLOTS_DICT,
     active_key,
     claim_key,
@@ -105,8 +103,6 @@ from app.store.keys import (
     rate_prefix,
     request_key,
     retention_bucket,
-    retention_prefix,
-    sequence_hint_key,
     sequence_key,
     slot_hints_key,
     tenant_scope,
@@ -114,6 +110,7 @@ from app.store.keys import (
     user_scope,
 )
 from app.store.parallel import both, in_background, is_concurrent, run_calls
+from app.store.retention import RetentionIndex
 
 RATE_WINDOW_S = 60
 #: Prefetched requests one store keeps at most (each is read by its stage at once).
@@ -215,7 +212,7 @@ class JobStore:
         self.admission: KV = backend.kv(ADMISSION_DICT)
         self.idem: KV = backend.kv(IDEM_DICT)
         self.rates: KV = backend.kv(RATES_DICT)
-        self.retention: KV = backend.kv(RETENTION_DICT)
+        self.retention = RetentionIndex(backend)
         self.slots: KV = backend.kv(SLOTS_DICT)
         self.active: KV = backend.kv(ACTIVE_DICT)
         self.delayed: KV = backend.kv(DELAYED_DICT)
@@ -818,18 +815,14 @@ class JobStore:
         owned = _Owned.of(job)
         par = self._concurrent
         now = self.clock()  # before any marker: the freed places' hints are stamped with it
-        bucket = retention_bucket(now)
-        prefix = retention_prefix(bucket)
-        # Hint reads, the active entry and the hour's retention hint at once (and, for
-        # reconcile, each marker); then the markers with the freed places' hints in one
-        # batch (a hint is only a search aid: a stale one costs probes, not slots)
-        # alongside the retention claim; then the hour's hint alongside leaving the
-        # active index.
+        # Hint reads and the active entry at once (and, for reconcile, each marker); then
+        # the markers with the freed places' hints in one batch (a hint is only a search
+        # aid: a stale one costs probes, not slots) alongside the retention entry; then
+        # leaving the active index.
         marked = [] if decided_here else slots
-        entry_raw, start_raw, *results = run_calls(
+        entry_raw, *results = run_calls(
             par,
             lambda: None if owned is not None else self.active.get(active_key(job_id)),
-            lambda: self.retention.get(sequence_hint_key(prefix)),
             *(lambda ref=ref: self._hints(ref.scope) for ref in slots),
             *(lambda ref=ref: mark_released(self.slots, ref) for ref in marked),
         )
@@ -844,28 +837,13 @@ class JobStore:
                 updates[slot_hints_key(ref.scope)] = hints.dumps()
         if owned is None:
             owned = _Owned.loads(None if entry_raw is None else str(entry_raw))
-        entry = owned.retention_entry(job_id)
-        start = int(str(start_raw or 0))
-        _, position = run_calls(
+        ended = owned
+        run_calls(
             par,
             lambda: put_all(self.slots, updates) if updates else None,
-            lambda: claim_next_from(self.retention, prefix, entry, start),
+            lambda: self.retention.add(job_id, ended.idem, ended.index, now),
         )
-        n = cast(int, position)
-
-        def hint() -> None:
-            self.retention.put(sequence_hint_key(prefix), str(n + 1))
-
-        def leave() -> None:
-            self.active.pop(active_key(job_id))
-
-        if n == 0:  # the first job of its hour: the cleanup cursor starts no later than it
-            run_calls(
-                par, hint, lambda: self.retention.put_if_absent(RETENTION_CURSOR_KEY, str(bucket))
-            )
-            leave()
-        else:
-            run_calls(par, hint, leave)
+        self.active.pop(active_key(job_id))
         return sum(1 for was_freed in freed if was_freed)
 
     # ---- stage hand-offs -------------------------------------------------------------
@@ -955,43 +933,35 @@ class JobStore:
     def purge_due(self, cutoff: float, limit: int | None = None) -> int:
         """Purge every job that ended at or before `cutoff` (at most `limit`); returns
         how many. A run stopped by `limit` keeps the cursor on its hour: the next run
-        resumes there (entries already purged cost one read each).
+        resumes there (entries already purged are gone from the index).
 
         Walks the retention index hour by hour from its cursor to `cutoff`'s hour, so a
-        run costs the jobs now due plus one read per hour, whatever the history. Hours
+        run costs the jobs now due plus a few calls per hour, whatever the history. Hours
         wholly before the cutoff are emptied and passed; the cutoff's own hour keeps its
         jobs not yet due for the next run. One cleanup runs at a time (like `purge_slot`).
         """
-        raw_cursor = self.retention.get(RETENTION_CURSOR_KEY)
-        if raw_cursor is None:
+        bucket = self.retention.cursor()
+        if bucket is None:
             return 0  # no job has ever ended
         last = retention_bucket(cutoff)
         purged = 0
-        bucket = int(raw_cursor)
         while bucket <= last:
-            prefix = retention_prefix(bucket)
             kept = False
-            for n in range(sequence_end(self.retention, prefix)):
+            for entry in self.retention.entries(bucket):
                 if limit is not None and purged >= limit:
                     return purged
-                raw = self.retention.get(sequence_key(prefix, n))
-                if raw is None:
-                    continue  # purged by an earlier run
-                entry = json.loads(raw)
-                job_id = str(entry["job"])
-                terminal = self.terminal(job_id)
+                terminal = self.terminal(entry.job_id)
                 if terminal is not None and terminal.decided_at > cutoff:
                     kept = True
                     continue
-                if terminal is not None or self.jobs.contains(job_key(job_id)):
-                    self.purge(job_id, _Owned.from_entry(entry))
+                if terminal is not None or self.jobs.contains(job_key(entry.job_id)):
+                    self.purge(entry.job_id, _Owned.from_entry(entry.idem, entry.index))
                     purged += 1
-                self.retention.pop(sequence_key(prefix, n))
+                entry.remove()
             if kept or bucket == last:
                 break  # this hour is not over for cleanup yet
-            self.retention.pop(sequence_hint_key(prefix))
+            self.retention.finish(bucket)
             bucket += 1
-            self.retention.put(RETENTION_CURSOR_KEY, str(bucket))
         return purged
 
     def purge(self, job_id: str, owned: _Owned | None = None) -> int:
@@ -1134,9 +1104,6 @@ class _Owned:
             scopes={str(k): int(v) for k, v in (data.get("scopes") or {}).items()},
         )
 
-    def retention_entry(self, job_id: str) -> str:
-        return json.dumps({"job": job_id, "idem": self.idem, "index": self.index})
-
     @classmethod
     def of(cls, job: Job | None) -> _Owned | None:
         """What a record says it owns; None if it does not say (see `_release`)."""
@@ -1145,12 +1112,10 @@ class _Owned:
         return cls(idem=job.idempotency_record, index=job.index_position)
 
     @classmethod
-    def from_entry(cls, entry: dict[str, object]) -> _Owned | None:
-        index = entry.get("index")
-        if not isinstance(index, int):
-            return None  # unknown: the purge scans for them
-        idem = entry.get("idem")
-        return cls(idem=idem if isinstance(idem, str) else None, index=index)
+    def from_entry(cls, idem: str | None, index: int | None) -> _Owned | None:
+        """What a retention entry says the job owns; None when it does not know its index
+        position (the purge then scans for the index entry and the idempotency record)."""
+        return None if index is None else cls(idem=idem, index=index)
 
 
 def _scopes(new: NewJob, limits: Limits) -> dict[str, int]:

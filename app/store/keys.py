@@ -19,8 +19,9 @@ dict                      key                                        owner
                           ``index:{tenant}:{user}:hint``             the user (*)
 ``idempotency``           ``idem:{tenant}:{len}:{user}:{key}``       the job it names
 ``rates``                 ``rate:{tenant}:{window}:{n}``             the window
-``retention``             ``due:{hour}:{n}``                         the job it names
-                          ``due:{hour}:hint`` ``cursor``             cleanup
+``retention-{hour}``      ``{id}``                                   the job it names
+``retention``             ``cursor``                                 cleanup
+                          ``due:{hour}:{n}`` ``due:{hour}:hint``     (***)
 ``slots``                 ``slot:{scope}:{i}:{g}``                   the job holding it
                           ``released:{scope}:{i}:{g}``               that same job
                           ``slothints:{scope}``                      the scope
@@ -48,6 +49,9 @@ the ``rates`` dict holds tickets only.
 (**) A non-terminal webhook event being posted; its sender removes it, the terminal
 delivery waits while one is live and removes expired ones.
 
+(***) The hour index before issue 12 (a put-if-absent sequence): still walked by cleanup,
+no longer written. Nothing of it is left `job_retention_s` after the upgrade.
+
 Queues are named after the stage they feed (``fetch``, ``render``, ...).
 """
 
@@ -67,9 +71,12 @@ ADMISSION_DICT = "admission"
 IDEM_DICT = "idempotency"
 #: Rate-limit windows, apart so cleanup's scan reads only recent windows.
 RATES_DICT = "rates"
-#: Ended jobs by the hour of their end: cleanup walks only the hours now due, never
-#: the whole history (a `keys()` scan streams a whole Modal Dict).
+#: Cleanup's cursor, and the hour sequences of ended jobs indexed before issue 12's
+#: per-hour dicts (`retention_hour_dict`), which cleanup still walks until they are due.
 RETENTION_DICT = "retention"
+#: Ended jobs of one hour of end, by job id: cleanup streams only the hours now due,
+#: never the whole history (a `keys()` scan streams a whole Modal Dict).
+RETENTION_HOUR_DICT_PREFIX = "retention-"
 #: Slot tenures apart from everything else, so the reaper's scan stays small.
 SLOTS_DICT = "slots"
 #: Ids of jobs admitted and not yet released (the reaper's working set).
@@ -111,7 +118,8 @@ STREAMS_DICT = "event_streams"
 #: (issue 15) add their dict here.
 DURABLE_DICTS = (TENANTS_DICT, TEMPLATES_DICT)
 
-#: Every dict a job writes to (tests enumerate these; `JobStore.purge` empties them).
+#: Every dict of a fixed name a job writes to (tests enumerate these; `JobStore.purge`
+#: empties them), besides its hour's `retention_hour_dict`.
 JOB_DICTS = (
     JOBS_DICT,
     ADMISSION_DICT,
@@ -255,7 +263,7 @@ def parse_sequence_key(key: str) -> tuple[str, int] | None:
 # ---- retention dict ------------------------------------------------------------------
 
 RETENTION_PREFIX = "due:"
-#: One sequence of ended jobs per hour of end.
+#: One index of ended jobs per hour of end.
 RETENTION_BUCKET_S = 3600
 #: The first hour cleanup has not finished (set by the first job ever indexed).
 RETENTION_CURSOR_KEY = "cursor"
@@ -267,8 +275,13 @@ def retention_bucket(at: float) -> int:
 
 
 def retention_prefix(bucket: int) -> str:
-    """The sequence of jobs that ended in hour `bucket`."""
+    """The sequence of jobs that ended in hour `bucket`, as indexed before issue 12."""
     return f"{RETENTION_PREFIX}{bucket}"
+
+
+def retention_hour_dict(bucket: int) -> str:
+    """The dict of the jobs that ended in hour `bucket`, keyed by job id."""
+    return f"{RETENTION_HOUR_DICT_PREFIX}{bucket}"
 
 
 # ---- slots dict ----------------------------------------------------------------------

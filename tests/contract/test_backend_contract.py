@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from app.core.errors import QueueItemTooLarge
-from app.store.backends.base import MAX_QUEUE_ITEM_BYTES, Backend, get_all
+from app.store.backends.base import MAX_QUEUE_ITEM_BYTES, Backend, drop_kv, get_all
 from app.store.backends.memory import MemoryBackend
 from app.store.backends.modal import ModalBackend
 from app.store.backends.sqlite import SqliteBackend
@@ -30,7 +30,11 @@ def make_backend(kind: str, tmp_path: Path) -> Backend:
         return SqliteBackend(tmp_path / "nested" / "state.sqlite3")
     fake = FakeModal()
     return ModalBackend(
-        "test", "dev", queue_factory=fake.queue_from_name, dict_factory=fake.dict_from_name
+        "test",
+        "dev",
+        queue_factory=fake.queue_from_name,
+        dict_factory=fake.dict_from_name,
+        dict_deleter=fake.dict_delete,
     )
 
 
@@ -244,3 +248,15 @@ def test_modal_adapter_wraps_sdk_errors() -> None:
     backend = ModalBackend("x", queue_factory=broken, dict_factory=broken)
     with pytest.raises(BackendError, match="ConnectionError"):
         backend.kv("d").get("k")
+
+
+def test_a_dropped_dict_is_gone_and_the_others_stay(backend: Backend) -> None:
+    backend.kv("hour-1").put("a", "1")
+    backend.kv("hour-2").put("b", "2")
+    drop_kv(backend, "hour-1")
+    drop_kv(backend, "never-made")  # a missing dict is fine
+    assert list(backend.kv("hour-1").keys()) == []
+    assert backend.kv("hour-1").get("a") is None
+    assert backend.kv("hour-2").get("b") == "2"
+    backend.kv("hour-1").put("c", "3")  # the name is usable again, from empty
+    assert list(backend.kv("hour-1").keys()) == ["c"]

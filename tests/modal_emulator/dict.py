@@ -16,6 +16,9 @@
 * A handle from `from_name` is lazy: its first call costs one extra lookup round trip
   (dict.py:405 `_load` → `DictGetOrCreate`); `create_if_missing=False` on a missing dict
   fails there with `NotFoundError`.
+* `modal.Dict.objects.delete(name)` removes the named object: a later `from_name` finds
+  a new, empty one, and every call on a handle to the deleted one raises `NotFoundError`
+  (the server no longer knows its object id).
 """
 
 from __future__ import annotations
@@ -68,6 +71,8 @@ class DictStore:
         self._entries: dict[Any, _Entry] = {}
         self._lock = threading.Lock()
         self._rng = random.Random(seed)
+        #: Set by `Dict.objects.delete`: calls on a handle to it fail from then on.
+        self.deleted = False
 
     # Server-side helpers, called with the lock held.
 
@@ -141,8 +146,15 @@ class EmulatedDict:
             return self._store
 
     def _op(self, op: str) -> Any:
-        store = self._hydrated()
+        store = self._live_store(op)
         return store, store.ledger.rpc("dict", self._name, op), store.ledger.clock.now
+
+    def _live_store(self, op: str) -> DictStore:
+        store = self._hydrated()
+        if store.deleted:
+            with store.ledger.rpc("dict", self._name, op):
+                raise NotFoundError(f"Dict '{self._name}' ({store.object_id}) was deleted")
+        return store
 
     # ---- the SDK surface ------------------------------------------------------------
 
@@ -244,7 +256,7 @@ class EmulatedDict:
         return bool(self.contains(key))
 
     def _stream(self, op: str) -> Iterator[tuple[Any, bytes]]:
-        store = self._hydrated()
+        store = self._live_store(f"{op}:page")
         items = store.live_items()
         with store._lock:
             store._rng.shuffle(items)

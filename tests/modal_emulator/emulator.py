@@ -11,7 +11,9 @@ from typing import Any
 from unittest import mock
 
 import modal
+import modal.dict
 import modal.experimental
+from modal.exception import NotFoundError
 
 from tests.modal_emulator.clock import SimClock
 from tests.modal_emulator.context import check_cancelled, current_input
@@ -26,6 +28,9 @@ from tests.modal_emulator.ledger import DEFAULT_LATENCY_S, Faults, Ledger
 from tests.modal_emulator.queue import EmulatedQueue, QueueStore
 from tests.modal_emulator.sdk import bind_static
 from tests.modal_emulator.volume import EmulatedVolume, VolumeStore
+
+#: The SDK's own `Dict.objects.delete`, kept before `install` patches it, to bind calls to.
+_REAL_DICT_DELETE = modal.dict.DictManager.delete
 
 
 def volume_name(vol: Any) -> tuple[str, bool]:
@@ -135,6 +140,17 @@ class ModalEmulator:
             create_if_missing=bool(kwargs.get("create_if_missing", False)),
         )
 
+    def dict_delete(self, name: str, **kwargs: Any) -> None:
+        """Stands in for `modal.Dict.objects.delete` (one round trip; see `dict.py`)."""
+        bind_static(_REAL_DICT_DELETE, (None, name), kwargs)  # `None` for its manager
+        with self.ledger.rpc("dict", name, "delete"), self._lock:
+            store = self.dicts.pop((kwargs.get("environment_name"), name), None)
+            if store is None:
+                if not kwargs.get("allow_missing", False):
+                    raise NotFoundError(f"Dict '{name}' not found")
+                return
+            store.deleted = True
+
     def queue_from_name(self, name: str, **kwargs: Any) -> EmulatedQueue:
         """Stands in for `modal.Queue.from_name`."""
         bind_static(modal.Queue.from_name, (name,), kwargs)
@@ -208,8 +224,6 @@ class ModalEmulator:
         with self._lock:
             call = self._calls.get(function_call_id)
         if call is None:
-            from modal.exception import NotFoundError
-
             raise NotFoundError(f"FunctionCall {function_call_id} not found")
         return call
 
@@ -291,8 +305,9 @@ class ModalEmulator:
     def install(self) -> Iterator[ModalEmulator]:
         """Patch the SDK entry points we use so they resolve to this emulator.
 
-        `modal.Dict/Queue/Volume.from_name`, `Volume.commit/reload` (for handles built
-        before install, such as the app's module-level volumes), `Function.spawn`,
+        `modal.Dict/Queue/Volume.from_name`, `modal.Dict.objects.delete`,
+        `Volume.commit/reload` (for handles built before install, such as the app's
+        module-level volumes), `Function.spawn`,
         `Function.get_current_stats`, `FunctionCall.from_id`, `modal.is_local`,
         `modal.current_function_call_id` and `modal.experimental.stop_fetching_inputs`. A real
         `modal.Function` is routed by its name (`function_key`) to the function registered
@@ -329,6 +344,10 @@ class ModalEmulator:
             mock.patch.object(modal.Volume, "commit", commit),
             mock.patch.object(modal.Volume, "reload", reload),
             mock.patch.object(modal.Dict, "from_name", staticmethod(emu.dict_from_name)),
+            # `Dict.objects` builds a new manager on each access: patch their class.
+            mock.patch.object(
+                modal.dict.DictManager, "delete", lambda _manager, *a, **k: emu.dict_delete(*a, **k)
+            ),
             mock.patch.object(modal.Queue, "from_name", staticmethod(emu.queue_from_name)),
             mock.patch.object(modal.Volume, "from_name", staticmethod(emu.volume_from_name)),
             mock.patch.object(modal.FunctionCall, "from_id", staticmethod(emu.call_from_id)),

@@ -83,6 +83,9 @@ class Backend(Protocol):
     def close(self) -> None:
         """Release connections; the data stays."""
 
+    # Optional: `drop_kv(name)`, delete the dict called `name` and all it holds (see
+    # `drop_kv` below).
+
 
 def check_queue_item(item: str) -> None:
     """Refuse an item Modal would refuse."""
@@ -128,3 +131,12 @@ def scan_items(kv: KV, prefix: str = "") -> Iterator[tuple[str, str]]:
         found: Iterator[tuple[str, str]] = stream(prefix)
         return found
     return ((key, value) for key in kv.keys(prefix) if (value := kv.get(key)) is not None)
+
+
+def drop_kv(backend: Backend, name: str) -> None:
+    """Delete the dict called `name`, entries and all, where the backend can (each does
+    but a fake; on Modal the named object goes, so an hour's dict does not outlive the
+    hour's cleanup); a later `kv(name)` starts empty."""
+    drop = getattr(backend, "drop_kv", None)
+    if drop is not None:
+        drop(name)

@@ -107,6 +107,11 @@ class MemoryBackend:
         with self._lock:
             return self.kvs.setdefault(name, MemoryKV())
 
+    def drop_kv(self, name: str) -> None:
+        """Forget the dict called `name` (`base.drop_kv`)."""
+        with self._lock:
+            self.kvs.pop(name, None)
+
     def close(self) -> None:
         """Nothing to release."""
 

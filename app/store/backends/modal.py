@@ -162,17 +162,21 @@ class ModalBackend:
         queue_factory: Factory | None = None,
         dict_factory: Factory | None = None,
         put_timeout_s: float = DEFAULT_PUT_TIMEOUT_S,
+        dict_deleter: Factory | None = None,
     ) -> None:
         if queue_factory is None or dict_factory is None:
             import modal  # deferred: the local backend never needs the SDK loaded
 
             queue_factory = queue_factory or modal.Queue.from_name
             dict_factory = dict_factory or modal.Dict.from_name
+            dict_deleter = dict_deleter or modal.Dict.objects.delete
         self._prefix = prefix
         self._env = environment_name
         self._queue_factory = queue_factory
         self._dict_factory = dict_factory
         self._put_timeout_s = put_timeout_s
+        #: None with injected factories and no deleter (a fake): a dropped dict stays.
+        self._dict_deleter = dict_deleter
         self._queues: dict[str, ModalQueue] = {}
         self._dicts: dict[str, ModalKV] = {}
 
@@ -194,6 +198,17 @@ class ModalBackend:
             )
             self._dicts.setdefault(name, ModalKV(handle))
         return self._dicts[name]
+
+    def drop_kv(self, name: str) -> None:
+        """Delete the Dict called `name` (`Dict.objects.delete`; `base.drop_kv`): one
+        round trip, and this process's handle of it is forgotten."""
+        self._dicts.pop(name, None)
+        if self._dict_deleter is None:
+            return
+        try:
+            self._dict_deleter(self._name(name), allow_missing=True, environment_name=self._env)
+        except Exception as exc:
+            raise _wrap(exc) from exc
 
     def close(self) -> None:
         """Modal handles hold no connections of ours."""

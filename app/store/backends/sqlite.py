@@ -220,6 +220,10 @@ class SqliteBackend:
     def kv(self, name: str) -> SqliteKV:
         return SqliteKV(self, name)
 
+    def drop_kv(self, name: str) -> None:
+        """Delete every row of the dict called `name` (`base.drop_kv`)."""
+        self.execute("DELETE FROM kv WHERE name = ?", (name,))
+
     def close(self) -> None:
         self.wakeups.close()
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)

@@ -100,7 +100,13 @@ def clock_of(deps: Deps) -> FakeClock:
 
 
 def all_keys(deps: Deps) -> set[tuple[str, str]]:
-    return {(name, key) for name in DICTS for key in deps.backend.kv(name).keys()}
+    """Every key of the fixed dicts and of the retention hours from the clock's start on."""
+    first = keys.retention_bucket(FakeClock().now)
+    hours = [
+        keys.retention_hour_dict(b)
+        for b in range(first, keys.retention_bucket(clock_of(deps).now) + 1)
+    ]
+    return {(name, key) for name in (*DICTS, *hours) for key in deps.backend.kv(name).keys()}
 
 
 def shared(name: str, key: str) -> bool:
@@ -109,8 +115,8 @@ def shared(name: str, key: str) -> bool:
         (keys.INDEX_PREFIX, keys.RATE_PREFIX)
     ):
         return keys.parse_sequence_key(key) is None  # a sequence's search hint
-    if name == keys.RETENTION_DICT:  # cleanup's cursor and the hour's search hint
-        return key == keys.RETENTION_CURSOR_KEY or keys.parse_sequence_key(key) is None
+    if name == keys.RETENTION_DICT:  # cleanup's cursor
+        return key == keys.RETENTION_CURSOR_KEY
     if name == keys.SLOTS_DICT:
         return key.startswith((keys.SLOT_HINTS_PREFIX, keys.SLOT_FLOOR_PREFIX))
     return False
@@ -224,6 +230,7 @@ def test_cleanup_past_retention_leaves_none_of_an_ended_jobs_keys(
     wrote = {(n, k) for n, k in all_keys(deps) - before if not shared(n, k)}
     written_to = {name for name, _ in wrote}
     assert {keys.JOBS_DICT, keys.ADMISSION_DICT, keys.SLOTS_DICT} <= written_to
+    assert keys.retention_hour_dict(keys.retention_bucket(clock_of(deps).now)) in written_to
     assert (keys.DELIVERIES_DICT in written_to) is webhook
     assert keys.TENANTS_DICT not in written_to
 

@@ -199,3 +199,25 @@ def test_keys_page_size_is_the_sdk_listing_page_size() -> None:
 
     assert "max_page_size = 100" in inspect.getsource(sdk_dict)
     assert KEYS_PAGE_SIZE == 100
+
+
+def test_a_deleted_dict_is_gone_for_new_handles_and_fails_on_old_ones(emu: ModalEmulator) -> None:
+    """`Dict.objects.delete` (dict.py `_DictManager.delete`): one round trip; the object
+    is gone, so a new handle finds an empty dict and an old one fails on its next call."""
+    from modal.exception import NotFoundError
+
+    old = _dict()
+    old.put("a", 1)
+    with emu.ledger.step("s"):
+        modal.Dict.objects.delete("d", allow_missing=True)
+    assert [r.op for r in emu.ledger.calls(step="s")] == ["delete"]
+    with pytest.raises(NotFoundError):
+        old.get("a")
+    with pytest.raises(NotFoundError):
+        list(old.items())
+    assert _dict().get("a") is None
+    modal.Dict.objects.delete("never", allow_missing=True)
+    with pytest.raises(NotFoundError):
+        modal.Dict.objects.delete("never")
+    with pytest.raises(TypeError):  # bound to the SDK's signature
+        modal.Dict.objects.delete("d", missing_ok=True)  # type: ignore[call-arg]

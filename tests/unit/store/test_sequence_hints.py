@@ -81,8 +81,8 @@ def test_the_record_names_its_index_position_even_when_the_first_probe_lost() ->
     # the purge deletes that index entry and idempotency record by key.
     jobs.active.put(keys.active_key("b"), '{"at": 0}')
     assert jobs.finish("b", JobStatus.CANCELLED)
-    due = keys.sequence_key(keys.retention_prefix(keys.retention_bucket(clock.now)), 0)
-    assert json.loads(jobs.retention.get(due) or "{}")["index"] == 2
+    (entry,) = jobs.retention.entries(keys.retention_bucket(clock.now))
+    assert (entry.job_id, entry.index, entry.idem) == ("b", 2, b.idempotency_record)
     clock.advance(1)
     assert jobs.purge_due(clock.now) == 1
     assert jobs.admission.get(keys.sequence_key(index, 2)) is None
