@@ -36,7 +36,7 @@ from app.core.logs import get_logger
 from app.core.models import Job, OutputRef, StatusDetail
 from app.engine.deps import Deps
 from app.engine.events import PREVIEW, PROGRESS, record_detail, record_event
-from app.engine.scratch import OUTPUTS, SCRATCH_KEY_PREFIX, inputs_folder, outputs_folder
+from app.engine.scratch import SCRATCH_KEY_PREFIX, inputs_folder, outputs_folder
 from app.engine.webhook_events import on_job_event
 from app.store.parallel import both
 
@@ -269,7 +269,7 @@ def run(job: Job, deps: Deps) -> Job:
                     filename=Path(output.filename).name,
                     content_type="",
                     size=size,
-                    key=f"{SCRATCH_KEY_PREFIX}{OUTPUTS}/{local_name}",
+                    key=f"{SCRATCH_KEY_PREFIX}{local_name}",
                 )
             )
         log.info(

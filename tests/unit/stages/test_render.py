@@ -52,7 +52,7 @@ def test_inputs_go_up_the_graph_is_scoped_and_outputs_are_staged(world: World) -
     assert job.status is JobStatus.RUNNING and job.stage is Stage.UPLOAD
     assert job.progress == 1.0
     assert [(o.filename, o.size, o.key) for o in job.outputs] == [
-        ("r0000000-t_00001_.png", len(IMAGE), "scratch:outputs/00-r0000000-t_00001_.png")
+        ("r0000000-t_00001_.png", len(IMAGE), "scratch:00-r0000000-t_00001_.png")
     ]
     assert (outputs_folder(world.deps, "j1") / "00-r0000000-t_00001_.png").read_bytes() == IMAGE
     assert world.queued(Stage.UPLOAD) == 1

@@ -75,6 +75,20 @@ def test_outputs_stored_by_an_earlier_attempt_are_kept(world: World) -> None:
     assert "outputs/x" not in world.objects.objects
 
 
+def test_an_output_staged_in_the_old_outputs_folder_is_still_stored(world: World) -> None:
+    # Staged before outputs went into the job folder itself: `scratch:outputs/NN-name`.
+    rendered(world)
+    job = world.job("j1")
+    folder = job_folder(world.deps, "j1")
+    (folder / "outputs").mkdir()
+    (folder / "00-r0000000-t-1.png").rename(folder / "outputs" / "00-r0000000-t-1.png")
+    old = job.outputs[0].model_copy(update={"key": "scratch:outputs/00-r0000000-t-1.png"})
+    result = upload.run(job.model_copy(update={"outputs": [old, job.outputs[1]]}), world.deps)
+    key = output_key("t1", "u1", "j1", 0, "r0000000-t-1.png")
+    assert result.outputs[0].key == key
+    assert world.objects.objects[key].data == IMAGE
+
+
 def test_a_missing_staged_file_fails_the_job(world: World) -> None:
     rendered(world)
     (outputs_folder(world.deps, "j1") / "00-r0000000-t-1.png").unlink()
