@@ -38,9 +38,13 @@ def check_workflow(
         )
     _refuse_other_formats(graph)
     try:
-        size = len(json.dumps(graph, separators=(",", ":")).encode())
+        # No NaN or Infinity: Python reads them from a request body, but they are not JSON,
+        # and the render's POST /prompt refused them only after a renderer was taken.
+        size = len(json.dumps(graph, separators=(",", ":"), allow_nan=False).encode())
     except (TypeError, ValueError) as exc:
-        raise InvalidWorkflow("workflow is not plain JSON") from exc
+        raise InvalidWorkflow(
+            "workflow is not plain JSON (NaN and Infinity are not JSON numbers)"
+        ) from exc
     if size > max_bytes:
         raise InvalidWorkflow(f"workflow is {size} bytes; the limit is {max_bytes}")
     if not graph:

@@ -72,6 +72,16 @@ def test_request_body_instead_of_graph_is_named():
         check({"prompt": graph(), "client_id": "x"})
 
 
+@pytest.mark.parametrize("number", [float("nan"), float("inf"), float("-inf")])
+def test_nan_and_infinity_are_refused_at_submit(catalog, number):
+    # A request body may carry them (Python's JSON reader takes them), but ComfyUI's
+    # POST /prompt could not: they used to fail the job only at render.
+    nodes = graph()
+    nodes["1"]["inputs"]["color"] = number
+    with pytest.raises(InvalidWorkflow, match="NaN and Infinity are not JSON numbers"):
+        check(nodes, catalog)
+
+
 def test_empty_graph_is_refused():
     with pytest.raises(InvalidWorkflow, match="no nodes"):
         check({})
