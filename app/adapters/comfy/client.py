@@ -1,4 +1,5 @@
-"""The render side's client for one ComfyUI server (sync: httpx and `websockets.sync`).
+"""The render side's client for one ComfyUI server (sync: httpx, `http.client` for the
+prompt, and `websockets.sync`).
 
 `run` follows ComfyUI's own protocol: connect `/ws?clientId=X` first, `POST /prompt`
 with that client id and our prompt id, read the websocket until the prompt's terminal
@@ -11,8 +12,10 @@ interrupt it before raising.
 
 The client is shared by every render of a worker and safe to call from several threads
 at once: one websocket (`SocketHub`, one client id) carries every prompt's messages,
-routed by prompt id, and one HTTP connection pool serves every call. So a worker keeps
-several prompts queued in ComfyUI, each `run` exact about its own prompt.
+routed by prompt id; one HTTP connection pool serves every call but `POST /prompt`,
+which has a lean keep-alive connection per thread (`PromptPoster`: the render's one
+request per job). So a worker keeps several prompts queued in ComfyUI, each `run` exact
+about its own prompt.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from pathlib import Path
 from typing import Any, Self
 
 import httpx
+import orjson
 import structlog
 
 from app.adapters.comfy.follow import POLL_TIMEOUT_S, Follower
@@ -38,6 +42,7 @@ from app.adapters.comfy.messages import (
     select_outputs,
     validation_message,
 )
+from app.adapters.comfy.poster import PromptPoster
 from app.adapters.comfy.previews import PreviewFrame
 from app.adapters.comfy.tracker import RenderProgress
 from app.core.errors import (
@@ -107,10 +112,14 @@ class ComfyClient:
             timeout=httpx.Timeout(30.0, connect=connect_timeout_s), trust_env=False
         )
         self.hub = SocketHub(self.base_url, self.client_id)
+        self._poster = PromptPoster(
+            self.base_url, timeout_s=30.0, connect_timeout_s=connect_timeout_s
+        )
 
     def close(self) -> None:
         """Close the websocket, and the HTTP client if this object created it."""
         self.hub.close()
+        self._poster.close()
         if self._owns_http:
             self._http.close()
 
@@ -282,13 +291,16 @@ class ComfyClient:
 
     def _submit(self, workflow: dict[str, Any], prompt_id: str, client_id: str) -> None:
         body = {"prompt": workflow, "client_id": client_id, "prompt_id": prompt_id}
-        response = self._request("POST", "/prompt", json=body)
-        if response.status_code == 400:
-            log.warning("comfy_rejected_prompt", prompt_id=prompt_id, comfy=_loads(response))
-            raise InvalidWorkflow(validation_message(_loads(response)))
-        if response.status_code != 200:
-            raise ComfyUnavailable(f"ComfyUI answered HTTP {response.status_code} to /prompt")
-        answer = _json_body(response, "/prompt")
+        response = self._poster.post_json("/prompt", orjson.dumps(body))
+        if response.status == 400:
+            rejected = _parse(response.body)
+            log.warning("comfy_rejected_prompt", prompt_id=prompt_id, comfy=rejected)
+            raise InvalidWorkflow(validation_message(rejected))
+        if response.status != 200:
+            raise ComfyUnavailable(f"ComfyUI answered HTTP {response.status} to /prompt")
+        answer = _parse(response.body)
+        if not isinstance(answer, dict):
+            raise ComfyUnavailable("ComfyUI's answer to /prompt is not a JSON object")
         if answer.get("node_errors"):
             # ComfyUI queued only the valid outputs; a partial result would be a surprise.
             self._give_up(prompt_id)
@@ -360,6 +372,13 @@ class ComfyClient:
         if response.status_code != 200:
             raise ComfyUnavailable(f"ComfyUI answered HTTP {response.status_code} to {path}")
         return _json_body(response, path)
+
+
+def _parse(body: bytes) -> object:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
 
 
 def _loads(response: httpx.Response) -> object:
