@@ -43,6 +43,7 @@ from app.store.keys import (
     DELAYED_DICT,
     JOB_DICTS,
     RELEASED_PREFIX,
+    RETENTION_HOUR_DICT_PREFIX,
     SLOT_PREFIX,
     TENANTS_DICT,
     parse_slot_key,
@@ -283,6 +284,14 @@ class Month:
             elif step.startswith("maint:"):
                 self.tally.maintenance_rpcs[step] = self.tally.maintenance_rpcs.get(step, 0) + 1
 
+    def _retention_hours(self) -> list[str]:
+        """The names (without the app's prefix) of the retention hour dicts that exist."""
+        prefix = f"{self.app.settings.modal_app_name}-"
+        hours = f"{prefix}{RETENTION_HOUR_DICT_PREFIX}"
+        return [
+            name.removeprefix(prefix) for _env, name in self.emu.dicts if name.startswith(hours)
+        ]
+
     def _live(self, dict_name: str) -> list[tuple[Any, bytes]]:
         name = f"{self.app.settings.modal_app_name}-{dict_name}"  # ModalBackend's naming
         store = self.emu.find_dict(name, None, create=False)
@@ -453,7 +462,7 @@ class Month:
         horizon = self.emu.clock.now() - self.app.settings.job_retention_s - DAY_S
         retained = {j for j, at in tally.decided_at.items() if at < horizon}
         retained_keys = 0
-        for dict_name in JOB_DICTS:
+        for dict_name in (*JOB_DICTS, *self._retention_hours()):
             for key, value in self._live(dict_name):
                 named = set(JOB_ID.findall(f"{key}".encode() + value))
                 retained_keys += any(j.decode() in retained for j in named)
