@@ -171,11 +171,14 @@ def read_hints(kv: KV, scope: str, *, stamped: bool = False) -> SlotHints:
     data = orjson.loads(raw)
     stamps = data.get("at")
     dense = data.get("g")
+    # The list and "held" are JSON integers that orjson reads as ints: taken as they
+    # are (an int() of each cost 270 us of the 400 at 2,000 held places; issue 13).
+    # Only the dict form's keys are strings.
     return SlotHints(
-        dict(enumerate(map(int, dense)))
+        dict(enumerate(dense))
         if dense is not None
         else {int(k): int(v) for k, v in data["gen"].items()},
-        set(map(int, data["held"])),
+        set(data["held"]),
         {str(k): int(v) for k, v in data.get("seq", {}).items()},
         found=True,
         seen_at={int(k): float(v) for k, v in stamps.items()} if stamps else {},
