@@ -20,6 +20,7 @@ about its own prompt.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import uuid
@@ -170,7 +171,7 @@ class ComfyClient:
             raise InvalidRequest(
                 f"ComfyUI refused input {filename!r} (HTTP {response.status_code})"
             )
-        body = _json_body(response, "/upload/image")
+        body = _json_object(response.content, "/upload/image")
         name = str(body.get("name") or filename)
         stored_in = str(body.get("subfolder") or "")
         return f"{stored_in}/{name}" if stored_in else name
@@ -298,9 +299,7 @@ class ComfyClient:
             raise InvalidWorkflow(validation_message(rejected))
         if response.status != 200:
             raise ComfyUnavailable(f"ComfyUI answered HTTP {response.status} to /prompt")
-        answer = _parse(response.body)
-        if not isinstance(answer, dict):
-            raise ComfyUnavailable("ComfyUI's answer to /prompt is not a JSON object")
+        answer = _json_object(response.body, "/prompt")
         if answer.get("node_errors"):
             # ComfyUI queued only the valid outputs; a partial result would be a surprise.
             self._give_up(prompt_id)
@@ -342,7 +341,7 @@ class ComfyClient:
         response = self._request("GET", f"/history/{prompt_id}", timeout=timeout_s)
         if response.status_code != 200:
             raise ComfyUnavailable(f"ComfyUI answered HTTP {response.status_code} to /history")
-        return read_history(_loads(response), prompt_id)
+        return read_history(_parse(response.content), prompt_id)
 
     def is_queued(self, prompt_id: str, *, timeout_s: float = POLL_TIMEOUT_S) -> bool:
         """Whether the prompt is running or waiting in ComfyUI's queue."""
@@ -371,25 +370,19 @@ class ComfyClient:
         response = self._request("GET", path, timeout=timeout)
         if response.status_code != 200:
             raise ComfyUnavailable(f"ComfyUI answered HTTP {response.status_code} to {path}")
-        return _json_body(response, path)
+        return _json_object(response.content, path)
 
 
 def _parse(body: bytes) -> object:
+    """A JSON answer's value, or None if it is not JSON (as httpx's `Response.json`)."""
     try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-
-
-def _loads(response: httpx.Response) -> object:
-    try:
-        return response.json()
+        return json.loads(body)
     except ValueError:
         return None
 
 
-def _json_body(response: httpx.Response, path: str) -> dict[str, Any]:
-    body = _loads(response)
-    if not isinstance(body, dict):
+def _json_object(body: bytes, path: str) -> dict[str, Any]:
+    value = _parse(body)
+    if not isinstance(value, dict):
         raise ComfyUnavailable(f"ComfyUI's answer to {path} is not a JSON object")
-    return body
+    return value
