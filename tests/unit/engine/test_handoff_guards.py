@@ -2,7 +2,8 @@
 
 Each test breaks when its guard is deleted: without the ended-job guard the stage of a
 finished job runs again; without the epoch fence a superseded (zombie) holder hands its
-stale result to the next stage.
+stale result to the next stage; without the completed check a last-stage holder that lost
+the decision to its successor deletes the completed job's outputs.
 """
 
 from __future__ import annotations
